@@ -1,0 +1,109 @@
+"""The backend interface: one small class per node kind, with optional capabilities.
+
+Every backend polls. Capabilities a kind may lack (load/unload, spawn) default to raising
+``NotSupported``; callers ask ``backend.can_load`` instead of testing the kind.
+
+Exceptions::
+
+    BackendError            anything that makes a poll or command fail
+     ├── BackendUnreachable  connection refused / reset / timed out
+     ├── BackendBadResponse  an answer lmtui cannot use (bad status, malformed JSON, wrong shape)
+     └── NotSupported        this kind of node cannot do that
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, ClassVar
+
+import httpx
+
+from lmtui.config import NodeConfig
+from lmtui.core.model import NodeKind, NodeObservation
+
+
+class BackendError(Exception):
+    """A poll or command against a node failed."""
+
+
+class BackendUnreachable(BackendError):
+    """The node did not answer: refused, reset, or timed out."""
+
+
+class BackendBadResponse(BackendError):
+    """The node answered something lmtui cannot use."""
+
+
+class NotSupported(BackendError):
+    """This kind of node does not support the operation."""
+
+
+class Backend:
+    """Base class of every node adapter.
+
+    Subclasses set ``kind`` and implement :meth:`poll`. They use the shared ``httpx`` client
+    given to them (one per engine, connection pooling across polls) and the helpers below,
+    which turn transport errors and unusable answers into :class:`BackendError`.
+    """
+
+    kind: ClassVar[NodeKind]
+    can_load: ClassVar[bool] = False
+
+    def __init__(self, node: NodeConfig, client: httpx.AsyncClient, *, timeout: float = 3.0):
+        self.node = node
+        self.client = client
+        self.timeout = timeout
+        self.base_url = node.url.rstrip("/")
+        key = os.environ.get(node.api_key_env) if node.api_key_env else None
+        self.headers: dict[str, str] = {"Authorization": f"Bearer {key}"} if key else {}
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    async def poll(self, now: float) -> NodeObservation:
+        """Read the node once. Raises :class:`BackendError` when the node cannot be read."""
+        raise NotImplementedError
+
+    async def load(self, model: str, *, context_length: int | None = None,
+                   ttl: float | None = None) -> str:
+        """Load ``model``; return the instance id. Raises NotSupported unless ``can_load``."""
+        raise NotSupported(f"{self.kind} nodes cannot load models")
+
+    async def unload(self, model: str, instance_id: str) -> None:
+        raise NotSupported(f"{self.kind} nodes cannot unload models")
+
+    async def aclose(self) -> None:
+        """Release resources the backend holds of its own (the shared client is not closed)."""
+
+    # --- helpers for subclasses -------------------------------------------------------
+
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      params: dict[str, str] | None = None,
+                      timeout: float | None = None) -> httpx.Response:
+        """One HTTP request; transport failures become :class:`BackendUnreachable`."""
+        try:
+            return await self.client.request(
+                method, self.base_url + path, json=json, params=params, headers=self.headers,
+                timeout=timeout if timeout is not None else self.timeout,
+            )
+        except httpx.TimeoutException as e:
+            raise BackendUnreachable(f"{method} {path}: timed out") from e
+        except httpx.TransportError as e:
+            raise BackendUnreachable(f"{method} {path}: {type(e).__name__}: {e}") from e
+
+    async def get_json(self, path: str, *, params: dict[str, str] | None = None,
+                       ok: tuple[int, ...] = (200,)) -> Any:
+        """GET ``path`` and decode JSON; a bad status or malformed body is BackendBadResponse."""
+        r = await self.request("GET", path, params=params)
+        if r.status_code not in ok:
+            raise BackendBadResponse(f"GET {path}: HTTP {r.status_code}: {r.text[:200]}")
+        try:
+            return r.json()
+        except ValueError as e:
+            raise BackendBadResponse(f"GET {path}: malformed JSON: {r.text[:80]!r}") from e
+
+
+def monotonic() -> float:
+    return time.perf_counter()

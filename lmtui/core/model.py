@@ -1,0 +1,301 @@
+"""The cluster data model: nodes, host memory, model instances and the snapshot.
+
+Everything here is immutable and pure. The store (``lmtui.engine.store``) is the only place
+that builds new snapshots; everyone else reads them.
+
+Times are ``float`` seconds on the engine's clock (``time.time()`` in production, a virtual
+clock in tests and replays); no function here reads a clock itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+GiB = 1024**3
+
+
+class NodeKind(StrEnum):
+    """The kinds of server lmtui knows how to read (and, for some, control)."""
+
+    LMSTUDIO = "lmstudio"
+    OLLAMA = "ollama"
+    LLAMACPP = "llamacpp"
+    LLAMACPP_POOL = "llamacpp-pool"
+    OPENAI = "openai"
+
+
+class Health(StrEnum):
+    """Node health as the poll loop sees it.
+
+    ``unknown`` until the first poll answers; ``suspect`` after the first failure (still
+    routable, but last choice); ``down`` after repeated failures, polled only by a
+    half-open probe with backoff until one answer brings it back to ``healthy``.
+    """
+
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    SUSPECT = "suspect"
+    DOWN = "down"
+
+
+class InstanceState(StrEnum):
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class HostMemory:
+    """Memory of one host, in bytes.
+
+    ``available_bytes`` is what the OS could hand out now (Linux ``MemAvailable``; macOS
+    free + inactive + speculative pages). ``source`` says where the figure came from
+    (``psutil``, ``ssh-linux``, ``ssh-macos``, ``config``, ``backend``).
+    """
+
+    total_bytes: int
+    available_bytes: int
+    source: str = "unknown"
+    #: macOS ``memory_pressure -Q`` free percentage, when known.
+    pressure_free_pct: float | None = None
+    #: Sum over GPUs (nvidia-smi), when present.
+    gpu_total_bytes: int | None = None
+    gpu_used_bytes: int | None = None
+
+    @property
+    def used_bytes(self) -> int:
+        return max(0, self.total_bytes - self.available_bytes)
+
+    @property
+    def used_fraction(self) -> float:
+        return self.used_bytes / self.total_bytes if self.total_bytes > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AvailableModel:
+    """A model a node could load (downloaded, or in a llama.cpp router's models dir)."""
+
+    key: str
+    size_bytes: int | None = None
+    kind: str = "llm"  # llm | embedding | vlm | decision
+    max_context_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMetrics:
+    """Counters and gauges a node reports about its own work (llama.cpp /metrics, vLLM)."""
+
+    requests_processing: int | None = None
+    requests_waiting: int | None = None
+    prompt_tokens_total: float | None = None
+    predicted_tokens_total: float | None = None
+    #: The server's own average generation rate, when it reports one.
+    predicted_tokens_per_second: float | None = None
+    kv_cache_usage: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceObservation:
+    """One loaded (or loading) model instance as a poll saw it."""
+
+    model: str
+    instance_id: str
+    state: InstanceState = InstanceState.LOADED
+    size_bytes: int | None = None
+    context_length: int | None = None
+    #: Concurrent requests the instance serves; None when the backend does not say.
+    slots_total: int | None = None
+    #: Busy slots as polled (llama.cpp /slots, lms ps status); includes clients that bypass lmtui.
+    slots_busy: int | None = None
+    #: Requests waiting inside the server (``lms ps`` ``queued``), when known.
+    queued: int | None = None
+    last_used: float | None = None
+    #: When the server will unload it by itself (Ollama ``expires_at``, LM Studio TTL).
+    expires_at: float | None = None
+    load_progress: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeObservation:
+    """A successful poll of one node. ``None`` fields mean "this poll did not learn it"."""
+
+    node: str
+    at: float
+    latency_s: float
+    instances: tuple[InstanceObservation, ...] | None = None
+    available: tuple[AvailableModel, ...] | None = None
+    memory: HostMemory | None = None
+    metrics: NodeMetrics | None = None
+    version: str | None = None
+    #: Default slots per instance the server advertises (llama.cpp total_slots ...).
+    slots_default: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollFailure:
+    """A poll that failed: refused, timed out, or answered something unusable."""
+
+    node: str
+    at: float
+    latency_s: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryObservation:
+    """Host memory read out-of-band (SSH, psutil), independent of the HTTP poll."""
+
+    node: str
+    at: float
+    memory: HostMemory | None
+    error: str | None = None
+
+
+Observation = NodeObservation | PollFailure | MemoryObservation
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One server in the cluster, as of one snapshot."""
+
+    name: str
+    kind: NodeKind
+    url: str
+    health: Health = Health.UNKNOWN
+    memory: HostMemory | None = None
+    #: Memory lmtui keeps free on this node (config ``[pool] reserved``), in bytes.
+    reserved_bytes: int = 0
+    version: str | None = None
+    available: tuple[AvailableModel, ...] = ()
+    metrics: NodeMetrics | None = None
+    #: Tokens generated per second, from the difference of two polls of a counter.
+    tokens_per_second: float | None = None
+    slots_default: int | None = None
+    last_poll_at: float | None = None
+    last_ok_at: float | None = None
+    poll_latency_s: float | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    memory_error: str | None = None
+    drained: bool = False
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """Memory lmtui may fill with models: total minus reserved."""
+        if self.memory is None:
+            return None
+        return max(0, self.memory.total_bytes - self.reserved_bytes)
+
+    @property
+    def routable(self) -> bool:
+        return self.health in (Health.HEALTHY, Health.SUSPECT) and not self.drained
+
+
+InstanceKey = tuple[str, str]  # (node name, instance id)
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A model instance on a node.
+
+    ``slots_busy`` is the larger of what the node reports and what lmtui itself has in
+    flight there: lmtui's count is authoritative for requests that pass through it, the
+    polled count adds clients that bypass lmtui.
+    """
+
+    node: str
+    model: str
+    instance_id: str
+    state: InstanceState = InstanceState.LOADED
+    size_bytes: int | None = None
+    context_length: int | None = None
+    slots_total: int = 1
+    slots_busy: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    last_used: float | None = None
+    expires_at: float | None = None
+    pinned: bool = False
+    load_progress: float | None = None
+    error: str | None = None
+    first_seen: float | None = None
+
+    @property
+    def key(self) -> InstanceKey:
+        return (self.node, self.instance_id)
+
+    @property
+    def busy(self) -> int:
+        return max(self.slots_busy, self.in_flight)
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.slots_total - self.busy)
+
+    def ttl_left(self, now: float) -> float | None:
+        if self.expires_at is None:
+            return None
+        return max(0.0, self.expires_at - now)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTotals:
+    nodes: int
+    healthy: int
+    down: int
+    memory_total: int
+    memory_used: int
+    instances: int
+    loaded_bytes: int
+    in_flight: int
+    queued: int
+    tokens_per_second: float
+
+
+def _frozen(d: Mapping[Any, Any] | None = None) -> Mapping[Any, Any]:
+    return MappingProxyType(dict(d or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole cluster at one version. Never mutated; the store publishes a new one."""
+
+    version: int = 0
+    at: float = 0.0
+    nodes: Mapping[str, Node] = field(default_factory=_frozen)
+    instances: Mapping[InstanceKey, Instance] = field(default_factory=_frozen)
+    #: Requests waiting in lmtui's own queue, per model.
+    queue_depth: Mapping[str, int] = field(default_factory=_frozen)
+
+    def instances_on(self, node: str) -> Iterator[Instance]:
+        return (i for i in self.instances.values() if i.node == node)
+
+    def instances_of(self, model: str) -> Iterator[Instance]:
+        return (i for i in self.instances.values() if i.model == model)
+
+    def node_loaded_bytes(self, node: str) -> int:
+        return sum(i.size_bytes or 0 for i in self.instances_on(node))
+
+    def totals(self) -> ClusterTotals:
+        nodes = self.nodes.values()
+        mem_total = sum(n.memory.total_bytes for n in nodes if n.memory)
+        mem_used = sum(n.memory.used_bytes for n in nodes if n.memory)
+        return ClusterTotals(
+            nodes=len(self.nodes),
+            healthy=sum(1 for n in nodes if n.health is Health.HEALTHY),
+            down=sum(1 for n in nodes if n.health is Health.DOWN),
+            memory_total=mem_total,
+            memory_used=mem_used,
+            instances=sum(1 for i in self.instances.values() if i.state is InstanceState.LOADED),
+            loaded_bytes=sum(i.size_bytes or 0 for i in self.instances.values()),
+            in_flight=sum(i.in_flight for i in self.instances.values()),
+            queued=sum(self.queue_depth.values())
+            + sum(i.queued for i in self.instances.values()),
+            tokens_per_second=sum(n.tokens_per_second or 0.0 for n in nodes),
+        )
