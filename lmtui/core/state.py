@@ -1,0 +1,262 @@
+"""Folding observations into snapshots: the pure half of the store.
+
+``fold(snapshot, observation, ctx) -> (snapshot, events)`` is a pure function, so the rules
+(how health moves, which memory figure wins, what survives a re-poll) are unit-tested without
+asyncio and replayable in virtual time. The engine's ``Store`` wraps it with versioning and
+notification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from lmtui.core.events import Event, EventKind, Level
+from lmtui.core.health import HealthPolicy, health_after_failure, health_after_success
+from lmtui.core.model import (
+    Health,
+    HostMemory,
+    Instance,
+    InstanceKey,
+    InstanceObservation,
+    MemoryObservation,
+    Node,
+    NodeObservation,
+    Observation,
+    PollFailure,
+    Snapshot,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """What config says about one node that changes how observations are read."""
+
+    #: Slots per instance, overriding what the server reports (Ollama's NUM_PARALLEL).
+    slots: int | None = None
+    #: Host memory in bytes, overriding measurement; available = total − loaded models.
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FoldContext:
+    policy: HealthPolicy = field(default_factory=HealthPolicy)
+    node_settings: Mapping[str, NodeSettings] = field(default_factory=lambda: MappingProxyType({}))
+    pinned: frozenset[str] = frozenset()
+    #: Size override per model in bytes (config ``size_gb``).
+    model_sizes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def fold(snap: Snapshot, obs: Observation, ctx: FoldContext) -> tuple[Snapshot, list[Event]]:
+    """Apply one observation; return the new snapshot (version + 1) and the events it caused."""
+    node = snap.nodes.get(obs.node)
+    if node is None:
+        return snap, []  # a node removed from config while its poll was in flight
+    events: list[Event] = []
+    instances = snap.instances
+    if isinstance(obs, NodeObservation):
+        node, instances = _fold_ok(snap, node, obs, ctx, events)
+    elif isinstance(obs, PollFailure):
+        node = _fold_failure(node, obs, ctx, events)
+    elif isinstance(obs, MemoryObservation):
+        if (
+            obs.memory is not None
+            and ctx.node_settings.get(node.name, NodeSettings()).memory_bytes is None
+        ):
+            node = replace(node, memory=obs.memory, memory_error=None)
+        elif obs.error is not None:
+            node = replace(node, memory_error=obs.error)
+    return with_node(snap, node, instances, at=obs.at), events
+
+
+def with_node(
+    snap: Snapshot,
+    node: Node,
+    instances: Mapping[InstanceKey, Instance] | None = None,
+    *,
+    at: float | None = None,
+) -> Snapshot:
+    nodes = dict(snap.nodes)
+    nodes[node.name] = node
+    return replace(
+        snap,
+        version=snap.version + 1,
+        at=snap.at if at is None else max(snap.at, at),
+        nodes=MappingProxyType(nodes),
+        instances=snap.instances if instances is None else instances,
+    )
+
+
+def _fold_failure(node: Node, obs: PollFailure, ctx: FoldContext, events: list[Event]) -> Node:
+    failures = node.consecutive_failures + 1
+    health = health_after_failure(failures, ctx.policy)
+    if health != node.health:
+        level = Level.ERROR if health is Health.DOWN else Level.WARNING
+        events.append(
+            Event(
+                obs.at,
+                EventKind.NODE_HEALTH,
+                f"{node.name} is {health}: {obs.error}",
+                node=node.name,
+                level=level,
+            )
+        )
+    return replace(
+        node,
+        health=health,
+        consecutive_failures=failures,
+        last_error=obs.error,
+        last_poll_at=obs.at,
+        poll_latency_s=obs.latency_s,
+    )
+
+
+def _fold_ok(
+    snap: Snapshot,
+    node: Node,
+    obs: NodeObservation,
+    ctx: FoldContext,
+    events: list[Event],
+) -> tuple[Node, Mapping[InstanceKey, Instance]]:
+    settings = ctx.node_settings.get(node.name, NodeSettings())
+    health = health_after_success()
+    if health != node.health:
+        was = "" if node.health is Health.UNKNOWN else f" (was {node.health})"
+        events.append(
+            Event(obs.at, EventKind.NODE_HEALTH, f"{node.name} is {health}{was}", node=node.name)
+        )
+    tps = node.tokens_per_second
+    if obs.metrics is not None:
+        tps = _rate(node, obs)
+    node = replace(
+        node,
+        health=health,
+        consecutive_failures=0,
+        last_error=None,
+        last_poll_at=obs.at,
+        last_ok_at=obs.at,
+        poll_latency_s=obs.latency_s,
+        version=obs.version or node.version,
+        available=obs.available if obs.available is not None else node.available,
+        metrics=obs.metrics if obs.metrics is not None else node.metrics,
+        slots_default=obs.slots_default or node.slots_default,
+        tokens_per_second=tps,
+    )
+    instances = snap.instances
+    if obs.instances is not None:
+        instances = _merge_instances(snap, node, obs, settings, ctx, events)
+    loaded = sum(i.size_bytes or 0 for i in instances.values() if i.node == node.name)
+    if settings.memory_bytes is not None:
+        node = replace(
+            node,
+            memory=HostMemory(
+                total_bytes=settings.memory_bytes,
+                available_bytes=max(0, settings.memory_bytes - loaded),
+                source="config",
+            ),
+        )
+    elif obs.memory is not None and (node.memory is None or node.memory.source == "backend"):
+        node = replace(node, memory=obs.memory)
+    return node, instances
+
+
+def _rate(node: Node, obs: NodeObservation) -> float | None:
+    """Tokens/s from two successive polls of the predicted-tokens counter."""
+    new = obs.metrics.predicted_tokens_total if obs.metrics else None
+    old = node.metrics.predicted_tokens_total if node.metrics else None
+    if new is None or old is None or node.last_ok_at is None:
+        return None
+    dt = obs.at - node.last_ok_at
+    if dt <= 0:
+        return node.tokens_per_second
+    return max(0.0, new - old) / dt  # a counter reset (server restart) reads as 0, not negative
+
+
+def _merge_instances(
+    snap: Snapshot,
+    node: Node,
+    obs: NodeObservation,
+    settings: NodeSettings,
+    ctx: FoldContext,
+    events: list[Event],
+) -> Mapping[InstanceKey, Instance]:
+    assert obs.instances is not None
+    out = {k: v for k, v in snap.instances.items() if v.node != node.name}
+    seen: set[InstanceKey] = set()
+    for io in obs.instances:
+        key = (node.name, io.instance_id)
+        seen.add(key)
+        prev = snap.instances.get(key)
+        inst = _instance(node, io, prev, settings, ctx, obs.at)
+        out[key] = inst
+        if prev is None:
+            verb = "loading" if inst.state.value == "loading" else "loaded"
+            events.append(
+                Event(
+                    obs.at,
+                    EventKind.INSTANCE_UP,
+                    f"{io.model} {verb} on {node.name}",
+                    node=node.name,
+                    model=io.model,
+                )
+            )
+        elif prev.state != inst.state:
+            events.append(
+                Event(
+                    obs.at,
+                    EventKind.INSTANCE_STATE,
+                    f"{io.model} on {node.name}: {prev.state} → {inst.state}",
+                    node=node.name,
+                    model=io.model,
+                    level=Level.ERROR if inst.error else Level.INFO,
+                )
+            )
+    for key, prev in snap.instances.items():
+        if prev.node == node.name and key not in seen:
+            # Not asked for by lmtui (the engine records its own unloads first): someone
+            # unloaded it by hand, or the server's TTL / auto-evict did.
+            events.append(
+                Event(
+                    obs.at,
+                    EventKind.INSTANCE_DOWN,
+                    f"{prev.model} is no longer loaded on {node.name}",
+                    node=node.name,
+                    model=prev.model,
+                    level=Level.WARNING,
+                )
+            )
+    return MappingProxyType(out)
+
+
+def _instance(
+    node: Node,
+    io: InstanceObservation,
+    prev: Instance | None,
+    settings: NodeSettings,
+    ctx: FoldContext,
+    at: float,
+) -> Instance:
+    slots = settings.slots or io.slots_total or node.slots_default or 1
+    last_used = io.last_used
+    if prev is not None and prev.last_used is not None:
+        last_used = max(prev.last_used, last_used or 0.0)
+    size = ctx.model_sizes.get(io.model, io.size_bytes)
+    return Instance(
+        node=node.name,
+        model=io.model,
+        instance_id=io.instance_id,
+        state=io.state,
+        size_bytes=size,
+        context_length=io.context_length,
+        slots_total=slots,
+        slots_busy=io.slots_busy or 0,
+        in_flight=prev.in_flight if prev else 0,
+        queued=io.queued or 0,
+        last_used=last_used,
+        expires_at=io.expires_at,
+        pinned=io.model in ctx.pinned,
+        load_progress=io.load_progress,
+        error=io.error,
+        first_seen=prev.first_seen if prev else at,
+    )

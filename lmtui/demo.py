@@ -1,0 +1,45 @@
+"""The embedded demo cluster: simulated nodes on loopback, some traffic, and a Config for them.
+
+A new user runs ``lmtui`` with no config and sees this cluster live. It is built from the same
+simulator pieces the tests use, so what the demo shows is what the adapters really read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from lmtui.config import Config, NodeConfig, PollConfig
+from lmtui.sim import SimCluster, SimNodeSpec, TrafficGenerator, demo_specs
+
+
+def config_for(cluster: SimCluster, specs: list[SimNodeSpec], *, interval: float = 1.0) -> Config:
+    """A Config whose nodes are the running simulated nodes (memory from the specs)."""
+    nodes = []
+    for spec in specs:
+        nodes.append(
+            NodeConfig(
+                name=spec.name,
+                kind=spec.kind,
+                url=cluster.url(spec.name),
+                memory_gb=spec.memory_gb,
+                # Ollama does not expose OLLAMA_NUM_PARALLEL, so it must be configured.
+                slots=spec.parallel if spec.kind.value == "ollama" else None,
+            )
+        )
+    return Config(nodes=nodes, poll=PollConfig(interval=interval))
+
+
+@asynccontextmanager
+async def demo_cluster(
+    *, traffic_per_s: float = 1.5, time_scale: float = 1.0, seed: int = 7
+) -> AsyncIterator[Config]:
+    """Start the demo cluster (and its traffic) for the duration of the block."""
+    specs = demo_specs()
+    async with SimCluster(specs, time_scale=time_scale, seed=seed) as cluster:
+        traffic = TrafficGenerator(cluster, rate_per_s=traffic_per_s, seed=seed)
+        await traffic.start()
+        try:
+            yield config_for(cluster, specs)
+        finally:
+            await traffic.stop()

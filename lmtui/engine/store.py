@@ -1,0 +1,105 @@
+"""The cluster store: the one mutable piece of shared state.
+
+It folds observations into immutable, versioned snapshots (the rules live in
+``lmtui.core.state``) and tells subscribers. Subscribers read snapshots and never mutate them.
+
+Two ways to listen:
+
+- ``subscribe(callback)``: called synchronously after every change, with the snapshot and the
+  events it caused. For cheap consumers (metrics, the event log).
+- ``watch()``: an async iterator that yields the *latest* snapshot whenever the version moved,
+  coalescing bursts, so a slow consumer (the UI redrawing a table) never falls behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import replace
+from types import MappingProxyType
+
+from lmtui.core.events import Event, EventKind
+from lmtui.core.model import Node, Observation, Snapshot
+from lmtui.core.state import FoldContext, fold, with_node
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Snapshot, list[Event]], None]
+
+
+class Store:
+    def __init__(
+        self, nodes: Iterable[Node], ctx: FoldContext | None = None, *, event_history: int = 500
+    ) -> None:
+        self.ctx = ctx or FoldContext()
+        self._snap = Snapshot(nodes=MappingProxyType({n.name: n for n in nodes}))
+        self._listeners: list[Listener] = []
+        self._waiters: set[asyncio.Event] = set()
+        self.events: deque[Event] = deque(maxlen=event_history)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+    def apply(self, obs: Observation) -> Snapshot:
+        snap, events = fold(self._snap, obs, self.ctx)
+        self._publish(snap, events)
+        return snap
+
+    def record(self, event: Event) -> None:
+        """Record an event that changes no state (a routing decision, a command)."""
+        self._publish(self._snap, [event])
+
+    def set_drained(self, node: str, drained: bool, at: float) -> None:
+        n = self._snap.nodes[node]
+        if n.drained == drained:
+            return
+        verb = "drained" if drained else "undrained"
+        self._publish(
+            with_node(self._snap, replace(n, drained=drained), at=at),
+            [Event(at, EventKind.COMMAND, f"{node} {verb}", node=node)],
+        )
+
+    def set_pinned(self, pinned: frozenset[str], at: float) -> None:
+        self.ctx = replace(self.ctx, pinned=pinned)
+        insts = {
+            k: (replace(i, pinned=i.model in pinned) if i.pinned != (i.model in pinned) else i)
+            for k, i in self._snap.instances.items()
+        }
+        self._publish(
+            replace(self._snap, version=self._snap.version + 1, instances=MappingProxyType(insts)),
+            [],
+        )
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    async def watch(self, since: int = -1) -> AsyncIterator[Snapshot]:
+        """Yield the latest snapshot each time the version moves past what was last yielded."""
+        wake = asyncio.Event()
+        self._waiters.add(wake)
+        try:
+            seen = since
+            while True:
+                if self._snap.version != seen:
+                    seen = self._snap.version
+                    yield self._snap
+                    continue
+                wake.clear()
+                await wake.wait()
+        finally:
+            self._waiters.discard(wake)
+
+    def _publish(self, snap: Snapshot, events: list[Event]) -> None:
+        self._snap = snap
+        self.events.extend(events)
+        for listener in list(self._listeners):
+            try:
+                listener(snap, events)
+            except Exception:  # one bad subscriber must not stop polling
+                log.exception("store listener failed")
+        for w in self._waiters:
+            w.set()
