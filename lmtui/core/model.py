@@ -216,8 +216,12 @@ class Instance:
     size_bytes: int | None = None
     context_length: int | None = None
     slots_total: int = 1
+    #: Busy slots: lmtui's own in-flight requests plus ``external_busy``.
     slots_busy: int = 0
+    #: Requests lmtui itself has in flight on this instance (authoritative).
     in_flight: int = 0
+    #: Busy slots the node reported beyond lmtui's own requests: clients that bypass lmtui.
+    external_busy: int = 0
     queued: int = 0
     last_used: float | None = None
     expires_at: float | None = None

@@ -20,6 +20,7 @@ from lmtui.core.model import (
     Instance,
     InstanceKey,
     InstanceObservation,
+    InstanceState,
     MemoryObservation,
     Node,
     NodeObservation,
@@ -214,8 +215,10 @@ def _merge_instances(
             )
     for key, prev in snap.instances.items():
         if prev.node == node.name and key not in seen:
-            # Not asked for by lmtui (the engine records its own unloads first): someone
-            # unloaded it by hand, or the server's TTL / auto-evict did.
+            if prev.state is InstanceState.UNLOADING:
+                continue  # lmtui's own unload: the engine has told it already
+            # Not asked for by lmtui: someone unloaded it by hand, or the server's TTL or
+            # auto-evict did.
             events.append(
                 Event(
                     obs.at,
@@ -242,16 +245,25 @@ def _instance(
     if prev is not None and prev.last_used is not None:
         last_used = max(prev.last_used, last_used or 0.0)
     size = ctx.model_sizes.get(io.model, io.size_bytes)
+    in_flight = prev.in_flight if prev else 0
+    # The node's busy count includes lmtui's own requests; what is beyond them comes from
+    # clients that bypass lmtui. Kept apart so that when lmtui's request ends the slot reads
+    # free at once, not one poll later (which would idle a serial node for a poll interval).
+    external = max(0, (io.slots_busy or 0) - in_flight)
+    state = io.state
+    if prev is not None and prev.state is InstanceState.UNLOADING and state is InstanceState.LOADED:
+        state = InstanceState.UNLOADING  # lmtui is unloading it; the server has not finished
     return Instance(
         node=node.name,
         model=io.model,
         instance_id=io.instance_id,
-        state=io.state,
+        state=state,
         size_bytes=size,
         context_length=io.context_length,
         slots_total=slots,
-        slots_busy=io.slots_busy or 0,
-        in_flight=prev.in_flight if prev else 0,
+        slots_busy=in_flight + external,
+        in_flight=in_flight,
+        external_busy=external,
         queued=io.queued or 0,
         last_used=last_used,
         expires_at=io.expires_at,

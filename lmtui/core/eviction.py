@@ -1,0 +1,237 @@
+"""Which idle instances to unload to make room for a load, as a pure plan.
+
+An instance may be evicted only when nothing depends on it right now: it is ``loaded``,
+has no request in flight, no busy slot and nothing queued inside the server, is not pinned,
+is not of a higher priority than the model that needs the room, and has been resident for at
+least ``min_residency_s`` (so two models fighting over one node cannot thrash it).
+
+Two policies order the candidates:
+
+- ``lru``: ``low`` priority first, then least recently used first.
+- ``cost``: the expected reload time we would pay, per byte freed. The chance that a model
+  is asked for again within a horizon comes from its request rate (when the engine knows it)
+  or from how long it has been idle; the reload time from its size. Large, rarely used
+  models go first; small hot ones stay.
+
+Either way the plan takes candidates in order until enough is freed, then drops any it took
+that turned out unnecessary (a small LRU instance taken before one big one that alone
+suffices), because every eviction costs somebody a reload.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from lmtui.core.model import GiB, Instance, InstanceKey, InstanceState, Snapshot
+
+EvictionPolicy = Literal["lru", "cost"]
+
+#: ``low`` idles out first; ``high`` is never evicted to make room for a lower one.
+PRIORITY_RANK: Mapping[str, int] = {"low": 0, "normal": 1, "high": 2}
+#: How much more (or less) a cost-policy reload hurts for each priority.
+_PRIORITY_WEIGHT: Mapping[str, float] = {"low": 0.5, "normal": 1.0, "high": 2.0}
+
+
+@dataclass(frozen=True, slots=True)
+class CostModel:
+    """Figures the ``cost`` policy uses to estimate what an eviction costs."""
+
+    #: Seconds any load takes regardless of size (process start, graph build, warm-up).
+    load_fixed_s: float = 3.0
+    #: Load throughput; 1 GiB/s is a typical NVMe read plus a copy to (unified) GPU memory.
+    load_bytes_per_s: float = float(GiB)
+    #: How far ahead we care whether the model is needed again.
+    horizon_s: float = 600.0
+
+    def reload_s(self, size_bytes: int) -> float:
+        """Estimated seconds to load ``size_bytes`` of model again."""
+        return self.load_fixed_s + size_bytes / self.load_bytes_per_s
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionPlan:
+    """Instances to unload on ``node``, freeing ``frees_bytes`` in total."""
+
+    node: str
+    evict: tuple[InstanceKey, ...]
+    frees_bytes: int
+    reason: str
+
+
+def fmt_bytes(n: int | None) -> str:
+    """Bytes as a short human figure for reasons and logs: ``"4.5 GiB"``."""
+    if n is None:
+        return "? GiB"
+    return f"{n / GiB:.1f} GiB"
+
+
+def is_pinned(inst: Instance, pinned: frozenset[str] | set[str]) -> bool:
+    """Pinned by the instance itself (run-time pin) or by its model's configuration."""
+    return inst.pinned or inst.model in pinned
+
+
+def eviction_blocker(
+    inst: Instance,
+    now: float,
+    *,
+    pinned: frozenset[str] | set[str] = frozenset(),
+    min_residency_s: float = 0.0,
+    priorities: Mapping[str, str] | None = None,
+    requester_priority: str = "normal",
+) -> str | None:
+    """Why ``inst`` may not be evicted now, or ``None`` when it may."""
+    if inst.state is not InstanceState.LOADED:
+        return inst.state.value
+    if inst.busy > 0 or inst.in_flight > 0 or inst.queued > 0:
+        return "busy"
+    if is_pinned(inst, pinned):
+        return "pinned"
+    prio = (priorities or {}).get(inst.model, "normal")
+    if PRIORITY_RANK.get(prio, 1) > PRIORITY_RANK.get(requester_priority, 1):
+        return f"{prio} priority"
+    # first_seen is when lmtui first saw it loaded; unknown means it predates lmtui.
+    if inst.first_seen is not None and now - inst.first_seen < min_residency_s:
+        return "resident too briefly"
+    return None
+
+
+def permanent_bytes(
+    snapshot: Snapshot,
+    node: str,
+    *,
+    pinned: frozenset[str] | set[str] = frozenset(),
+    priorities: Mapping[str, str] | None = None,
+    requester_priority: str = "normal",
+) -> int:
+    """Bytes on ``node`` that no amount of waiting will free for this requester.
+
+    Busy and young instances free up eventually; pinned and higher-priority ones never do.
+    The scheduler uses this to tell "wait for memory" from "this can never fit here".
+    """
+    total = 0
+    for inst in snapshot.instances_on(node):
+        prio = (priorities or {}).get(inst.model, "normal")
+        higher = PRIORITY_RANK.get(prio, 1) > PRIORITY_RANK.get(requester_priority, 1)
+        if is_pinned(inst, pinned) or higher:
+            total += inst.size_bytes or 0
+    return total
+
+
+def _last_activity(inst: Instance) -> float:
+    if inst.last_used is not None:
+        return inst.last_used
+    if inst.first_seen is not None:
+        return inst.first_seen
+    return -math.inf
+
+
+def _expected_reload_cost(
+    inst: Instance,
+    now: float,
+    request_rate: Mapping[str, float],
+    priorities: Mapping[str, str],
+    cost: CostModel,
+) -> float:
+    """Expected seconds of reload we would cause by evicting ``inst``."""
+    size = inst.size_bytes or 0
+    rate = request_rate.get(inst.model)
+    if rate is None:
+        # No measured rate: use recency as a proxy, one request per idle period.
+        last = _last_activity(inst)
+        idle = now - last if math.isfinite(last) else cost.horizon_s
+        rate = 1.0 / max(idle, 1.0)
+    p_needed = 1.0 - math.exp(-max(rate, 0.0) * cost.horizon_s)
+    weight = _PRIORITY_WEIGHT.get(priorities.get(inst.model, "normal"), 1.0)
+    return weight * p_needed * cost.reload_s(size)
+
+
+def _take_until(ordered: list[Instance], need: int) -> list[Instance] | None:
+    """Take from ``ordered`` until ``need`` bytes are freed, then drop the superfluous."""
+    taken: list[Instance] = []
+    freed = 0
+    for inst in ordered:
+        if freed >= need:
+            break
+        taken.append(inst)
+        freed += inst.size_bytes or 0
+    if freed < need:
+        return None
+    # Walk from the most valuable (taken last) to the least, dropping what is not needed.
+    for inst in reversed(list(taken)):
+        size = inst.size_bytes or 0
+        if freed - size >= need:
+            taken.remove(inst)
+            freed -= size
+    return taken
+
+
+def plan_eviction(
+    snapshot: Snapshot,
+    node: str,
+    need_bytes: int,
+    now: float,
+    policy: EvictionPolicy = "lru",
+    pinned: frozenset[str] | set[str] = frozenset(),
+    min_residency_s: float = 0.0,
+    priorities: Mapping[str, str] | None = None,
+    *,
+    request_rate: Mapping[str, float] | None = None,
+    requester_priority: str = "normal",
+    keep_model: str | None = None,
+    cost: CostModel = CostModel(),
+) -> EvictionPlan | None:
+    """Plan which instances on ``node`` to unload to free at least ``need_bytes``.
+
+    Returns ``None`` when the evictable instances together cannot free enough. Instances
+    with an unknown size are never chosen (evicting them might free nothing we can count).
+    ``keep_model`` protects replicas of the model being loaded (evicting one to load
+    another would be pointless). ``request_rate`` is requests per second per model.
+    """
+    if need_bytes <= 0:
+        return EvictionPlan(node, (), 0, f"fits on {node} without eviction")
+    prios = priorities or {}
+    rates = request_rate or {}
+    candidates = [
+        inst
+        for inst in snapshot.instances_on(node)
+        if (inst.size_bytes or 0) > 0
+        and inst.model != keep_model
+        and eviction_blocker(
+            inst,
+            now,
+            pinned=pinned,
+            min_residency_s=min_residency_s,
+            priorities=prios,
+            requester_priority=requester_priority,
+        )
+        is None
+    ]
+    if policy == "cost":
+        costs = {i.key: _expected_reload_cost(i, now, rates, prios, cost) for i in candidates}
+        ordered = sorted(candidates, key=lambda i: (costs[i.key] / (i.size_bytes or 1), i.key))
+        taken = _take_until(ordered, need_bytes)
+        # Greedy by cost per byte can miss one big instance that alone is cheaper.
+        singles = [i for i in ordered if (i.size_bytes or 0) >= need_bytes]
+        if singles:
+            best = min(singles, key=lambda i: (costs[i.key], i.key))
+            if taken is None or costs[best.key] < sum(costs[i.key] for i in taken):
+                taken = [best]
+        how = "lowest expected reload cost"
+    else:
+        ordered = sorted(
+            candidates,
+            key=lambda i: (PRIORITY_RANK.get(prios.get(i.model, "normal"), 1), _last_activity(i)),
+        )
+        taken = _take_until(ordered, need_bytes)
+        how = "least recently used"
+    if taken is None:
+        return None
+    frees = sum(i.size_bytes or 0 for i in taken)
+    names = ", ".join(i.model for i in taken)
+    reason = (
+        f"evict {names} on {node} ({how}): frees {fmt_bytes(frees)}, {fmt_bytes(need_bytes)} needed"
+    )
+    return EvictionPlan(node, tuple(i.key for i in taken), frees, reason)

@@ -1,0 +1,240 @@
+"""Where a new model load goes: footprints, free memory per node, and node choice.
+
+A node is eligible for a load when it is routable (healthy or suspect, not drained), its
+backend can load at all, and it has the model: its catalogue (``Node.available``) lists it,
+or the catalogue is empty, which means "unknown", so we assume it can. Among eligible nodes
+where the footprint fits in ``budget - loaded - pending``, the one with the most free memory
+wins; healthy nodes come before suspect ones. Exact ties rotate by a seed rather than by
+name or size, so equal nodes share the work instead of the biggest one taking everything.
+When nothing fits as is, evictions are planned on the best node that can make room.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from lmtui.core.eviction import (
+    CostModel,
+    EvictionPolicy,
+    fmt_bytes,
+    permanent_bytes,
+    plan_eviction,
+)
+from lmtui.core.model import GiB, Health, InstanceKey, InstanceState, Node, Snapshot
+
+#: (node name, model) pairs whose load the engine has started and not yet seen finish.
+PendingLoads = frozenset[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """What placement and eviction need from the ``[pool]`` and ``[[models]]`` config."""
+
+    #: Model footprints in bytes that override what the backends report (``size_gb``).
+    size_overrides: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    #: Footprint assumed when nobody reports a size. 8 GiB is a 7–8B model at Q8 plus
+    #: context: big enough that an unknown model is not squeezed onto a full node.
+    default_footprint_bytes: int = 8 * GiB
+    #: Added to file sizes (not to sizes a server reports for a loaded instance, which
+    #: already include it) for the KV cache and compute buffers.
+    context_overhead_bytes: int = 0
+    eviction_policy: EvictionPolicy = "lru"
+    #: Models pinned by configuration (instances can also be pinned at run time).
+    pinned: frozenset[str] = frozenset()
+    #: ``low`` / ``normal`` / ``high`` per model; missing means ``normal``.
+    priorities: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: Never evict an instance loaded less than this many seconds ago.
+    min_residency_s: float = 30.0
+    #: Requests per second per model, for the ``cost`` eviction policy.
+    request_rate: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    #: Nodes whose backend cannot load models (``Backend.can_load`` is false).
+    no_load_nodes: frozenset[str] = frozenset()
+    cost: CostModel = field(default_factory=CostModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Load the model on ``node``, after unloading ``evict`` (possibly empty)."""
+
+    node: str
+    footprint_bytes: int
+    evict: tuple[InstanceKey, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoPlacement:
+    """No node can take the load now. ``may_fit_later``: busy or young instances, or a node
+    still waiting for its first poll, may make room later; otherwise it never fits."""
+
+    reason: str
+    may_fit_later: bool
+
+
+def can_host(node: Node, model: str) -> bool:
+    """The node has the model, or its catalogue is unknown (empty), so it may."""
+    return not node.available or any(a.key == model for a in node.available)
+
+
+def footprint_bytes(snapshot: Snapshot, model: str, node: str | None, pool: PoolSettings) -> int:
+    """Memory a load of ``model`` takes (on ``node``, whose catalogue may know its size).
+
+    Order of trust: the user's override; the size of a loaded instance of the model (what
+    the server really used, context included); the catalogue's file size on that node, then
+    on any node, plus context overhead; the default.
+    """
+    if model in pool.size_overrides:
+        return pool.size_overrides[model]
+    for inst in snapshot.instances_of(model):
+        if inst.size_bytes and inst.state is InstanceState.LOADED:
+            return inst.size_bytes
+    nodes = list(snapshot.nodes.values())
+    if node is not None and node in snapshot.nodes:
+        nodes.sort(key=lambda n: n.name != node)  # that node's catalogue first
+    for n in nodes:
+        for avail in n.available:
+            if avail.key == model and avail.size_bytes:
+                return avail.size_bytes + pool.context_overhead_bytes
+    return pool.default_footprint_bytes + pool.context_overhead_bytes
+
+
+def free_bytes(
+    snapshot: Snapshot,
+    node: str,
+    pool: PoolSettings,
+    pending_loads: PendingLoads = frozenset(),
+) -> int | None:
+    """Budget left on ``node`` for new loads, or ``None`` when its memory is unknown.
+
+    Pending loads not yet visible as instances are charged their footprint, so two loads
+    started in quick succession do not both count on the same free memory.
+    """
+    n = snapshot.nodes.get(node)
+    if n is None or n.budget_bytes is None:
+        return None
+    used = snapshot.node_loaded_bytes(node)
+    present = {i.model for i in snapshot.instances_on(node)}
+    for pnode, pmodel in pending_loads:
+        if pnode == node and pmodel not in present:
+            used += footprint_bytes(snapshot, pmodel, node, pool)
+    return n.budget_bytes - used
+
+
+def rotation(names: Iterable[str], seed: int) -> dict[str, int]:
+    """A tie-break rank per name: the name-sorted list rotated by ``seed``.
+
+    Different seeds put a different name first, and no name is favoured for its size.
+    """
+    ordered = sorted(set(names))
+    n = len(ordered) or 1
+    return {name: (i - seed) % n for i, name in enumerate(ordered)}
+
+
+def stable_seed(*parts: str | float | None) -> int:
+    """A seed that is the same across processes (``hash()`` of a str is not)."""
+    return zlib.crc32("|".join(str(p) for p in parts).encode())
+
+
+def _tier(node: Node) -> int:
+    return 0 if node.health is Health.HEALTHY else 1
+
+
+def place(
+    snapshot: Snapshot,
+    model: str,
+    now: float,
+    pool: PoolSettings,
+    *,
+    pending_loads: PendingLoads = frozenset(),
+    exclude: frozenset[str] = frozenset(),
+    allow_eviction: bool = True,
+    seed: int = 0,
+) -> Placement | NoPlacement:
+    """Choose the node for a new load of ``model``, planning evictions if needed.
+
+    ``exclude`` names nodes not to use (e.g. ones that already hold a replica).
+    """
+    requester = pool.priorities.get(model, "normal")
+    candidates = [
+        n
+        for n in snapshot.nodes.values()
+        if n.name not in exclude and n.name not in pool.no_load_nodes and can_host(n, model)
+    ]
+    eligible = [n for n in candidates if n.routable]
+    if not eligible:
+        # A node that has not answered its first poll yet may still become eligible.
+        waiting = [n.name for n in candidates if n.health is Health.UNKNOWN and not n.drained]
+        if waiting:
+            return NoPlacement(f"waiting for the first poll of {', '.join(waiting)}", True)
+        return NoPlacement(f"no healthy, undrained node that can load {model}", False)
+
+    rot = rotation((n.name for n in eligible), seed)
+    info = {
+        n.name: (
+            footprint_bytes(snapshot, model, n.name, pool),
+            free_bytes(snapshot, n.name, pool, pending_loads),
+            sum(i.busy for i in snapshot.instances_on(n.name)),
+        )
+        for n in eligible
+    }
+
+    def rank(n: Node) -> tuple[int, bool, int, int, int]:
+        _fp, free, busy = info[n.name]
+        # Known memory before unknown; then most free; then least busy; then rotation.
+        return (_tier(n), free is None, -(free or 0), busy, rot[n.name])
+
+    ranked = sorted(eligible, key=rank)
+    for n in ranked:
+        fp, free, _ = info[n.name]
+        if free is None or fp <= free:
+            room = "unknown free memory" if free is None else f"{fmt_bytes(free)} free"
+            why = f"{n.name} has {room}, {model} needs {fmt_bytes(fp)}"
+            return Placement(n.name, fp, (), why)
+
+    may_fit_later = False
+    for n in ranked:
+        fp, free, _ = info[n.name]
+        budget = n.budget_bytes
+        if free is None or budget is None:
+            continue  # unknown memory was accepted in the loop above
+        stuck = permanent_bytes(
+            snapshot,
+            n.name,
+            pinned=pool.pinned,
+            priorities=pool.priorities,
+            requester_priority=requester,
+        )
+        if fp > budget - stuck:
+            continue  # pinned / higher-priority models leave too little, forever
+        may_fit_later = True
+        if not allow_eviction:
+            continue
+        plan = plan_eviction(
+            snapshot,
+            n.name,
+            fp - free,
+            now,
+            pool.eviction_policy,
+            pool.pinned,
+            pool.min_residency_s,
+            pool.priorities,
+            request_rate=pool.request_rate,
+            requester_priority=requester,
+            keep_model=model,
+            cost=pool.cost,
+        )
+        if plan is not None:
+            return Placement(n.name, fp, plan.evict, plan.reason)
+
+    fp_any = max(info[n.name][0] for n in eligible)
+    if may_fit_later:
+        why = "busy or recently loaded instances" if allow_eviction else "loaded models"
+        return NoPlacement(f"no room for {model} ({fmt_bytes(fp_any)}) until {why} free up", True)
+    return NoPlacement(
+        f"{model} ({fmt_bytes(fp_any)}) does not fit on any eligible node "
+        f"even after evicting everything unpinned",
+        False,
+    )

@@ -1,0 +1,234 @@
+"""Eviction plans: who may be unloaded, in what order, and when it cannot be done."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmtui.core.eviction import eviction_blocker, permanent_bytes, plan_eviction
+from lmtui.core.model import (
+    GiB,
+    Health,
+    HostMemory,
+    Instance,
+    InstanceState,
+    Node,
+    NodeKind,
+    Snapshot,
+)
+
+NOW = 10_000.0
+
+
+def mk_inst(model: str, size_gb: float = 4, node: str = "n1", **kw: object) -> Instance:
+    fields: dict[str, object] = {
+        "node": node,
+        "model": model,
+        "instance_id": model,
+        "size_bytes": int(size_gb * GiB),
+        "first_seen": 0.0,
+    }
+    fields.update(kw)
+    return Instance(**fields)  # type: ignore[arg-type]
+
+
+def mk_snap(*instances: Instance, total_gb: int = 64) -> Snapshot:
+    nodes = {
+        name: Node(
+            name,
+            NodeKind.LMSTUDIO,
+            f"http://127.0.0.1:1/{name}",
+            health=Health.HEALTHY,
+            memory=HostMemory(total_gb * GiB, total_gb * GiB),
+        )
+        for name in {i.node for i in instances} | {"n1"}
+    }
+    return Snapshot(
+        nodes=MappingProxyType(nodes),
+        instances=MappingProxyType({i.key: i for i in instances}),
+    )
+
+
+def test_lru_evicts_least_recently_used_first() -> None:
+    snap = mk_snap(
+        mk_inst("recent", last_used=NOW - 10),
+        mk_inst("oldest", last_used=NOW - 3000),
+        mk_inst("older", last_used=NOW - 2000),
+    )
+    plan = plan_eviction(snap, "n1", 6 * GiB, NOW, "lru")
+    assert plan is not None
+    assert plan.evict == (("n1", "oldest"), ("n1", "older"))
+    assert plan.frees_bytes == 8 * GiB
+    assert "oldest" in plan.reason
+
+
+def test_lru_takes_only_what_is_needed() -> None:
+    snap = mk_snap(
+        mk_inst("small-old", 2, last_used=NOW - 3000),
+        mk_inst("big", 12, last_used=NOW - 1000),
+        mk_inst("hot", 12, last_used=NOW - 1),
+    )
+    plan = plan_eviction(snap, "n1", 10 * GiB, NOW, "lru")
+    # The small one alone is not enough and the big one alone is: don't evict both.
+    assert plan is not None and plan.evict == (("n1", "big"),)
+
+
+def test_cannot_free_enough_returns_none() -> None:
+    snap = mk_snap(mk_inst("a", 4), mk_inst("b", 4))
+    assert plan_eviction(snap, "n1", 9 * GiB, NOW, "lru") is None
+    assert plan_eviction(snap, "n1", 9 * GiB, NOW, "cost") is None
+
+
+@pytest.mark.parametrize("policy", ["lru", "cost"])
+@pytest.mark.parametrize(
+    "blocked",
+    [
+        {"pinned": True},
+        {"in_flight": 1},
+        {"slots_busy": 1, "slots_total": 4},
+        {"queued": 2},
+        {"state": InstanceState.LOADING},
+        {"first_seen": NOW - 5},  # younger than min residency
+    ],
+    ids=["pinned", "in-flight", "slot-busy", "queued", "loading", "young"],
+)
+def test_blocked_instance_is_never_evicted(policy: str, blocked: dict[str, Any]) -> None:
+    snap = mk_snap(
+        mk_inst("blocked", 16, last_used=NOW - 9999, **blocked),
+        mk_inst("other", 4, last_used=NOW),
+    )
+    # Only the blocked one could free 10 GiB: no plan at all rather than touching it.
+    assert plan_eviction(snap, "n1", 10 * GiB, NOW, policy, min_residency_s=30) is None  # type: ignore[arg-type]
+    plan = plan_eviction(snap, "n1", 3 * GiB, NOW, policy, min_residency_s=30)  # type: ignore[arg-type]
+    assert plan is not None and plan.evict == (("n1", "other"),)
+
+
+def test_pinned_by_config_and_high_priority_are_protected() -> None:
+    snap = mk_snap(
+        mk_inst("cfg-pinned", 8, last_used=0.0),
+        mk_inst("vip", 8, last_used=0.0),
+        mk_inst("normal", 8, last_used=NOW),
+    )
+    plan = plan_eviction(
+        snap,
+        "n1",
+        6 * GiB,
+        NOW,
+        "lru",
+        pinned={"cfg-pinned"},
+        priorities={"vip": "high"},
+    )
+    assert plan is not None and plan.evict == (("n1", "normal"),)
+    # Only a high-priority requester may displace another high-priority model.
+    busy = mk_snap(
+        mk_inst("cfg-pinned", 8, last_used=0.0),
+        mk_inst("vip", 8, last_used=0.0),
+        mk_inst("normal", 8, last_used=NOW, in_flight=1),
+    )
+    args = (busy, "n1", 6 * GiB, NOW, "lru", {"cfg-pinned"}, 0, {"vip": "high"})
+    assert plan_eviction(*args) is None  # type: ignore[arg-type]
+    plan = plan_eviction(*args, requester_priority="high")  # type: ignore[arg-type]
+    assert plan is not None and plan.evict == (("n1", "vip"),)
+    assert permanent_bytes(snap, "n1", pinned={"cfg-pinned"}, priorities={"vip": "high"}) == (
+        16 * GiB
+    )
+
+
+def test_low_priority_goes_first_under_lru() -> None:
+    snap = mk_snap(
+        mk_inst("old-normal", 8, last_used=0.0),
+        mk_inst("fresh-low", 8, last_used=NOW),
+    )
+    plan = plan_eviction(snap, "n1", 6 * GiB, NOW, "lru", priorities={"fresh-low": "low"})
+    assert plan is not None and plan.evict == (("n1", "fresh-low"),)
+
+
+def test_keep_model_protects_replicas_of_the_model_being_loaded() -> None:
+    snap = mk_snap(mk_inst("same", 8, last_used=0.0), mk_inst("other", 8, last_used=NOW))
+    plan = plan_eviction(snap, "n1", 6 * GiB, NOW, "lru", keep_model="same")
+    assert plan is not None and plan.evict == (("n1", "other"),)
+
+
+def test_cost_policy_keeps_the_hot_model_and_drops_the_cold_one() -> None:
+    snap = mk_snap(
+        mk_inst("hot", 8, last_used=NOW - 5000),
+        mk_inst("cold", 8, last_used=NOW - 100),
+    )
+    rates = {"hot": 1.0, "cold": 0.0001}  # requests per second
+    plan = plan_eviction(snap, "n1", 6 * GiB, NOW, "cost", request_rate=rates)
+    assert plan is not None and plan.evict == (("n1", "cold"),)
+    # LRU would have taken the hot one: it was used longer ago.
+    lru = plan_eviction(snap, "n1", 6 * GiB, NOW, "lru")
+    assert lru is not None and lru.evict == (("n1", "hot"),)
+
+
+def test_cost_policy_without_rates_uses_recency() -> None:
+    snap = mk_snap(
+        mk_inst("just-used", 8, last_used=NOW - 2),
+        mk_inst("idle-hour", 8, last_used=NOW - 3600),
+    )
+    plan = plan_eviction(snap, "n1", 6 * GiB, NOW, "cost")
+    assert plan is not None and plan.evict == (("n1", "idle-hour"),)
+
+
+def test_nothing_needed_is_an_empty_plan() -> None:
+    plan = plan_eviction(mk_snap(mk_inst("a")), "n1", 0, NOW)
+    assert plan is not None and plan.evict == () and plan.frees_bytes == 0
+
+
+def test_blocker_reasons() -> None:
+    assert eviction_blocker(mk_inst("a", in_flight=1), NOW) == "busy"
+    assert eviction_blocker(mk_inst("a", pinned=True), NOW) == "pinned"
+    assert eviction_blocker(mk_inst("a"), NOW) is None
+
+
+inst_st = st.builds(
+    lambda i, size, busy, pinned, last, seen, node: mk_inst(
+        f"m{i}",
+        size,
+        node=node,
+        in_flight=busy,
+        pinned=pinned,
+        last_used=last,
+        first_seen=seen,
+    ),
+    st.integers(0, 30),
+    st.integers(1, 20),
+    st.integers(0, 2),
+    st.booleans(),
+    st.none() | st.floats(0, NOW),
+    st.none() | st.floats(0, NOW),
+    st.sampled_from(["n1", "n2"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(inst_st, max_size=8, unique_by=lambda i: i.key),
+    st.integers(1, 60),
+    st.sampled_from(["lru", "cost"]),
+)
+def test_plans_only_free_idle_unpinned_instances_on_the_node(
+    instances: list[Instance], need_gb: int, policy: str
+) -> None:
+    snap = mk_snap(*instances)
+    plan = plan_eviction(snap, "n1", need_gb * GiB, NOW, policy, min_residency_s=60)  # type: ignore[arg-type]
+    evictable = [
+        i
+        for i in instances
+        if i.node == "n1"
+        and i.busy == 0
+        and not i.pinned
+        and (i.first_seen is None or NOW - i.first_seen >= 60)
+    ]
+    if plan is None:
+        assert sum(i.size_bytes or 0 for i in evictable) < need_gb * GiB
+        return
+    chosen = [snap.instances[k] for k in plan.evict]
+    assert all(i in evictable for i in chosen)
+    assert len(set(plan.evict)) == len(plan.evict)
+    assert plan.frees_bytes == sum(i.size_bytes or 0 for i in chosen) >= need_gb * GiB
