@@ -21,7 +21,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from lmtui.core.events import Event, EventKind
-from lmtui.core.model import Node, Observation, Snapshot
+from lmtui.core.model import Instance, InstanceKey, InstanceState, Node, Observation, Snapshot
 from lmtui.core.state import FoldContext, fold, with_node
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,49 @@ class Store:
             k: (replace(i, pinned=i.model in pinned) if i.pinned != (i.model in pinned) else i)
             for k, i in self._snap.instances.items()
         }
+        self._publish(
+            replace(self._snap, version=self._snap.version + 1, instances=MappingProxyType(insts)),
+            [],
+        )
+
+    def add_in_flight(self, key: InstanceKey, delta: int, at: float) -> Instance | None:
+        """lmtui started (+1) or finished (-1) a request on an instance; returns it updated.
+
+        Finishing also stamps ``last_used``, so idle replicas take turns (LRU tie-break).
+        """
+        inst = self._snap.instances.get(key)
+        if inst is None:
+            return None
+        n = max(0, inst.in_flight + delta)
+        inst = replace(
+            inst,
+            in_flight=n,
+            slots_busy=n + inst.external_busy,
+            last_used=at if delta < 0 or inst.last_used is None else inst.last_used,
+        )
+        self._put_instance(inst)
+        return inst
+
+    def set_instance_state(self, key: InstanceKey, state: InstanceState) -> None:
+        inst = self._snap.instances.get(key)
+        if inst is not None and inst.state is not state:
+            self._put_instance(replace(inst, state=state))
+
+    def set_queue_depth(self, model: str, depth: int) -> None:
+        if self._snap.queue_depth.get(model, 0) == depth:
+            return
+        q = dict(self._snap.queue_depth)
+        if depth:
+            q[model] = depth
+        else:
+            q.pop(model, None)
+        self._publish(
+            replace(self._snap, version=self._snap.version + 1, queue_depth=MappingProxyType(q)), []
+        )
+
+    def _put_instance(self, inst: Instance) -> None:
+        insts = dict(self._snap.instances)
+        insts[inst.key] = inst
         self._publish(
             replace(self._snap, version=self._snap.version + 1, instances=MappingProxyType(insts)),
             [],

@@ -1,0 +1,402 @@
+"""The dispatcher: carries out the scheduler's decisions for live requests.
+
+A request asks for a *lease* on a slot of some replica of its model. The pure scheduler
+(``lmtui.core.scheduler.schedule``) decides; the dispatcher acts:
+
+- ``Route``: take a slot now (lmtui's in-flight count is the authority on slots);
+- ``Load``: start one load task for (node, model) — evicting first if the plan says so — and
+  queue the request; concurrent requests for the same model see the pending load and wait
+  on it instead of starting their own;
+- ``Wait``: queue the request (FIFO per model, depth limit → 429, deadline → 504);
+- ``Reject``: fail now (404 unknown model, 503 can never fit).
+
+Whenever something changes — a lease is released, a load finishes, a poll lands — the
+queue heads are offered to the scheduler again, so the first replica anywhere that frees a
+slot takes the oldest waiting request. A client that disconnects leaves the queue at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from lmtui.backends.base import Backend, BackendError
+from lmtui.core.events import Event, EventKind, Level
+from lmtui.core.model import InstanceKey, InstanceState
+from lmtui.core.queue import Rejected as QueueRejected
+from lmtui.core.queue import RequestQueue
+from lmtui.core.scheduler import (
+    Load,
+    Reject,
+    RequestInfo,
+    Route,
+    SchedulerSettings,
+    Strategy,
+    Wait,
+    schedule,
+)
+from lmtui.engine.store import Store
+
+log = logging.getLogger(__name__)
+
+#: After a load fails on a node, requests for that model avoid the node this long.
+LOAD_FAILURE_COOLOFF_S = 30.0
+#: How often a waiting streaming client is told what it waits for (an SSE comment).
+PROGRESS_EVERY_S = 2.0
+
+
+class DispatchError(Exception):
+    """A request cannot be served; ``status`` is the HTTP status to answer."""
+
+    status = 503
+    code = "service_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RequestRejected(DispatchError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = "model_not_found" if status == 404 else "service_unavailable"
+
+
+class QueueFull(DispatchError):
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueTimeout(DispatchError):
+    status = 504
+    code = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One slot on one instance, held for the duration of one upstream request."""
+
+    key: InstanceKey
+    node: str
+    #: The model name as the backend calls it.
+    model: str
+    queue_wait_s: float
+    reason: str
+
+
+@dataclass(slots=True)
+class _Waiter:
+    req: RequestInfo
+    fut: asyncio.Future[Lease]
+    enqueued_at: float
+
+
+Progress = Callable[[str], Awaitable[None]]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        backends: dict[str, Backend],
+        settings: SchedulerSettings,
+        *,
+        strategy: Strategy = Strategy.EFFICIENCY,
+        queue_depth: int = 256,
+        refresh: Callable[[str], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.time,
+        on_load: Callable[[str, str, str, bool, float], None] | None = None,
+        on_evict: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.backends = backends
+        self.settings = settings
+        self.strategy = strategy
+        self.queue = RequestQueue(max_depth=queue_depth)
+        self.refresh = refresh
+        self.clock = clock
+        self.on_load = on_load
+        self.on_evict = on_evict
+        self._waiters: dict[str, _Waiter] = {}
+        self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._load_failed: dict[tuple[str, str], float] = {}
+        self._affinity: OrderedDict[str, InstanceKey] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._pump_scheduled = False
+        self._unsubscribe = store.subscribe(self._on_change)
+
+    # -- the request side ----------------------------------------------------------------
+
+    async def acquire(
+        self, req: RequestInfo, *, deadline: float, progress: Progress | None = None
+    ) -> Lease:
+        """Wait for a slot for ``req`` until ``deadline`` (engine clock)."""
+        if req.request_id is None:
+            req = replace(req, request_id=f"r{next(self._ids)}")
+        now = self.clock()
+        req = self._with_exclusions(req, now)
+        d = self._decide(req, now)
+        if isinstance(d, Route):
+            return self._grant(d, req, now, now)
+        if isinstance(d, Reject):
+            self._event(EventKind.REJECT, d.reason, model=req.model, level=Level.WARNING)
+            raise RequestRejected(d.status, d.reason)
+        if isinstance(d, Load):
+            self._start_load(d)
+        return await self._wait(req, now, deadline, progress, d)
+
+    def release(self, lease: Lease, *, failed: bool = False) -> None:
+        """Give the slot back. ``failed``: the upstream failed this request."""
+        self.store.add_in_flight(lease.key, -1, self.clock())
+        self._schedule_pump()
+
+    @property
+    def pending_loads(self) -> frozenset[tuple[str, str]]:
+        return frozenset(self._pending)
+
+    def close(self) -> None:
+        self._unsubscribe()
+        for t in self._pending.values():
+            t.cancel()
+        for w in self._waiters.values():
+            if not w.fut.done():
+                w.fut.set_exception(DispatchError("lmtui is shutting down"))
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _decide(self, req: RequestInfo, now: float) -> Route | Load | Wait | Reject:
+        return schedule(
+            self.store.snapshot,
+            req,
+            self.strategy,
+            self.settings,
+            now,
+            frozenset(self._pending),
+            self._affinity,
+        )
+
+    def _with_exclusions(self, req: RequestInfo, now: float) -> RequestInfo:
+        """Avoid nodes where a load of this model failed recently (else we retry forever)."""
+        model = self.settings.aliases.get(req.model, req.model)
+        bad = {
+            (n, f"load-failed:{m}")
+            for (n, m), t in self._load_failed.items()
+            if m == model and now - t < LOAD_FAILURE_COOLOFF_S
+        }
+        return replace(req, exclude=req.exclude | frozenset(bad)) if bad else req
+
+    def _grant(self, d: Route, req: RequestInfo, now: float, enqueued_at: float) -> Lease:
+        inst = self.store.add_in_flight(d.instance_key, +1, now)
+        assert inst is not None, "the scheduler routed to an instance the store lacks"
+        if req.user is not None:
+            self._affinity[req.user] = d.instance_key
+            self._affinity.move_to_end(req.user)
+            if len(self._affinity) > 10_000:
+                self._affinity.popitem(last=False)
+        if d.preload is not None:
+            self._start_load(d.preload)
+        self._event(EventKind.ROUTE, d.reason, node=inst.node, model=inst.model)
+        return Lease(d.instance_key, inst.node, inst.model, now - enqueued_at, d.reason)
+
+    async def _wait(
+        self,
+        req: RequestInfo,
+        now: float,
+        deadline: float,
+        progress: Progress | None,
+        why: Load | Wait,
+    ) -> Lease:
+        assert req.request_id is not None
+        model = self.settings.aliases.get(req.model, req.model)
+        adm = self.queue.admit(req.request_id, model, now, deadline)
+        if isinstance(adm, QueueRejected):
+            self._event(
+                EventKind.REJECT, f"queue full: {adm.reason}", model=model, level=Level.WARNING
+            )
+            raise QueueFull(adm.reason, adm.retry_after_s)
+        fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        self._waiters[req.request_id] = _Waiter(replace(req, queued=True), fut, now)
+        self._sync_depth(model)
+        try:
+            while True:
+                left = deadline - self.clock()
+                if left <= 0:
+                    raise QueueTimeout(
+                        f"no replica of {model} became free within {deadline - now:.0f}s "
+                        f"(request deadline); {why.reason}"
+                    )
+                try:
+                    async with asyncio.timeout(min(left, PROGRESS_EVERY_S)):
+                        return await asyncio.shield(fut)
+                except TimeoutError:
+                    if fut.done():
+                        return fut.result()
+                    if progress is not None:
+                        await progress(self._progress_text(model, now))
+        except asyncio.CancelledError:
+            # The client went away. If a lease was granted in the same instant, give it back.
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(fut.result())
+            raise
+        finally:
+            self._waiters.pop(req.request_id, None)
+            if self.queue.cancel(req.request_id) is not None:
+                self._sync_depth(model)
+
+    def _progress_text(self, model: str, since: float) -> str:
+        waited = self.clock() - since
+        loading = [n for (n, m) in self._pending if m == model]
+        if loading:
+            node = loading[0]
+            pct = ""
+            for inst in self.store.snapshot.instances_of(model):
+                if inst.node == node and inst.load_progress is not None:
+                    pct = f", {inst.load_progress:.0%}"
+            return f"loading model {model} on node {node}{pct} ({waited:.0f}s)"
+        depth = self.queue.depth(model)
+        return f"waiting for a free slot of {model}, {depth} queued ({waited:.0f}s)"
+
+    def _on_change(self, _snap: object, _events: object) -> None:
+        if self._waiters:
+            self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled and self._waiters:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Offer each model's oldest waiting request to the scheduler until one must wait."""
+        self._pump_scheduled = False
+        now = self.clock()
+        for model in list(self.queue.depths()):
+            while (head := self.queue.peek(model)) is not None:
+                w = self._waiters.get(head.request_id)
+                if w is None or w.fut.done():
+                    self.queue.cancel(head.request_id)
+                    continue
+                req = self._with_exclusions(w.req, now)
+                d = self._decide(req, now)
+                if isinstance(d, Route):
+                    self.queue.next_for(model)
+                    w.fut.set_result(self._grant(d, req, now, w.enqueued_at))
+                    continue
+                if isinstance(d, Reject):
+                    self.queue.fail(head.request_id)
+                    w.fut.set_exception(RequestRejected(d.status, d.reason))
+                    continue
+                if isinstance(d, Load):
+                    self._start_load(d)
+                break
+            self._sync_depth(model)
+
+    def _sync_depth(self, model: str) -> None:
+        self.store.set_queue_depth(model, self.queue.depth(model))
+
+    def _start_load(self, d: Load) -> None:
+        key = (d.node, d.model)
+        if key in self._pending:
+            return
+        self._pending[key] = asyncio.get_running_loop().create_task(
+            self._run_load(d), name=f"load:{d.model}@{d.node}"
+        )
+
+    async def _run_load(self, d: Load) -> None:
+        t0 = self.clock()
+        ok = False
+        try:
+            if not await self._evict(d):
+                return
+            self._event(
+                EventKind.LOAD,
+                f"loading {d.model} on {d.node}: {d.reason}",
+                node=d.node,
+                model=d.model,
+            )
+            try:
+                await self.backends[d.node].load(d.model)
+            except BackendError as e:
+                self._load_failed[(d.node, d.model)] = self.clock()
+                self._event(
+                    EventKind.ERROR,
+                    f"load of {d.model} on {d.node} failed: {e}",
+                    node=d.node,
+                    model=d.model,
+                    level=Level.ERROR,
+                )
+                return
+            ok = True
+            self._load_failed.pop((d.node, d.model), None)
+            self._event(
+                EventKind.LOAD,
+                f"{d.model} loaded on {d.node} in {self.clock() - t0:.1f}s",
+                node=d.node,
+                model=d.model,
+            )
+            if self.refresh is not None:
+                await self.refresh(d.node)  # see the new instance now, not a poll later
+        finally:
+            self._pending.pop((d.node, d.model), None)
+            if self.on_load is not None:
+                self.on_load(d.model, d.node, "on_demand", ok, self.clock() - t0)
+            self._schedule_pump()
+
+    async def _evict(self, d: Load) -> bool:
+        """Unload what the plan evicts. False when the plan went stale (an instance got busy)."""
+        for key in d.evict:
+            inst = self.store.snapshot.instances.get(key)
+            if inst is None:
+                continue
+            if inst.busy > 0 or inst.in_flight > 0:
+                self._event(
+                    EventKind.EVICT,
+                    f"not evicting {inst.model} on {inst.node}: it became busy; planning again",
+                    node=inst.node,
+                    model=inst.model,
+                )
+                return False
+            self.store.set_instance_state(key, InstanceState.UNLOADING)
+            self._event(
+                EventKind.EVICT,
+                f"evicting {inst.model} from {inst.node} to make room for {d.model}",
+                node=inst.node,
+                model=inst.model,
+            )
+            try:
+                await self.backends[inst.node].unload(inst.model, inst.instance_id)
+            except BackendError as e:
+                self.store.set_instance_state(key, InstanceState.LOADED)
+                self._event(
+                    EventKind.ERROR,
+                    f"evicting {inst.model} from {inst.node} failed: {e}",
+                    node=inst.node,
+                    model=inst.model,
+                    level=Level.ERROR,
+                )
+                return False
+            if self.on_evict is not None:
+                self.on_evict(inst.model, inst.node, "make_room")
+        if d.evict and self.refresh is not None:
+            await self.refresh(d.node)
+        return True
+
+    def _event(
+        self,
+        kind: EventKind,
+        message: str,
+        *,
+        node: str | None = None,
+        model: str | None = None,
+        level: Level = Level.INFO,
+    ) -> None:
+        self.store.record(Event(self.clock(), kind, message, node=node, model=model, level=level))

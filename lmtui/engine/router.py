@@ -1,0 +1,396 @@
+"""The OpenAI-compatible router: one address for the whole cluster.
+
+Hot path, per request: check the bearer key, read the body (size-limited), decode only
+``model`` / ``stream`` / ``user`` / ``ttl`` with msgspec, get a lease from the dispatcher,
+forward the original bytes (re-encoded only when the model name must be rewritten) over a
+pooled ``aiohttp`` session to the node, and pass the answer back — chunk by chunk for SSE.
+
+Why this stack: measured for this project on a 2-core machine, ``httpx`` as the proxy client
+was 5–13× slower in requests/s than ``aiohttp.ClientSession``; raw ASGI on uvicorn+uvloop was
+no faster than ``aiohttp.web``; an access log cost 19–37% of throughput, so there is none.
+
+Failover: a connection error or a 5xx before the first byte reaches the client is retried on
+another replica (or a load elsewhere). After the first byte, a failure ends the stream with
+an error event and ``[DONE]``: every request ends in a response or an explicit error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from lmtui.core.scheduler import RequestInfo
+from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease, QueueFull
+from lmtui.engine.errors import error_body, error_response
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: Upstream attempts per request: the first try plus failovers before the first byte.
+MAX_ATTEMPTS = 3
+
+
+class _Head(msgspec.Struct):
+    """The only fields the router reads from a request body; the rest passes untouched."""
+
+    model: str | None = None
+    stream: bool = False
+    user: str | None = None
+    ttl: float | None = None
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
+_json = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder().encode
+
+
+class _RetryElsewhere(Exception):
+    """The upstream failed before anything reached the client: try another replica."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one request, for metrics and the request log."""
+
+    model: str
+    node: str | None = None
+    status: int = 200
+    outcome: str = "ok"
+    queue_wait_s: float = 0.0
+    ttft_s: float | None = None
+    stream: bool = False
+    user: str | None = None
+
+
+OnDone = Callable[[Outcome, float, float], None]
+
+
+class Router:
+    """The HTTP server for ``/v1/*``; the control API and ``/metrics`` mount beside it."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        node_urls: dict[str, str],
+        node_keys: dict[str, str | None],
+        *,
+        api_keys: list[str],
+        queue_timeout_s: float,
+        max_body_bytes: int,
+        models: Callable[[], list[dict[str, object]]],
+        resolve: Callable[[str], str],
+        on_done: OnDone | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.node_urls = {n: u.rstrip("/") for n, u in node_urls.items()}
+        self.node_keys = node_keys
+        self.api_keys = [k.encode() for k in api_keys]
+        self.queue_timeout_s = queue_timeout_s
+        self.max_body_bytes = max_body_bytes
+        self.models = models
+        self.resolve = resolve
+        self.on_done = on_done
+        self.clock = clock
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/v1/models", self.list_models)
+        app.on_cleanup.append(self._close_sessions)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.proxy(request, "/v1/chat/completions")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.proxy(request, "/v1/completions")
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self.proxy(request, "/v1/embeddings")
+
+    async def list_models(self, request: web.Request) -> web.StreamResponse:
+        denied = self._check_auth(request)
+        if denied is not None:
+            return denied
+        return web.Response(
+            body=_encode({"object": "list", "data": self.models()}), content_type="application/json"
+        )
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def _check_auth(self, request: web.Request) -> web.Response | None:
+        if not self.api_keys:
+            return None
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].encode() if auth[:7].lower() == "bearer " else b""
+        # Compare against every key so the time taken does not say which one matched.
+        ok = False
+        for key in self.api_keys:
+            ok |= hmac.compare_digest(token, key)
+        if ok:
+            return None
+        return error_response(
+            401,
+            "Incorrect or missing API key. Send 'Authorization: "
+            "Bearer <key>' with a key from [router] api_keys_env.",
+            "invalid_request_error",
+            "invalid_api_key",
+        )
+
+    async def proxy(self, request: web.Request, path: str) -> web.StreamResponse:
+        t0 = self.clock()
+        denied = self._check_auth(request)
+        if denied is not None:
+            return denied
+        if (request.content_length or 0) > self.max_body_bytes:
+            return self._too_large()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large()
+        try:
+            head = _decode_head(body)
+        except msgspec.ValidationError as e:  # a subclass of DecodeError: check it first
+            return error_response(
+                400, f"Invalid request: {e}", "invalid_request_error", "invalid_request"
+            )
+        except msgspec.DecodeError as e:
+            return error_response(
+                400,
+                f"The request body is not valid JSON: {e}",
+                "invalid_request_error",
+                "invalid_json",
+            )
+        if not head.model:
+            return error_response(
+                400,
+                "you must provide a model parameter",
+                "invalid_request_error",
+                "missing_model",
+                param="model",
+            )
+        out = Outcome(model=self.resolve(head.model), stream=head.stream, user=head.user)
+        try:
+            return await self._serve(request, path, body, head, out)
+        except asyncio.CancelledError:
+            out.outcome, out.status = "client_gone", 499
+            raise
+        finally:
+            if self.on_done is not None:
+                self.on_done(out, t0, self.clock())
+
+    def _too_large(self) -> web.Response:
+        return error_response(
+            413,
+            f"Request body larger than {self.max_body_bytes} bytes ([router] max_body_bytes).",
+            "invalid_request_error",
+            "request_too_large",
+        )
+
+    async def _serve(
+        self, request: web.Request, path: str, body: bytes, head: _Head, out: Outcome
+    ) -> web.StreamResponse:
+        deadline = self.clock() + self.queue_timeout_s
+        sse: web.StreamResponse | None = None
+
+        async def progress(message: str) -> None:
+            # Only streaming clients hear about waits: an SSE comment keeps their connection
+            # alive and is ignored by every SSE parser; a JSON client just waits.
+            nonlocal sse
+            if not head.stream:
+                return
+            if sse is None:
+                sse = await self._start_sse(request, 200)
+            await sse.write(b": " + message.encode() + b"\n\n")
+
+        exclude: frozenset[tuple[str, str]] = frozenset()
+        last_error = "no replica"
+        for _attempt in range(MAX_ATTEMPTS):
+            try:
+                lease = await self.dispatcher.acquire(
+                    RequestInfo(head.model or "", head.user, exclude=exclude),
+                    deadline=deadline,
+                    progress=progress,
+                )
+            except DispatchError as e:
+                out.status, out.outcome = e.status, _outcome_of(e)
+                return await self._fail(request, sse, e)
+            out.node, out.queue_wait_s = lease.node, lease.queue_wait_s
+            failed = False
+            try:
+                return await self._forward(request, lease, path, body, head, sse, out)
+            except _RetryElsewhere as e:
+                failed = True
+                last_error = str(e)
+                log.info(
+                    "request for %s failed on %s before the first byte: %s; retrying",
+                    lease.model,
+                    lease.node,
+                    e,
+                )
+                exclude = exclude | {lease.key}
+            finally:
+                self.dispatcher.release(lease, failed=failed)
+        out.status, out.outcome = 502, "upstream_error"
+        err = DispatchError(f"every attempt failed before the first byte; last: {last_error}")
+        err.status, err.code = 502, "upstream_error"
+        return await self._fail(request, sse, err)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        lease: Lease,
+        path: str,
+        body: bytes,
+        head: _Head,
+        sse: web.StreamResponse | None,
+        out: Outcome,
+    ) -> web.StreamResponse:
+        if head.model != lease.model:
+            doc = _json.decode(body)
+            doc["model"] = lease.model
+            body = _encode(doc)
+        session = self._session(lease.node)
+        t_send = self.clock()
+        try:
+            up = await session.post(
+                self.node_urls[lease.node] + path,
+                data=body,
+                headers=self._upstream_headers(lease.node),
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise _RetryElsewhere(f"{type(e).__name__}: {e}") from e
+        try:
+            if up.status >= 500:
+                detail = (await up.read())[:200].decode(errors="replace")
+                raise _RetryElsewhere(f"HTTP {up.status}: {detail}")
+            out.status = up.status
+            if up.status >= 400:
+                out.outcome = "upstream_error"
+            ctype = up.headers.get("Content-Type", "application/json")
+            if not ctype.startswith("text/event-stream"):
+                try:
+                    data = await up.read()
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    raise _RetryElsewhere(f"{type(e).__name__}: {e}") from e
+                out.ttft_s = self.clock() - t_send
+                if sse is not None:  # the client already got SSE comments: stay SSE
+                    await sse.write(b"data: " + data + b"\n\ndata: [DONE]\n\n")
+                    await sse.write_eof()
+                    return sse
+                return web.Response(body=data, status=up.status, headers={"Content-Type": ctype})
+            return await self._pipe(request, up, sse, t_send, out)
+        finally:
+            up.release()
+
+    async def _pipe(
+        self,
+        request: web.Request,
+        up: aiohttp.ClientResponse,
+        sse: web.StreamResponse | None,
+        t_send: float,
+        out: Outcome,
+    ) -> web.StreamResponse:
+        it = up.content.iter_any().__aiter__()
+        try:
+            first = await it.__anext__()
+        except StopAsyncIteration as e:
+            raise _RetryElsewhere("empty stream") from e
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise _RetryElsewhere(f"{type(e).__name__}: {e}") from e
+        out.ttft_s = self.clock() - t_send
+        if sse is None:
+            sse = await self._start_sse(request, up.status)
+        await sse.write(first)
+        try:
+            async for chunk in it:
+                await sse.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            # Past the first byte there is no retry: end the stream with an explicit error.
+            out.outcome, out.status = "upstream_error", 502
+            msg = f"upstream {out.node} failed mid-stream: {type(e).__name__}: {e}"
+            await sse.write(
+                b"data: "
+                + error_body(msg, "upstream_error", "stream_interrupted")
+                + b"\n\ndata: [DONE]\n\n"
+            )
+        await sse.write_eof()
+        return sse
+
+    async def _start_sse(self, request: web.Request, status: int) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            status=status,
+            headers={"Content-Type": "text/event-stream; charset=utf-8", **SSE_HEADERS},
+        )
+        await resp.prepare(request)
+        return resp
+
+    async def _fail(
+        self, request: web.Request, sse: web.StreamResponse | None, e: DispatchError
+    ) -> web.StreamResponse:
+        if sse is None:
+            headers = {}
+            if isinstance(e, QueueFull):
+                headers["Retry-After"] = str(max(1, round(e.retry_after_s)))
+            return error_response(e.status, e.message, _type_of(e.status), e.code, headers=headers)
+        await sse.write(
+            b"data: " + error_body(e.message, _type_of(e.status), e.code) + b"\n\ndata: [DONE]\n\n"
+        )
+        await sse.write_eof()
+        return sse
+
+    # -- upstream sessions -------------------------------------------------------------------
+
+    def _upstream_headers(self, node: str) -> dict[str, str]:
+        key = self.node_keys.get(node)
+        h = {"Content-Type": "application/json"}
+        if key:
+            h["Authorization"] = f"Bearer {key}"
+        return h
+
+    def _session(self, node: str) -> aiohttp.ClientSession:
+        s = self._sessions.get(node)
+        if s is None or s.closed:
+            # One pooled session per node: keep-alive connections are reused across
+            # requests; generation can run for minutes, so no total timeout.
+            s = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=900),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+            )
+            self._sessions[node] = s
+        return s
+
+    async def _close_sessions(self, _app: web.Application | None = None) -> None:
+        for s in self._sessions.values():
+            await s.close()
+        self._sessions.clear()
+
+
+def _type_of(status: int) -> str:
+    if status == 404 or status == 400 or status == 413:
+        return "invalid_request_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error"
+
+
+def _outcome_of(e: DispatchError) -> str:
+    return {404: "not_found", 429: "rejected_429", 504: "timeout_504"}.get(e.status, "error")
+
+
+def node_api_keys(envs: dict[str, str | None]) -> dict[str, str | None]:
+    """Resolve each node's ``api_key_env`` to its value (None when unset)."""
+    return {n: (os.environ.get(e) if e else None) for n, e in envs.items()}

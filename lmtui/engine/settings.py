@@ -1,0 +1,62 @@
+"""Turn the config into the plain settings the pure scheduler takes, and the model catalogue."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+from lmtui.backends.base import Backend
+from lmtui.config import GB, Config
+from lmtui.core.model import InstanceState, Snapshot
+from lmtui.core.placement import PoolSettings
+from lmtui.core.scheduler import SchedulerSettings
+
+
+def scheduler_settings(
+    config: Config, backends: dict[str, Backend], pinned: frozenset[str] = frozenset()
+) -> SchedulerSettings:
+    models = config.models
+    return SchedulerSettings(
+        session_affinity=config.router.session_affinity,
+        max_replicas=config.router.max_replicas,
+        replica_queue_threshold=config.router.replica_queue_threshold,
+        min_replicas=MappingProxyType({m.name: m.min_replicas for m in models if m.min_replicas}),
+        aliases=MappingProxyType({a: m.name for m in models for a in m.aliases}),
+        known_models=frozenset(m.name for m in models),
+        pool=PoolSettings(
+            size_overrides=MappingProxyType(
+                {m.name: int(m.size_gb * GB) for m in models if m.size_gb is not None}
+            ),
+            eviction_policy=config.pool.eviction,
+            pinned=pinned | frozenset(m.name for m in models if m.pinned),
+            priorities=MappingProxyType({m.name: m.priority for m in models}),
+            min_residency_s=config.pool.min_residency,
+            no_load_nodes=frozenset(n for n, b in backends.items() if not b.can_load),
+        ),
+    )
+
+
+def model_catalogue(snap: Snapshot, config: Config) -> list[dict[str, Any]]:
+    """``GET /v1/models``: every model the cluster has or can load, with where it is."""
+    loaded: dict[str, list[str]] = {}
+    available: dict[str, list[str]] = {}
+    for inst in snap.instances.values():
+        if inst.state is InstanceState.LOADED:
+            loaded.setdefault(inst.model, []).append(inst.node)
+    for node in snap.nodes.values():
+        for a in node.available:
+            available.setdefault(a.key, []).append(node.name)
+    aliases = {m.name: m.aliases for m in config.models}
+    names = sorted(set(loaded) | set(available) | set(aliases))
+    return [
+        {
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "lmtui",
+            "loaded_on": sorted(loaded.get(name, [])),
+            "available_on": sorted(available.get(name, [])),
+            "aliases": list(aliases.get(name, [])),
+        }
+        for name in names
+    ]
