@@ -1,0 +1,304 @@
+"""Prometheus metrics for the router: counters and histograms on the hot path, gauges at scrape.
+
+Two kinds of metric, two costs:
+
+- **Events** (a request finished, a model loaded, an instance was evicted, a route was
+  chosen) are counted the moment they happen. The router calls these once per request, so
+  each call is a dict lookup and a few lock-protected float additions: label children are
+  resolved once per distinct label set and cached, never re-validated per request.
+- **State** (queue depth, in-flight, slots, node health, memory, poll latency, tokens/s)
+  already lives in the store's current ``Snapshot``. A custom collector reads it only when
+  Prometheus scrapes, so keeping these gauges current costs the hot path nothing.
+
+Every ``Metrics`` owns its ``CollectorRegistry`` (never the process-global one), so tests and
+embedded engines can create as many as they like without "Duplicated timeseries" errors.
+
+Label cardinality is bounded. ``node`` comes from the config and ``outcome``/``reason`` are
+short fixed codes chosen by the router, but ``model`` is whatever a client typed: past
+``max_models`` distinct names, further names are counted under ``model="__other__"`` so a
+client looping over random model names cannot grow the scrape without limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from lmtui.core.model import Health, Snapshot
+
+log = logging.getLogger(__name__)
+
+#: Outcomes the router reports for a finished request (the ``outcome`` label).
+OUTCOMES = frozenset(
+    {
+        "ok",
+        "error",
+        "rejected_429",
+        "timeout_504",
+        "client_gone",
+        "upstream_error",
+        "not_found",
+        "bad_request",
+    }
+)
+#: Outcomes of requests that never entered the wait queue: a 0 s "wait" for them would
+#: drag the queue-wait histogram towards zero and hide real waiting.
+NEVER_QUEUED = frozenset({"rejected_429", "not_found", "bad_request"})
+
+#: Label value used once ``max_models`` distinct model names have been seen.
+OTHER_MODEL = "__other__"
+
+# Queue wait and time to first token share one scale, 1 ms to 10 min. The bottom is the
+# router's own overhead: a request routed straight to a free slot waits well under 1 ms,
+# and that bucket shows at a glance that lmtui adds nothing. Waiting for a busy slot costs
+# one generation (seconds to a minute); waiting for a cold load of a 30-70 GB model from
+# disk costs minutes; 600 s is the longest queue deadline worth distinguishing. Roughly
+# 1-2.5-5 steps per decade keep the bucket count (16) and so the scrape small.
+WAIT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+# A whole request: an embedding takes ~10 ms; a long answer at 5 tokens/s on a CPU node
+# (4,000 tokens) takes ~15 min, so the top bucket is 30 min.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+)  # fmt: skip
+# A model load: a small model from page cache loads in ~100 ms-1 s, a 70B model from a
+# spinning disk or network share takes several minutes.
+LOAD_BUCKETS: tuple[float, ...] = (
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+
+
+#: The label children one finished request touches: requests counter, then the queue-wait,
+#: TTFT and duration histograms (None where that request kind is never observed).
+_RequestChildren = tuple[Counter, Histogram | None, Histogram | None, Histogram | None]
+
+
+class _SnapshotCollector(Collector):
+    """Gauges computed from the store's current snapshot when Prometheus scrapes."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+        self._failed_once = False
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, so the registry can detect clashes without reading the snapshot.
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            snap = self._snapshot()
+        except Exception:
+            # A broken snapshot source must not take the counters down with it: the scrape
+            # still answers, just without the state gauges. Logged once, not per scrape.
+            if not self._failed_once:
+                log.exception("metrics: reading the snapshot failed; state gauges omitted")
+                self._failed_once = True
+            return []
+        return self._families(snap)
+
+    @staticmethod
+    def _families(snap: Snapshot | None = None) -> list[Metric]:
+        queue_depth = GaugeMetricFamily(
+            "lmtui_queue_depth", "Requests waiting in lmtui's queue", labels=["model"]
+        )
+        in_flight = GaugeMetricFamily(
+            "lmtui_in_flight",
+            "Requests lmtui has in flight on an instance",
+            labels=["node", "model", "instance"],
+        )
+        slots = GaugeMetricFamily(
+            "lmtui_instance_slots",
+            "Concurrent requests an instance serves",
+            labels=["node", "model", "instance"],
+        )
+        slots_busy = GaugeMetricFamily(
+            "lmtui_instance_slots_busy",
+            "Busy slots of an instance as polled (includes clients that bypass lmtui)",
+            labels=["node", "model", "instance"],
+        )
+        node_up = GaugeMetricFamily(
+            "lmtui_node_up", "1 if the node is healthy or suspect, else 0", labels=["node", "kind"]
+        )
+        memory = GaugeMetricFamily(
+            "lmtui_node_memory_bytes", "Host memory of a node", labels=["node", "kind"]
+        )
+        latency = GaugeMetricFamily(
+            "lmtui_node_poll_latency_seconds", "Latency of the last poll", labels=["node"]
+        )
+        tps = GaugeMetricFamily(
+            "lmtui_node_tokens_per_second", "Tokens generated per second", labels=["node"]
+        )
+        families: list[Metric] = [
+            queue_depth, in_flight, slots, slots_busy, node_up, memory, latency, tps
+        ]  # fmt: skip
+        if snap is None:
+            return families
+
+        for model, depth in snap.queue_depth.items():
+            queue_depth.add_metric([model], depth)
+        for inst in snap.instances.values():
+            labels = [inst.node, inst.model, inst.instance_id]
+            in_flight.add_metric(labels, inst.in_flight)
+            slots.add_metric(labels, inst.slots_total)
+            slots_busy.add_metric(labels, inst.slots_busy)
+        for node in snap.nodes.values():
+            up = node.health in (Health.HEALTHY, Health.SUSPECT)
+            node_up.add_metric([node.name, str(node.kind)], 1.0 if up else 0.0)
+            if node.memory is not None:
+                memory.add_metric([node.name, "total"], node.memory.total_bytes)
+                memory.add_metric([node.name, "available"], node.memory.available_bytes)
+            if node.poll_latency_s is not None:
+                latency.add_metric([node.name], node.poll_latency_s)
+            if node.tokens_per_second is not None:
+                tps.add_metric([node.name], node.tokens_per_second)
+        return families
+
+
+class Metrics:
+    """The router's Prometheus metrics, in a registry of their own.
+
+    ``snapshot`` is called at scrape time only (e.g. ``lambda: store.snapshot``).
+    """
+
+    def __init__(self, snapshot: Callable[[], Snapshot], *, max_models: int = 256) -> None:
+        self.registry = CollectorRegistry()
+        self._max_models = max_models
+        self._models: dict[str, str] = {}
+        reg = self.registry
+        self._requests = Counter(
+            "lmtui_requests",
+            "Requests finished, by outcome",
+            ["model", "node", "outcome"],
+            registry=reg,
+        )
+        self._queue_wait = Histogram(
+            "lmtui_queue_wait_seconds",
+            "Time a request waited in lmtui's queue before dispatch",
+            ["model"],
+            buckets=WAIT_BUCKETS,
+            registry=reg,
+        )
+        self._ttft = Histogram(
+            "lmtui_time_to_first_token_seconds",
+            "Time from arrival to the first byte from the instance",
+            ["model", "node"],
+            buckets=WAIT_BUCKETS,
+            registry=reg,
+        )
+        self._duration = Histogram(
+            "lmtui_request_duration_seconds",
+            "Time from arrival to the end of the response",
+            ["model", "node"],
+            buckets=DURATION_BUCKETS,
+            registry=reg,
+        )
+        self._loads = Counter(
+            "lmtui_loads", "Model loads", ["model", "node", "reason", "ok"], registry=reg
+        )
+        self._load_seconds = Histogram(
+            "lmtui_load_seconds",
+            "Time a model load took",
+            ["model", "node"],
+            buckets=LOAD_BUCKETS,
+            registry=reg,
+        )
+        self._evictions = Counter(
+            "lmtui_evictions", "Instances evicted", ["model", "node", "reason"], registry=reg
+        )
+        self._routes = Counter(
+            "lmtui_routes", "Routing decisions", ["model", "node", "reason"], registry=reg
+        )
+        reg.register(_SnapshotCollector(snapshot))
+        # (model label, node, outcome) -> the label children one finished request touches.
+        self._request_children: dict[tuple[str, str, str], _RequestChildren] = {}
+        self._route_children: dict[tuple[str, str, str], Counter] = {}
+
+    def _model_label(self, model: str) -> str:
+        label = self._models.get(model)
+        if label is not None:
+            return label
+        if len(self._models) < self._max_models:
+            self._models[model] = model
+            return model
+        if len(self._models) == self._max_models:
+            # Marks the warning as given without growing the dict past the cap + 1.
+            self._models[OTHER_MODEL] = OTHER_MODEL
+            log.warning(
+                "metrics: more than %d distinct model names; further ones count as %r",
+                self._max_models,
+                OTHER_MODEL,
+            )
+        return OTHER_MODEL
+
+    def request_done(
+        self,
+        model: str,
+        node: str | None,
+        outcome: str,
+        *,
+        queue_wait_s: float,
+        ttft_s: float | None,
+        duration_s: float,
+    ) -> None:
+        """Count one finished request (``outcome`` is one of ``OUTCOMES``).
+
+        ``node`` is None when the request never reached an instance (rejected, timed out in
+        the queue, unknown model); it is then labelled ``node=""`` and the TTFT and duration
+        histograms, which describe instances, are left alone. Queue wait is observed unless
+        the request never queued (``NEVER_QUEUED``).
+        """
+        m = self._model_label(model)
+        n = node or ""
+        key = (m, n, outcome)
+        children = self._request_children.get(key)
+        if children is None:
+            # Children are created only where they will be observed: ``labels()`` alone
+            # exports an empty series, and a histogram per (model, node="") or per
+            # never-queued outcome would be clutter in every scrape.
+            queued = outcome not in NEVER_QUEUED
+            children = (
+                self._requests.labels(m, n, outcome),
+                self._queue_wait.labels(m) if queued else None,
+                self._ttft.labels(m, n) if node is not None else None,
+                self._duration.labels(m, n) if node is not None else None,
+            )
+            self._request_children[key] = children
+        counter, wait, ttft, duration = children
+        counter.inc()
+        if wait is not None:
+            wait.observe(queue_wait_s)
+        if duration is not None:
+            duration.observe(duration_s)
+        if ttft is not None and ttft_s is not None:
+            ttft.observe(ttft_s)
+
+    def load(self, model: str, node: str, reason: str, *, ok: bool, seconds: float) -> None:
+        """Count a model load (``ok`` labels it ``"true"``/``"false"``) and time it."""
+        m = self._model_label(model)
+        self._loads.labels(m, node, reason, "true" if ok else "false").inc()
+        self._load_seconds.labels(m, node).observe(seconds)
+
+    def eviction(self, model: str, node: str, reason: str) -> None:
+        """Count an instance lmtui evicted (``reason``: a short code like ``"lru"``)."""
+        self._evictions.labels(self._model_label(model), node, reason).inc()
+
+    def route(self, model: str, node: str, reason: str) -> None:
+        """Count a routing decision; ``reason`` is a short fixed code (``"loaded"``, ...)."""
+        # Once per request like request_done, so its children are cached the same way.
+        key = (self._model_label(model), node, reason)
+        child = self._route_children.get(key)
+        if child is None:
+            child = self._route_children[key] = self._routes.labels(*key)
+        child.inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition for ``GET /metrics``: ``(body, content_type)``."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

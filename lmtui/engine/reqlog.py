@@ -1,0 +1,331 @@
+"""The request log: one SQLite row per request the router finished.
+
+It feeds the UI's history, popularity for preloading, and replay. The router calls
+``record()`` once per request on the event loop, so that call only appends to an in-memory
+deque; a background task writes the pending rows in one transaction every
+``flush_interval_s`` (or as soon as ``batch`` rows are pending) on a worker thread.
+
+Why one dedicated thread (a single-thread executor) rather than ``asyncio.to_thread``:
+
+- sqlite3 connections are not safe to share between threads without a lock. With every
+  statement on one thread, the connection keeps ``check_same_thread=True`` (so a mistake
+  fails loudly), writes and reads are serialized for free, and they run in submission
+  order, so ``flush()`` then ``recent()`` reads its own writes.
+- The default executor also serves ``getaddrinfo`` for every HTTP connection the router
+  and pollers open. A slow or stalled disk (an fsync on a busy laptop disk can take
+  seconds) must stall only the log, never name resolution.
+
+A failing disk (read-only directory, disk full, a path that is not a directory) must never
+break the router: the error is logged once, the rows that could not be written are counted
+in ``dropped``, and each later flush tries again (logging "recovered" when one succeeds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+import platformdirs
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+# Column order matches RequestRecord's fields, so rows convert both ways positionally.
+_COLUMNS = (
+    "at, model, node, queue_wait_s, ttft_s, duration_s, tokens_in, tokens_out, "
+    "outcome, status, stream, user"
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    model TEXT NOT NULL,
+    node TEXT,
+    queue_wait_s REAL NOT NULL,
+    ttft_s REAL,
+    duration_s REAL NOT NULL,
+    tokens_in INTEGER,
+    tokens_out INTEGER,
+    outcome TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    user TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_at ON requests (at);
+CREATE INDEX IF NOT EXISTS requests_model_at ON requests (model, at);
+"""
+_INSERT = f"INSERT INTO requests ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: Requests that asked for nothing servable: they say nothing about which model to preload.
+_NOT_DEMAND = ("not_found", "bad_request")
+#: At most one "buffer full" warning per this many seconds (the count keeps rising).
+_DROP_WARN_EVERY_S = 10.0
+
+
+def default_path() -> Path:
+    """Where the request log lives by default: the user data dir, e.g. ``~/.local/share``."""
+    return Path(platformdirs.user_data_dir("lmtui")) / "requests.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One finished request. Times are seconds; ``at`` is when it arrived (engine clock)."""
+
+    at: float
+    model: str
+    node: str | None
+    queue_wait_s: float
+    ttft_s: float | None
+    duration_s: float
+    tokens_in: int | None
+    tokens_out: int | None
+    outcome: str
+    status: int
+    stream: bool
+    user: str | None = None
+
+
+def _to_row(r: RequestRecord) -> tuple[object, ...]:
+    # Spelled out rather than dataclasses.astuple, which deep-copies every field: this runs
+    # per row on the worker thread, holding the GIL the event loop also needs.
+    return (
+        r.at, r.model, r.node, r.queue_wait_s, r.ttft_s, r.duration_s,
+        r.tokens_in, r.tokens_out, r.outcome, r.status, r.stream, r.user,
+    )  # fmt: skip
+
+
+def _from_row(row: tuple[object, ...]) -> RequestRecord:
+    rec = RequestRecord(*row)  # type: ignore[arg-type]
+    # SQLite has no bool: ``stream`` comes back as 0/1.
+    return rec if isinstance(rec.stream, bool) else replace(rec, stream=bool(rec.stream))
+
+
+class RequestLog:
+    """A buffered, append-only SQLite log of finished requests.
+
+    ``dropped`` counts records that will never reach the disk: pushed out of a full buffer
+    (more than ``max_pending`` waiting), lost to a failed write, or recorded after ``stop()``.
+    ``written`` counts rows committed.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        flush_interval_s: float = 1.0,
+        batch: int = 500,
+        max_pending: int = 100_000,
+    ) -> None:
+        self.path = path
+        self.flush_interval_s = flush_interval_s
+        self.batch = batch
+        self.dropped = 0
+        self.written = 0
+        # maxlen makes "drop the oldest" O(1); record() counts the drop before appending.
+        self._pending: deque[RequestRecord] = deque(maxlen=max_pending)
+        self._max_pending = max_pending
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # used only on the executor's thread
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._failing = False  # an error was logged; cleared by the next success
+        self._last_drop_warn = -_DROP_WARN_EVERY_S
+
+    # -- the hot path -------------------------------------------------------------------
+
+    def record(self, rec: RequestRecord) -> None:
+        """Queue one record for the next flush. O(1), no I/O, never raises."""
+        if self._stopped:
+            self.dropped += 1
+            return
+        if len(self._pending) >= self._max_pending:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_warn >= _DROP_WARN_EVERY_S:
+                self._last_drop_warn = now
+                log.warning(
+                    "request log: %d records pending, dropping the oldest (%d dropped so far)",
+                    len(self._pending),
+                    self.dropped,
+                )
+        self._pending.append(rec)
+        if len(self._pending) >= self.batch and self._wake is not None:
+            self._wake.set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open (or create) the database and start the background flusher.
+
+        Never raises for a bad path or a broken disk: the error is logged and the log keeps
+        counting drops, retrying the open on each flush.
+        """
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmtui-reqlog")
+        self._wake = asyncio.Event()
+        self._stopped = False
+        await self._on_worker(self._ensure_open)
+        if len(self._pending) >= self.batch:
+            self._wake.set()  # recorded before start(): do not wait a whole interval
+        self._task = asyncio.create_task(self._flush_loop(), name="lmtui-reqlog-flush")
+
+    async def stop(self) -> None:
+        """Stop the flusher, write what is pending, close the database."""
+        # Stopped first: a record() racing the final flush is counted, not silently left.
+        self._stopped = True
+        if self._task is not None:
+            # Not cancelled: a cancel mid-flush would orphan a write already on the worker
+            # thread and lose its count. The loop sees ``_stopped`` and ends after its flush.
+            assert self._wake is not None
+            self._wake.set()
+            await self._task
+            self._task = None
+        if self._executor is None:
+            return
+        await self.flush()
+        await self._on_worker(self._close)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    async def flush(self) -> None:
+        """Write every pending record in one transaction, on the worker thread."""
+        if not self._pending or self._executor is None:
+            return
+        # Swapping the buffer happens on the loop, so record() never races with it, and
+        # costs O(1) there; turning records into rows is left to the worker thread.
+        rows = self._pending
+        self._pending = deque(maxlen=self._max_pending)
+        written = await self._on_worker(self._write, rows)
+        # Counters change only here, on the loop: record() bumps ``dropped`` too, and a
+        # += from two threads could lose updates.
+        self.written += written
+        self.dropped += len(rows) - written
+
+    async def _flush_loop(self) -> None:
+        assert self._wake is not None
+        while not self._stopped:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # pragma: no cover - _write already catches disk errors
+                log.exception("request log: flush failed")
+
+    # -- queries ------------------------------------------------------------------------
+
+    async def recent(self, limit: int = 100) -> list[RequestRecord]:
+        """The ``limit`` most recent records, newest first (pending ones included)."""
+        await self.flush()
+        rows = await self._query(
+            f"SELECT {_COLUMNS} FROM requests ORDER BY at DESC, id DESC LIMIT ?", (limit,)
+        )
+        return [_from_row(r) for r in rows]
+
+    async def popularity(self, since: float) -> dict[str, int]:
+        """Requests per model that arrived at or after ``since``, most requested first.
+
+        Unknown-model and malformed requests are not counted: there is nothing to preload.
+        """
+        await self.flush()
+        rows = await self._query(
+            "SELECT model, COUNT(*) AS n FROM requests WHERE at >= ? AND outcome NOT IN (?, ?)"
+            " GROUP BY model ORDER BY n DESC, model",
+            (since, *_NOT_DEMAND),
+        )
+        return {str(model): n for model, n in rows if isinstance(n, int)}
+
+    async def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        if self._executor is None:
+            return []
+        return await self._on_worker(self._read, sql, params)
+
+    # -- the worker thread --------------------------------------------------------------
+
+    async def _on_worker(self, fn: Callable[..., T], *args: object) -> T:
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        if not self._failing:
+            self._failing = True
+            log.error("request log %s: %s %s failed: %s", self.path, what, type(exc).__name__, exc)
+
+    def _ensure_open(self) -> sqlite3.Connection | None:
+        if self._conn is not None:
+            return self._conn
+        conn: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: no implicit transactions; _write says BEGIN/COMMIT itself.
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            # WAL: readers (the UI, `sqlite3` in a shell) never block the writer. NORMAL
+            # sync in WAL survives a crash of lmtui and loses at most the last commits on
+            # power loss, fine for a log, and spares an fsync per flush.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            version = row[0] if row else None
+            if version is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version > SCHEMA_VERSION:
+                # Written by a newer lmtui: appending rows in our layout could corrupt it.
+                raise sqlite3.DatabaseError(
+                    f"schema version {version} is newer than this lmtui ({SCHEMA_VERSION})"
+                )
+        except (OSError, sqlite3.Error) as exc:
+            if conn is not None:
+                conn.close()
+            self._fail("open", exc)
+            return None
+        self._conn = conn
+        return conn
+
+    def _write(self, rows: deque[RequestRecord]) -> int:
+        """Insert ``rows`` in one transaction; returns how many were written (all or 0)."""
+        conn = self._ensure_open()
+        if conn is None:
+            return 0
+        try:
+            conn.execute("BEGIN")
+            conn.executemany(_INSERT, map(_to_row, rows))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._fail("write", exc)
+            return 0
+        if self._failing:
+            self._failing = False
+            log.info("request log %s: writing again", self.path)
+        return len(rows)
+
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        conn = self._ensure_open()
+        if conn is None:
+            return []
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            self._fail("read", exc)
+            return []
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

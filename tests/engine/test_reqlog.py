@@ -1,0 +1,252 @@
+"""The SQLite request log: buffering, batched transactions, queries, and a failing disk."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmtui.engine import reqlog
+from lmtui.engine.reqlog import SCHEMA_VERSION, RequestLog, RequestRecord, default_path
+
+
+def rec(
+    i: int = 0, *, model: str = "qwen3-8b", at: float | None = None, **kw: Any
+) -> RequestRecord:
+    fields: dict[str, Any] = dict(
+        at=1_700_000_000.0 + i if at is None else at,
+        model=model,
+        node="mac",
+        queue_wait_s=0.001 * i,
+        ttft_s=0.25,
+        duration_s=2.5,
+        tokens_in=100 + i,
+        tokens_out=20,
+        outcome="ok",
+        status=200,
+        stream=True,
+        user=None,
+    )
+    fields.update(kw)
+    return RequestRecord(**fields)
+
+
+def rows(path: Path) -> list[tuple[Any, ...]]:
+    """Read the table back with plain sqlite3, as a user inspecting the file would."""
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "SELECT at, model, node, queue_wait_s, ttft_s, duration_s, tokens_in, tokens_out,"
+            " outcome, status, stream, user FROM requests ORDER BY id"
+        ).fetchall()
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def log_(tmp_path: Path) -> AsyncIterator[RequestLog]:
+    log = RequestLog(tmp_path / "requests.sqlite3", flush_interval_s=60)
+    async with asyncio.timeout(10):
+        await log.start()
+    yield log
+    async with asyncio.timeout(10):
+        await log.stop()
+
+
+async def test_records_land_in_sqlite_after_flush(log_: RequestLog) -> None:
+    a = rec(1, user="alice")
+    b = rec(2, node=None, ttft_s=None, tokens_in=None, outcome="rejected_429", status=429)
+    log_.record(a)
+    log_.record(b)
+    assert rows(log_.path) == []  # nothing written on the record() path
+    async with asyncio.timeout(10):
+        await log_.flush()
+    got = rows(log_.path)
+    assert got[0] == (a.at, "qwen3-8b", "mac", 0.001, 0.25, 2.5, 101, 20, "ok", 200, 1, "alice")
+    assert got[1][2] is None and got[1][4] is None and got[1][8] == "rejected_429"
+    assert log_.written == 2 and log_.dropped == 0
+
+
+async def test_schema_version_table_wal_and_indexes(log_: RequestLog) -> None:
+    with sqlite3.connect(log_.path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        indexed = {r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE type = 'index'")}
+    assert any("(at)" in s for s in indexed)
+    assert any("(model" in s for s in indexed)
+
+
+async def test_many_records_are_written_in_few_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[str] = []
+    real_connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)
+        conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        return conn
+
+    monkeypatch.setattr(reqlog.sqlite3, "connect", traced)
+    log = RequestLog(tmp_path / "r.sqlite3", flush_interval_s=60, batch=10_000)
+    async with asyncio.timeout(10):
+        await log.start()
+        commits.clear()  # schema creation is not what we measure
+        for i in range(2_000):
+            log.record(rec(i))
+        await log.flush()
+        for i in range(2_000, 3_000):
+            log.record(rec(i))
+        await log.stop()
+    assert len(rows(log.path)) == 3_000
+    assert len(commits) == 2  # one per flush, not one per record
+
+
+async def test_background_flush_on_interval(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "r.sqlite3", flush_interval_s=0.05)
+    async with asyncio.timeout(10):
+        await log.start()
+        log.record(rec(1))
+        await wait_until(lambda: log.written == 1)
+        assert len(rows(log.path)) == 1
+        await log.stop()
+
+
+async def test_background_flush_when_batch_fills(tmp_path: Path) -> None:
+    # An interval far beyond the test's timeout: only the batch size can trigger this flush.
+    log = RequestLog(tmp_path / "r.sqlite3", flush_interval_s=3600, batch=50)
+    async with asyncio.timeout(10):
+        await log.start()
+        for i in range(49):
+            log.record(rec(i))
+        await asyncio.sleep(0.05)
+        assert log.written == 0
+        log.record(rec(49))
+        await wait_until(lambda: log.written == 50)
+        await log.stop()
+
+
+async def test_stop_flushes_the_rest_and_later_records_count_as_dropped(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "r.sqlite3", flush_interval_s=3600)
+    async with asyncio.timeout(10):
+        await log.start()
+        for i in range(7):
+            log.record(rec(i))
+        await log.stop()
+    assert len(rows(log.path)) == 7
+    log.record(rec(8))
+    assert log.dropped == 1
+
+
+async def test_recent_newest_first_including_unflushed(log_: RequestLog) -> None:
+    for i in range(5):
+        log_.record(rec(i, stream=i % 2 == 0))
+    async with asyncio.timeout(10):
+        got = await log_.recent(limit=3)
+    assert [r.at for r in got] == [rec(4).at, rec(3).at, rec(2).at]
+    assert got[0] == rec(4, stream=True)  # round-trips, stream back as a bool
+    assert got[1].stream is False
+
+
+async def test_popularity_since(log_: RequestLog) -> None:
+    t0 = 1_000.0
+    for i in range(3):
+        log_.record(rec(at=t0 - 10 + i, model="old"))  # before the window
+    for i in range(4):
+        log_.record(rec(at=t0 + i, model="qwen3-8b"))
+    log_.record(rec(at=t0 + 1, model="llama-3.1-8b", outcome="timeout_504", status=504))
+    log_.record(rec(at=t0 + 2, model="no-such-model", outcome="not_found", status=404))
+    async with asyncio.timeout(10):
+        pop = await log_.popularity(since=t0)
+    assert pop == {"qwen3-8b": 4, "llama-3.1-8b": 1}
+    assert list(pop) == ["qwen3-8b", "llama-3.1-8b"]
+
+
+async def test_restart_keeps_old_rows(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dir" / "requests.sqlite3"  # parents created on demand
+    async with asyncio.timeout(10):
+        first = RequestLog(path)
+        await first.start()
+        first.record(rec(1))
+        await first.stop()
+        second = RequestLog(path)
+        await second.start()
+        second.record(rec(2))
+        got = await second.recent()
+        await second.stop()
+    assert [r.at for r in got] == [rec(2).at, rec(1).at]
+    with sqlite3.connect(path) as conn:  # the version row was not duplicated
+        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (1,)
+
+
+async def test_unwritable_path_never_raises_and_counts_drops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A regular file where the directory should be: fails even for root, unlike chmod.
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    log = RequestLog(blocker / "requests.sqlite3", flush_interval_s=0.02)
+    with caplog.at_level(logging.ERROR, logger="lmtui.engine.reqlog"):
+        async with asyncio.timeout(10):
+            await log.start()
+            for i in range(10):
+                log.record(rec(i))
+            await wait_until(lambda: log.dropped == 10)
+            for i in range(5):
+                log.record(rec(i))
+            await log.flush()
+            assert await log.recent() == []
+            assert await log.popularity(0) == {}
+            await log.stop()
+    assert log.dropped == 15 and log.written == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1  # logged once, not once per flush
+    assert "not-a-dir" in errors[0].getMessage()
+
+
+async def test_full_buffer_drops_oldest_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = RequestLog(tmp_path / "r.sqlite3", flush_interval_s=3600, max_pending=100)
+    with caplog.at_level(logging.WARNING, logger="lmtui.engine.reqlog"):
+        # Not started yet (the router may take requests first): records are buffered.
+        for i in range(130):
+            log.record(rec(i))
+    assert log.dropped == 30
+    assert sum("dropping the oldest" in r.getMessage() for r in caplog.records) == 1
+    async with asyncio.timeout(10):
+        await log.start()
+        await log.stop()
+    got = rows(log.path)
+    assert len(got) == 100
+    assert got[0][0] == rec(30).at  # the oldest 30 went, the newest stayed
+
+
+async def test_newer_schema_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
+    log = RequestLog(path, flush_interval_s=3600)
+    async with asyncio.timeout(10):
+        await log.start()
+        log.record(rec(1))
+        await log.stop()
+    assert log.dropped == 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [
+            (SCHEMA_VERSION + 1,)
+        ]
+
+
+def test_default_path_is_in_the_user_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reqlog.platformdirs, "user_data_dir", lambda app: f"/data/{app}")
+    assert default_path() == Path("/data/lmtui/requests.sqlite3")
