@@ -1,0 +1,188 @@
+"""The Textual application: layout, key bindings, and the worker that follows the engine.
+
+The app is deliberately thin. It owns one worker that consumes ``EngineClient.watch()`` and
+hands every update down to the widgets (attributes down); widgets render with the pure
+functions of ``lmtui.tui.render`` and report user intent up as messages. The worker is an
+asyncio task on the app's own event loop, so it may touch widgets directly: no thread ever
+does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import Footer
+
+from lmtui.core.model import Snapshot
+from lmtui.engine.client import EngineClient, Update
+from lmtui.tui.themes import SHIPPED_THEMES_DIR, load_themes
+from lmtui.tui.widgets.event_log import EventLog
+from lmtui.tui.widgets.filter_bar import FilterBar
+from lmtui.tui.widgets.header import ClusterHeader
+from lmtui.tui.widgets.help import HelpScreen, KeyHelp
+from lmtui.tui.widgets.model_table import ModelTable
+from lmtui.tui.widgets.node_table import NodeTable
+
+#: Seconds between redraws of time-relative cells ("12s ago", TTL left) when nothing else
+#: changed. One second matches the resolution those cells show.
+CLOCK_TICK_S = 1.0
+#: Waits before re-watching after the client's update stream failed (an attached engine
+#: restarting): quick at first, then no more than one try every 10 s.
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class LmtuiApp(App[None]):
+    """The lmtui dashboard. Build it with ``build_app``."""
+
+    TITLE = "lmtui"
+    CSS_PATH = "app.tcss"
+    # Start on the node table: the filter input must not take the keys (q, t, ?) at start.
+    AUTO_FOCUS = "#nodes"
+
+    # Each binding has an id so users can remap it from config with ``App.set_keymap``.
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="quit", tooltip="Leave lmtui"),
+        Binding("question_mark", "help", "Help", id="help", tooltip="List the keys"),
+        Binding("t", "cycle_theme", "Theme", id="theme", tooltip="Switch to the next theme"),
+        Binding("slash", "filter", "Filter", id="filter", tooltip="Filter the model table"),
+    ]
+
+    def __init__(
+        self,
+        client: EngineClient,
+        *,
+        clock: Callable[[], float] = time.time,
+        theme_dirs: Sequence[Path] = (),
+    ) -> None:
+        super().__init__()
+        self.client = client
+        self.clock = clock
+        loaded = load_themes(*theme_dirs)
+        for theme in loaded.themes:
+            self.register_theme(theme)
+        #: Theme files that failed to load; reported once, after mount.
+        self.theme_errors = loaded.errors
+        #: The snapshot on screen, and its version, so tests can wait for an update.
+        self.snapshot: Snapshot | None = None
+        self.shown_version = -1
+
+    def compose(self) -> ComposeResult:
+        yield ClusterHeader(self.client.source, read_only=self.client.read_only)
+        with Vertical(id="body"):
+            yield NodeTable()
+            yield ModelTable()
+            yield EventLog()
+        yield FilterBar()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.show_snapshot(self.client.snapshot())
+        self.run_worker(self._follow_engine(), name="watch", group="engine", exclusive=True)
+        self.set_interval(CLOCK_TICK_S, self._tick)
+        for message in self.theme_errors:
+            self.notify(message, severity="warning", timeout=10)
+
+    async def _follow_engine(self) -> None:
+        """Consume the client's updates for as long as the app runs.
+
+        If the stream fails (an attached engine went away), say so once and watch again with
+        a growing delay; the tables keep the last snapshot meanwhile. A successful update
+        resets the delay.
+        """
+        failures = 0
+        while True:
+            updates = aiter(self.client.watch())
+            first = True
+            while True:
+                try:
+                    update = await anext(updates)
+                except StopAsyncIteration:
+                    return  # the client ended the stream on purpose (engine stopped)
+                except Exception as exc:
+                    # Only the client's failures are retried; a bug in drawing an update
+                    # (below, outside this try) still surfaces as a worker error.
+                    if failures == 0:
+                        self.notify(f"lost the engine's updates: {exc}", severity="error")
+                    break
+                self.apply_update(update, initial=first)
+                first = False
+                failures = 0
+            await asyncio.sleep(RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)])
+            failures += 1
+
+    def apply_update(self, update: Update, *, initial: bool = False) -> None:
+        """Show one update. The first one carries the backlog from ``recent_events()``.
+
+        Events that are part of the first update are already in ``recent_events()`` (a watch
+        starts by publishing the current state), so they are not written twice.
+        """
+        log = self.query_one(EventLog)
+        if initial:
+            # On a re-watch the backlog overlaps what the log shows: skip what is there.
+            log.add_events(self.client.recent_events(), skip_seen=True)
+        else:
+            log.add_events(update.events)
+        self.show_snapshot(update.snapshot)
+
+    def show_snapshot(self, snapshot: Snapshot) -> None:
+        """Hand ``snapshot`` down to the header and the tables, in one repaint."""
+        self.snapshot = snapshot
+        now = self.clock()
+        with self.batch_update():
+            self.query_one(ClusterHeader).show(snapshot)
+            self.query_one(NodeTable).show(snapshot, now)
+            self.query_one(ModelTable).show(snapshot, now)
+        self.shown_version = snapshot.version
+
+    def _tick(self) -> None:
+        # Same snapshot, later clock: only "last used" and "TTL left" cells change, and the
+        # diff updates just those.
+        if self.snapshot is not None:
+            self.show_snapshot(self.snapshot)
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        """Show the keys as they are bound now, so a remap shows up here too."""
+        if isinstance(self.screen, HelpScreen):
+            return
+        keys: list[KeyHelp] = []
+        for active in self.active_bindings.values():
+            b = active.binding
+            if b.id is None or b.id.startswith(("help.", "filter.")):
+                continue
+            keys.append((self.get_key_display(b), b.description, b.tooltip))
+        self.push_screen(HelpScreen(keys))
+
+    def action_cycle_theme(self) -> None:
+        """Switch to the next registered theme, in name order, wrapping around."""
+        names = sorted(self.available_themes)
+        i = names.index(self.theme) if self.theme in names else -1
+        self.theme = names[(i + 1) % len(names)]
+        self.notify(f"theme: {self.theme}", timeout=2)
+
+    def action_filter(self) -> None:
+        self.query_one(FilterBar).open()
+
+    def on_filter_bar_filter_changed(self, message: FilterBar.FilterChanged) -> None:
+        self.query_one(ModelTable).set_filter(message.needle)
+
+
+def build_app(
+    client: EngineClient,
+    *,
+    clock: Callable[[], float] = time.time,
+    theme_dirs: Sequence[Path] = (SHIPPED_THEMES_DIR,),
+) -> LmtuiApp:
+    """The one way to make the app: the CLI, the tests and the snapshot tests all use it.
+
+    ``clock`` gives "now" for the relative cells (tests freeze it); ``theme_dirs`` are
+    searched for ``*.toml`` themes, lmtui's own first (the CLI adds the user's folder).
+    """
+    return LmtuiApp(client, clock=clock, theme_dirs=theme_dirs)

@@ -1,0 +1,313 @@
+"""Pure rendering: snapshot pieces in, Rich ``Text`` cells out.
+
+Nothing here touches a widget, a clock or the engine: every function takes ``now`` (seconds on
+the engine's clock) and returns plain values, so the table code can diff rows by equality and
+the tests can check each cell without running an app.
+
+Sizes are shown in GB meaning GiB (1024³ bytes), the unit the config uses (``memory_gb``,
+``size_gb``), so a figure a user reads here can be typed back into the config unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+from rich.text import Text
+
+from lmtui.core.events import Event, Level
+from lmtui.core.model import GiB, Health, Instance, InstanceState, Node, Snapshot
+
+Cells = tuple[Text, ...]
+
+#: Column keys and labels of the node table, in display order. Keys are stable ids that the
+#: diff uses; labels are for people and may change.
+NODE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("name", "Node"),
+    ("kind", "Kind"),
+    ("status", "Status"),
+    ("memory", "Memory"),
+    ("models", "Models"),
+    ("in_flight", "In-flight"),
+    ("queued", "Queued"),
+    ("tps", "Tok/s"),
+    ("latency", "Poll ms"),
+    ("error", "Last error"),
+)
+
+#: Column keys and labels of the model table, in display order.
+INSTANCE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("model", "Model"),
+    ("node", "Node"),
+    ("state", "State"),
+    ("pinned", "Pinned"),
+    ("size", "Size"),
+    ("slots", "Slots"),
+    ("queued", "Queued"),
+    ("last_used", "Last used"),
+    ("ttl", "TTL left"),
+)
+
+HEALTH_STYLE: dict[Health, str] = {
+    Health.HEALTHY: "bold green",
+    Health.SUSPECT: "bold yellow",
+    Health.DOWN: "bold red",
+    Health.UNKNOWN: "dim",
+}
+
+STATE_STYLE: dict[InstanceState, str] = {
+    InstanceState.LOADED: "green",
+    InstanceState.LOADING: "yellow",
+    InstanceState.UNLOADING: "dim",
+    InstanceState.FAILED: "bold red",
+}
+
+LEVEL_STYLE: dict[Level, str] = {
+    Level.INFO: "",
+    Level.WARNING: "yellow",
+    Level.ERROR: "bold red",
+}
+
+#: Shown for "not known" so an empty cell never reads as zero.
+NONE = "—"
+#: A TTL longer than this is "forever": Ollama answers ``keep_alive < 0`` with a date
+#: hundreds of years ahead, which is no use printed as a duration.
+FOREVER_S = 365 * 24 * 3600.0
+ERROR_WIDTH = 28
+BAR_WIDTH = 10
+
+
+def _num(value: str) -> Text:
+    """A right-aligned cell, so columns of numbers line up on their last digit."""
+    return Text(value, justify="right")
+
+
+def fmt_bytes(n: int | None) -> str:
+    """``4.2 GB`` with one decimal (GiB), ``274 MB`` below 1 GB; ``—`` when unknown.
+
+    Embedding models are often a few hundred MB, which "0.3 GB" would blur.
+    """
+    if n is None:
+        return NONE
+    if n < GiB:
+        return f"{n / 1024**2:.0f} MB"
+    return f"{n / GiB:.1f} GB"
+
+
+def fmt_ago(seconds: float | None) -> str:
+    """How long ago, coarsened to the largest unit: ``12s ago``, ``5m ago``, ``3h ago``."""
+    if seconds is None:
+        return NONE
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s ago"
+    if s < 3600:
+        return f"{s // 60}m ago"
+    if s < 86400:
+        return f"{s // 3600}h ago"
+    return f"{s // 86400}d ago"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """A time left: ``45s``, ``4m 30s``, ``2h 05m``, ``∞`` past a year; ``—`` when unknown."""
+    if seconds is None:
+        return NONE
+    if seconds >= FOREVER_S:
+        return "∞"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
+def fmt_clock(at: float) -> str:
+    """Wall-clock time of day (local time zone) for the event log: ``14:03:27``."""
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def truncate(text: str, width: int) -> str:
+    """Cut ``text`` to ``width`` characters, marking the cut with an ellipsis."""
+    text = " ".join(text.split())  # server errors often carry newlines; a cell has one line
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def memory_bar(used: int | None, total: int | None, width: int = BAR_WIDTH) -> Text:
+    """A fixed-width bar of used memory, coloured by how full it is, then ``used/total GB``.
+
+    Green below 70 %, yellow below 90 %, red above: at 90 % a further model load on a
+    unified-memory Mac starts to swap. Unknown memory renders as a dim ``unknown`` so the
+    column keeps its width.
+    """
+    if used is None or total is None or total <= 0:
+        return Text("unknown".ljust(width) + " " + NONE, style="dim")
+    frac = min(1.0, max(0.0, used / total))
+    filled = round(frac * width)
+    colour = "green" if frac < 0.7 else "yellow" if frac < 0.9 else "red"
+    bar = Text()
+    bar.append("█" * filled, style=colour)
+    bar.append("░" * (width - filled), style="dim")
+    bar.append(f" {used / GiB:.1f}/{total / GiB:.1f} GB")
+    return bar
+
+
+def instances_by_node(snapshot: Snapshot) -> dict[str, list[Instance]]:
+    """The snapshot's instances grouped by node, in one pass.
+
+    Rendering every node row from ``snapshot.instances_on`` would scan all instances once
+    per node (200 nodes × 400 instances per poll); grouping first keeps a redraw linear.
+    """
+    groups: dict[str, list[Instance]] = {name: [] for name in snapshot.nodes}
+    for inst in snapshot.instances.values():
+        groups.setdefault(inst.node, []).append(inst)
+    return groups
+
+
+def node_in_flight(node: Node, instances: Sequence[Instance]) -> int:
+    """Requests running on a node: lmtui's own plus those from clients that bypass it.
+
+    Each instance's ``busy`` already takes the larger of the polled and the engine's count;
+    a server that reports a node-wide figure (vLLM, llama.cpp ``/metrics``) may see more.
+    """
+    busy = sum(i.busy for i in instances)
+    reported = node.metrics.requests_processing if node.metrics else None
+    return max(busy, reported or 0)
+
+
+def node_queued(node: Node, instances: Sequence[Instance]) -> int:
+    """Requests waiting inside a node's server (not in lmtui's own queue)."""
+    queued = sum(i.queued for i in instances)
+    reported = node.metrics.requests_waiting if node.metrics else None
+    return max(queued, reported or 0)
+
+
+def node_row(
+    node: Node, snapshot: Snapshot, now: float, *, instances: Sequence[Instance] | None = None
+) -> Cells:
+    """One row of the node table, in ``NODE_COLUMNS`` order.
+
+    ``instances`` are the node's instances when the caller already grouped them (see
+    ``instances_by_node``); otherwise they are looked up in ``snapshot``.
+    """
+    del now  # nothing in a node row ages between polls yet; kept for a uniform signature
+    if instances is None:
+        instances = list(snapshot.instances_on(node.name))
+    status = node.health.value + (" (drained)" if node.drained else "")
+    mem = node.memory
+    error = node.last_error or node.memory_error
+    tps = node.tokens_per_second
+    latency = node.poll_latency_s
+    return (
+        Text(node.name, style="bold"),
+        Text(node.kind.value),
+        Text(status, style=HEALTH_STYLE[node.health]),
+        memory_bar(mem.used_bytes if mem else None, mem.total_bytes if mem else None),
+        _num(str(len(instances))),
+        _num(str(node_in_flight(node, instances))),
+        _num(str(node_queued(node, instances))),
+        _num(NONE if tps is None else f"{tps:.1f}"),
+        _num(NONE if latency is None else f"{latency * 1000:.0f}"),
+        Text(truncate(error, ERROR_WIDTH) if error else "", style="red"),
+    )
+
+
+def instance_row_key(inst: Instance) -> str:
+    """The model table's row key: ``node/instance_id``, unique across the cluster."""
+    return f"{inst.node}/{inst.instance_id}"
+
+
+def instance_row(inst: Instance, now: float) -> Cells:
+    """One row of the model table, in ``INSTANCE_COLUMNS`` order."""
+    state = inst.state.value
+    if inst.state is InstanceState.LOADING and inst.load_progress is not None:
+        state += f" {inst.load_progress * 100:.0f}%"
+    if inst.error:
+        state += f": {truncate(inst.error, 24)}"
+    last_used = None if inst.last_used is None else now - inst.last_used
+    return (
+        Text(inst.model, style="bold"),
+        Text(inst.node),
+        Text(state, style=STATE_STYLE[inst.state]),
+        Text("yes", style="bold cyan") if inst.pinned else Text(""),
+        _num(fmt_bytes(inst.size_bytes)),
+        _num(f"{inst.busy}/{inst.slots_total}"),
+        _num(str(inst.queued)),
+        _num(fmt_ago(last_used)),
+        _num(fmt_duration(inst.ttl_left(now))),
+    )
+
+
+def instance_matches(inst: Instance, needle: str) -> bool:
+    """Whether the model-table filter keeps this row: a case-insensitive substring of the
+    model name, the node name or the instance id."""
+    if not needle:
+        return True
+    n = needle.casefold()
+    return any(n in s.casefold() for s in (inst.model, inst.node, inst.instance_id))
+
+
+def event_line(event: Event) -> Text:
+    """One line of the event log: time, level colour, message."""
+    line = Text(no_wrap=False)
+    line.append(fmt_clock(event.at), style="dim")
+    line.append(" ")
+    line.append(event.message, style=LEVEL_STYLE[event.level])
+    return line
+
+
+def header_text(
+    snapshot: Snapshot,
+    source: str,
+    *,
+    read_only: bool = False,
+    groups: Mapping[str, Sequence[Instance]] | None = None,
+) -> Text:
+    """The header line: cluster totals, then where the cluster description came from.
+
+    In-flight is the sum of the node table's column (so the two always agree), not
+    ``ClusterTotals.in_flight``, which counts only requests that pass through lmtui.
+    """
+    t = snapshot.totals()
+    groups = instances_by_node(snapshot) if groups is None else groups
+    in_flight = sum(node_in_flight(n, groups.get(n.name, ())) for n in snapshot.nodes.values())
+    health_style = "green" if t.healthy == t.nodes else "yellow" if t.down == 0 else "red"
+    out = Text()
+    out.append("nodes ", style="dim")
+    out.append(f"{t.healthy}/{t.nodes} healthy", style=health_style)
+    out.append("  mem ", style="dim")
+    out.append(f"{t.memory_used / GiB:.1f}/{t.memory_total / GiB:.1f} GB")
+    out.append("  models ", style="dim")
+    out.append(str(t.instances))
+    out.append("  in-flight ", style="dim")
+    out.append(str(in_flight))
+    out.append("  queued ", style="dim")
+    out.append(str(t.queued))
+    out.append("  tok/s ", style="dim")
+    out.append(f"{t.tokens_per_second:.1f}")
+    out.append("  │ ", style="dim")
+    out.append(source_label(source), style="dim")
+    if read_only:
+        out.append("  read-only", style="bold yellow")
+    return out
+
+
+def source_label(source: str) -> str:
+    """Where the config came from, as the header says it."""
+    return "demo cluster" if source == "demo" else (source or "no source")
+
+
+DEMO_BANNER = "demo cluster — no config found (see lmtui --help / config.example.toml)"
+
+
+def cells_equal(a: Text, b: Text) -> bool:
+    """Equality that also sees the base style and alignment.
+
+    ``Text.__eq__`` compares only the characters and spans, so a status cell going from
+    green "healthy" to a differently styled one with the same letters would not redraw.
+    """
+    return (
+        a.plain == b.plain and a.style == b.style and a.spans == b.spans and a.justify == b.justify
+    )

@@ -1,0 +1,51 @@
+"""The model table: one row per model instance, keyed ``node/instance_id``."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from lmtui.core.model import Snapshot
+from lmtui.tui.render import INSTANCE_COLUMNS, instance_matches, instance_row, instance_row_key
+from lmtui.tui.widgets.keyed_table import KeyedTable
+
+
+def _sort_key(row: tuple[Text, Text]) -> tuple[str, str]:
+    model, node = row
+    return (model.plain.casefold(), node.plain.casefold())
+
+
+class ModelTable(KeyedTable):
+    """Loaded (and loading) instances across the cluster, filtered by a substring."""
+
+    def __init__(self, *, id: str | None = "models") -> None:
+        super().__init__(INSTANCE_COLUMNS, id=id)
+        self.border_title = "Models"
+        self._filter = ""
+        self._snapshot: Snapshot | None = None
+        self._now = 0.0
+
+    @property
+    def filter(self) -> str:
+        """The substring rows must contain (model, node or instance id); ``""`` keeps all."""
+        return self._filter
+
+    def set_filter(self, needle: str) -> None:
+        """Change the filter and re-sync at once: hidden rows go, matching ones come back."""
+        needle = needle.strip()
+        if needle == self._filter:
+            return
+        self._filter = needle
+        if self._snapshot is not None:
+            self.show(self._snapshot, self._now)
+
+    def show(self, snapshot: Snapshot, now: float) -> None:
+        """Show the instances of ``snapshot`` that pass the filter, sorted by model then node."""
+        self._snapshot, self._now = snapshot, now
+        rows = {
+            instance_row_key(inst): instance_row(inst, now)
+            for inst in snapshot.instances.values()
+            if instance_matches(inst, self._filter)
+        }
+        if self.sync(rows):
+            # Only an added row can break the order: updates keep keys, removals keep order.
+            self.sort("model", "node", key=_sort_key)

@@ -1,0 +1,250 @@
+"""A fake EngineClient and a small cluster builder for the UI tests.
+
+``FakeClient`` holds a current snapshot and hands out updates only when a test pushes them,
+so a Pilot test controls exactly what the screen receives and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+from lmtui.core.events import Event, EventKind, Level
+from lmtui.core.model import (
+    GiB,
+    Health,
+    HostMemory,
+    Instance,
+    InstanceState,
+    Node,
+    NodeKind,
+    Snapshot,
+)
+from lmtui.engine.client import EngineClient, Update
+
+#: The frozen "now" of the snapshot tests and of the fixed cluster below.
+FIXED_NOW = 1_700_000_000.0
+
+
+class FakeClient(EngineClient):
+    """An ``EngineClient`` fed by the test: ``push`` publishes the next snapshot."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        events: Iterable[Event] = (),
+        *,
+        source: str = "/etc/lmtui/config.toml",
+        read_only: bool = False,
+    ) -> None:
+        self._snap = snapshot
+        self._events = list(events)
+        self._queue: asyncio.Queue[Update] | None = None
+        self.source = source
+        self.read_only = read_only
+
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+    def recent_events(self, limit: int = 200) -> list[Event]:
+        return self._events[-limit:]
+
+    def push(self, snapshot: Snapshot, events: Iterable[Event] = ()) -> None:
+        """Publish a new snapshot (and the events it caused) to the watcher."""
+        events = list(events)
+        self._snap = snapshot
+        self._events.extend(events)
+        assert self._queue is not None, "push() before the app started watching"
+        self._queue.put_nowait(Update(snapshot, events))
+
+    @property
+    def watching(self) -> bool:
+        return self._queue is not None
+
+    async def watch(self) -> AsyncIterator[Update]:
+        # The queue is made here, on the app's loop, not in __init__ (snap_compare runs the
+        # app on a loop of its own).
+        self._queue = asyncio.Queue()
+        yield Update(self._snap, [])
+        while True:
+            yield await self._queue.get()
+
+
+def node(
+    name: str,
+    kind: NodeKind = NodeKind.LMSTUDIO,
+    *,
+    health: Health = Health.HEALTHY,
+    total_gb: float = 64,
+    used_gb: float = 20,
+    **kw: object,
+) -> Node:
+    """A polled node with memory, as the store would hold it."""
+    memory = HostMemory(
+        total_bytes=int(total_gb * GiB),
+        available_bytes=int((total_gb - used_gb) * GiB),
+        source="ssh-macos",
+    )
+    defaults: dict[str, object] = dict(
+        url=f"http://{name}.local:1234",
+        health=health,
+        memory=memory,
+        version="0.4.2",
+        tokens_per_second=42.5,
+        last_poll_at=FIXED_NOW - 1,
+        last_ok_at=FIXED_NOW - 1,
+        poll_latency_s=0.012,
+    )
+    defaults.update(kw)
+    return Node(name=name, kind=kind, **defaults)  # type: ignore[arg-type]
+
+
+def instance(node_name: str, model: str, instance_id: str | None = None, **kw: object) -> Instance:
+    defaults: dict[str, object] = dict(
+        size_bytes=int(4.5 * GiB),
+        slots_total=4,
+        slots_busy=1,
+        last_used=FIXED_NOW - 12,
+        expires_at=FIXED_NOW + 270,
+        first_seen=FIXED_NOW - 600,
+    )
+    defaults.update(kw)
+    return Instance(node=node_name, model=model, instance_id=instance_id or model, **defaults)  # type: ignore[arg-type]
+
+
+def snapshot(
+    nodes: Iterable[Node],
+    instances: Iterable[Instance] = (),
+    *,
+    version: int = 1,
+    queue: dict[str, int] | None = None,
+) -> Snapshot:
+    return Snapshot(
+        version=version,
+        at=FIXED_NOW,
+        nodes=MappingProxyType({n.name: n for n in nodes}),
+        instances=MappingProxyType({i.key: i for i in instances}),
+        queue_depth=MappingProxyType(dict(queue or {})),
+    )
+
+
+def next_version(
+    snap: Snapshot,
+    *,
+    nodes: Iterable[Node] | None = None,
+    instances: Iterable[Instance] | None = None,
+) -> Snapshot:
+    """``snap`` with some nodes replaced (by name) and/or the whole instance set replaced."""
+    new_nodes = dict(snap.nodes)
+    for n in nodes or ():
+        new_nodes[n.name] = n
+    new_instances = (
+        snap.instances if instances is None else MappingProxyType({i.key: i for i in instances})
+    )
+    return replace(
+        snap, version=snap.version + 1, nodes=MappingProxyType(new_nodes), instances=new_instances
+    )
+
+
+def fixed_cluster() -> tuple[Snapshot, list[Event]]:
+    """Three nodes of three kinds in three states, four instances, a few events."""
+    nodes = [
+        node("mac-studio", NodeKind.LMSTUDIO, total_gb=192, used_gb=71.3),
+        node(
+            "gpu-box",
+            NodeKind.OLLAMA,
+            total_gb=64,
+            used_gb=58.9,
+            url="http://gpu-box.local:11434",
+            tokens_per_second=None,
+        ),
+        node(
+            "old-mini",
+            NodeKind.LLAMACPP,
+            health=Health.DOWN,
+            memory=None,
+            url="http://old-mini.local:8080",
+            tokens_per_second=None,
+            poll_latency_s=3.0,
+            last_error="ConnectError: [Errno 111] Connection refused by old-mini.local:8080",
+        ),
+    ]
+    instances = [
+        instance(
+            "mac-studio",
+            "qwen3-30b-a3b",
+            size_bytes=int(17.2 * GiB),
+            slots_busy=3,
+            pinned=True,
+            expires_at=None,
+        ),
+        instance(
+            "mac-studio",
+            "gemma-3-12b",
+            size_bytes=int(8.1 * GiB),
+            slots_busy=0,
+            last_used=FIXED_NOW - 3600 * 2,
+        ),
+        instance(
+            "gpu-box",
+            "llama3.1:8b",
+            size_bytes=int(6.2 * GiB),
+            slots_total=1,
+            queued=2,
+            expires_at=FIXED_NOW + 10**10,
+        ),
+        instance(
+            "gpu-box",
+            "nomic-embed-text",
+            state=InstanceState.LOADING,
+            load_progress=0.4,
+            size_bytes=None,
+            slots_busy=0,
+            last_used=None,
+            expires_at=None,
+        ),
+    ]
+    events = [
+        Event(FIXED_NOW - 30, EventKind.NODE_HEALTH, "mac-studio is healthy", node="mac-studio"),
+        Event(
+            FIXED_NOW - 20,
+            EventKind.INSTANCE_UP,
+            "llama3.1:8b loaded on gpu-box",
+            node="gpu-box",
+            model="llama3.1:8b",
+        ),
+        Event(
+            FIXED_NOW - 5,
+            EventKind.NODE_HEALTH,
+            "old-mini is suspect: connection refused",
+            node="old-mini",
+            level=Level.WARNING,
+        ),
+        Event(
+            FIXED_NOW - 3,
+            EventKind.NODE_HEALTH,
+            "old-mini is down: connection refused",
+            node="old-mini",
+            level=Level.ERROR,
+        ),
+    ]
+    return snapshot(nodes, instances, version=7, queue={"llama3.1:8b": 1}), events
+
+
+class FlakyClient(FakeClient):
+    """A client whose first watch stream breaks after its first update (an engine restart)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.watch_calls = 0
+
+    async def watch(self) -> AsyncIterator[Update]:
+        self.watch_calls += 1
+        if self.watch_calls == 1:
+            yield Update(self._snap, [])
+            raise ConnectionError("control API closed the stream")
+        async for update in super().watch():
+            yield update

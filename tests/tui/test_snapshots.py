@@ -1,0 +1,69 @@
+"""SVG snapshot tests: the whole screen, fixed size, frozen clock, fixed cluster.
+
+Regenerate after an intended visual change with
+``.venv/bin/pytest tests/tui/test_snapshots.py --snapshot-update`` and look at the SVGs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from lmtui.tui.app import LmtuiApp, build_app
+
+from .fakes import FIXED_NOW, FakeClient, fixed_cluster
+
+SIZE = (132, 32)
+
+
+@pytest.fixture(autouse=True)
+def utc() -> Iterator[None]:
+    """Event-log times are local time; pin the zone so the SVG is the same everywhere."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TZ", "UTC")
+        time.tzset()
+        yield
+    time.tzset()
+
+
+def app_for(source: str) -> tuple[LmtuiApp, Callable[[Pilot[None]], Any]]:
+    snap, events = fixed_cluster()
+    client = FakeClient(snap, events, source=source)
+    app = build_app(client, clock=lambda: FIXED_NOW)
+
+    async def shown(pilot: Pilot[None]) -> None:
+        async with asyncio.timeout(5):
+            while not (client.watching and app.shown_version == snap.version):
+                await pilot.pause(0.01)
+
+    return app, shown
+
+
+def test_demo_dashboard(snap_compare: Any) -> None:
+    app, shown = app_for("demo")
+    assert snap_compare(app, terminal_size=SIZE, run_before=shown)
+
+
+def test_filtered_models(snap_compare: Any) -> None:
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+
+    async def filtered(pilot: Pilot[None]) -> None:
+        await shown(pilot)
+        await pilot.press("slash", *"mac-studio")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=filtered)
+
+
+def test_help_modal(snap_compare: Any) -> None:
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+
+    async def help_open(pilot: Pilot[None]) -> None:
+        await shown(pilot)
+        await pilot.press("question_mark")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=help_open)
