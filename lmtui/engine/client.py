@@ -1,17 +1,31 @@
 """EngineClient: the one interface the UI uses to see and command the engine.
 
-Two implementations share it: ``InProcessClient`` (the UI and the engine in one process) and,
-with the control API, an HTTP client for ``lmtui --connect``. The UI never touches the store.
+Two implementations speak the same commands:
+
+- ``InProcessClient``: the UI and the engine share one process (``lmtui``);
+- ``HttpEngineClient``: the UI attaches to a remote ``lmtui --serve`` over its control API
+  (``lmtui --connect URL``), following ``GET /lmtui/v1/events``.
+
+Commands raise ``CommandError`` with the engine's reason when they cannot be carried out.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import json
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
 
 from lmtui.core.events import Event
 from lmtui.core.model import Snapshot
+from lmtui.core.rebalance import RebalancePlan
+from lmtui.engine.codec import event_from_builtins, plan_from_builtins, snapshot_from_builtins
+from lmtui.engine.control import CommandError
 from lmtui.engine.engine import Engine
 
 
@@ -40,6 +54,37 @@ class EngineClient(abc.ABC):
     def watch(self) -> AsyncIterator[Update]:
         """Yield an update whenever the cluster changes (bursts coalesce)."""
 
+    # -- commands -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def strategy(self) -> str:
+        """The routing strategy in force."""
+
+    @abc.abstractmethod
+    async def load(self, model: str, node: str | None = None) -> str: ...
+
+    @abc.abstractmethod
+    async def unload(self, node: str, instance_id: str, *, force: bool = False) -> str: ...
+
+    @abc.abstractmethod
+    async def evict(self, node: str, instance_id: str) -> str: ...
+
+    @abc.abstractmethod
+    async def pin(self, model: str, pinned: bool = True) -> str: ...
+
+    @abc.abstractmethod
+    async def drain(self, node: str, drained: bool = True) -> str: ...
+
+    @abc.abstractmethod
+    async def set_strategy(self, name: str) -> str: ...
+
+    @abc.abstractmethod
+    async def rebalance(self, *, apply: bool = False) -> RebalancePlan: ...
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise CommandError("lmtui is read-only (--read-only)", 403)
+
 
 class InProcessClient(EngineClient):
     def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
@@ -51,8 +96,7 @@ class InProcessClient(EngineClient):
         return self.engine.store.snapshot
 
     def recent_events(self, limit: int = 200) -> list[Event]:
-        events = self.engine.store.events
-        return list(events)[-limit:]
+        return list(self.engine.store.events)[-limit:]
 
     async def watch(self) -> AsyncIterator[Update]:
         pending: list[Event] = []
@@ -63,3 +107,149 @@ class InProcessClient(EngineClient):
                 yield Update(snap, events)
         finally:
             unsubscribe()
+
+    async def strategy(self) -> str:
+        d = self.engine.dispatcher
+        return d.strategy.value if d is not None else self.engine.strategy.value
+
+    async def load(self, model: str, node: str | None = None) -> str:
+        self._check_writable()
+        return await self.engine.controller.load(model, node)
+
+    async def unload(self, node: str, instance_id: str, *, force: bool = False) -> str:
+        self._check_writable()
+        return await self.engine.controller.unload(node, instance_id, force=force)
+
+    async def evict(self, node: str, instance_id: str) -> str:
+        self._check_writable()
+        return await self.engine.controller.evict(node, instance_id)
+
+    async def pin(self, model: str, pinned: bool = True) -> str:
+        self._check_writable()
+        return await self.engine.controller.pin(model, pinned)
+
+    async def drain(self, node: str, drained: bool = True) -> str:
+        self._check_writable()
+        return await self.engine.controller.drain(node, drained)
+
+    async def set_strategy(self, name: str) -> str:
+        self._check_writable()
+        return await self.engine.controller.set_strategy(name)
+
+    async def rebalance(self, *, apply: bool = False) -> RebalancePlan:
+        if apply:
+            self._check_writable()
+        return await self.engine.controller.rebalance(apply=apply)
+
+
+class HttpEngineClient(EngineClient):
+    """Attach to a remote engine's control API (``lmtui --connect URL``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        read_only: bool = False,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.source = self.url
+        self.read_only = read_only
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = http or httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(10.0))
+        self._snap = Snapshot()
+        self._strategy = ""
+        self._events: deque[Event] = deque(maxlen=500)
+
+    async def connect(self) -> None:
+        """Read the state once, so the first screen is not empty. Raises CommandError."""
+        state = await self._call("GET", "state")
+        self._snap = snapshot_from_builtins(state["snapshot"])
+        self._strategy = state.get("strategy") or ""
+        self._events.extend(event_from_builtins(e) for e in state.get("events", []))
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+    def recent_events(self, limit: int = 200) -> list[Event]:
+        return list(self._events)[-limit:]
+
+    async def watch(self) -> AsyncIterator[Update]:
+        pending: list[Event] = []
+        async with self.http.stream(
+            "GET", f"{self.url}/lmtui/v1/events", timeout=httpx.Timeout(10.0, read=None)
+        ) as r:
+            if r.status_code != 200:
+                raise CommandError(
+                    f"{self.url}: HTTP {r.status_code} on /lmtui/v1/events", r.status_code
+                )
+            kind = ""
+            async for line in r.aiter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    if kind == "event":
+                        ev = event_from_builtins(data)
+                        self._events.append(ev)
+                        pending.append(ev)
+                    elif kind == "snapshot":
+                        self._snap = snapshot_from_builtins(data)
+                        events, pending = pending, []
+                        yield Update(self._snap, events)
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            r = await self.http.request(method, f"{self.url}/lmtui/v1/{path}", json=body)
+        except httpx.HTTPError as e:
+            raise CommandError(f"cannot reach {self.url}: {e}", 503) from e
+        try:
+            data = r.json()
+        except ValueError:
+            data = {}
+        if r.status_code >= 400:
+            msg = (data.get("error") or {}).get("message") if isinstance(data, dict) else None
+            raise CommandError(msg or f"HTTP {r.status_code}", r.status_code)
+        return data
+
+    async def _command(self, name: str, body: dict[str, Any]) -> str:
+        self._check_writable()
+        return str((await self._call("POST", name, body)).get("message", ""))
+
+    async def strategy(self) -> str:
+        with contextlib.suppress(CommandError):
+            self._strategy = (await self._call("GET", "state")).get("strategy") or ""
+        return self._strategy
+
+    async def load(self, model: str, node: str | None = None) -> str:
+        return await self._command("load", {"model": model, "node": node})
+
+    async def unload(self, node: str, instance_id: str, *, force: bool = False) -> str:
+        return await self._command(
+            "unload", {"node": node, "instance_id": instance_id, "force": force}
+        )
+
+    async def evict(self, node: str, instance_id: str) -> str:
+        return await self._command("evict", {"node": node, "instance_id": instance_id})
+
+    async def pin(self, model: str, pinned: bool = True) -> str:
+        return await self._command("pin" if pinned else "unpin", {"model": model})
+
+    async def drain(self, node: str, drained: bool = True) -> str:
+        return await self._command("drain" if drained else "undrain", {"node": node})
+
+    async def set_strategy(self, name: str) -> str:
+        return await self._command("strategy", {"strategy": name})
+
+    async def rebalance(self, *, apply: bool = False) -> RebalancePlan:
+        if apply:
+            self._check_writable()
+        data = await self._call("POST", "rebalance", {"apply": apply})
+        return plan_from_builtins(data["plan"])
+
+
+__all__ = ["EngineClient", "HttpEngineClient", "InProcessClient", "Update"]

@@ -117,6 +117,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         on_load: Callable[[str, str, str, bool, float], None] | None = None,
         on_evict: Callable[[str, str, str], None] | None = None,
+        on_route: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.backends = backends
@@ -127,6 +128,7 @@ class Dispatcher:
         self.clock = clock
         self.on_load = on_load
         self.on_evict = on_evict
+        self.on_route = on_route
         self._waiters: dict[str, _Waiter] = {}
         self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._load_failed: dict[tuple[str, str], float] = {}
@@ -152,7 +154,7 @@ class Dispatcher:
             self._event(EventKind.REJECT, d.reason, model=req.model, level=Level.WARNING)
             raise RequestRejected(d.status, d.reason)
         if isinstance(d, Load):
-            self._start_load(d)
+            self.start_load(d)
         return await self._wait(req, now, deadline, progress, d)
 
     def release(self, lease: Lease, *, failed: bool = False) -> None:
@@ -204,8 +206,10 @@ class Dispatcher:
             if len(self._affinity) > 10_000:
                 self._affinity.popitem(last=False)
         if d.preload is not None:
-            self._start_load(d.preload)
+            self.start_load(d.preload)
         self._event(EventKind.ROUTE, d.reason, node=inst.node, model=inst.model)
+        if self.on_route is not None:
+            self.on_route(inst.model, inst.node, "queued" if req.queued else "direct")
         return Lease(d.instance_key, inst.node, inst.model, now - enqueued_at, d.reason)
 
     async def _wait(
@@ -296,14 +300,14 @@ class Dispatcher:
                     w.fut.set_exception(RequestRejected(d.status, d.reason))
                     continue
                 if isinstance(d, Load):
-                    self._start_load(d)
+                    self.start_load(d)
                 break
             self._sync_depth(model)
 
     def _sync_depth(self, model: str) -> None:
         self.store.set_queue_depth(model, self.queue.depth(model))
 
-    def _start_load(self, d: Load) -> None:
+    def start_load(self, d: Load) -> None:
         key = (d.node, d.model)
         if key in self._pending:
             return

@@ -10,6 +10,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
@@ -18,16 +20,21 @@ from aiohttp import web
 
 from lmtui.backends import backend_for
 from lmtui.backends.base import Backend
-from lmtui.config import GB, Config, NodeConfig
+from lmtui.config import GB, Config, NodeConfig, Overrides
 from lmtui.core.health import HealthPolicy
 from lmtui.core.model import Node
 from lmtui.core.scheduler import Strategy
 from lmtui.core.state import FoldContext, NodeSettings
+from lmtui.engine.control import Controller, with_pins
+from lmtui.engine.control_api import ControlApi
 from lmtui.engine.dispatch import Dispatcher
+from lmtui.engine.metrics import Metrics
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
-from lmtui.engine.router import Router, node_api_keys
+from lmtui.engine.reqlog import RequestLog, RequestRecord
+from lmtui.engine.router import Outcome, Router, node_api_keys
 from lmtui.engine.settings import model_catalogue, scheduler_settings
 from lmtui.engine.store import Store
+from lmtui.overrides import load_overrides
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +100,24 @@ class Engine:
         clock: Callable[[], float] = time.time,
         source: str = "config",
         listen: str | None = None,
+        overrides_path: Path | None = None,
+        request_log: Path | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         #: Where the config came from, for the UI header ("demo", a path).
         self.source = source
         self.listen = listen
-        self.store = Store(initial_nodes(config), fold_context(config))
+        # Run-time choices (pins, strategy, drained nodes) layered over the config.
+        overrides = load_overrides(overrides_path) if overrides_path else Overrides()
+        effective = config.apply_overrides(overrides)
+        self.pinned = effective.pinned
+        self.strategy = Strategy(effective.strategy)
+        nodes = [replace(n, drained=n.name in effective.drained) for n in initial_nodes(config)]
+        self.store = Store(nodes, fold_context(config, self.pinned))
+        self.metrics = Metrics(lambda: self.store.snapshot)
+        self.request_log = RequestLog(request_log) if request_log is not None else None
+        self.controller = Controller(self, overrides, overrides_path)
         # One client for all polls: connection reuse matters at 200 nodes × 1 Hz.
         self.http = httpx.AsyncClient(
             limits=httpx.Limits(
@@ -135,15 +153,57 @@ class Engine:
         self.dispatcher = Dispatcher(
             self.store,
             self.backends,
-            scheduler_settings(self.config, self.backends),
-            strategy=Strategy(self.config.router.strategy),
+            scheduler_settings(self.config, self.backends, self.pinned),
+            strategy=self.strategy,
             queue_depth=self.config.router.queue_depth,
             refresh=self.poller.poll_once,
             clock=self.clock,
+            on_load=lambda model, node, reason, ok, secs: self.metrics.load(
+                model, node, reason, ok=ok, seconds=secs
+            ),
+            on_evict=self.metrics.eviction,
+            on_route=self.metrics.route,
         )
+        if self.request_log is not None:
+            await self.request_log.start()
         await self.poller.start()
+        self.controller.start(max(1.0, 2 * self.config.poll.interval))
         if self.listen is not None:
             await self._serve(self.listen)
+
+    def apply_pins(self, pinned: frozenset[str]) -> None:
+        """Make ``pinned`` the set of pinned models everywhere it matters."""
+        self.pinned = pinned
+        self.store.set_pinned(pinned, self.clock())
+        if self.dispatcher is not None:
+            self.dispatcher.settings = with_pins(self.dispatcher.settings, pinned)
+
+    def _request_done(self, out: Outcome, t0: float, t1: float) -> None:
+        self.metrics.request_done(
+            out.model,
+            out.node,
+            out.outcome,
+            queue_wait_s=out.queue_wait_s,
+            ttft_s=out.ttft_s,
+            duration_s=t1 - t0,
+        )
+        if self.request_log is not None:
+            self.request_log.record(
+                RequestRecord(
+                    at=t0,
+                    model=out.model,
+                    node=out.node,
+                    queue_wait_s=out.queue_wait_s,
+                    ttft_s=out.ttft_s,
+                    duration_s=t1 - t0,
+                    tokens_in=None,
+                    tokens_out=None,
+                    outcome=out.outcome,
+                    status=out.status,
+                    stream=out.stream,
+                    user=out.user,
+                )
+            )
 
     async def _serve(self, listen: str) -> None:
         host, port = parse_listen(listen)
@@ -164,10 +224,15 @@ class Engine:
             max_body_bytes=self.config.router.max_body_bytes,
             models=lambda: model_catalogue(self.store.snapshot, self.config),
             resolve=self.resolve_model,
+            on_done=self._request_done,
             clock=self.clock,
         )
         app = web.Application(client_max_size=self.config.router.max_body_bytes)
         self.router.add_routes(app)
+        app.router.add_get("/metrics", self._metrics)
+        token = env_secret(self.config.router.admin_token_env, "[router] admin_token_env")
+        # Without an admin token the control API is open only on a loopback bind.
+        ControlApi(self, token, enabled=token is not None or is_loopback(host)).add_routes(app)
         # handler_cancellation: a client that disconnects cancels its handler, so a queued
         # request leaves the queue at once and frees its place.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
@@ -190,6 +255,10 @@ class Engine:
             return name
         return self.dispatcher.settings.aliases.get(name, name)
 
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        body, ctype = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": ctype})
+
     async def stop(self) -> None:
         if not self._started:
             return
@@ -197,9 +266,12 @@ class Engine:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.controller.stop()
         if self.dispatcher is not None:
             self.dispatcher.close()
         await self.poller.stop()
+        if self.request_log is not None:
+            await self.request_log.stop()
         for b in self.backends.values():
             await b.aclose()
         await self.http.aclose()
@@ -232,11 +304,19 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def env_secret(env: str | None, what: str) -> str | None:
+    """The value of the environment variable a config key names; an unset one is an error."""
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if not value:
+        raise EngineError(f"{what} names {env}, which is not set or empty")
+    return value
+
+
 def router_api_keys(config: Config) -> list[str]:
-    keys = []
-    for env in config.router.api_keys_env:
-        value = os.environ.get(env)
-        if not value:
-            raise EngineError(f"[router] api_keys_env names {env}, which is not set or empty")
-        keys.append(value)
-    return keys
+    return [
+        v
+        for env in config.router.api_keys_env
+        if (v := env_secret(env, "[router] api_keys_env")) is not None
+    ]

@@ -1,0 +1,64 @@
+"""Snapshots, events and plans as JSON, and back: the control API's wire format.
+
+The HTTP ``EngineClient`` rebuilds the very same ``Snapshot`` objects the in-process one
+hands out, so the UI cannot tell which engine it is attached to.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import msgspec
+
+from lmtui.core.events import Event
+from lmtui.core.model import Instance, Node, Snapshot
+from lmtui.core.rebalance import RebalancePlan
+
+_encoder = msgspec.json.Encoder()
+
+
+def snapshot_to_builtins(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "version": snap.version,
+        "at": snap.at,
+        "nodes": [msgspec.to_builtins(n) for n in snap.nodes.values()],
+        "instances": [msgspec.to_builtins(i) for i in snap.instances.values()],
+        "queue_depth": dict(snap.queue_depth),
+    }
+
+
+def snapshot_from_builtins(d: dict[str, Any]) -> Snapshot:
+    nodes = [msgspec.convert(n, Node) for n in d.get("nodes", [])]
+    insts = [msgspec.convert(i, Instance) for i in d.get("instances", [])]
+    return Snapshot(
+        version=int(d.get("version", 0)),
+        at=float(d.get("at", 0.0)),
+        nodes=MappingProxyType({n.name: n for n in nodes}),
+        instances=MappingProxyType({i.key: i for i in insts}),
+        queue_depth=MappingProxyType(dict(d.get("queue_depth", {}))),
+    )
+
+
+def event_to_builtins(e: Event) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(e)
+    return out
+
+
+def event_from_builtins(d: dict[str, Any]) -> Event:
+    return msgspec.convert(d, Event)
+
+
+def plan_to_builtins(plan: RebalancePlan) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(plan)
+    out["summary"] = plan.summary()
+    return out
+
+
+def plan_from_builtins(d: dict[str, Any]) -> RebalancePlan:
+    d = {k: v for k, v in d.items() if k != "summary"}
+    return msgspec.convert(d, RebalancePlan)
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)

@@ -1,0 +1,216 @@
+"""Operator commands through both EngineClient implementations (in-process and HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from _routing import MSG, client, eventually, routed
+
+from lmtui.config import ModelConfig, PoolConfig, RouterConfig
+from lmtui.core.model import NodeKind
+from lmtui.engine.client import EngineClient, HttpEngineClient, InProcessClient
+from lmtui.engine.control import CommandError
+from lmtui.engine.engine import Engine
+from lmtui.overrides import load_overrides
+from lmtui.sim import SimCluster, SimModel, SimNodeSpec
+
+MODELS = [SimModel("m1", 10.0), SimModel("m2", 10.0), SimModel("m3", 10.0)]
+
+
+def spec(name: str, loaded: list[str]) -> SimNodeSpec:
+    return SimNodeSpec(
+        name=name,
+        kind=NodeKind.LMSTUDIO,
+        memory_gb=64,
+        models=MODELS,
+        loaded=loaded,
+        parallel=2,
+        version="0.4.2",
+    )
+
+
+@asynccontextmanager
+async def engine_client(
+    kind: str, **kw
+) -> AsyncIterator[  # type: ignore[no-untyped-def]
+    tuple[SimCluster, Engine, EngineClient]
+]:
+    async with routed([spec("a", ["m1"]), spec("b", [])], **kw) as (cluster, engine):
+        if kind == "inprocess":
+            yield cluster, engine, InProcessClient(engine)
+        else:
+            assert engine.router_url is not None
+            c = HttpEngineClient(engine.router_url)
+            await c.connect()
+            try:
+                yield cluster, engine, c
+            finally:
+                await c.aclose()
+
+
+KINDS = ["inprocess", "http"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_load_and_unload_a_model_on_a_chosen_node(kind: str) -> None:
+    async with engine_client(kind) as (cluster, engine, c):
+        msg = await c.load("m2", "b")
+        assert "m2" in msg and "b" in msg
+        await eventually(lambda: cluster.node("b").loaded_models() == ["m2"])
+        await eventually(lambda: ("b", "m2") in engine.store.snapshot.instances)
+        await c.unload("b", "m2")
+        assert cluster.node("b").loaded_models() == []
+        assert ("b", "m2") not in engine.store.snapshot.instances
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_commands_refuse_what_makes_no_sense(kind: str) -> None:
+    async with engine_client(kind) as (_cluster, _engine, c):
+        with pytest.raises(CommandError, match="no node named"):
+            await c.drain("nope")
+        with pytest.raises(CommandError, match="unknown strategy"):
+            await c.set_strategy("fastest")
+        with pytest.raises(CommandError, match="no instance"):
+            await c.evict("a", "m9")
+        await c.pin("m1")
+        with pytest.raises(CommandError, match="pinned"):
+            await c.evict("a", "m1")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_drain_stops_routing_to_a_node(kind: str) -> None:
+    async with engine_client(kind) as (cluster, engine, c):
+        await c.load("m1", "b")
+        await eventually(lambda: ("b", "m1") in engine.store.snapshot.instances)
+        await c.drain("a")
+        assert engine.store.snapshot.nodes["a"].drained
+        before = len(cluster.node("a").records)
+        oc = client(engine)
+        for _ in range(4):
+            await oc.chat.completions.create(model="m1", messages=MSG, max_tokens=4)
+        assert len(cluster.node("a").records) == before
+        await c.drain("a", False)
+        assert not engine.store.snapshot.nodes["a"].drained
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_strategy_switch_and_watch(kind: str) -> None:
+    async with engine_client(kind) as (_cluster, engine, c):
+        assert await c.strategy() == "efficiency"
+        await c.set_strategy("spread")
+        assert engine.dispatcher is not None and engine.dispatcher.strategy.value == "spread"
+        assert await c.strategy() == "spread"
+        seen = []
+
+        async def follow() -> None:
+            async for u in c.watch():
+                seen.extend(e.message for e in u.events)
+                if any("drained" in m for m in seen):
+                    return
+
+        task = asyncio.create_task(follow())
+        await asyncio.sleep(0.2)
+        await c.drain("b")
+        async with asyncio.timeout(5):
+            await task
+        assert c.snapshot().nodes["b"].drained
+
+
+async def test_run_time_choices_persist_in_the_overrides_file(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "overrides.toml"
+    async with SimCluster([spec("a", ["m1"])], time_scale=0.01) as cluster:
+        from lmtui.config import Config, NodeConfig
+
+        cfg = Config(
+            nodes=[NodeConfig(name="a", kind=NodeKind.LMSTUDIO, url=cluster.url("a"), memory_gb=64)]
+        )
+        async with Engine(cfg, overrides_path=path) as engine:
+            c = InProcessClient(engine)
+            await c.pin("m2")
+            await c.drain("a")
+            await c.set_strategy("replicas")
+        ov = load_overrides(path, strict=True)
+        assert ov.pinned == ["m2"] and ov.drained == ["a"] and ov.strategy == "replicas"
+        # ...and come back at the next start, without touching the user's config
+        engine2 = Engine(cfg, overrides_path=path)
+        assert engine2.pinned == frozenset({"m2"})
+        assert engine2.store.snapshot.nodes["a"].drained
+        assert engine2.strategy.value == "replicas"
+
+
+async def test_rebalance_plans_then_applies_pins_and_idle_ttl() -> None:
+    async with routed(
+        [spec("a", ["m1", "m2"])],
+        models=[ModelConfig(name="m3", pinned=True)],
+        pool=PoolConfig(idle_ttl=0.2, min_residency=0, reserved_gb=0),
+    ) as (cluster, engine):
+        await engine.controller.stop()  # drive the pool by hand, not on its timer
+        await asyncio.sleep(0.3)  # m1, m2 idle past the TTL
+        await engine.poller.poll_once("a")
+        c = InProcessClient(engine)
+        plan = await c.rebalance()
+        actions = {(s.action, s.model) for s in plan.steps}
+        assert ("load", "m3") in actions
+        assert ("unload", "m1") in actions and ("unload", "m2") in actions
+        assert cluster.node("a").loaded_models() == ["m1", "m2"]  # a plan changes nothing
+        await c.rebalance(apply=True)
+        await eventually(lambda: cluster.node("a").loaded_models() == ["m3"])
+
+
+async def test_pool_manager_reloads_a_pinned_model_unloaded_by_hand() -> None:
+    async with routed([spec("a", ["m1"])], models=[ModelConfig(name="m1", pinned=True)]) as (
+        cluster,
+        engine,
+    ):
+        async with httpx.AsyncClient() as h:
+            r = await h.post(cluster.url("a") + "/api/v1/models/unload", json={"instance_id": "m1"})
+            assert r.status_code == 200
+        await eventually(lambda: cluster.node("a").loaded_models() == [], timeout=5)
+        await eventually(lambda: cluster.node("a").loaded_models() == ["m1"], timeout=10)
+        msgs = [e.message for e in engine.store.events]
+        assert any("no longer loaded" in m for m in msgs)
+        assert any("pinned but loaded nowhere" in m for m in msgs)
+
+
+async def test_control_api_needs_the_admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMTUI_ADMIN", "admin-secret")
+    async with routed([spec("a", ["m1"])], router=RouterConfig(admin_token_env="LMTUI_ADMIN")) as (
+        _c,
+        engine,
+    ):
+        url = f"{engine.router_url}/lmtui/v1"
+        async with httpx.AsyncClient() as h:
+            assert (await h.get(f"{url}/state")).status_code == 401
+            r = await h.post(
+                f"{url}/drain", json={"node": "a"}, headers={"Authorization": "Bearer wrong"}
+            )
+            assert r.status_code == 401
+            r = await h.get(f"{url}/state", headers={"Authorization": "Bearer admin-secret"})
+            assert r.status_code == 200 and r.json()["snapshot"]["nodes"][0]["name"] == "a"
+            r = await h.post(
+                f"{url}/drain", content=b"[1]", headers={"Authorization": "Bearer admin-secret"}
+            )
+            assert r.status_code == 400
+
+
+async def test_read_only_client_refuses_commands() -> None:
+    async with routed([spec("a", ["m1"])]) as (_c, engine):
+        c = InProcessClient(engine, read_only=True)
+        with pytest.raises(CommandError, match="read-only"):
+            await c.drain("a")
+        plan = await c.rebalance()  # looking at a plan is fine
+        assert plan is not None
+
+
+async def test_metrics_endpoint_counts_requests() -> None:
+    async with routed([spec("a", ["m1"])]) as (_c, engine):
+        await client(engine).chat.completions.create(model="m1", messages=MSG, max_tokens=4)
+        async with httpx.AsyncClient() as h:
+            text = (await h.get(f"{engine.router_url}/metrics")).text
+        assert 'lmtui_requests_total{model="m1",node="a",outcome="ok"} 1.0' in text
+        assert "lmtui_in_flight" in text
