@@ -1,0 +1,216 @@
+"""LM Studio: REST v1 (0.4+) with a fallback to the legacy v0 API of 0.3.x servers.
+
+The adapter remembers which API a node speaks, and re-probes v1 every
+:data:`V1_REPROBE_S` seconds on a v0 node, since the user may upgrade LM Studio while
+lmtui runs. Loading and unloading need v1; on a v0-only server they raise NotSupported and
+point at ``lms`` over SSH.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from lmtui.backends._common import (
+    Every,
+    HttpBackend,
+    bad,
+    decode_json,
+    expect_dict,
+    expect_list,
+    opt_dict,
+    opt_int,
+    opt_str,
+    override_slots,
+    status_error,
+)
+from lmtui.backends.base import BackendError, NotSupported, monotonic
+from lmtui.core.model import (
+    AvailableModel,
+    InstanceObservation,
+    NodeKind,
+    NodeObservation,
+)
+
+#: Seconds between attempts to switch a v0 node back to v1 (the user may have upgraded).
+V1_REPROBE_S = 60.0
+#: LM Studio 0.4's default "Max Concurrent Predictions" for a llama.cpp-engine model.
+V1_DEFAULT_PARALLEL = 4
+#: Before 0.4 a server processed one request at a time, even across models.
+V0_PARALLEL = 1
+#: Loading a large model from disk can take minutes; a poll timeout would cut it short.
+LOAD_TIMEOUT_S = 600.0
+
+Parsed = tuple[tuple[InstanceObservation, ...], tuple[AvailableModel, ...]]
+
+_KINDS = {"embeddings": "embedding"}  # v0 says "embeddings", v1 "embedding"
+
+
+def _kind(entry: dict[str, Any]) -> str:
+    t = opt_str(entry, "type") or "llm"
+    return _KINDS.get(t, t)
+
+
+def parse_v1_models(payload: Any) -> Parsed:
+    """Parse ``GET /api/v1/models``: every downloaded model, with its loaded instances.
+
+    Only ``key`` is required of a model (older 0.4 builds sent less than the current docs);
+    a loaded instance without ``config.parallel`` gets 4 slots, the 0.4 default.
+    """
+    models = expect_list(expect_dict(payload, "/api/v1/models").get("models"), "models")
+    instances: list[InstanceObservation] = []
+    available: list[AvailableModel] = []
+    for raw in models:
+        entry = expect_dict(raw, "/api/v1/models entry")
+        key = opt_str(entry, "key")
+        if key is None:
+            bad(f"/api/v1/models entry without a key: {str(entry)[:80]}")
+        size = opt_int(entry, "size_bytes")
+        available.append(
+            AvailableModel(
+                key=key,
+                size_bytes=size,
+                kind=_kind(entry),
+                max_context_length=opt_int(entry, "max_context_length"),
+            )
+        )
+        loaded = entry.get("loaded_instances")
+        for inst in loaded if isinstance(loaded, list) else ():
+            inst = expect_dict(inst, f"loaded instance of {key}")
+            config = opt_dict(inst, "config")
+            instances.append(
+                InstanceObservation(
+                    model=key,
+                    instance_id=opt_str(inst, "id", "identifier", "instance_id") or key,
+                    size_bytes=size,
+                    context_length=opt_int(config, "context_length"),
+                    slots_total=opt_int(config, "parallel") or V1_DEFAULT_PARALLEL,
+                )
+            )
+    return tuple(instances), tuple(available)
+
+
+def parse_v0_models(payload: Any) -> Parsed:
+    """Parse the legacy ``GET /api/v0/models`` (0.3.6+): loaded models have ``state: loaded``.
+
+    A v0 server serializes all requests, so each loaded model gets one slot. The API
+    reports no sizes.
+    """
+    data = expect_list(expect_dict(payload, "/api/v0/models").get("data"), "data")
+    instances: list[InstanceObservation] = []
+    available: list[AvailableModel] = []
+    for raw in data:
+        entry = expect_dict(raw, "/api/v0/models entry")
+        model_id = opt_str(entry, "id")
+        if model_id is None:
+            bad(f"/api/v0/models entry without an id: {str(entry)[:80]}")
+        available.append(
+            AvailableModel(
+                key=model_id,
+                kind=_kind(entry),
+                max_context_length=opt_int(entry, "max_context_length"),
+            )
+        )
+        if entry.get("state") == "loaded":
+            instances.append(
+                InstanceObservation(
+                    model=model_id,
+                    instance_id=model_id,
+                    context_length=opt_int(entry, "loaded_context_length"),
+                    slots_total=V0_PARALLEL,
+                )
+            )
+    return tuple(instances), tuple(available)
+
+
+def parse_load_answer(payload: Any, model: str) -> str:
+    """The instance id in a ``POST /api/v1/models/load`` answer.
+
+    Current builds answer ``instance_id``, earlier 0.4 builds ``model_instance_id``.
+    """
+    body = expect_dict(payload, "/api/v1/models/load")
+    return opt_str(body, "instance_id", "model_instance_id") or model
+
+
+class LMStudioBackend(HttpBackend):
+    """An LM Studio server (``lms server start``, default port 1234)."""
+
+    kind = NodeKind.LMSTUDIO
+    can_load = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Which REST API the node answered last; None until the first poll.
+        self.api: Literal["v1", "v0"] | None = None
+        self._reprobe = Every(V1_REPROBE_S)
+
+    async def poll(self, now: float) -> NodeObservation:
+        """Read the models (and their loaded instances) over v1, or v0 on older servers."""
+        started = monotonic()
+        try:
+            if self.api == "v0" and not self._reprobe.due(now):
+                parsed = parse_v0_models(await self.fetch_json("/api/v0/models"))
+            else:
+                parsed = await self._poll_v1_or_fallback(now)
+        except BackendError:
+            # It may come back upgraded (restarts are when upgrades happen): try v1 first.
+            self._reprobe.reset()
+            raise
+        instances, available = parsed
+        return NodeObservation(
+            node=self.name,
+            at=now,
+            latency_s=monotonic() - started,
+            instances=override_slots(instances, self.node.slots),
+            available=available,
+            version="0.4+" if self.api == "v1" else "<0.4",
+            slots_default=self.node.slots
+            or (V1_DEFAULT_PARALLEL if self.api == "v1" else V0_PARALLEL),
+        )
+
+    async def _poll_v1_or_fallback(self, now: float) -> Parsed:
+        r = await self.fetch("/api/v1/models")
+        if r.status_code == 404:
+            # 0.3.x has no v1 API: use the legacy one and only re-probe v1 now and then.
+            self.api = "v0"
+            self._reprobe.done(now)
+            return parse_v0_models(await self.fetch_json("/api/v0/models"))
+        if r.status_code != 200:
+            raise status_error(r, "GET /api/v1/models", self.name)
+        parsed = parse_v1_models(decode_json(r, "GET /api/v1/models"))
+        self.api = "v1"
+        return parsed
+
+    async def load(
+        self, model: str, *, context_length: int | None = None, ttl: float | None = None
+    ) -> str:
+        """Load ``model`` over REST v1; return the new instance's id.
+
+        ``ttl`` is not sent: the v1 load endpoint documents no idle TTL, and lmtui's pool
+        manager unloads idle instances itself. (``lms load --ttl`` over SSH can do it.)
+        """
+        await self._require_v1("load")
+        body: dict[str, Any] = {"model": model}
+        if context_length is not None:
+            body["context_length"] = context_length
+        answer = await self._post_v1("/api/v1/models/load", body)
+        return parse_load_answer(answer, model)
+
+    async def unload(self, model: str, instance_id: str) -> None:
+        """Unload one instance over REST v1."""
+        await self._require_v1("unload")
+        await self._post_v1("/api/v1/models/unload", {"instance_id": instance_id})
+
+    async def _require_v1(self, what: str) -> None:
+        if self.api is None:
+            # Not polled yet: ask once which API the node has. (A 404 from the command
+            # itself cannot tell "no v1 API" from "no such model".)
+            r = await self.fetch("/api/v1/models")
+            self.api = "v0" if r.status_code == 404 else "v1"
+        if self.api == "v0":
+            raise NotSupported(
+                f"{self.name}: this LM Studio is older than 0.4 and has no REST {what}; "
+                f"use `lms {what}` over SSH (add an [nodes.ssh] section) or upgrade LM Studio"
+            )
+
+    async def _post_v1(self, path: str, body: dict[str, Any]) -> Any:
+        return await self.post_json(path, body, timeout_s=max(self.timeout, LOAD_TIMEOUT_S))

@@ -1,0 +1,140 @@
+"""The LM Studio adapter against the simulator over loopback HTTP: v1, and v0 fallback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+
+from lmtui.backends import Backend, BackendUnreachable, NotSupported
+from lmtui.backends.lmstudio import V1_REPROBE_S, LMStudioBackend
+from lmtui.core.model import NodeKind, NodeObservation
+from lmtui.sim import SimCluster, SimModel, SimNodeSpec
+
+MakeBackend = Callable[..., Backend]
+PollUntil = Callable[..., Awaitable[NodeObservation]]
+
+MODELS = [SimModel("qwen-7b", 5.0), SimModel("gemma-2b", 2.0), SimModel("nomic", 0.1, "embedding")]
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[SimCluster]:
+    specs = [
+        SimNodeSpec(
+            name="new", kind=NodeKind.LMSTUDIO, models=MODELS, loaded=["qwen-7b"], parallel=2
+        ),
+        SimNodeSpec(
+            name="old", kind=NodeKind.LMSTUDIO, version="0.3.31", models=MODELS, loaded=["qwen-7b"]
+        ),
+    ]
+    async with SimCluster(specs, time_scale=0.01) as c:
+        yield c
+
+
+async def test_v1_poll(cluster: SimCluster, make_backend: MakeBackend) -> None:
+    backend = make_backend(cluster, "new")
+    obs = await backend.poll(time.time())
+    assert obs.version == "0.4+"
+    (inst,) = obs.instances or ()
+    assert (inst.model, inst.slots_total) == ("qwen-7b", 2)
+    assert inst.size_bytes == 5 * 1024**3
+    available = {a.key: a for a in obs.available or ()}
+    assert set(available) == {"qwen-7b", "gemma-2b", "nomic"}
+    assert available["nomic"].kind == "embedding"
+    assert available["gemma-2b"].size_bytes == 2 * 1024**3
+
+
+async def test_load_then_unload(
+    cluster: SimCluster, make_backend: MakeBackend, poll_until: PollUntil
+) -> None:
+    backend = make_backend(cluster, "new")
+    await backend.poll(time.time())
+    instance_id = await backend.load("gemma-2b", context_length=8192)
+    obs = await backend.poll(time.time())
+    loaded = {i.instance_id: i for i in obs.instances or ()}
+    assert loaded[instance_id].model == "gemma-2b"
+    assert loaded[instance_id].context_length == 8192
+    await backend.unload("gemma-2b", instance_id)
+    obs = await backend.poll(time.time())
+    assert [i.model for i in obs.instances or ()] == ["qwen-7b"]
+    assert cluster.node("new").loaded_models() == ["qwen-7b"]
+
+
+async def test_load_unknown_model_is_an_error_with_the_servers_message(
+    cluster: SimCluster, make_backend: MakeBackend
+) -> None:
+    backend = make_backend(cluster, "new")
+    with pytest.raises(Exception, match="not found"):
+        await backend.load("nosuch")
+
+
+async def test_v0_fallback_on_a_0_3_server(cluster: SimCluster, make_backend: MakeBackend) -> None:
+    backend = make_backend(cluster, "old")
+    obs = await backend.poll(time.time())
+    assert obs.version == "<0.4"
+    (inst,) = obs.instances or ()
+    # Before 0.4 a server handles one request at a time.
+    assert (inst.model, inst.slots_total) == ("qwen-7b", 1)
+    assert {a.key for a in obs.available or ()} == {"qwen-7b", "gemma-2b", "nomic"}
+
+
+async def test_v0_node_remembers_and_reprobes(
+    cluster: SimCluster, make_backend: MakeBackend, http: httpx.AsyncClient
+) -> None:
+    backend = make_backend(cluster, "old")
+    sent: list[str] = http.sent  # type: ignore[attr-defined]
+    now = time.time()
+    await backend.poll(now)
+    assert sent == ["/api/v1/models", "/api/v0/models"]
+    sent.clear()
+    await backend.poll(now + 1)
+    assert sent == ["/api/v0/models"]  # no wasted v1 request every poll
+    sent.clear()
+    await backend.poll(now + 1 + V1_REPROBE_S)
+    assert sent == ["/api/v1/models", "/api/v0/models"]  # the user may have upgraded
+
+
+async def test_v0_node_cannot_load_and_says_use_lms(
+    cluster: SimCluster, make_backend: MakeBackend
+) -> None:
+    backend = make_backend(cluster, "old")
+    assert isinstance(backend, LMStudioBackend)
+    await backend.poll(time.time())
+    with pytest.raises(NotSupported, match="lms"):
+        await backend.load("gemma-2b")
+    with pytest.raises(NotSupported, match="lms"):
+        await backend.unload("qwen-7b", "qwen-7b")
+
+
+async def test_v0_detected_at_load_before_any_poll(
+    cluster: SimCluster, make_backend: MakeBackend
+) -> None:
+    backend = make_backend(cluster, "old")
+    with pytest.raises(NotSupported, match="lms"):
+        await backend.load("gemma-2b")
+    assert cluster.node("old").loaded_models() == ["qwen-7b"]
+
+
+async def test_config_slots_override(cluster: SimCluster, make_backend: MakeBackend) -> None:
+    obs = await make_backend(cluster, "new", slots=6).poll(time.time())
+    assert [i.slots_total for i in obs.instances or ()] == [6]
+
+
+async def test_v0_node_reprobes_v1_after_coming_back(
+    cluster: SimCluster, make_backend: MakeBackend, http: httpx.AsyncClient
+) -> None:
+    backend = make_backend(cluster, "old", timeout=0.5)
+    sent: list[str] = http.sent  # type: ignore[attr-defined]
+    now = time.time()
+    await backend.poll(now)
+    await cluster.node("old").set_down(True)
+    with pytest.raises(BackendUnreachable):
+        await backend.poll(now + 1)
+    await cluster.node("old").set_down(False)
+    sent.clear()
+    obs = await backend.poll(now + 2)
+    # A restart is when upgrades happen: v1 is asked again at once.
+    assert sent == ["/api/v1/models", "/api/v0/models"]
+    assert obs.version == "<0.4"

@@ -1,0 +1,57 @@
+"""The registry picks one adapter class per node kind; the package stays headless."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from lmtui.backends import BACKENDS, Backend, backend_for
+from lmtui.backends.llamacpp import LlamaCppBackend, LlamaCppPoolBackend
+from lmtui.backends.lmstudio import LMStudioBackend
+from lmtui.backends.ollama import OllamaBackend
+from lmtui.backends.openai import OpenAIBackend
+from lmtui.config import NodeConfig
+from lmtui.core.model import NodeKind
+
+
+def test_every_kind_has_an_adapter() -> None:
+    assert set(BACKENDS) == set(NodeKind)
+    assert all(cls.kind is kind for kind, cls in BACKENDS.items())
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls", "can_load"),
+    [
+        (NodeKind.LMSTUDIO, LMStudioBackend, True),
+        (NodeKind.OLLAMA, OllamaBackend, True),
+        (NodeKind.LLAMACPP, LlamaCppBackend, True),
+        (NodeKind.LLAMACPP_POOL, LlamaCppPoolBackend, True),
+        (NodeKind.OPENAI, OpenAIBackend, False),
+    ],
+)
+async def test_backend_for(kind: NodeKind, cls: type[Backend], can_load: bool) -> None:
+    async with httpx.AsyncClient() as client:
+        node = NodeConfig(name="n", kind=kind, url="http://127.0.0.1:9/")
+        backend = backend_for(node, client, timeout=1.5)
+        assert type(backend) is cls
+        assert backend.can_load is can_load
+        assert (backend.timeout, backend.base_url, backend.name) == (
+            1.5,
+            "http://127.0.0.1:9",
+            "n",
+        )
+
+
+def test_importing_backends_pulls_in_no_ui_or_server_library() -> None:
+    code = (
+        "import sys, lmtui.backends, lmtui.backends.registry;"
+        "bad = [m for m in ('textual', 'aiohttp') if m in sys.modules];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == ""
