@@ -1,6 +1,7 @@
 """Command line: parse arguments, find the config, choose the mode.
 
-    lmtui [--config FILE] [--demo] [--serve] [--read-only] [--debug]
+    lmtui [--config FILE] [--demo] [--serve] [--listen HOST:PORT] [--connect URL]
+          [--read-only] [--debug]
     lmtui sim --config FILE [--time-scale X]
 
 Errors a user can meet (a broken config, a port in use) print one clear line and exit 2;
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -20,7 +22,12 @@ from pathlib import Path
 
 from lmtui import __version__
 from lmtui.config import Config, ConfigError, load_config
-from lmtui.paths import find_config, state_dir
+from lmtui.core.events import Event, EventKind, Level
+from lmtui.engine.client import HttpEngineClient, InProcessClient
+from lmtui.engine.control import CommandError
+from lmtui.engine.engine import Engine, EngineError
+from lmtui.engine.reqlog import default_path as default_log_path
+from lmtui.paths import find_config, overrides_path, state_dir
 
 log = logging.getLogger("lmtui")
 
@@ -43,7 +50,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--serve",
         action="store_true",
-        help="run headless: poll the cluster and log its events to stdout",
+        help="run headless: the OpenAI-compatible router and the pool manager, "
+        "logging every event to stdout",
+    )
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="router address (default: [router] listen, 127.0.0.1:4000); "
+        "'off' runs the dashboard without the router",
+    )
+    p.add_argument(
+        "--connect",
+        metavar="URL",
+        help="attach the dashboard to a running 'lmtui --serve' at URL "
+        "(admin token from $LMTUI_ADMIN_TOKEN)",
     )
     p.add_argument(
         "--read-only", action="store_true", help="show the cluster; hide and refuse every command"
@@ -63,19 +83,25 @@ def main(argv: list[str] | None = None) -> int:
         from lmtui.sim.cli import main as sim_main
 
         return sim_main(argv[1:])
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.connect and (args.serve or args.demo or args.config):
+        p.error("--connect attaches to a running engine; it takes no --serve, --demo or --config")
     try:
+        if args.connect:
+            _setup_logging(args.debug, to_file=True)
+            return asyncio.run(run_attached(args.connect, read_only=args.read_only))
         config, source = resolve_config(args)
         if args.serve:
             _setup_logging(args.debug, to_file=False)
-            return asyncio.run(serve(config, source))
+            return asyncio.run(serve(config, source, args.listen))
         _setup_logging(args.debug, to_file=True)
-        return asyncio.run(run_tui(config, source, read_only=args.read_only))
-    except ConfigError as e:
+        return asyncio.run(run_tui(config, source, args.listen, read_only=args.read_only))
+    except (ConfigError, EngineError, CommandError) as e:
         if args.debug:
             raise
         print(f"lmtui: {e}", file=sys.stderr)
-        return e.exit_code
+        return 2
     except KeyboardInterrupt:
         return 130
     except OSError as e:  # e.g. a port in use for the demo cluster
@@ -106,34 +132,69 @@ async def cluster_config(config: Config | None) -> AsyncIterator[Config]:
         yield demo
 
 
-async def run_tui(config: Config | None, source: str, *, read_only: bool) -> int:
-    from lmtui.engine.client import InProcessClient
-    from lmtui.engine.engine import Engine
+def _listen(config: Config, cli_listen: str | None) -> str | None:
+    if cli_listen == "off":
+        return None
+    return cli_listen or config.router.listen
+
+
+def _engine(config: Config, source: str, listen: str | None) -> Engine:
+    return Engine(config, source=source, listen=listen, overrides_path=overrides_path(),
+                  request_log=default_log_path())
+
+
+async def run_tui(config: Config | None, source: str, listen: str | None, *,
+                  read_only: bool) -> int:
     from lmtui.tui.app import build_app
 
     async with cluster_config(config) as cfg:
-        engine = Engine(cfg, source=source)
+        engine = _engine(cfg, source, _listen(cfg, listen))
+        # The dashboard is still useful when the router's port is taken (say, by a
+        # running 'lmtui --serve'): the engine says so in the event log instead of exiting.
+        engine.listen_required = False
         async with engine:
-            app = build_app(InProcessClient(engine, read_only=read_only))
-            await app.run_async()
+            await build_app(InProcessClient(engine, read_only=read_only)).run_async()
     return 0
 
 
-async def serve(config: Config | None, source: str) -> int:
-    from lmtui.engine.engine import Engine
+async def run_attached(url: str, *, read_only: bool) -> int:
+    from lmtui.tui.app import build_app
 
+    client = HttpEngineClient(url, token=os.environ.get("LMTUI_ADMIN_TOKEN"),
+                              read_only=read_only)
+    try:
+        await client.connect()
+        await build_app(client).run_async()
+    finally:
+        await client.aclose()
+    return 0
+
+
+async def serve(config: Config | None, source: str, listen: str | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with cluster_config(config) as cfg:
-        engine = Engine(cfg, source=source)
-        engine.store.subscribe(lambda _s, events: [log.info("%s", e.message) for e in events])
-        log.info("lmtui %s serving %d nodes from %s", __version__, len(cfg.nodes), source)
+        engine = _engine(cfg, source, _listen(cfg, listen) or cfg.router.listen)
+        engine.store.subscribe(_log_events)
         async with engine:
+            log.info("lmtui %s: %d nodes from %s; router on %s/v1 (control API under "
+                     "/lmtui/v1, metrics at /metrics)", __version__, len(cfg.nodes), source,
+                     engine.router_url)
             await stop.wait()
     log.info("stopped")
     return 0
+
+
+def _log_events(_snap: object, events: list[Event]) -> None:
+    # Routing decisions are per request: counted in /metrics, not logged one by one.
+    for e in events:
+        if e.kind is not EventKind.ROUTE:
+            log.log(_LEVELS[e.level], "%s", e.message)
+
+
+_LEVELS = {Level.INFO: logging.INFO, Level.WARNING: logging.WARNING, Level.ERROR: logging.ERROR}
 
 
 def _setup_logging(debug: bool, *, to_file: bool) -> None:

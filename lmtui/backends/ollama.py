@@ -59,12 +59,21 @@ def _models(payload: Any, what: str) -> list[Any]:
     return [] if models is None else expect_list(models, f"{what} models")
 
 
+def canonical_name(name: str | None) -> str | None:
+    """``qwen2.5:latest`` → ``qwen2.5``: Ollama treats a name without a tag as ``:latest``,
+    and clients (and the other node kinds) name models without it, so one model has one
+    name across the cluster. Other tags (``qwen2.5:7b``) are part of the name and stay."""
+    if name is not None and name.endswith(":latest"):
+        return name[: -len(":latest")]
+    return name
+
+
 def parse_ps(payload: Any, slots: int = DEFAULT_SLOTS) -> tuple[InstanceObservation, ...]:
     """Parse ``GET /api/ps``. ``name`` is missing on some versions: use ``model`` then."""
     out: list[InstanceObservation] = []
     for raw in _models(payload, "/api/ps"):
         entry = expect_dict(raw, "/api/ps entry")
-        name = opt_str(entry, "name", "model")
+        name = canonical_name(opt_str(entry, "name", "model"))
         if name is None:
             bad(f"/api/ps entry without a name or model: {str(entry)[:80]}")
         out.append(
@@ -85,7 +94,7 @@ def parse_tags(payload: Any) -> tuple[AvailableModel, ...]:
     out: list[AvailableModel] = []
     for raw in _models(payload, "/api/tags"):
         entry = expect_dict(raw, "/api/tags entry")
-        name = opt_str(entry, "name", "model")
+        name = canonical_name(opt_str(entry, "name", "model"))
         if name is None:
             bad(f"/api/tags entry without a name or model: {str(entry)[:80]}")
         out.append(AvailableModel(key=name, size_bytes=opt_int(entry, "size")))

@@ -21,6 +21,7 @@ from aiohttp import web
 from lmtui.backends import backend_for
 from lmtui.backends.base import Backend
 from lmtui.config import GB, Config, NodeConfig, Overrides
+from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.health import HealthPolicy
 from lmtui.core.model import Node
 from lmtui.core.scheduler import Strategy
@@ -108,6 +109,8 @@ class Engine:
         #: Where the config came from, for the UI header ("demo", a path).
         self.source = source
         self.listen = listen
+        #: False: a router that cannot listen is reported as an event, not raised.
+        self.listen_required = True
         # Run-time choices (pins, strategy, drained nodes) layered over the config.
         overrides = load_overrides(overrides_path) if overrides_path else Overrides()
         effective = config.apply_overrides(overrides)
@@ -169,7 +172,14 @@ class Engine:
         await self.poller.start()
         self.controller.start(max(1.0, 2 * self.config.poll.interval))
         if self.listen is not None:
-            await self._serve(self.listen)
+            try:
+                await self._serve(self.listen)
+            except EngineError as e:
+                if self.listen_required:
+                    await self.stop()
+                    raise
+                self.store.record(Event(self.clock(), EventKind.ERROR,
+                                        f"router not started: {e}", level=Level.ERROR))
 
     def apply_pins(self, pinned: frozenset[str]) -> None:
         """Make ``pinned`` the set of pinned models everywhere it matters."""

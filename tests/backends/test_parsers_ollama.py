@@ -112,7 +112,7 @@ def test_tags() -> None:
     tags = parse_tags(TAGS)
     assert [(t.key, t.size_bytes) for t in tags] == [
         ("llama3.2:3b", 2019393189),
-        ("nomic-embed-text:latest", 274302450),
+        ("nomic-embed-text", 274302450),  # ":latest" is implied
     ]
 
 
@@ -156,3 +156,11 @@ def test_keep_alive() -> None:
     assert keep_alive(-1) == -1
     assert keep_alive(1800) == "1800s"
     assert keep_alive(0.2) == "1s"  # 0 would unload at once
+
+
+def test_latest_tag_is_implied_other_tags_are_kept() -> None:
+    from lmtui.backends.ollama import canonical_name
+
+    assert canonical_name("qwen2.5:latest") == "qwen2.5"
+    assert canonical_name("qwen2.5:7b") == "qwen2.5:7b"
+    assert canonical_name("hf.co/org/model:Q4_K_M") == "hf.co/org/model:Q4_K_M"
