@@ -165,6 +165,8 @@ class LMStudioBackend(HttpBackend):
             version="0.4+" if self.api == "v1" else "<0.4",
             slots_default=self.node.slots
             or (V1_DEFAULT_PARALLEL if self.api == "v1" else V0_PARALLEL),
+            # Before 0.4 the whole server runs one request at a time, across all models.
+            server_slots=None if self.api == "v1" or self.node.slots else V0_PARALLEL,
         )
 
     async def _poll_v1_or_fallback(self, now: float) -> Parsed:

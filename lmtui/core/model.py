@@ -135,6 +135,9 @@ class NodeObservation:
     version: str | None = None
     #: Default slots per instance the server advertises (llama.cpp total_slots ...).
     slots_default: int | None = None
+    #: Requests the whole server runs at once, across all its instances, when it has such a
+    #: limit: LM Studio before 0.4 serializes everything (1), even with two models loaded.
+    server_slots: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,8 @@ class Node:
     #: Tokens generated per second, from the difference of two polls of a counter.
     tokens_per_second: float | None = None
     slots_default: int | None = None
+    #: Server-wide concurrency limit across instances (see NodeObservation.server_slots).
+    server_slots: int | None = None
     last_poll_at: float | None = None
     last_ok_at: float | None = None
     poll_latency_s: float | None = None
@@ -282,6 +287,18 @@ class Snapshot:
 
     def instances_of(self, model: str) -> Iterator[Instance]:
         return (i for i in self.instances.values() if i.model == model)
+
+    def node_busy(self, node: str) -> int:
+        return sum(i.busy for i in self.instances_on(node))
+
+    def has_room(self, inst: Instance) -> bool:
+        """Can ``inst`` take one more request now: a free slot of its own, and room under its
+        server's own limit when the server serializes across models."""
+        if inst.free_slots <= 0:
+            return False
+        node = self.nodes.get(inst.node)
+        limit = node.server_slots if node is not None else None
+        return limit is None or self.node_busy(inst.node) < limit
 
     def node_loaded_bytes(self, node: str) -> int:
         return sum(i.size_bytes or 0 for i in self.instances_on(node))

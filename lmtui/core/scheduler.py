@@ -153,7 +153,7 @@ def choose_replica(
     replicas take turns once the router stamps ``last_used``; then most free memory on
     the node; then a rotation by ``seed``, never by size or name alone.
     """
-    usable = [i for i in candidates if i.free_slots > 0]
+    usable = [i for i in candidates if snapshot.has_room(i)]
     if not usable:
         return None
     rot = rotation((f"{i.node}/{i.instance_id}" for i in usable), seed)
@@ -288,7 +288,7 @@ def schedule(
         )
 
     if not ahead:
-        free = [i for i in live if i.free_slots > 0]
+        free = [i for i in live if snapshot.has_room(i)]
         sticky = affinity.get(request.user) if affinity and request.user else None
         if settings.session_affinity and sticky is not None:
             best_tier = min((_tier(snapshot, i) for i in free), default=0)

@@ -142,6 +142,7 @@ def _fold_ok(
         available=obs.available if obs.available is not None else node.available,
         metrics=obs.metrics if obs.metrics is not None else node.metrics,
         slots_default=obs.slots_default or node.slots_default,
+        server_slots=obs.server_slots,
         tokens_per_second=tps,
     )
     instances = snap.instances

@@ -358,3 +358,20 @@ async def test_refuses_a_public_bind_without_api_keys() -> None:
     with pytest.raises(EngineError, match="loopback"):
         await engine.start()
     await engine.stop()
+
+
+async def test_an_old_lm_studio_serializes_across_its_models() -> None:
+    # LM Studio 0.3: no REST v1, and one request at a time across the whole server.
+    old = lms("old", ["m1", "m2"], version="0.3.9")
+    async with routed([old], time_scale=0.1) as (cluster, engine):
+        c = client(engine)
+        rs = await asyncio.gather(*(
+            c.chat.completions.create(model=m, messages=MSG, max_tokens=16)
+            for m in ("m1", "m2", "m1", "m2")))
+        assert len(rs) == 4
+        recs = cluster.node("old").records
+        assert len(recs) == 4 and max_overlap(recs) == 1
+        # The surplus waited in lmtui's queue, not inside the server: no request arrived
+        # there while another was running.
+        for r in recs:
+            assert not any(o is not r and o.started <= r.arrived < o.finished for o in recs)

@@ -354,3 +354,18 @@ def test_routes_only_to_loaded_instances_with_a_free_slot_on_routable_nodes(
     elif isinstance(d, Load):
         assert snap.nodes[d.node].routable
     assert d.reason
+
+
+def test_a_server_that_serializes_across_models_gets_one_request_at_a_time() -> None:
+    # LM Studio before 0.4: one request at a time for the whole server, even with two
+    # models loaded, each with its own single slot.
+    node = mk_node("old", server_slots=1)
+    busy = mk_inst("old", "m", slots_total=1, in_flight=1, slots_busy=1)
+    idle = mk_inst("old", "other", slots_total=1)
+    snap = mk_snap([node], [busy, idle])
+    d = schedule(snap, RequestInfo("other"), Strategy.EFFICIENCY, BASE, NOW)
+    assert isinstance(d, Wait)
+    # ...and once the first request ends, the other model's instance gets the next one.
+    freed = mk_snap([node], [dataclasses.replace(busy, in_flight=0, slots_busy=0), idle])
+    d = schedule(freed, RequestInfo("other"), Strategy.EFFICIENCY, BASE, NOW)
+    assert isinstance(d, Route) and d.instance_key == idle.key
