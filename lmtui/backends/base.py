@@ -66,8 +66,9 @@ class Backend:
         """Read the node once. Raises :class:`BackendError` when the node cannot be read."""
         raise NotImplementedError
 
-    async def load(self, model: str, *, context_length: int | None = None,
-                   ttl: float | None = None) -> str:
+    async def load(
+        self, model: str, *, context_length: int | None = None, ttl: float | None = None
+    ) -> str:
         """Load ``model``; return the instance id. Raises NotSupported unless ``can_load``."""
         raise NotSupported(f"{self.kind} nodes cannot load models")
 
@@ -79,13 +80,23 @@ class Backend:
 
     # --- helpers for subclasses -------------------------------------------------------
 
-    async def request(self, method: str, path: str, *, json: Any = None,
-                      params: dict[str, str] | None = None,
-                      timeout: float | None = None) -> httpx.Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
         """One HTTP request; transport failures become :class:`BackendUnreachable`."""
         try:
             return await self.client.request(
-                method, self.base_url + path, json=json, params=params, headers=self.headers,
+                method,
+                self.base_url + path,
+                json=json,
+                params=params,
+                headers=self.headers,
                 timeout=timeout if timeout is not None else self.timeout,
             )
         except httpx.TimeoutException as e:
@@ -93,8 +104,9 @@ class Backend:
         except httpx.TransportError as e:
             raise BackendUnreachable(f"{method} {path}: {type(e).__name__}: {e}") from e
 
-    async def get_json(self, path: str, *, params: dict[str, str] | None = None,
-                       ok: tuple[int, ...] = (200,)) -> Any:
+    async def get_json(
+        self, path: str, *, params: dict[str, str] | None = None, ok: tuple[int, ...] = (200,)
+    ) -> Any:
         """GET ``path`` and decode JSON; a bad status or malformed body is BackendBadResponse."""
         r = await self.request("GET", path, params=params)
         if r.status_code not in ok:
