@@ -1,0 +1,402 @@
+"""What does lmtui's router add to a request, compared with no proxy and with nginx?
+
+    python bench/router_overhead.py                  # 5 s per run, about 1.5 minutes
+    python bench/router_overhead.py --seconds 2 --json
+
+A fast upstream (no model: canned answers, see ``_upstream.py``) is measured three ways with
+the same requests, non-streaming and streaming, at 1 and 32 concurrent clients, in ONE
+invocation so that every figure comes from the same machine state:
+
+- ``direct``: the client talks to the upstream;
+- ``nginx``: through nginx as a reverse proxy (keepalive upstream pool, HTTP/1.1,
+  ``proxy_buffering off``), the native reference, when nginx is installed;
+- ``lmtui``: through ``python -m lmtui --serve --listen`` with the upstream as its one
+  ``kind = "openai"`` node.
+
+Reported per row: requests/s, p50/p99 latency, and the proxy's CPU time per request; for
+streams at concurrency 1 also the time to first chunk (TTFC). Then the ratios: path/direct
+requests/s, added p50/p99 = path - direct, added TTFC, lmtui/nginx requests/s at the highest
+concurrency, and the goals (lmtui adds < 0.5 ms p50 at c=1; lmtui >= 0.25 x nginx at c=32).
+If lmtui does not come up or cannot route, the lmtui rows say why and the rest is reported.
+
+CPU placement (``--pin``). The client must not starve the proxy: wrk runs with ``-t1`` (one
+thread, so at most one core), and by default (``--pin client``) wrk and this script's Python
+client are pinned to the last CPU with ``taskset`` (set before exec, inherited by every
+thread), while the proxy and the upstream are left to the scheduler. Measured on 2 cores,
+this beat pinning everything apart (``--pin all``: proxy alone on CPU 0, client and upstream
+on CPU 1): at concurrency 1 a request then crosses cores four times, and each wake-up of an
+idle core cost nginx ~0.05 ms p50 and ~3x the CPU per request (50 vs 17 µs); at
+concurrency 32 the two were equal within noise. ``--pin none`` leaves everything floating.
+The upstream is nginx answering from memory (~10 µs of CPU per request), so it never limits
+the proxied paths. On 2 cores the nginx proxy is fast enough that the client's core can
+become the limit at c=32, so nginx's req/s is then a lower bound and lmtui/nginx errs in
+lmtui's favour; the proxy CPU µs/request column is the comparison that does not depend on
+the cores. Other load on the machine shows up in p99 first: compare p50s across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _loadgen as lg
+import _upstream as up
+import psutil
+
+PATHS = ("direct", "nginx", "lmtui")
+#: lmtui's added p50 at concurrency 1 must stay under this (ms).
+GOAL_ADDED_P50_MS = 0.5
+#: lmtui's throughput at the highest concurrency, as a fraction of nginx's.
+GOAL_VS_NGINX = 0.25
+
+
+@dataclass
+class Row:
+    path: str
+    stream: bool
+    result: lg.LoadResult
+
+
+@dataclass
+class Report:
+    """Everything one invocation measured, and what it could not."""
+
+    upstream: str
+    tool: str
+    seconds: float
+    cpus: lg.CpuPlan
+    rows: list[Row] = field(default_factory=list)
+    ttfc: dict[str, lg.TtfcResult] = field(default_factory=dict)
+    #: Paths that could not be measured, with the reason.
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def row(self, path: str, stream: bool, conns: int) -> lg.LoadResult | None:
+        for r in self.rows:
+            if (r.path, r.stream, r.result.connections) == (path, stream, conns):
+                return r.result
+        return None
+
+
+def lmtui_config(upstream_url: str) -> str:
+    """The lmtui config under test: the upstream as one roomy ``openai`` node."""
+    return (
+        "[[nodes]]\n"
+        'name = "bench"\n'
+        'kind = "openai"\n'
+        f'url = "{upstream_url}"\n'
+        "slots = 64\n"
+        "memory_gb = 64\n"
+        "[router]\n"
+        "queue_depth = 10000\n"
+    )
+
+
+async def measure(
+    report: Report, path: str, base: str, args: argparse.Namespace, proxy: up.Proc | None
+) -> None:
+    """All runs of one path: both modes, every concurrency, and TTFC for streams at c=1."""
+    url = f"{base}/v1/chat/completions"
+    for stream in (False, True):
+        body = up.request_body(stream)
+        problem = lg.sanity_check(url, body, stream=stream)
+        if problem is not None:
+            report.skipped[path] = f"{'stream' if stream else 'non-stream'} request: {problem}"
+            return
+    if args.warmup > 0:  # warm caches, connection pools, lazily built routes
+        await run_one(
+            report,
+            url,
+            up.request_body(False),
+            max(args.concurrency),
+            args.warmup,
+            stream=False,
+            proxy=None,
+        )
+    for stream in (False, True):
+        for conns in args.concurrency:
+            log(f"  {path:6} {'stream' if stream else 'json':6} c={conns} ...")
+            result = await run_one(
+                report,
+                url,
+                up.request_body(stream),
+                conns,
+                args.seconds,
+                stream=stream,
+                proxy=proxy,
+            )
+            report.rows.append(Row(path, stream, result))
+    log(f"  {path:6} stream TTFC c=1 ...")
+    report.ttfc[path] = await lg.py_ttfc(url, up.request_body(True), seconds=args.ttfc_seconds)
+
+
+async def run_one(
+    report: Report,
+    url: str,
+    body: bytes,
+    conns: int,
+    seconds: float,
+    *,
+    stream: bool,
+    proxy: up.Proc | None,
+) -> lg.LoadResult:
+    """One run, with the proxy's CPU time per request when a proxy is in the path."""
+    watched = psutil.Process(proxy.pid) if proxy is not None else None
+    before = _cpu(watched)
+    if report.tool == "wrk":
+        result = await asyncio.to_thread(
+            lg.wrk_run, url, body, connections=conns, seconds=seconds, cpu=report.cpus.client
+        )
+    else:
+        result = await lg.py_run(url, body, connections=conns, seconds=seconds, stream=stream)
+    if watched is not None and result.requests:
+        result.proxy_cpu_us_per_req = (_cpu(watched) - before) * 1e6 / result.requests
+    return result
+
+
+def _cpu(p: psutil.Process | None) -> float:
+    if p is None:
+        return 0.0
+    t = p.cpu_times()
+    return float(t.user + t.system)
+
+
+async def run(args: argparse.Namespace) -> Report:
+    """Start the servers one path at a time and measure each."""
+    cpus = lg.plan_cpus(args.pin)
+    if cpus.client is not None:
+        # This process hosts the Python clients; keep it off the proxy's core.
+        os.sched_setaffinity(0, {cpus.client})
+    tool = "wrk" if lg.wrk_available() and not args.python_client else "python"
+    work = up.make_workdir("lmtui-bench-")
+    upstream, upstream_url, kind = up.start_upstream(
+        work, cpu=cpus.upstream, use_nginx=not args.no_nginx
+    )
+    report = Report(upstream=kind, tool=tool, seconds=args.seconds, cpus=cpus)
+    log(f"upstream: {kind} at {upstream_url}; client: {tool}; workdir {work}")
+    try:
+        log("direct:")
+        await measure(report, "direct", upstream_url, args, None)
+        if args.no_nginx:
+            report.skipped["nginx"] = "skipped (--no-nginx)"
+        elif up.nginx_path() is None:
+            report.skipped["nginx"] = "nginx is not installed (apt-get install nginx)"
+        else:
+            proxy, url = up.start_nginx_proxy(work, upstream_url, cpu=cpus.proxy)
+            try:
+                log("nginx:")
+                await measure(report, "nginx", url, args, proxy)
+            finally:
+                proxy.stop()
+        log("lmtui:")
+        try:
+            lmtui, url = up.start_lmtui(
+                work,
+                lmtui_config(upstream_url),
+                cpu=cpus.proxy,
+                model=up.MODEL,
+                timeout=args.lmtui_timeout,
+            )
+        except up.StartError as e:
+            report.skipped["lmtui"] = f"lmtui --serve did not come up: {e}"
+        else:
+            try:
+                await measure(report, "lmtui", url, args, lmtui)
+            finally:
+                lmtui.stop()
+    finally:
+        upstream.stop()
+        if args.keep_workdir:
+            log(f"configs and server logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def ratios(report: Report, concurrency: list[int]) -> dict[str, Any]:
+    """Path/direct ratios, added latency, lmtui/nginx throughput, and the goals."""
+    out: dict[str, Any] = {"vs_direct": [], "ttfc_added_ms": {}, "lmtui_vs_nginx": {}, "goals": {}}
+    for path in ("nginx", "lmtui"):
+        for stream in (False, True):
+            for c in concurrency:
+                d, p = report.row("direct", stream, c), report.row(path, stream, c)
+                if d is None or p is None or d.rps == 0:
+                    continue
+                out["vs_direct"].append(
+                    {
+                        "path": path,
+                        "stream": stream,
+                        "connections": c,
+                        "rps_ratio": round(p.rps / d.rps, 3),
+                        "added_p50_ms": round((p.p50_us - d.p50_us) / 1000, 3),
+                        "added_p99_ms": round((p.p99_us - d.p99_us) / 1000, 3),
+                    }
+                )
+        if path in report.ttfc and "direct" in report.ttfc:
+            t, d_t = report.ttfc[path], report.ttfc["direct"]
+            out["ttfc_added_ms"][path] = {
+                "p50": round((t.ttfc_p50_us - d_t.ttfc_p50_us) / 1000, 3),
+                "p99": round((t.ttfc_p99_us - d_t.ttfc_p99_us) / 1000, 3),
+            }
+    top, low = max(concurrency), min(concurrency)
+    for stream in (False, True):
+        mode = "stream" if stream else "non-stream"
+        lm, ng = report.row("lmtui", stream, top), report.row("nginx", stream, top)
+        if lm is not None and ng is not None and ng.rps:
+            share = lm.rps / ng.rps
+            out["lmtui_vs_nginx"][f"{mode} c={top}"] = round(share, 3)
+            out["goals"][f"lmtui >= {GOAL_VS_NGINX} x nginx req/s, {mode} c={top}"] = (
+                share >= GOAL_VS_NGINX
+            )
+        for item in out["vs_direct"]:
+            if (item["path"], item["stream"], item["connections"]) == ("lmtui", stream, low):
+                out["goals"][f"lmtui added p50 < {GOAL_ADDED_P50_MS} ms, {mode} c={low}"] = (
+                    item["added_p50_ms"] < GOAL_ADDED_P50_MS
+                )
+    return out
+
+
+def to_json(report: Report, rat: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "upstream": report.upstream,
+        "client": report.tool,
+        "seconds_per_run": report.seconds,
+        "cpus": vars(report.cpus),
+        "rows": [{"path": r.path, "stream": r.stream, **r.result.to_json()} for r in report.rows],
+        "ttfc": {k: vars(v) for k, v in report.ttfc.items()},
+        "not_measured": report.skipped,
+        **rat,
+    }
+
+
+def ms(us: float) -> str:
+    return f"{us / 1000:.3f}"
+
+
+def print_table(report: Report, rat: dict[str, Any]) -> None:
+    """The human-readable report."""
+    print(
+        f"upstream: {report.upstream}   client: {report.tool} ({report.seconds:g} s per run)"
+        f"   cpus: proxy={report.cpus.proxy} client={report.cpus.client} "
+        f"upstream={report.cpus.upstream}"
+    )
+    print()
+    print(
+        f"{'path':7}{'mode':12}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'proxy cpu µs/req':>18}{'errors':>8}"
+    )
+    for r in report.rows:
+        res = r.result
+        cpu = f"{res.proxy_cpu_us_per_req:.1f}" if res.proxy_cpu_us_per_req is not None else "-"
+        print(
+            f"{r.path:7}{'stream' if r.stream else 'non-stream':12}{res.connections:>5}"
+            f"{res.rps:>10.0f}{ms(res.p50_us):>9}{ms(res.p99_us):>9}{cpu:>18}{res.errors:>8}"
+        )
+    if report.ttfc:
+        print()
+        print("streams at c=1, Python client: time to first chunk / to the end (ms)")
+        for path, t in report.ttfc.items():
+            print(
+                f"  {path:7} TTFC p50 {ms(t.ttfc_p50_us)}  p99 {ms(t.ttfc_p99_us)}   "
+                f"total p50 {ms(t.total_p50_us)}  p99 {ms(t.total_p99_us)}   "
+                f"({t.requests} requests, {t.errors} errors)"
+            )
+    print()
+    print("added by the proxy (path - direct) and throughput ratio (path / direct)")
+    for item in rat["vs_direct"]:
+        mode = "stream" if item["stream"] else "non-stream"
+        print(
+            f"  {item['path']:6} {mode:11} c={item['connections']:<3} "
+            f"req/s x{item['rps_ratio']:<7} p50 {item['added_p50_ms']:+.3f} ms   "
+            f"p99 {item['added_p99_ms']:+.3f} ms"
+        )
+    for path, t in rat["ttfc_added_ms"].items():
+        print(f"  {path:6} TTFC added: p50 {t['p50']:+.3f} ms   p99 {t['p99']:+.3f} ms")
+    for key, share in rat["lmtui_vs_nginx"].items():
+        print(f"  lmtui / nginx req/s, {key}: {share:.3f}")
+    if rat["goals"]:
+        print()
+        for goal, ok in rat["goals"].items():
+            print(f"  {'PASS' if ok else 'FAIL'}  {goal}")
+    for path, why in report.skipped.items():
+        print()
+        print(f"{path}: NOT MEASURED: {why}")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0, help="duration of each run (5)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 32],
+        help="concurrent clients per run (1 32)",
+    )
+    p.add_argument(
+        "--ttfc-seconds",
+        type=float,
+        default=3.0,
+        help="duration of the time-to-first-chunk run per path (3)",
+    )
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per path (1)")
+    p.add_argument(
+        "--lmtui-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for lmtui to list the model (30)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep the temporary configs and each server's stderr",
+    )
+    p.add_argument(
+        "--pin",
+        choices=("all", "client", "none"),
+        default="client",
+        help="CPU pinning: only the client (default), proxy/client/upstream apart (all), or none",
+    )
+    p.add_argument(
+        "--no-nginx",
+        action="store_true",
+        help="aiohttp upstream and no nginx reference, even if nginx is installed",
+    )
+    p.add_argument(
+        "--python-client",
+        action="store_true",
+        help="use the Python load generator even if wrk is installed",
+    )
+    args = p.parse_args(argv)
+    if any(c < 1 for c in args.concurrency) or args.seconds <= 0:
+        p.error("--concurrency and --seconds must be positive")
+    args.concurrency = sorted(set(args.concurrency))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = asyncio.run(run(args))
+    rat = ratios(report, args.concurrency)
+    if args.json:
+        print(json.dumps(to_json(report, rat), indent=2))
+    else:
+        print_table(report, rat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
