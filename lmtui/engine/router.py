@@ -312,20 +312,29 @@ class Router:
         out.ttft_s = self.clock() - t_send
         if sse is None:
             sse = await self._start_sse(request, up.status)
-        await sse.write(first)
+        chunk: bytes | None = first
         try:
-            async for chunk in it:
-                await sse.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as e:
-            # Past the first byte there is no retry: end the stream with an explicit error.
-            out.outcome, out.status = "upstream_error", 502
-            msg = f"upstream {out.node} failed mid-stream: {type(e).__name__}: {e}"
-            await sse.write(
-                b"data: "
-                + error_body(msg, "upstream_error", "stream_interrupted")
-                + b"\n\ndata: [DONE]\n\n"
-            )
-        await sse.write_eof()
+            while chunk is not None:
+                await sse.write(chunk)  # raises ConnectionResetError if the client left
+                try:
+                    chunk = await it.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    # Past the first byte there is no retry: end with an explicit error.
+                    out.outcome, out.status = "upstream_error", 502
+                    msg = f"upstream {out.node} failed mid-stream: {type(e).__name__}: {e}"
+                    await sse.write(
+                        b"data: "
+                        + error_body(msg, "upstream_error", "stream_interrupted")
+                        + b"\n\ndata: [DONE]\n\n"
+                    )
+                    chunk = None
+            await sse.write_eof()
+        except ConnectionResetError:
+            # The client went away mid-stream (aiohttp's error for that is also a
+            # ClientError, hence the separate handling): nothing left to tell it.
+            out.outcome, out.status = "client_gone", 499
         return sse
 
     async def _start_sse(self, request: web.Request, status: int) -> web.StreamResponse:
