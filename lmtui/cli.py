@@ -17,9 +17,9 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from lmtui import __version__
 from lmtui.config import Config, ConfigError, load_config
