@@ -1,7 +1,7 @@
 """Adapters that read and control each kind of node.
 
-Importing this package pulls in httpx, msgspec and prometheus_client only: never textual
-or aiohttp, so headless modes and the engine stay light.
+Importing this package pulls in aiohttp (client side), msgspec and prometheus_client: never
+textual, so headless modes and the engine stay light.
 """
 
 from lmtui.backends.base import (

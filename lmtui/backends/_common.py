@@ -13,10 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, NoReturn
 
-import httpx
 import msgspec
 
-from lmtui.backends.base import Backend, BackendBadResponse
+from lmtui.backends.base import Backend, BackendBadResponse, Reply
 from lmtui.core.model import InstanceObservation
 
 
@@ -73,7 +72,7 @@ def error_message(body: Any) -> str | None:
     return str(err)
 
 
-def decode_json(r: httpx.Response, what: str) -> Any:
+def decode_json(r: Reply, what: str) -> Any:
     """Decode a response body as JSON; malformed bodies are BackendBadResponse.
 
     msgspec decodes several times faster than the stdlib, which matters when one process
@@ -89,7 +88,7 @@ class AuthRequired(BackendBadResponse):
     """The node answered 401: it needs an API key lmtui does not have (or the wrong one)."""
 
 
-def status_error(r: httpx.Response, what: str, node: str) -> BackendBadResponse:
+def status_error(r: Reply, what: str, node: str) -> BackendBadResponse:
     """The error for an unexpected HTTP status, with advice where there is some to give."""
     if r.status_code == 401:
         return AuthRequired(
@@ -100,7 +99,7 @@ def status_error(r: httpx.Response, what: str, node: str) -> BackendBadResponse:
     return BackendBadResponse(f"{what}: HTTP {r.status_code}: {detail}")
 
 
-def command_answer(r: httpx.Response, what: str, node: str) -> Any:
+def command_answer(r: Reply, what: str, node: str) -> Any:
     """The decoded answer to a command; a non-2xx status or ``{"error": ...}`` raises."""
     if not 200 <= r.status_code < 300:
         raise status_error(r, what, node)
@@ -111,7 +110,7 @@ def command_answer(r: httpx.Response, what: str, node: str) -> Any:
     return answer
 
 
-def _try_json(r: httpx.Response) -> Any:
+def _try_json(r: Reply) -> Any:
     try:
         return msgspec.json.decode(r.content)
     except msgspec.DecodeError:
@@ -154,7 +153,7 @@ class Every:
 class HttpBackend(Backend):
     """A :class:`Backend` with the request helpers every HTTP adapter shares."""
 
-    async def fetch(self, path: str, *, params: dict[str, str] | None = None) -> httpx.Response:
+    async def fetch(self, path: str, *, params: dict[str, str] | None = None) -> Reply:
         """GET ``path``; the raw response (status not checked)."""
         return await self.request("GET", path, params=params)
 

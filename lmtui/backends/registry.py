@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
+import aiohttp
 
 from lmtui.backends.base import Backend
 from lmtui.backends.llamacpp import LlamaCppBackend, LlamaCppPoolBackend
@@ -25,7 +25,9 @@ BACKENDS: dict[NodeKind, type[Backend]] = {
 }
 
 
-def backend_for(node: NodeConfig, client: httpx.AsyncClient, *, timeout: float) -> Backend:
+def backend_for(
+    node: NodeConfig, client: aiohttp.ClientSession | None, *, timeout: float
+) -> Backend:
     """A new adapter for ``node``, sharing the engine's HTTP client.
 
     ``timeout`` bounds each HTTP request of a poll (config ``[poll] timeout``). Adapters

@@ -15,11 +15,11 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 from aiohttp import web
 
 from lmtui.backends import backend_for
-from lmtui.backends.base import Backend
+from lmtui.backends.base import Backend, new_session
 from lmtui.config import GB, Config, NodeConfig, Overrides
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.health import HealthPolicy
@@ -121,16 +121,11 @@ class Engine:
         self.metrics = Metrics(lambda: self.store.snapshot)
         self.request_log = RequestLog(request_log) if request_log is not None else None
         self.controller = Controller(self, overrides, overrides_path)
-        # One client for all polls: connection reuse matters at 200 nodes × 1 Hz.
-        self.http = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=max(100, 4 * len(config.nodes)),
-                max_keepalive_connections=max(20, 4 * len(config.nodes)),
-            ),
-            timeout=config.poll.timeout,
-        )
+        # Backends get the engine's one aiohttp session when it starts (a session belongs to
+        # a running event loop; an Engine may be built before there is one).
+        self.http: aiohttp.ClientSession | None = None
         self.backends: dict[str, Backend] = {
-            n.name: backend_for(n, self.http, timeout=config.poll.timeout) for n in config.nodes
+            n.name: backend_for(n, None, timeout=config.poll.timeout) for n in config.nodes
         }
         readers = {n.name: r for n in config.nodes if (r := memory_reader_for(n)) is not None}
         self.poller = Poller(
@@ -153,6 +148,9 @@ class Engine:
         if self._started:
             return
         self._started = True
+        self.http = new_session()
+        for backend in self.backends.values():
+            backend.client = self.http
         self.dispatcher = Dispatcher(
             self.store,
             self.backends,
@@ -284,7 +282,9 @@ class Engine:
             await self.request_log.stop()
         for b in self.backends.values():
             await b.aclose()
-        await self.http.aclose()
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
 
     async def __aenter__(self) -> Engine:
         await self.start()

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
@@ -34,15 +35,26 @@ def llama_payload() -> Callable[[str], Any]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    """One shared client, as the engine has; records every request path it sends."""
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The adapters' session, as the engine makes it; records every request path it sends."""
     sent: list[str] = []
 
-    async def record(request: httpx.Request) -> None:
-        sent.append(request.url.path)
+    async def record(_s: object, _ctx: object, params: aiohttp.TraceRequestStartParams) -> None:
+        sent.append(params.url.path)
 
-    async with httpx.AsyncClient(event_hooks={"request": [record]}) as client:
-        client.sent = sent  # type: ignore[attr-defined]
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(record)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as s:
+        s.sent = sent  # type: ignore[attr-defined]
+        yield s
+
+
+@pytest.fixture
+async def http(session: aiohttp.ClientSession) -> AsyncIterator[httpx.AsyncClient]:
+    """A separate client for tests to talk to the simulator themselves. ``http.sent`` is the
+    list of paths the adapters sent."""
+    async with httpx.AsyncClient() as client:
+        client.sent = session.sent  # type: ignore[attr-defined]
         yield client
 
 
@@ -51,7 +63,7 @@ PollUntil = Callable[..., Awaitable[NodeObservation]]
 
 
 @pytest.fixture
-def make_backend(http: httpx.AsyncClient) -> MakeBackend:
+def make_backend(session: aiohttp.ClientSession) -> MakeBackend:
     """Build the adapter for a simulated node from a NodeConfig, as the engine does.
 
     ``make_backend(cluster, name, timeout=2.0, **node_config_fields)``.
@@ -60,7 +72,7 @@ def make_backend(http: httpx.AsyncClient) -> MakeBackend:
     def make(cluster: SimCluster, name: str, *, timeout: float = 2.0, **config: Any) -> Backend:
         node = cluster.node(name)
         cfg = NodeConfig(name=name, kind=node.spec.kind, url=cluster.url(name), **config)
-        return backend_for(cfg, http, timeout=timeout)
+        return backend_for(cfg, session, timeout=timeout)
 
     return make
 

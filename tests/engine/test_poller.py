@@ -2,8 +2,6 @@
 
 import asyncio
 
-import httpx
-
 from lmtui.backends.base import Backend, BackendUnreachable
 from lmtui.config import NodeConfig
 from lmtui.core.health import HealthPolicy
@@ -20,7 +18,7 @@ class Scripted(Backend):
     def __init__(self, name: str, delay: float = 0.0) -> None:
         super().__init__(
             NodeConfig(name=name, kind=NodeKind.LLAMACPP, url="http://127.0.0.1:1"),
-            httpx.AsyncClient(),
+            None,
         )
         self.delay = delay
         self.failing = False
