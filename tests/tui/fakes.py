@@ -23,6 +23,7 @@ from lmtui.core.model import (
     NodeKind,
     Snapshot,
 )
+from lmtui.core.rebalance import RebalancePlan
 from lmtui.engine.client import EngineClient, Update
 
 #: The frozen "now" of the snapshot tests and of the fixed cluster below.
@@ -45,6 +46,7 @@ class FakeClient(EngineClient):
         self._queue: asyncio.Queue[Update] | None = None
         self.source = source
         self.read_only = read_only
+        self.commands: list[tuple[object, ...]] = []
 
     def snapshot(self) -> Snapshot:
         return self._snap
@@ -71,6 +73,40 @@ class FakeClient(EngineClient):
         yield Update(self._snap, [])
         while True:
             yield await self._queue.get()
+
+
+    # -- commands: recorded, so tests can assert what the UI asked for ----------------
+
+    async def strategy(self) -> str:
+        return "efficiency"
+
+    async def load(self, model: str, node: str | None = None) -> str:
+        self.commands.append(("load", model, node))
+        return f"loading {model}"
+
+    async def unload(self, node: str, instance_id: str, *, force: bool = False) -> str:
+        self.commands.append(("unload", node, instance_id))
+        return f"unloaded {instance_id}"
+
+    async def evict(self, node: str, instance_id: str) -> str:
+        self.commands.append(("evict", node, instance_id))
+        return f"evicted {instance_id}"
+
+    async def pin(self, model: str, pinned: bool = True) -> str:
+        self.commands.append(("pin" if pinned else "unpin", model))
+        return model
+
+    async def drain(self, node: str, drained: bool = True) -> str:
+        self.commands.append(("drain" if drained else "undrain", node))
+        return node
+
+    async def set_strategy(self, name: str) -> str:
+        self.commands.append(("strategy", name))
+        return name
+
+    async def rebalance(self, *, apply: bool = False) -> RebalancePlan:
+        self.commands.append(("rebalance", apply))
+        return RebalancePlan()
 
 
 def node(
