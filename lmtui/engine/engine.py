@@ -176,8 +176,11 @@ class Engine:
                 if self.listen_required:
                     await self.stop()
                     raise
-                self.store.record(Event(self.clock(), EventKind.ERROR,
-                                        f"router not started: {e}", level=Level.ERROR))
+                self.store.record(
+                    Event(
+                        self.clock(), EventKind.ERROR, f"router not started: {e}", level=Level.ERROR
+                    )
+                )
 
     def apply_pins(self, pinned: frozenset[str]) -> None:
         """Make ``pinned`` the set of pinned models everywhere it matters."""
@@ -204,8 +207,8 @@ class Engine:
                     queue_wait_s=out.queue_wait_s,
                     ttft_s=out.ttft_s,
                     duration_s=t1 - t0,
-                    tokens_in=None,
-                    tokens_out=None,
+                    tokens_in=out.tokens_in,
+                    tokens_out=out.tokens_out,
                     outcome=out.outcome,
                     status=out.status,
                     stream=out.stream,

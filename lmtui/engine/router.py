@@ -48,7 +48,38 @@ class _Head(msgspec.Struct):
     ttl: float | None = None
 
 
+class _Counts(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _Usage(msgspec.Struct):
+    """Token counts from an answer (``usage``), for the request log; the rest is skipped."""
+
+    usage: _Counts | None = None
+
+
 _decode_head = msgspec.json.Decoder(_Head).decode
+_decode_usage = msgspec.json.Decoder(_Usage).decode
+
+
+def _usage_into(out: Outcome, payload: bytes) -> None:
+    try:
+        u = _decode_usage(payload).usage
+    except msgspec.DecodeError:
+        return
+    if u is not None:
+        out.tokens_in, out.tokens_out = u.prompt_tokens, u.completion_tokens
+
+
+def _stream_usage_into(out: Outcome, tail: bytes) -> None:
+    """The usage a stream reports in its last data chunk, when the server sends one."""
+    for line in reversed(tail.split(b"\n")):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            _usage_into(out, line[6:])
+            return
+
+
 _json = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder().encode
 
@@ -69,6 +100,8 @@ class Outcome:
     ttft_s: float | None = None
     stream: bool = False
     user: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
 
 
 OnDone = Callable[[Outcome, float, float], None]
@@ -285,6 +318,8 @@ class Router:
                 except (aiohttp.ClientError, TimeoutError) as e:
                     raise _RetryElsewhere(f"{type(e).__name__}: {e}") from e
                 out.ttft_s = self.clock() - t_send
+                if up.status == 200:
+                    _usage_into(out, data)
                 if sse is not None:  # the client already got SSE comments: stay SSE
                     await sse.write(b"data: " + data + b"\n\ndata: [DONE]\n\n")
                     await sse.write_eof()
@@ -313,9 +348,11 @@ class Router:
         if sse is None:
             sse = await self._start_sse(request, up.status)
         chunk: bytes | None = first
+        tail = b""
         try:
             while chunk is not None:
                 await sse.write(chunk)  # raises ConnectionResetError if the client left
+                tail = tail[-4096:] + chunk if len(chunk) < 4096 else chunk
                 try:
                     chunk = await it.__anext__()
                 except StopAsyncIteration:
@@ -331,6 +368,7 @@ class Router:
                     )
                     chunk = None
             await sse.write_eof()
+            _stream_usage_into(out, tail)
         except ConnectionResetError:
             # The client went away mid-stream (aiohttp's error for that is also a
             # ClientError, hence the separate handling): nothing left to tell it.

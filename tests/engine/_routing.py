@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -22,6 +23,7 @@ async def routed(
     router: RouterConfig | None = None,
     models: list[ModelConfig] | None = None,
     pool: PoolConfig | None = None,
+    request_log: Path | None = None,
     node_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> AsyncIterator[tuple[SimCluster, Engine]]:
     """Simulated nodes + an engine routing to them, with one poll of every node done."""
@@ -44,7 +46,7 @@ async def routed(
             models=models or [],
             pool=pool or PoolConfig(reserved_gb=0),
         )
-        engine = Engine(cfg, listen="127.0.0.1:0")
+        engine = Engine(cfg, listen="127.0.0.1:0", request_log=request_log)
         async with engine:
             await asyncio.gather(*(engine.poller.poll_once(n.name) for n in nodes))
             yield cluster, engine

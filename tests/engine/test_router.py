@@ -365,9 +365,12 @@ async def test_an_old_lm_studio_serializes_across_its_models() -> None:
     old = lms("old", ["m1", "m2"], version="0.3.9")
     async with routed([old], time_scale=0.1) as (cluster, engine):
         c = client(engine)
-        rs = await asyncio.gather(*(
-            c.chat.completions.create(model=m, messages=MSG, max_tokens=16)
-            for m in ("m1", "m2", "m1", "m2")))
+        rs = await asyncio.gather(
+            *(
+                c.chat.completions.create(model=m, messages=MSG, max_tokens=16)
+                for m in ("m1", "m2", "m1", "m2")
+            )
+        )
         assert len(rs) == 4
         recs = cluster.node("old").records
         assert len(recs) == 4 and max_overlap(recs) == 1
@@ -375,3 +378,36 @@ async def test_an_old_lm_studio_serializes_across_its_models() -> None:
         # there while another was running.
         for r in recs:
             assert not any(o is not r and o.started <= r.arrived < o.finished for o in recs)
+
+
+async def test_completions_and_embeddings_are_routed_too() -> None:
+    models = [SimModel("m1", 5.0), SimModel("embed", 0.3, kind="embedding")]
+    async with routed([lms("a", ["m1", "embed"], models=models)]) as (cluster, engine):
+        c = client(engine)
+        r = await c.completions.create(model="m1", prompt="Once upon a time", max_tokens=8)
+        assert r.choices[0].text
+        e = await c.embeddings.create(model="embed", input=["hello", "world"])
+        assert len(e.data) == 2 and len(e.data[0].embedding) > 0
+        assert {j.model for j in cluster.node("a").records} >= {"m1"}
+
+
+async def test_the_request_log_records_each_request(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    async with routed([lms("a", ["m1"])], request_log=tmp_path / "req.sqlite3") as (_c, engine):
+        await client(engine).chat.completions.create(model="m1", messages=MSG, max_tokens=4)
+        with pytest.raises(openai.NotFoundError):
+            await client(engine).chat.completions.create(model="nope", messages=MSG)
+        assert engine.request_log is not None
+        await engine.request_log.flush()
+        rows = (
+            sqlite3.connect(tmp_path / "req.sqlite3")
+            .execute(
+                "SELECT model, node, outcome, status, tokens_in, tokens_out FROM requests "
+                "ORDER BY at"
+            )
+            .fetchall()
+        )
+    assert rows[0][:4] == ("m1", "a", "ok", 200)
+    assert rows[0][4] and rows[0][5]  # usage from the answer
+    assert rows[1][:4] == ("nope", None, "not_found", 404)
