@@ -154,8 +154,8 @@ def choose_replica(
     the node; then a rotation by ``seed``, never by size or name alone.
     """
     usable = [i for i in candidates if snapshot.has_room(i)]
-    if not usable:
-        return None
+    if len(usable) <= 1:  # the common case on the router's hot path: nothing to rank
+        return usable[0] if usable else None
     rot = rotation((f"{i.node}/{i.instance_id}" for i in usable), seed)
 
     def key(i: Instance) -> tuple[int, int, float, int, int]:
@@ -253,11 +253,11 @@ def schedule(
     """
     strat = Strategy(strategy)
     model = settings.aliases.get(request.model, request.model)
-    if not _known(snapshot, model, settings):
+    instances = list(snapshot.instances_of(model))
+    if not instances and not _known(snapshot, model, settings):
         return Reject(404, f"model {request.model!r} is not loaded or available on any node")
     seed = stable_seed(model, request.request_id, request.user)
 
-    instances = list(snapshot.instances_of(model))
     live = [
         i
         for i in instances

@@ -144,7 +144,7 @@ class Dispatcher:
     ) -> Lease:
         """Wait for a slot for ``req`` until ``deadline`` (engine clock)."""
         if req.request_id is None:
-            req = replace(req, request_id=f"r{next(self._ids)}")
+            req = RequestInfo(req.model, req.user, f"r{next(self._ids)}", req.queued, req.exclude)
         now = self.clock()
         req = self._with_exclusions(req, now)
         d = self._decide(req, now)

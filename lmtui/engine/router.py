@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import os
 import time
@@ -135,6 +136,8 @@ class Router:
         self.on_done = on_done
         self.clock = clock
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._headers: dict[str, dict[str, str]] = {}
+        self._ids = itertools.count(1)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
@@ -248,11 +251,12 @@ class Router:
             await sse.write(b": " + message.encode() + b"\n\n")
 
         exclude: frozenset[tuple[str, str]] = frozenset()
+        rid = f"q{next(self._ids)}"
         last_error = "no replica"
         for _attempt in range(MAX_ATTEMPTS):
             try:
                 lease = await self.dispatcher.acquire(
-                    RequestInfo(head.model or "", head.user, exclude=exclude),
+                    RequestInfo(head.model or "", head.user, rid, exclude=exclude),
                     deadline=deadline,
                     progress=progress,
                 )
@@ -400,10 +404,13 @@ class Router:
     # -- upstream sessions -------------------------------------------------------------------
 
     def _upstream_headers(self, node: str) -> dict[str, str]:
-        key = self.node_keys.get(node)
-        h = {"Content-Type": "application/json"}
-        if key:
-            h["Authorization"] = f"Bearer {key}"
+        h = self._headers.get(node)
+        if h is None:
+            key = self.node_keys.get(node)
+            h = {"Content-Type": "application/json"}
+            if key:
+                h["Authorization"] = f"Bearer {key}"
+            self._headers[node] = h
         return h
 
     def _session(self, node: str) -> aiohttp.ClientSession:

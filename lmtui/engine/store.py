@@ -21,7 +21,15 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from lmtui.core.events import Event, EventKind
-from lmtui.core.model import Instance, InstanceKey, InstanceState, Node, Observation, Snapshot
+from lmtui.core.model import (
+    Instance,
+    InstanceKey,
+    InstanceState,
+    Node,
+    Observation,
+    Snapshot,
+    evolve,
+)
 from lmtui.core.state import FoldContext, fold, with_node
 
 log = logging.getLogger(__name__)
@@ -82,7 +90,7 @@ class Store:
         if inst is None:
             return None
         n = max(0, inst.in_flight + delta)
-        inst = replace(
+        inst = evolve(
             inst,
             in_flight=n,
             slots_busy=n + inst.external_busy,
@@ -109,10 +117,12 @@ class Store:
         )
 
     def _put_instance(self, inst: Instance) -> None:
-        insts = dict(self._snap.instances)
+        snap = self._snap
+        insts = dict(snap.instances)
         insts[inst.key] = inst
         self._publish(
-            replace(self._snap, version=self._snap.version + 1, instances=MappingProxyType(insts)),
+            Snapshot(snap.version + 1, snap.at, snap.nodes, MappingProxyType(insts),
+                     snap.queue_depth),
             [],
         )
 
