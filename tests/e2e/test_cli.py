@@ -1,0 +1,136 @@
+"""The command line as a user runs it: `lmtui sim` nodes, `lmtui --serve` over them, errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+SIM_TOML = """
+[[nodes]]
+name = "studio"
+kind = "lmstudio"
+version = "0.4.2"
+memory_gb = 64.0
+parallel = 2
+loaded = ["m1"]
+[[nodes.models]]
+key = "m1"
+size_gb = 4.0
+[[nodes.models]]
+key = "m2"
+size_gb = 4.0
+
+[[nodes]]
+name = "box"
+kind = "ollama"
+memory_gb = 32.0
+parallel = 2
+[[nodes.models]]
+key = "m2"
+size_gb = 4.0
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def lmtui(*args: str, **kw) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "XDG_STATE_HOME": kw.pop("state"),
+        "XDG_DATA_HOME": kw.pop("data"),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmtui", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kw,
+    )
+
+
+def test_a_broken_config_names_file_line_and_key_and_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(
+        '[[nodes]]\nname = "a"\nkind = "ollama"\nurl = "http://127.0.0.1:1"\nslotz = 2\n'
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "lmtui", "--serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2
+    assert f"{cfg}:5: nodes[0].slotz" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_serve_routes_to_nodes_started_by_lmtui_sim(tmp_path: Path) -> None:
+    sim_cfg = tmp_path / "sim.toml"
+    sim_cfg.write_text(SIM_TOML)
+    dirs = {"state": str(tmp_path / "state"), "data": str(tmp_path / "data")}
+    sim = lmtui("sim", "--config", str(sim_cfg), "--time-scale", "0.01", **dirs)
+    serve = None
+    try:
+        assert sim.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = sim.stdout.readline()
+            if not line or "Ctrl-C" in line:
+                break
+            lines.append(line)
+        blocks = "".join(lines)
+        assert blocks.count("[[nodes]]") == 2, blocks
+        port = free_port()
+        cfg = tmp_path / "lmtui.toml"
+        cfg.write_text(blocks + "\n[poll]\ninterval = 0.2\n")
+        serve = lmtui("--serve", "--config", str(cfg), "--listen", f"127.0.0.1:{port}", **dirs)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        models: list[str] = []
+        while time.monotonic() < deadline and "m2" not in models:
+            try:
+                data = httpx.get(f"{base}/v1/models", timeout=2).json()["data"]
+                models = [m["id"] for m in data]
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert {"m1", "m2"} <= set(models)
+        c = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=30)
+        r = c.chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        assert r.choices[0].message.content
+        serve.send_signal(signal.SIGINT)
+        out, err = serve.communicate(timeout=30)
+        assert serve.returncode == 0, err
+        assert re.search(r"router on http://127\.0\.0\.1:\d+/v1", out)
+        assert "studio is healthy" in out and "box is healthy" in out
+    finally:
+        for p in (serve, sim):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+
+
+@pytest.mark.parametrize("args", [["--connect", "http://x", "--demo"]])
+def test_contradictory_flags_are_refused(args: list[str]) -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "lmtui", *args], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 2 and "--connect" in p.stderr
