@@ -19,7 +19,7 @@ import sys
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmtui import __version__
 from lmtui.config import Config, ConfigError, load_config
@@ -29,6 +29,9 @@ from lmtui.engine.control import CommandError
 from lmtui.engine.engine import Engine, EngineError
 from lmtui.engine.reqlog import default_path as default_log_path
 from lmtui.paths import find_config, overrides_path, state_dir
+
+if TYPE_CHECKING:
+    from lmtui.demo import Demo
 
 log = logging.getLogger("lmtui")
 
@@ -123,14 +126,15 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config | None, str]:
 
 
 @asynccontextmanager
-async def cluster_config(config: Config | None) -> AsyncIterator[Config]:
+async def cluster_config(config: Config | None) -> AsyncIterator[tuple[Config, Demo | None]]:
+    """The config to run; with none, the demo cluster for the duration of the block."""
     if config is not None:
-        yield config
+        yield config, None
         return
     from lmtui.demo import demo_cluster
 
     async with demo_cluster() as demo:
-        yield demo
+        yield demo.config, demo
 
 
 def _listen(config: Config, cli_listen: str | None) -> str | None:
@@ -148,12 +152,14 @@ async def run_tui(config: Config | None, source: str, listen: str | None, *,
                   read_only: bool) -> int:
     from lmtui.tui.app import build_app
 
-    async with cluster_config(config) as cfg:
+    async with cluster_config(config) as (cfg, demo):
         engine = _engine(cfg, source, _listen(cfg, listen))
         # The dashboard is still useful when the router's port is taken (say, by a
         # running 'lmtui --serve'): the engine says so in the event log instead of exiting.
         engine.listen_required = False
         async with engine:
+            if demo is not None:
+                demo.route_traffic_via(engine.router_url)
             await build_app(InProcessClient(engine, read_only=read_only)).run_async()
     return 0
 
@@ -176,10 +182,12 @@ async def serve(config: Config | None, source: str, listen: str | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with cluster_config(config) as cfg:
+    async with cluster_config(config) as (cfg, demo):
         engine = _engine(cfg, source, _listen(cfg, listen) or cfg.router.listen)
         engine.store.subscribe(_log_events)
         async with engine:
+            if demo is not None:
+                demo.route_traffic_via(engine.router_url)
             log.info("lmtui %s: %d nodes from %s; router on %s/v1 (control API under "
                      "/lmtui/v1, metrics at /metrics)", __version__, len(cfg.nodes), source,
                      engine.router_url)

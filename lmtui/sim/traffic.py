@@ -51,6 +51,9 @@ class TrafficGenerator:
         #: Share of requests for a model that is not loaded (JIT load / autoload).
         self.cold_fraction = cold_fraction
         self.timeout_s = timeout_s
+        #: Base URL to send every request to instead of the node's own (lmtui's router, so
+        #: the demo shows lmtui routing, queueing and loading); None sends to the nodes.
+        self.via: str | None = None
         self.rng = random.Random(seed)
         self.sent = self.ok = self.failed = self.skipped = 0
         self._session: aiohttp.ClientSession | None = None
@@ -117,7 +120,7 @@ class TrafficGenerator:
             "stream": stream,
         }
         path = "/v1/chat/completions"
-        if node.spec.kind is NodeKind.OLLAMA and self.rng.random() < 0.5:
+        if self.via is None and node.spec.kind is NodeKind.OLLAMA and self.rng.random() < 0.5:
             path = "/api/chat"  # Ollama's own API streams NDJSON
             body["options"] = {"num_predict": body.pop("max_tokens")}
         return node, path, model, body
@@ -125,9 +128,12 @@ class TrafficGenerator:
     async def _send(self, node: SimNode, path: str, model: str, body: dict[str, Any]) -> None:
         assert self._session is not None
         headers = {"Authorization": f"Bearer {node.spec.api_key}"} if node.spec.api_key else {}
+        base = node.url
+        if self.via is not None:
+            base, headers = self.via, {}
         self.sent += 1
         try:
-            async with self._session.post(node.url + path, json=body, headers=headers) as r:
+            async with self._session.post(base + path, json=body, headers=headers) as r:
                 async for _ in r.content.iter_any():
                     pass
                 if r.status == 200:
