@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from lmtui.backends.base import BackendError
 from lmtui.config import Overrides
 from lmtui.core.events import Event, EventKind, Level
-from lmtui.core.model import Instance, InstanceKey, InstanceState
+from lmtui.core.model import Instance, InstanceKey
 from lmtui.core.placement import Placement, place, stable_seed
 from lmtui.core.rebalance import RebalancePlan, plan_rebalance
 from lmtui.core.scheduler import Load, SchedulerSettings, Strategy
@@ -150,14 +150,10 @@ class Controller:
         return f"evicted {inst.model} from {node}"
 
     async def _unload(self, key: InstanceKey, reason: str) -> None:
-        store = self.engine.store
-        inst = store.snapshot.instances[key]
-        store.set_instance_state(key, InstanceState.UNLOADING)
-        self._event(reason, node=inst.node, model=inst.model, kind=EventKind.UNLOAD)
+        inst = self.engine.store.snapshot.instances[key]
         try:
-            await self.engine.backends[inst.node].unload(inst.model, inst.instance_id)
+            await self._dispatcher.unload_instance(key, reason, kind=EventKind.UNLOAD)
         except BackendError as e:
-            store.set_instance_state(key, InstanceState.LOADED)
             raise CommandError(f"unloading {inst.model} from {inst.node} failed: {e}", 502) from e
         await self.engine.poller.poll_once(inst.node)
 

@@ -355,6 +355,20 @@ class Dispatcher:
                 self.on_load(d.model, d.node, "on_demand", ok, self.clock() - t0)
             self._schedule_pump()
 
+    async def unload_instance(
+        self, key: InstanceKey, reason: str, *, kind: EventKind = EventKind.EVICT
+    ) -> None:
+        """Unload one instance, telling why. It reads as ``unloading`` meanwhile, so nothing
+        is routed to it; if the node refuses, it is ``loaded`` again and BackendError raised."""
+        inst = self.store.snapshot.instances[key]
+        self.store.set_instance_state(key, InstanceState.UNLOADING)
+        self._event(kind, reason, node=inst.node, model=inst.model)
+        try:
+            await self.backends[inst.node].unload(inst.model, inst.instance_id)
+        except BackendError:
+            self.store.set_instance_state(key, InstanceState.LOADED)
+            raise
+
     async def _evict(self, d: Load) -> bool:
         """Unload what the plan evicts. False when the plan went stale (an instance got busy)."""
         for key in d.evict:
@@ -369,17 +383,11 @@ class Dispatcher:
                     model=inst.model,
                 )
                 return False
-            self.store.set_instance_state(key, InstanceState.UNLOADING)
-            self._event(
-                EventKind.EVICT,
-                f"evicting {inst.model} from {inst.node} to make room for {d.model}",
-                node=inst.node,
-                model=inst.model,
-            )
             try:
-                await self.backends[inst.node].unload(inst.model, inst.instance_id)
+                await self.unload_instance(
+                    key, f"evicting {inst.model} from {inst.node} to make room for {d.model}"
+                )
             except BackendError as e:
-                self.store.set_instance_state(key, InstanceState.LOADED)
                 self._event(
                     EventKind.ERROR,
                     f"evicting {inst.model} from {inst.node} failed: {e}",

@@ -121,8 +121,9 @@ class Store:
         insts = dict(snap.instances)
         insts[inst.key] = inst
         self._publish(
-            Snapshot(snap.version + 1, snap.at, snap.nodes, MappingProxyType(insts),
-                     snap.queue_depth),
+            Snapshot(
+                snap.version + 1, snap.at, snap.nodes, MappingProxyType(insts), snap.queue_depth
+            ),
             [],
         )
 
