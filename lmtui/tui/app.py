@@ -14,13 +14,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from textual.app import App, ComposeResult
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Footer
 
 from lmtui.core.model import Snapshot
 from lmtui.engine.client import EngineClient, Update
+from lmtui.tui.controls import BINDINGS as CONTROL_BINDINGS
+from lmtui.tui.controls import ControlsApp
 from lmtui.tui.themes import SHIPPED_THEMES_DIR, load_themes
 from lmtui.tui.widgets.event_log import EventLog
 from lmtui.tui.widgets.filter_bar import FilterBar
@@ -37,7 +39,7 @@ CLOCK_TICK_S = 1.0
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
-class LmtuiApp(App[None]):
+class LmtuiApp(ControlsApp):
     """The lmtui dashboard. Build it with ``build_app``."""
 
     TITLE = "lmtui"
@@ -51,6 +53,7 @@ class LmtuiApp(App[None]):
         Binding("question_mark", "help", "Help", id="help", tooltip="List the keys"),
         Binding("t", "cycle_theme", "Theme", id="theme", tooltip="Switch to the next theme"),
         Binding("slash", "filter", "Filter", id="filter", tooltip="Filter the model table"),
+        *CONTROL_BINDINGS,
     ]
 
     def __init__(

@@ -1,0 +1,248 @@
+"""Operator commands by keystroke: load, unload, pin, evict, drain, strategy, rebalance.
+
+Each command acts on what the cursor is on: the model table's row (an instance) or the node
+table's row (a node). Commands go to the engine only through ``EngineClient``; its answer
+(or its reason for refusing) is shown as a notification, and the change itself arrives like
+any other through the next snapshot. Destructive commands ask first, and every command is
+hidden and refused in read-only mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from rich.text import Text
+from textual.app import App
+from textual.binding import Binding
+from textual.widgets import DataTable
+
+from lmtui.core.eviction import fmt_bytes
+from lmtui.core.model import Instance, Node, Snapshot
+from lmtui.core.rebalance import RebalancePlan
+from lmtui.core.scheduler import Strategy
+from lmtui.engine.client import EngineClient
+from lmtui.engine.control import CommandError
+from lmtui.tui.render import instance_row_key
+from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen
+from lmtui.tui.widgets.model_table import ModelTable
+from lmtui.tui.widgets.node_table import NodeTable
+
+#: Actions that change the cluster: hidden and refused with --read-only.
+COMMANDS = frozenset({"load", "unload", "pin", "evict", "drain", "strategy", "rebalance"})
+
+BINDINGS = [
+    Binding(
+        "l",
+        "load",
+        "Load",
+        id="load",
+        tooltip="Load a model: on the node under the cursor, or one more replica",
+    ),
+    Binding("u", "unload", "Unload", id="unload", tooltip="Unload the instance under the cursor"),
+    Binding("p", "pin", "Pin", id="pin", tooltip="Pin or unpin the model under the cursor"),
+    Binding(
+        "e",
+        "evict",
+        "Evict",
+        id="evict",
+        tooltip="Evict the instance under the cursor (only when idle and unpinned)",
+    ),
+    Binding(
+        "d",
+        "drain",
+        "Drain",
+        id="drain",
+        tooltip="Drain the node under the cursor (no new requests), or undrain it",
+    ),
+    Binding("s", "strategy", "Strategy", id="strategy", tooltip="Choose the routing strategy"),
+    Binding(
+        "r",
+        "rebalance",
+        "Rebalance",
+        id="rebalance",
+        tooltip="Show the rebalance plan, then confirm to carry it out",
+    ),
+]
+
+
+def plan_text(plan: RebalancePlan) -> Text:
+    out = Text(plan.summary())
+    for step in plan.steps:
+        verb = "load  " if step.action == "load" else "unload"
+        out.append(
+            f"\n  {verb} {step.model} on {step.node} ({fmt_bytes(step.bytes)}): ",
+            style="bold" if step.action == "load" else "",
+        )
+        out.append(step.reason, style="dim")
+    return out
+
+
+class ControlsApp(App[None]):
+    """The command actions of ``LmtuiApp``, kept apart so the app module stays thin."""
+
+    client: EngineClient
+    snapshot: Snapshot | None
+
+    # -- what the cursor is on -------------------------------------------------------------
+
+    def _cursor_key(self, table: DataTable[Text]) -> str | None:
+        if table.row_count == 0:
+            return None
+        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+    def selected_instance(self) -> Instance | None:
+        key = self._cursor_key(self.query_one(ModelTable))
+        if key is None or self.snapshot is None:
+            return None
+        for inst in self.snapshot.instances.values():
+            if instance_row_key(inst) == key:
+                return inst
+        return None
+
+    def selected_node(self) -> Node | None:
+        """The node table's row when it has focus, else the node of the selected instance."""
+        if self.snapshot is None:
+            return None
+        nodes = self.query_one(NodeTable)
+        if self.focused is nodes:
+            key = self._cursor_key(nodes)
+            return self.snapshot.nodes.get(key) if key else None
+        inst = self.selected_instance()
+        return self.snapshot.nodes.get(inst.node) if inst else None
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # A command in read-only mode is hidden from the footer and the help, and not run.
+        return not (action in COMMANDS and self.client.read_only)
+
+    def _run(self, command: Callable[[], Awaitable[str]]) -> None:
+        async def run() -> None:
+            try:
+                message = await command()
+            except CommandError as e:
+                self.notify(e.message, severity="error", timeout=8)
+                return
+            if message:
+                self.notify(message, timeout=4)
+
+        self.run_worker(run(), group="command")
+
+    def _confirm(self, title: str, body: str | Text, command: Callable[[], Awaitable[str]]) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._run(command)
+
+        self.push_screen(ConfirmScreen(title, body), answered)
+
+    def _need(self, what: str) -> None:
+        self.notify(f"put the cursor on {what} first", severity="warning", timeout=3)
+
+    # -- the commands ------------------------------------------------------------------------
+
+    def action_load(self) -> None:
+        """On a node: pick one of its models to load there. On an instance: one more
+        replica of that model, wherever the engine places it."""
+        snap = self.snapshot
+        if snap is None:
+            return
+        if self.focused is self.query_one(NodeTable):
+            node = self.selected_node()
+            if node is None:
+                return self._need("a node")
+            here = {i.model for i in snap.instances_on(node.name)}
+            choices = [
+                (a.key, f"{a.key}  {fmt_bytes(a.size_bytes)}")
+                for a in node.available
+                if a.key not in here
+            ]
+            if not choices:
+                self.notify(f"{node.name} lists no other model to load", timeout=3)
+                return
+
+            def picked(model: str | None) -> None:
+                if model:
+                    self._run(lambda: self.client.load(model, node.name))
+
+            self.push_screen(ChoiceScreen(f"Load on {node.name}", choices), picked)
+            return
+        inst = self.selected_instance()
+        if inst is None:
+            return self._need("a model, or on a node in the node table")
+        self._run(lambda: self.client.load(inst.model))
+
+    def action_unload(self) -> None:
+        inst = self.selected_instance()
+        if inst is None:
+            return self._need("a model")
+        busy = f" It has {inst.in_flight} request(s) in flight." if inst.in_flight else ""
+        self._confirm(
+            f"Unload {inst.model} from {inst.node}?",
+            f"Frees {fmt_bytes(inst.size_bytes)}.{busy}",
+            lambda: self.client.unload(inst.node, inst.instance_id),
+        )
+
+    def action_evict(self) -> None:
+        inst = self.selected_instance()
+        if inst is None:
+            return self._need("a model")
+        self._confirm(
+            f"Evict {inst.model} from {inst.node}?",
+            f"Frees {fmt_bytes(inst.size_bytes)}; refused if it is busy or pinned.",
+            lambda: self.client.evict(inst.node, inst.instance_id),
+        )
+
+    def action_pin(self) -> None:
+        inst = self.selected_instance()
+        if inst is None:
+            return self._need("a model")
+        self._run(lambda: self.client.pin(inst.model, not inst.pinned))
+
+    def action_drain(self) -> None:
+        node = self.selected_node()
+        if node is None:
+            return self._need("a node")
+        if node.drained:
+            self._run(lambda: self.client.drain(node.name, False))
+            return
+        self._confirm(
+            f"Drain {node.name}?",
+            "No new requests go there; requests in flight finish.",
+            lambda: self.client.drain(node.name, True),
+        )
+
+    def action_strategy(self) -> None:
+        async def ask() -> None:
+            try:
+                current = await self.client.strategy()
+            except CommandError as e:
+                self.notify(e.message, severity="error")
+                return
+
+            def picked(name: str | None) -> None:
+                if name and name != current:
+                    self._run(lambda: self.client.set_strategy(name))
+
+            choices = [(s.value, s.value) for s in Strategy]
+            self.push_screen(ChoiceScreen("Routing strategy", choices, current), picked)
+
+        self.run_worker(ask(), group="command")
+
+    def action_rebalance(self) -> None:
+        async def plan_then_confirm() -> None:
+            try:
+                plan = await self.client.rebalance(apply=False)
+            except CommandError as e:
+                self.notify(e.message, severity="error")
+                return
+            if plan.empty:
+                self.notify(plan.summary(), timeout=4)
+                return
+
+            async def apply() -> str:
+                done = await self.client.rebalance(apply=True)
+                return f"rebalancing: {done.summary()}"
+
+            self._confirm("Carry out this rebalance plan?", plan_text(plan), apply)
+
+        self.run_worker(plan_then_confirm(), group="command")

@@ -1,0 +1,126 @@
+"""Operator keys: each sends the right command for what the cursor is on, asks first when
+destructive, and is gone in read-only mode."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from textual.widgets import OptionList
+
+from lmtui.core.model import AvailableModel, GiB
+from lmtui.core.rebalance import PlanStep, RebalancePlan
+from lmtui.tui.app import build_app
+from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen
+from lmtui.tui.widgets.model_table import ModelTable
+
+from .fakes import FIXED_NOW, FakeClient, fixed_cluster
+from .test_app import SIZE, started, until
+
+
+def app_for(**kw):  # type: ignore[no-untyped-def]
+    snap, events = fixed_cluster()
+    nodes = dict(snap.nodes)
+    nodes["mac-studio"] = replace(
+        nodes["mac-studio"],
+        available=(
+            AvailableModel("gemma-3-12b", 8 * GiB),
+            AvailableModel("mistral-small-24b", 14 * GiB),
+        ),
+    )
+    snap = replace(snap, nodes=nodes)
+    client = FakeClient(snap, events, **kw)
+    return build_app(client, clock=lambda: FIXED_NOW), client
+
+
+async def test_drain_asks_first_and_cancel_sends_nothing() -> None:
+    app, client = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        await pilot.press("d")  # the node table has focus, cursor on mac-studio
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert client.commands == []
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: client.commands == [("drain", "mac-studio")])
+
+
+async def test_pin_unload_and_evict_act_on_the_instance_under_the_cursor() -> None:
+    app, client = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        app.query_one(ModelTable).focus()
+        await pilot.pause()
+        await pilot.press("p")  # row 0: gemma-3-12b on mac-studio, not pinned
+        await until(pilot, lambda: ("pin", "gemma-3-12b") in client.commands)
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("enter")
+        await until(pilot, lambda: ("unload", "mac-studio", "gemma-3-12b") in client.commands)
+        await pilot.press("down", "e")  # row 1: llama3.1:8b on gpu-box
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: ("evict", "gpu-box", "llama3.1:8b") in client.commands)
+
+
+async def test_load_on_a_node_offers_its_models_not_yet_loaded_there() -> None:
+    app, client = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        options = app.screen.query_one(OptionList)
+        labels = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert len(labels) == 1 and labels[0].startswith("mistral-small-24b")
+        await pilot.press("enter")
+        await until(pilot, lambda: client.commands == [("load", "mistral-small-24b", "mac-studio")])
+
+
+async def test_strategy_is_chosen_from_a_list() -> None:
+    app, client = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        await pilot.press("down", "enter")  # from efficiency (current) to spread
+        await until(pilot, lambda: client.commands == [("strategy", "spread")])
+
+
+async def test_rebalance_shows_the_plan_before_applying_it() -> None:
+    app, client = app_for()
+    plan = RebalancePlan(
+        steps=(PlanStep("load", "gpu-box", "gemma-3-12b", "pinned", 8 * GiB),), loads_bytes=8 * GiB
+    )
+
+    async def rebalance(*, apply: bool = False) -> RebalancePlan:
+        client.commands.append(("rebalance", apply))
+        return plan
+
+    client.rebalance = rebalance  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        body = str(app.screen.query_one("#confirm-body").render())
+        assert "load" in body and "gemma-3-12b on gpu-box" in body
+        assert client.commands == [("rebalance", False)]
+        await pilot.press("y")
+        await until(pilot, lambda: client.commands == [("rebalance", False), ("rebalance", True)])
+
+
+async def test_read_only_hides_and_refuses_every_command() -> None:
+    app, client = app_for(read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        shown = {
+            b.binding.id
+            for b in app.active_bindings.values()
+            if app.check_action(b.binding.action, ()) is not False
+        }
+        assert not shown & {"load", "unload", "pin", "evict", "drain", "strategy", "rebalance"}
+        await pilot.press("d", "l", "s", "r")
+        await pilot.pause(0.1)
+        assert client.commands == []
+        assert not isinstance(app.screen, (ConfirmScreen, ChoiceScreen))
