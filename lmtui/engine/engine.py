@@ -190,6 +190,8 @@ class Engine:
             self.dispatcher.settings = with_pins(self.dispatcher.settings, pinned)
 
     def _request_done(self, out: Outcome, t0: float, t1: float) -> None:
+        if out.node is not None and out.tokens_out:
+            self.store.add_generated(out.node, out.tokens_out)
         self.metrics.request_done(
             out.model,
             out.node,
@@ -257,6 +259,7 @@ class Engine:
             raise EngineError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
         sockets = getattr(site._server, "sockets", None) or []
         bound = sockets[0].getsockname()[1] if sockets else port
+        self.store.count_routed_tokens = True
         shown = f"[{host}]" if ":" in host else host
         self.router_url = f"http://{shown}:{bound}"
 

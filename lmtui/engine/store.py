@@ -26,6 +26,8 @@ from lmtui.core.model import (
     InstanceKey,
     InstanceState,
     Node,
+    NodeMetrics,
+    NodeObservation,
     Observation,
     Snapshot,
     evolve,
@@ -46,15 +48,37 @@ class Store:
         self._listeners: list[Listener] = []
         self._waiters: set[asyncio.Event] = set()
         self.events: deque[Event] = deque(maxlen=event_history)
+        self._routed_tokens: dict[str, int] = {}
+        #: Set while lmtui routes requests: nodes that count no tokens themselves then show
+        #: the tokens/s of the traffic lmtui proxied to them.
+        self.count_routed_tokens = False
 
     @property
     def snapshot(self) -> Snapshot:
         return self._snap
 
     def apply(self, obs: Observation) -> Snapshot:
+        if (
+            self.count_routed_tokens
+            and isinstance(obs, NodeObservation)
+            and (obs.metrics is None or obs.metrics.predicted_tokens_total is None)
+        ):
+            # The node counts no generated tokens (LM Studio, Ollama): use what lmtui itself
+            # proxied there, so its tokens/s shows the traffic that goes through lmtui.
+            metrics = obs.metrics or NodeMetrics()
+            obs = replace(
+                obs,
+                metrics=replace(
+                    metrics, predicted_tokens_total=float(self._routed_tokens.get(obs.node, 0))
+                ),
+            )
         snap, events = fold(self._snap, obs, self.ctx)
         self._publish(snap, events)
         return snap
+
+    def add_generated(self, node: str, tokens: int) -> None:
+        """Count tokens generated on ``node`` for a request lmtui proxied (its ``usage``)."""
+        self._routed_tokens[node] = self._routed_tokens.get(node, 0) + tokens
 
     def record(self, event: Event) -> None:
         """Record an event that changes no state (a routing decision, a command)."""

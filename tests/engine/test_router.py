@@ -411,3 +411,23 @@ async def test_the_request_log_records_each_request(tmp_path) -> None:  # type: 
     assert rows[0][:4] == ("m1", "a", "ok", 200)
     assert rows[0][4] and rows[0][5]  # usage from the answer
     assert rows[1][:4] == ("nope", None, "not_found", 404)
+
+
+async def test_tokens_per_second_counts_proxied_tokens_where_the_node_reports_none() -> None:
+    # LM Studio has no generation counter; lmtui counts the usage of what it proxied.
+    async with routed([lms("a", ["m1"], parallel=4)]) as (_cluster, engine):
+        await engine.poller.poll_once("a")
+        await engine.poller.poll_once("a")
+        assert engine.store.snapshot.nodes["a"].tokens_per_second == 0.0  # nothing routed yet
+        c = client(engine)
+        rs = await asyncio.gather(
+            *(c.chat.completions.create(model="m1", messages=MSG, max_tokens=32) for _ in range(4))
+        )
+        generated = sum(r.usage.completion_tokens for r in rs if r.usage)
+        assert generated > 0
+        t0 = engine.store.snapshot.nodes["a"].last_ok_at
+        await engine.poller.poll_once("a")
+        node = engine.store.snapshot.nodes["a"]
+        assert node.tokens_per_second is not None and node.tokens_per_second > 0
+        assert t0 is not None and node.last_ok_at is not None
+        assert node.tokens_per_second <= generated / (node.last_ok_at - t0) + 1e-6
