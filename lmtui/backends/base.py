@@ -54,7 +54,8 @@ class Backend:
     """
 
     kind: ClassVar[NodeKind]
-    can_load: ClassVar[bool] = False
+    #: Whether this kind of node can load and unload models at all.
+    supports_load: ClassVar[bool] = False
 
     def __init__(
         self, node: NodeConfig, client: aiohttp.ClientSession | None, *, timeout: float = 3.0
@@ -65,6 +66,11 @@ class Backend:
         self.base_url = node.url.rstrip("/")
         key = os.environ.get(node.api_key_env) if node.api_key_env else None
         self.headers: dict[str, str] = {"Authorization": f"Bearer {key}"} if key else {}
+
+    @property
+    def can_load(self) -> bool:
+        """Whether this node can load models now (a kind may decide per node, once polled)."""
+        return self.supports_load
 
     @property
     def name(self) -> str:

@@ -66,8 +66,12 @@ class LlamaCppBackend(HttpBackend):
     """A ``llama-server`` (single model with ``-m``, or a router with ``--models-dir``)."""
 
     kind = NodeKind.LLAMACPP
-    # Only router mode loads; a single-model server raises NotSupported from load().
-    can_load = True
+    supports_load = True
+
+    @property
+    def can_load(self) -> bool:
+        """Only router mode loads; a single-model server is known as such after a poll."""
+        return self.mode != "single"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

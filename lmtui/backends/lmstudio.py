@@ -135,7 +135,7 @@ class LMStudioBackend(HttpBackend):
     """An LM Studio server (``lms server start``, default port 1234)."""
 
     kind = NodeKind.LMSTUDIO
-    can_load = True
+    supports_load = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -140,7 +140,7 @@ class OllamaBackend(HttpBackend):
     """An Ollama server (default port 11434)."""
 
     kind = NodeKind.OLLAMA
-    can_load = True
+    supports_load = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

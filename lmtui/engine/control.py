@@ -23,6 +23,7 @@ from lmtui.core.model import Instance, InstanceKey
 from lmtui.core.placement import Placement, place, stable_seed
 from lmtui.core.rebalance import RebalancePlan, plan_rebalance
 from lmtui.core.scheduler import Load, SchedulerSettings, Strategy
+from lmtui.engine.settings import no_load_nodes
 from lmtui.overrides import save_overrides
 
 if TYPE_CHECKING:
@@ -227,6 +228,13 @@ class Controller:
 
     # -- the pool manager -------------------------------------------------------------------
 
+    def _refresh_capabilities(self) -> None:
+        """A llama.cpp node is known to be single-model (unable to load) only once polled."""
+        d = self._dispatcher
+        nodes = no_load_nodes(self.engine.backends)
+        if nodes != d.settings.pool.no_load_nodes:
+            d.settings = replace(d.settings, pool=replace(d.settings.pool, no_load_nodes=nodes))
+
     def start(self, interval_s: float) -> None:
         self._task = asyncio.get_running_loop().create_task(
             self._loop(interval_s), name="pool-manager"
@@ -246,6 +254,7 @@ class Controller:
             if any(n.last_poll_at is None for n in self.engine.store.snapshot.nodes.values()):
                 continue
             try:
+                self._refresh_capabilities()
                 plan = self.plan()
                 if not plan.empty:
                     await self._carry_out(plan)

@@ -31,9 +31,14 @@ def scheduler_settings(
             pinned=pinned | frozenset(m.name for m in models if m.pinned),
             priorities=MappingProxyType({m.name: m.priority for m in models}),
             min_residency_s=config.pool.min_residency,
-            no_load_nodes=frozenset(n for n, b in backends.items() if not b.can_load),
+            no_load_nodes=no_load_nodes(backends),
         ),
     )
+
+
+def no_load_nodes(backends: dict[str, Backend]) -> frozenset[str]:
+    """Nodes that cannot load models (as far as their backends know now)."""
+    return frozenset(n for n, b in backends.items() if not b.can_load)
 
 
 def model_catalogue(snap: Snapshot, config: Config) -> list[dict[str, Any]]:

@@ -132,6 +132,16 @@ async def test_single_cannot_load(cluster: SimCluster, make_backend: MakeBackend
         await backend.unload("ulysses", "ulysses")
 
 
+async def test_whether_a_node_can_load_is_known_once_its_mode_is(
+    cluster: SimCluster, make_backend: MakeBackend
+) -> None:
+    single, router = make_backend(cluster, "single"), make_backend(cluster, "router")
+    assert single.can_load and router.can_load  # not polled yet: it may be a router
+    await single.poll(time.time())
+    await router.poll(time.time())
+    assert not single.can_load and router.can_load
+
+
 async def test_router_poll(cluster: SimCluster, make_backend: MakeBackend) -> None:
     obs = await make_backend(cluster, "router").poll(time.time())
     (inst,) = obs.instances or ()
