@@ -144,12 +144,18 @@ def _listen(config: Config, cli_listen: str | None) -> str | None:
 
 
 def _engine(config: Config, source: str, listen: str | None) -> Engine:
-    return Engine(config, source=source, listen=listen, overrides_path=overrides_path(),
-                  request_log=default_log_path())
+    return Engine(
+        config,
+        source=source,
+        listen=listen,
+        overrides_path=overrides_path(),
+        request_log=default_log_path(),
+    )
 
 
-async def run_tui(config: Config | None, source: str, listen: str | None, *,
-                  read_only: bool) -> int:
+async def run_tui(
+    config: Config | None, source: str, listen: str | None, *, read_only: bool
+) -> int:
     from lmtui.tui.app import build_app
 
     async with cluster_config(config) as (cfg, demo):
@@ -167,8 +173,7 @@ async def run_tui(config: Config | None, source: str, listen: str | None, *,
 async def run_attached(url: str, *, read_only: bool) -> int:
     from lmtui.tui.app import build_app
 
-    client = HttpEngineClient(url, token=os.environ.get("LMTUI_ADMIN_TOKEN"),
-                              read_only=read_only)
+    client = HttpEngineClient(url, token=os.environ.get("LMTUI_ADMIN_TOKEN"), read_only=read_only)
     try:
         await client.connect()
         await build_app(client).run_async()
@@ -188,9 +193,14 @@ async def serve(config: Config | None, source: str, listen: str | None) -> int:
         async with engine:
             if demo is not None:
                 demo.route_traffic_via(engine.router_url)
-            log.info("lmtui %s: %d nodes from %s; router on %s/v1 (control API under "
-                     "/lmtui/v1, metrics at /metrics)", __version__, len(cfg.nodes), source,
-                     engine.router_url)
+            log.info(
+                "lmtui %s: %d nodes from %s; router on %s/v1 (control API under "
+                "/lmtui/v1, metrics at /metrics)",
+                __version__,
+                len(cfg.nodes),
+                source,
+                engine.router_url,
+            )
             await stop.wait()
     log.info("stopped")
     return 0

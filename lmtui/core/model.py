@@ -329,7 +329,6 @@ class Snapshot:
             instances=sum(1 for i in self.instances.values() if i.state is InstanceState.LOADED),
             loaded_bytes=sum(i.size_bytes or 0 for i in self.instances.values()),
             in_flight=sum(i.in_flight for i in self.instances.values()),
-            queued=sum(self.queue_depth.values())
-            + sum(i.queued for i in self.instances.values()),
+            queued=sum(self.queue_depth.values()) + sum(i.queued for i in self.instances.values()),
             tokens_per_second=sum(n.tokens_per_second or 0.0 for n in nodes),
         )

@@ -3,11 +3,14 @@
 Hot path, per request: check the bearer key, read the body (size-limited), decode only
 ``model`` / ``stream`` / ``user`` / ``ttl`` with msgspec, get a lease from the dispatcher,
 forward the original bytes (re-encoded only when the model name must be rewritten) over a
-pooled ``aiohttp`` session to the node, and pass the answer back — chunk by chunk for SSE.
+keep-alive pool to the node, and pass the answer back — chunk by chunk for SSE.
 
-Why this stack: measured for this project on a 2-core machine, ``httpx`` as the proxy client
-was 5–13× slower in requests/s than ``aiohttp.ClientSession``; raw ASGI on uvicorn+uvloop was
-no faster than ``aiohttp.web``; an access log cost 19–37% of throughput, so there is none.
+Why this stack, measured for this project on a 2-core machine: ``httpx`` as the proxy client
+was 5–13× slower in requests/s than ``aiohttp.ClientSession``, and the lean HTTP/1.1 client of
+``upstream.py`` is ~2× faster again (a bare proxy: ~10.5k → ~22k req/s at 32 clients,
+``bench/upstream_client.py``), so plain-HTTP nodes use it and ``https`` nodes aiohttp. Raw
+ASGI on uvicorn+uvloop was no faster than ``aiohttp.web`` on the server side; an access log
+cost 19–37% of throughput, so there is none.
 
 Failover: a connection error or a 5xx before the first byte reaches the client is retried on
 another replica (or a load elsewhere). After the first byte, a failure ends the stream with
@@ -25,13 +28,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 import msgspec
 from aiohttp import web
 
 from lmtui.core.scheduler import RequestInfo
 from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease, QueueFull
 from lmtui.engine.errors import error_body, error_response
+from lmtui.engine.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from lmtui.engine.upstream_tls import TlsResponse, TlsUpstreamPool, pool_for
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,7 @@ class Router:
         self.resolve = resolve
         self.on_done = on_done
         self.clock = clock
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, UpstreamPool | TlsUpstreamPool] = {}
         self._headers: dict[str, dict[str, str]] = {}
         self._ids = itertools.count(1)
 
@@ -144,7 +148,7 @@ class Router:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.list_models)
-        app.on_cleanup.append(self._close_sessions)
+        app.on_cleanup.append(self._close_pools)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self.proxy(request, "/v1/chat/completions")
@@ -298,29 +302,28 @@ class Router:
             doc = _json.decode(body)
             doc["model"] = lease.model
             body = _encode(doc)
-        session = self._session(lease.node)
+        pool = self._pool(lease.node)
         t_send = self.clock()
         try:
-            up = await session.post(
-                self.node_urls[lease.node] + path,
-                data=body,
-                headers=self._upstream_headers(lease.node),
-            )
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise _RetryElsewhere(f"{type(e).__name__}: {e}") from e
+            up = await pool.request("POST", path, body, self._upstream_headers(lease.node))
+        except UpstreamError as e:
+            raise _RetryElsewhere(str(e)) from e
         try:
             if up.status >= 500:
-                detail = (await up.read())[:200].decode(errors="replace")
+                try:
+                    detail = (await up.read())[:200].decode(errors="replace")
+                except UpstreamError:
+                    detail = ""
                 raise _RetryElsewhere(f"HTTP {up.status}: {detail}")
             out.status = up.status
             if up.status >= 400:
                 out.outcome = "upstream_error"
-            ctype = up.headers.get("Content-Type", "application/json")
+            ctype = up.headers.get("content-type", "application/json")
             if not ctype.startswith("text/event-stream"):
                 try:
                     data = await up.read()
-                except (aiohttp.ClientError, TimeoutError) as e:
-                    raise _RetryElsewhere(f"{type(e).__name__}: {e}") from e
+                except UpstreamError as e:
+                    raise _RetryElsewhere(str(e)) from e
                 out.ttft_s = self.clock() - t_send
                 if up.status == 200:
                     _usage_into(out, data)
@@ -336,35 +339,31 @@ class Router:
     async def _pipe(
         self,
         request: web.Request,
-        up: aiohttp.ClientResponse,
+        up: UpstreamResponse | TlsResponse,
         sse: web.StreamResponse | None,
         t_send: float,
         out: Outcome,
     ) -> web.StreamResponse:
-        it = up.content.iter_any().__aiter__()
         try:
-            first = await it.__anext__()
-        except StopAsyncIteration as e:
-            raise _RetryElsewhere("empty stream") from e
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise _RetryElsewhere(f"{type(e).__name__}: {e}") from e
+            chunk = await up.next_chunk()
+        except UpstreamError as e:
+            raise _RetryElsewhere(str(e)) from e
+        if chunk is None:
+            raise _RetryElsewhere("empty stream")
         out.ttft_s = self.clock() - t_send
         if sse is None:
             sse = await self._start_sse(request, up.status)
-        chunk: bytes | None = first
         tail = b""
         try:
             while chunk is not None:
                 await sse.write(chunk)  # raises ConnectionResetError if the client left
                 tail = tail[-4096:] + chunk if len(chunk) < 4096 else chunk
                 try:
-                    chunk = await it.__anext__()
-                except StopAsyncIteration:
-                    chunk = None
-                except (aiohttp.ClientError, TimeoutError) as e:
+                    chunk = await up.next_chunk()
+                except UpstreamError as e:
                     # Past the first byte there is no retry: end with an explicit error.
                     out.outcome, out.status = "upstream_error", 502
-                    msg = f"upstream {out.node} failed mid-stream: {type(e).__name__}: {e}"
+                    msg = f"upstream {out.node} failed mid-stream: {e}"
                     await sse.write(
                         b"data: "
                         + error_body(msg, "upstream_error", "stream_interrupted")
@@ -374,8 +373,7 @@ class Router:
             await sse.write_eof()
             _stream_usage_into(out, tail)
         except ConnectionResetError:
-            # The client went away mid-stream (aiohttp's error for that is also a
-            # ClientError, hence the separate handling): nothing left to tell it.
+            # The client went away mid-stream: nothing left to tell it.
             out.outcome, out.status = "client_gone", 499
         return sse
 
@@ -413,24 +411,20 @@ class Router:
             self._headers[node] = h
         return h
 
-    def _session(self, node: str) -> aiohttp.ClientSession:
-        s = self._sessions.get(node)
-        if s is None or s.closed:
-            # One pooled session per node: keep-alive connections are reused across
-            # requests; generation can run for minutes, so no total timeout.
-            s = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=900),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
+    def _pool(self, node: str) -> UpstreamPool | TlsUpstreamPool:
+        p = self._pools.get(node)
+        if p is None:
+            # One keep-alive pool per node; a generation can run for minutes, so only each
+            # wait for bytes is bounded (900 s), not the whole answer.
+            p = self._pools[node] = pool_for(
+                self.node_urls[node], max_connections=256, connect_timeout=10, read_timeout=900
             )
-            self._sessions[node] = s
-        return s
+        return p
 
-    async def _close_sessions(self, _app: web.Application | None = None) -> None:
-        for s in self._sessions.values():
-            await s.close()
-        self._sessions.clear()
+    async def _close_pools(self, _app: web.Application | None = None) -> None:
+        for p in self._pools.values():
+            await p.close()
+        self._pools.clear()
 
 
 def _type_of(status: int) -> str:

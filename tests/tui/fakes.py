@@ -74,7 +74,6 @@ class FakeClient(EngineClient):
         while True:
             yield await self._queue.get()
 
-
     # -- commands: recorded, so tests can assert what the UI asked for ----------------
 
     async def strategy(self) -> str:

@@ -75,8 +75,17 @@ def test_core_imports_nothing_from_other_layers_and_no_io() -> None:
     [
         ("sim", ("lmtui.core", "lmtui.sim")),
         ("backends", ("lmtui.core", "lmtui.config", "lmtui.backends")),
-        ("engine", ("lmtui.core", "lmtui.config", "lmtui.backends", "lmtui.engine", "lmtui.paths",
-                    "lmtui.overrides")),
+        (
+            "engine",
+            (
+                "lmtui.core",
+                "lmtui.config",
+                "lmtui.backends",
+                "lmtui.engine",
+                "lmtui.paths",
+                "lmtui.overrides",
+            ),
+        ),
     ],
 )
 def test_layers_import_only_downwards(layer: str, allowed: tuple[str, ...]) -> None:

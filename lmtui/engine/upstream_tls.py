@@ -1,0 +1,91 @@
+"""The router's upstream for ``https://`` nodes: aiohttp behind ``UpstreamPool``'s interface.
+
+The lean client in ``upstream.py`` speaks plain HTTP only (local LLM servers almost always
+are). A node behind TLS goes through ``aiohttp.ClientSession`` instead, wrapped so that the
+router has one code path: the same ``request`` / ``read`` / ``next_chunk`` / ``release`` and
+the same ``UpstreamError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import aiohttp
+
+from lmtui.engine.upstream import UpstreamError, UpstreamPool
+
+
+class TlsResponse:
+    __slots__ = ("_resp", "headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers = {k.lower(): v for k, v in resp.headers.items()}
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise UpstreamError(f"{type(e).__name__}: {e}", before_response=False) from e
+
+    async def next_chunk(self) -> bytes | None:
+        try:
+            data, _ = await self._resp.content.readchunk()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise UpstreamError(f"{type(e).__name__}: {e}", before_response=False) from e
+        return data or None
+
+    def release(self) -> None:
+        self._resp.release()
+
+
+class TlsUpstreamPool:
+    """``UpstreamPool``'s interface over one pooled aiohttp session."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_connections: int = 256,
+        connect_timeout: float = 10.0,
+        read_timeout: float | None = 900.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._limit = max_connections
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=read_timeout
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def request(
+        self, method: str, path: str, body: bytes, headers: Mapping[str, str]
+    ) -> TlsResponse:
+        if self._session is None:
+            # No Accept-Encoding: the router passes bodies through as they come, and the
+            # client never asked for a compressed one.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit),
+                timeout=self._timeout,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )
+        try:
+            resp = await self._session.request(
+                method, self.base_url + path, data=body, headers=dict(headers)
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise UpstreamError(f"{type(e).__name__}: {e}", before_response=True) from e
+        return TlsResponse(resp)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def pool_for(base_url: str, **kw: float | int | None) -> UpstreamPool | TlsUpstreamPool:
+    """The lean pool for ``http://`` nodes, the aiohttp one for ``https://``."""
+    if base_url.startswith("https://"):
+        return TlsUpstreamPool(base_url, **kw)  # type: ignore[arg-type]
+    return UpstreamPool(base_url, **kw)  # type: ignore[arg-type]
