@@ -79,6 +79,8 @@ def _usage_into(out: Outcome, payload: bytes) -> None:
 
 def _stream_usage_into(out: Outcome, tail: bytes) -> None:
     """The usage a stream reports in its last data chunk, when the server sends one."""
+    if b'"usage"' not in tail:
+        return
     for line in reversed(tail.split(b"\n")):
         if line.startswith(b"data: {") and b'"usage"' in line:
             _usage_into(out, line[6:])
