@@ -358,8 +358,14 @@ class Router:
         tail = b""
         try:
             while chunk is not None:
-                await sse.write(chunk)  # raises ConnectionResetError if the client left
                 tail = tail[-4096:] + chunk if len(chunk) < 4096 else chunk
+                if up.at_end:
+                    # The upstream has finished: send the last piece with the end of the
+                    # stream, one write instead of two.
+                    await sse.write_eof(chunk)
+                    _stream_usage_into(out, tail)
+                    return sse
+                await sse.write(chunk)  # raises ConnectionResetError if the client left
                 try:
                     chunk = await up.next_chunk()
                 except UpstreamError as e:

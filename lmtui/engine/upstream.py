@@ -140,6 +140,12 @@ class UpstreamResponse:
                 return None
             await self._wait()
 
+    @property
+    def at_end(self) -> bool:
+        """True when the whole body has arrived and been handed out: no chunk will follow.
+        Lets a proxy send its last piece together with the end of its own answer."""
+        return self._done and self._exc is None and not self._chunks
+
     def release(self) -> None:
         """Hand the connection back: reused if the body was read to the end, else closed."""
         conn = self._conn

@@ -36,6 +36,10 @@ class TlsResponse:
             raise UpstreamError(f"{type(e).__name__}: {e}", before_response=False) from e
         return data or None
 
+    @property
+    def at_end(self) -> bool:
+        return self._resp.content.at_eof()
+
     def release(self) -> None:
         self._resp.release()
 
