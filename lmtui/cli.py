@@ -167,6 +167,8 @@ async def run_tui(
             if demo is not None:
                 demo.route_traffic_via(engine.router_url)
             await build_app(InProcessClient(engine, read_only=read_only)).run_async()
+            if demo is not None:
+                await demo.traffic.stop()
     return 0
 
 
@@ -202,6 +204,9 @@ async def serve(config: Config | None, source: str, listen: str | None) -> int:
                 engine.router_url,
             )
             await stop.wait()
+            log.info("stopping: queued requests get 503, running ones may finish")
+            if demo is not None:
+                await demo.traffic.stop()
     log.info("stopped")
     return 0
 

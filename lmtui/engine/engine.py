@@ -39,6 +39,10 @@ from lmtui.overrides import load_overrides
 
 log = logging.getLogger(__name__)
 
+#: On shutdown, how long requests already running on a node may take to finish before they
+#: are cut (a generation can run for minutes; a restart should not wait for all of them).
+SHUTDOWN_DRAIN_S = 10.0
+
 
 def fold_context(config: Config, pinned: frozenset[str] = frozenset()) -> FoldContext:
     return FoldContext(
@@ -248,7 +252,9 @@ class Engine:
         ControlApi(self, token, enabled=token is not None or is_loopback(host)).add_routes(app)
         # handler_cancellation: a client that disconnects cancels its handler, so a queued
         # request leaves the queue at once and frees its place.
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_DRAIN_S
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
@@ -277,12 +283,14 @@ class Engine:
         if not self._started:
             return
         self._started = False
+        await self.controller.stop()
+        # Requests still queued get a clear 503 at once; requests already on a node may
+        # finish (the runner drains them for up to SHUTDOWN_DRAIN_S, then cancels them).
+        if self.dispatcher is not None:
+            self.dispatcher.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        await self.controller.stop()
-        if self.dispatcher is not None:
-            self.dispatcher.close()
         await self.poller.stop()
         if self.request_log is not None:
             await self.request_log.stop()

@@ -134,3 +134,37 @@ def test_contradictory_flags_are_refused(args: list[str]) -> None:
         [sys.executable, "-m", "lmtui", *args], capture_output=True, text=True, timeout=60
     )
     assert p.returncode == 2 and "--connect" in p.stderr
+
+
+def test_serve_demo_stops_on_sigterm_with_requests_running(tmp_path: Path) -> None:
+    port = free_port()
+    dirs = {"state": str(tmp_path / "state"), "data": str(tmp_path / "data")}
+    serve = lmtui("--serve", "--demo", "--listen", f"127.0.0.1:{port}", **dirs)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        # A long generation on the old serial node, so something is running at shutdown.
+        body = {
+            "model": "acme-support-ft-32b",
+            "max_tokens": 2000,
+            "stream": True,
+            "messages": [{"role": "user", "content": "write a long story"}],
+        }
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            next(r.iter_bytes())
+            serve.send_signal(signal.SIGTERM)
+            # Bounded drain: the process must end by itself, not hang on running requests.
+            out, err = serve.communicate(timeout=45)
+        assert serve.returncode == 0, err
+        assert "stopped" in out
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(timeout=10)
