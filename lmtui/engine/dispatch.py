@@ -151,14 +151,14 @@ class Dispatcher:
         if isinstance(d, Route):
             return self._grant(d, req, now, now)
         if isinstance(d, Reject):
-            self._event(EventKind.REJECT, d.reason, model=req.model, level=Level.WARNING)
+            self.event(EventKind.REJECT, d.reason, model=req.model, level=Level.WARNING)
             raise RequestRejected(d.status, d.reason)
         if isinstance(d, Load):
             self.start_load(d)
         return await self._wait(req, now, deadline, progress, d)
 
-    def release(self, lease: Lease, *, failed: bool = False) -> None:
-        """Give the slot back. ``failed``: the upstream failed this request."""
+    def release(self, lease: Lease) -> None:
+        """Give the slot back (the request ended, however it ended)."""
         self.store.add_in_flight(lease.key, -1, self.clock())
         self._schedule_pump()
 
@@ -207,7 +207,7 @@ class Dispatcher:
                 self._affinity.popitem(last=False)
         if d.preload is not None:
             self.start_load(d.preload)
-        self._event(EventKind.ROUTE, d.reason, node=inst.node, model=inst.model)
+        self.event(EventKind.ROUTE, d.reason, node=inst.node, model=inst.model)
         if self.on_route is not None:
             self.on_route(inst.model, inst.node, "queued" if req.queued else "direct")
         return Lease(d.instance_key, inst.node, inst.model, now - enqueued_at, d.reason)
@@ -224,7 +224,7 @@ class Dispatcher:
         model = self.settings.aliases.get(req.model, req.model)
         adm = self.queue.admit(req.request_id, model, now, deadline)
         if isinstance(adm, QueueRejected):
-            self._event(
+            self.event(
                 EventKind.REJECT, f"queue full: {adm.reason}", model=model, level=Level.WARNING
             )
             raise QueueFull(adm.reason, adm.retry_after_s)
@@ -321,7 +321,7 @@ class Dispatcher:
         try:
             if not await self._evict(d):
                 return
-            self._event(
+            self.event(
                 EventKind.LOAD,
                 f"loading {d.model} on {d.node}: {d.reason}",
                 node=d.node,
@@ -331,7 +331,7 @@ class Dispatcher:
                 await self.backends[d.node].load(d.model)
             except BackendError as e:
                 self._load_failed[(d.node, d.model)] = self.clock()
-                self._event(
+                self.event(
                     EventKind.ERROR,
                     f"load of {d.model} on {d.node} failed: {e}",
                     node=d.node,
@@ -341,7 +341,7 @@ class Dispatcher:
                 return
             ok = True
             self._load_failed.pop((d.node, d.model), None)
-            self._event(
+            self.event(
                 EventKind.LOAD,
                 f"{d.model} loaded on {d.node} in {self.clock() - t0:.1f}s",
                 node=d.node,
@@ -362,7 +362,7 @@ class Dispatcher:
         is routed to it; if the node refuses, it is ``loaded`` again and BackendError raised."""
         inst = self.store.snapshot.instances[key]
         self.store.set_instance_state(key, InstanceState.UNLOADING)
-        self._event(kind, reason, node=inst.node, model=inst.model)
+        self.event(kind, reason, node=inst.node, model=inst.model)
         try:
             await self.backends[inst.node].unload(inst.model, inst.instance_id)
         except BackendError:
@@ -376,7 +376,7 @@ class Dispatcher:
             if inst is None:
                 continue
             if inst.busy > 0 or inst.in_flight > 0:
-                self._event(
+                self.event(
                     EventKind.EVICT,
                     f"not evicting {inst.model} on {inst.node}: it became busy; planning again",
                     node=inst.node,
@@ -388,7 +388,7 @@ class Dispatcher:
                     key, f"evicting {inst.model} from {inst.node} to make room for {d.model}"
                 )
             except BackendError as e:
-                self._event(
+                self.event(
                     EventKind.ERROR,
                     f"evicting {inst.model} from {inst.node} failed: {e}",
                     node=inst.node,
@@ -402,7 +402,7 @@ class Dispatcher:
             await self.refresh(d.node)
         return True
 
-    def _event(
+    def event(
         self,
         kind: EventKind,
         message: str,

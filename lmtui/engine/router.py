@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
+from lmtui.core.events import EventKind, Level
 from lmtui.core.scheduler import RequestInfo
 from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease, QueueFull
 from lmtui.engine.errors import error_body, error_response
@@ -271,21 +272,21 @@ class Router:
                 out.status, out.outcome = e.status, _outcome_of(e)
                 return await self._fail(request, sse, e)
             out.node, out.queue_wait_s = lease.node, lease.queue_wait_s
-            failed = False
             try:
                 return await self._forward(request, lease, path, body, head, sse, out)
             except _RetryElsewhere as e:
-                failed = True
                 last_error = str(e)
-                log.info(
-                    "request for %s failed on %s before the first byte: %s; retrying",
-                    lease.model,
-                    lease.node,
-                    e,
+                self.dispatcher.event(
+                    EventKind.ERROR,
+                    f"{lease.model} on {lease.node} failed before the first byte ({e}); "
+                    "trying another replica",
+                    node=lease.node,
+                    model=lease.model,
+                    level=Level.WARNING,
                 )
                 exclude = exclude | {lease.key}
             finally:
-                self.dispatcher.release(lease, failed=failed)
+                self.dispatcher.release(lease)
         out.status, out.outcome = 502, "upstream_error"
         err = DispatchError(f"every attempt failed before the first byte; last: {last_error}")
         err.status, err.code = 502, "upstream_error"

@@ -251,6 +251,8 @@ async def test_retry_before_first_byte_on_upstream_5xx() -> None:
         for _ in range(4):
             r = await c.chat.completions.create(model="m1", messages=MSG, max_tokens=4)
             assert r.choices[0].message.content
+        assert len(cluster.node("b").records) == 4
+        assert any("failed before the first byte" in e.message for e in engine.store.events)
 
 
 async def test_a_stream_dropped_mid_way_ends_with_an_error_event() -> None:
