@@ -177,6 +177,9 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     min_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
     #: Memory footprint in GB, when the backend's figure is wrong or missing.
     size_gb: PositiveFloat | None = None
+    #: Concurrent requests per instance of this model, overriding the node's ``slots`` and
+    #: what the server reports (e.g. a model loaded with a smaller ``parallel``).
+    slots: PositiveInt | None = None
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

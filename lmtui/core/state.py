@@ -47,6 +47,8 @@ class FoldContext:
     pinned: frozenset[str] = frozenset()
     #: Size override per model in bytes (config ``size_gb``).
     model_sizes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    #: Slots per instance of a model (config ``[[models]] slots``), over the node's.
+    model_slots: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def fold(snap: Snapshot, obs: Observation, ctx: FoldContext) -> tuple[Snapshot, list[Event]]:
@@ -241,7 +243,8 @@ def _instance(
     ctx: FoldContext,
     at: float,
 ) -> Instance:
-    slots = settings.slots or io.slots_total or node.slots_default or 1
+    slots = ctx.model_slots.get(io.model) or settings.slots or io.slots_total
+    slots = slots or node.slots_default or 1
     last_used = io.last_used
     if prev is not None and prev.last_used is not None:
         last_used = max(prev.last_used, last_used or 0.0)

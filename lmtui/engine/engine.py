@@ -62,6 +62,7 @@ def fold_context(config: Config, pinned: frozenset[str] = frozenset()) -> FoldCo
         model_sizes=MappingProxyType(
             {m.name: int(m.size_gb * GB) for m in config.models if m.size_gb is not None}
         ),
+        model_slots=MappingProxyType({m.name: m.slots for m in config.models if m.slots}),
     )
 
 

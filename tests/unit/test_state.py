@@ -144,3 +144,22 @@ def test_observation_for_unknown_node_is_ignored() -> None:
     s = snap("a")
     s2, ev = fold(s, ok("zzz", 1.0), CTX)
     assert s2 is s and ev == []
+
+
+def test_model_slots_override_wins_over_node_and_server() -> None:
+    ctx = FoldContext(
+        node_settings=MappingProxyType({"a": NodeSettings(slots=3)}),
+        model_slots=MappingProxyType({"m": 1}),
+    )
+    s, _ = fold(
+        snap("a"),
+        ok(
+            "a",
+            1.0,
+            InstanceObservation("m", "m", slots_total=4),
+            InstanceObservation("n", "n", slots_total=4),
+        ),
+        ctx,
+    )
+    assert s.instances[("a", "m")].slots_total == 1
+    assert s.instances[("a", "n")].slots_total == 3
