@@ -198,7 +198,10 @@ class Dispatcher:
         return replace(req, exclude=req.exclude | frozenset(bad)) if bad else req
 
     def _grant(self, d: Route, req: RequestInfo, now: float, enqueued_at: float) -> Lease:
-        inst = self.store.add_in_flight(d.instance_key, +1, now)
+        node, model = d.instance_key[0], self.settings.aliases.get(req.model, req.model)
+        inst = self.store.add_in_flight(
+            d.instance_key, +1, now, Event(now, EventKind.ROUTE, d.reason, node=node, model=model)
+        )
         assert inst is not None, "the scheduler routed to an instance the store lacks"
         if req.user is not None:
             self._affinity[req.user] = d.instance_key
@@ -207,7 +210,6 @@ class Dispatcher:
                 self._affinity.popitem(last=False)
         if d.preload is not None:
             self.start_load(d.preload)
-        self.event(EventKind.ROUTE, d.reason, node=inst.node, model=inst.model)
         if self.on_route is not None:
             self.on_route(inst.model, inst.node, "queued" if req.queued else "direct")
         return Lease(d.instance_key, inst.node, inst.model, now - enqueued_at, d.reason)

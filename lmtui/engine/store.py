@@ -105,10 +105,13 @@ class Store:
             [],
         )
 
-    def add_in_flight(self, key: InstanceKey, delta: int, at: float) -> Instance | None:
+    def add_in_flight(
+        self, key: InstanceKey, delta: int, at: float, event: Event | None = None
+    ) -> Instance | None:
         """lmtui started (+1) or finished (-1) a request on an instance; returns it updated.
 
         Finishing also stamps ``last_used``, so idle replicas take turns (LRU tie-break).
+        ``event`` (the routing decision) is published with the change, in one notification.
         """
         inst = self._snap.instances.get(key)
         if inst is None:
@@ -120,7 +123,7 @@ class Store:
             slots_busy=n + inst.external_busy,
             last_used=at if delta < 0 or inst.last_used is None else inst.last_used,
         )
-        self._put_instance(inst)
+        self._put_instance(inst, [event] if event is not None else [])
         return inst
 
     def set_instance_state(self, key: InstanceKey, state: InstanceState) -> None:
@@ -140,7 +143,7 @@ class Store:
             replace(self._snap, version=self._snap.version + 1, queue_depth=MappingProxyType(q)), []
         )
 
-    def _put_instance(self, inst: Instance) -> None:
+    def _put_instance(self, inst: Instance, events: list[Event] | None = None) -> None:
         snap = self._snap
         insts = dict(snap.instances)
         insts[inst.key] = inst
@@ -148,7 +151,7 @@ class Store:
             Snapshot(
                 snap.version + 1, snap.at, snap.nodes, MappingProxyType(insts), snap.queue_depth
             ),
-            [],
+            events or [],
         )
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
