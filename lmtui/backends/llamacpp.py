@@ -33,7 +33,7 @@ from lmtui.backends.llamacpp_parse import (
     parse_props,
     parse_slots,
 )
-from lmtui.backends.prom import llamacpp_metrics, parse_prometheus, sum_metrics
+from lmtui.backends.prom import LLAMACPP_NAMES, llamacpp_metrics, parse_prometheus, sum_metrics
 from lmtui.core.model import (
     AvailableModel,
     InstanceObservation,
@@ -153,7 +153,7 @@ class LlamaCppBackend(HttpBackend):
         p = parse_props(_unwrap(props)) if _unwrap(props) is not None else Props()
         s = parse_slots(_unwrap(slots)) if _unwrap(slots) is not None else None
         text = _unwrap(metrics)
-        m = llamacpp_metrics(parse_prometheus(text)) if text is not None else None
+        m = llamacpp_metrics(parse_prometheus(text, LLAMACPP_NAMES)) if text is not None else None
         return self._single_observation(now, p, s, m)
 
     def _remember_model(self, payload: Any, now: float) -> None:
@@ -276,7 +276,9 @@ class LlamaCppBackend(HttpBackend):
             props_raw = await self.fetch_json("/props", params=q, absent=ROUTER_ABSENT)
             props = parse_props(props_raw) if props_raw is not None else None
         slots = parse_slots(slots_raw) if slots_raw is not None else None
-        metrics = llamacpp_metrics(parse_prometheus(text)) if text is not None else None
+        metrics = (
+            llamacpp_metrics(parse_prometheus(text, LLAMACPP_NAMES)) if text is not None else None
+        )
         return slots, metrics, props
 
     def _available(self, info: ModelInfo) -> AvailableModel:

@@ -24,7 +24,7 @@ from lmtui.backends._common import (
     status_error,
 )
 from lmtui.backends.base import BackendError, monotonic
-from lmtui.backends.prom import Samples, parse_prometheus, vllm_metrics
+from lmtui.backends.prom import VLLM_NAMES, Samples, parse_prometheus, vllm_metrics
 from lmtui.core.model import AvailableModel, InstanceObservation, NodeKind, NodeObservation
 
 #: Seconds between reads of the server version (vLLM's ``/version``).
@@ -108,7 +108,7 @@ class OpenAIBackend(HttpBackend):
             instances = parse_openai_models(models)
             metrics = None
             if text is not None:
-                samples = parse_prometheus(text)
+                samples = parse_prometheus(text, VLLM_NAMES)
                 metrics = vllm_metrics(samples)
                 instances = with_vllm_load(instances, samples)
         except BackendError:

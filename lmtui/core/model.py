@@ -219,6 +219,9 @@ class Node:
     consecutive_failures: int = 0
     memory_error: str | None = None
     drained: bool = False
+    #: Ids of this node's instances in the snapshot (kept by the fold, so that a poll of
+    #: one node touches that node's instances only, not every instance of the cluster).
+    instance_ids: tuple[str, ...] = ()
 
     @property
     def budget_bytes(self) -> int | None:

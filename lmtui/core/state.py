@@ -150,7 +150,10 @@ def _fold_ok(
     instances = snap.instances
     if obs.instances is not None:
         instances = _merge_instances(snap, node, obs, settings, ctx, events)
-    loaded = sum(i.size_bytes or 0 for i in instances.values() if i.node == node.name)
+        node = replace(
+            node, instance_ids=tuple(dict.fromkeys(i.instance_id for i in obs.instances))
+        )
+    loaded = sum(instances[(node.name, i)].size_bytes or 0 for i in node.instance_ids)
     if settings.memory_bytes is not None:
         node = replace(
             node,
@@ -186,7 +189,12 @@ def _merge_instances(
     events: list[Event],
 ) -> Mapping[InstanceKey, Instance]:
     assert obs.instances is not None
-    out = {k: v for k, v in snap.instances.items() if v.node != node.name}
+    # Only this node's entries change: copy the mapping (fast, in C) and replace them,
+    # rather than filtering every instance of the cluster in Python on every poll.
+    out = dict(snap.instances)
+    old = [(node.name, i) for i in node.instance_ids]
+    for key in old:
+        out.pop(key, None)
     seen: set[InstanceKey] = set()
     for io in obs.instances:
         key = (node.name, io.instance_id)
@@ -216,8 +224,9 @@ def _merge_instances(
                     level=Level.ERROR if inst.error else Level.INFO,
                 )
             )
-    for key, prev in snap.instances.items():
-        if prev.node == node.name and key not in seen:
+    for key in old:
+        prev = snap.instances.get(key)
+        if prev is not None and key not in seen:
             if prev.state is InstanceState.UNLOADING:
                 continue  # lmtui's own unload: the engine has told it already
             # Not asked for by lmtui: someone unloaded it by hand, or the server's TTL or

@@ -170,3 +170,28 @@ def test_error_bodies_give_the_servers_message(llama_payload: Load) -> None:
     )
     assert "parse error" in (error_message(llama_payload("single/error-bad-json.json")) or "")
     assert error_message(llama_payload("router/load-response.json")) is None
+
+
+@pytest.mark.parametrize(
+    "path", ["single/metrics.txt", "single/metrics-busy.txt", "router/metrics-ulysses.txt"]
+)
+def test_parsing_only_the_families_read_gives_the_same_metrics(
+    llama_payload: Callable[[str], Any], path: str
+) -> None:
+    from lmtui.backends.prom import LLAMACPP_NAMES, llamacpp_metrics, parse_prometheus
+
+    text = llama_payload(path)
+    assert llamacpp_metrics(parse_prometheus(text, LLAMACPP_NAMES)) == llamacpp_metrics(
+        parse_prometheus(text)
+    )
+
+
+@pytest.mark.parametrize(
+    "garbage", ["<html>502 Bad Gateway</html>", "not metrics at all {{", '{"error": {"code": 400}}']
+)
+def test_garbage_still_fails_when_parsing_only_some_families(garbage: str) -> None:
+    from lmtui.backends.base import BackendBadResponse
+    from lmtui.backends.prom import LLAMACPP_NAMES, parse_prometheus
+
+    with pytest.raises(BackendBadResponse):
+        parse_prometheus(garbage, LLAMACPP_NAMES)
