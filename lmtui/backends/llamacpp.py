@@ -78,6 +78,8 @@ class LlamaCppBackend(HttpBackend):
         self.mode: Literal["single", "router"] | None = None
         self._mode_check = Every(MODE_RECHECK_S)
         self._model_refresh = Every(MODEL_REFRESH_S)
+        self._props: Props | None = None
+        self._props_refresh = Every(MODEL_REFRESH_S)
         #: Single mode: the served model as /v1/models last described it.
         self._model: ModelInfo | None = None
         #: Router mode: size and training context of models seen loaded (the router
@@ -96,6 +98,7 @@ class LlamaCppBackend(HttpBackend):
         except BackendError:
             self._mode_check.reset()
             self._model_refresh.reset()
+            self._props = None
             raise
         return replace(obs, latency_s=monotonic() - started)
 
@@ -126,9 +129,12 @@ class LlamaCppBackend(HttpBackend):
         if models_payload is not None:
             self._remember_model(models_payload, now)
         want_models = self._model is None or self._model_refresh.due(now)
+        # /props (total slots, model path) is large and changes only when the server
+        # restarts: read it once a minute, or again after anything went wrong.
+        want_props = self._props is None or self._props_refresh.due(now)
         results: tuple[Any, ...] = await asyncio.gather(
             self.fetch("/health"),
-            self.fetch_json("/props", absent=ABSENT),
+            self.fetch_json("/props", absent=ABSENT) if want_props else _none(),
             self.fetch_json("/slots", absent=ABSENT),
             self.fetch_text("/metrics", absent=ABSENT),
             self.fetch_json("/v1/models") if want_models else _none(),
@@ -142,15 +148,21 @@ class LlamaCppBackend(HttpBackend):
             for result in results[1:]:
                 if isinstance(result, AuthRequired):
                     raise result
+            self._props = None  # a (re)starting server: read its props again once loaded
             if want_models and not isinstance(models, BaseException):
                 # Some builds list the model while loading (with meta null): learn its name.
                 self._remember_model(models, now)
             return self._loading_observation(now)
         if health_r.status_code != 200:
+            self._props = None
             raise status_error(health_r, "GET /health", self.name)
         if want_models:
             self._remember_model(_unwrap(models), now)
-        p = parse_props(_unwrap(props)) if _unwrap(props) is not None else Props()
+        if want_props:
+            raw = _unwrap(props)
+            self._props = parse_props(raw) if raw is not None else Props()
+            self._props_refresh.done(now)
+        p = self._props or Props()
         s = parse_slots(_unwrap(slots)) if _unwrap(slots) is not None else None
         text = _unwrap(metrics)
         m = llamacpp_metrics(parse_prometheus(text, LLAMACPP_NAMES)) if text is not None else None

@@ -91,6 +91,21 @@ async def test_single_poll(
     assert [(a.key, a.size_bytes) for a in obs.available or ()] == [("ulysses", 5 * 1024**3)]
 
 
+async def test_single_static_answers_are_read_once_a_minute_not_every_poll(
+    cluster: SimCluster, make_backend: MakeBackend, poll_until: PollUntil, http: httpx.AsyncClient
+) -> None:
+    backend = make_backend(cluster, "single")
+    await poll_until(backend, loaded)
+    sent: list[str] = http.sent  # type: ignore[attr-defined]
+    sent.clear()
+    obs = await backend.poll(time.time())
+    assert sorted(sent) == ["/health", "/metrics", "/slots"]  # no /props, no /v1/models
+    assert obs.slots_default == 2 and obs.version == "b1-0c1e570"  # still known
+    sent.clear()
+    await backend.poll(time.time() + 61)
+    assert "/props" in sent and ({"/v1/models", "/models"} & set(sent))
+
+
 async def test_single_busy_slot_is_seen(
     cluster: SimCluster,
     make_backend: MakeBackend,
