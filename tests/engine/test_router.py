@@ -101,9 +101,10 @@ async def test_requests_spread_over_idle_replicas() -> None:
     specs = [lms(n, ["m1"], parallel=1) for n in ("a", "b", "c")]
     async with routed(specs) as (cluster, engine):
         c = client(engine)
-        await asyncio.gather(
-            *(c.chat.completions.create(model="m1", messages=MSG, max_tokens=32) for _ in range(6))
-        )
+        # One at a time: every request finds all three idle, and the least recently used
+        # takes it, so idle replicas take turns instead of one node taking everything.
+        for _ in range(6):
+            await c.chat.completions.create(model="m1", messages=MSG, max_tokens=8)
         counts = [len(cluster.node(n).records) for n in ("a", "b", "c")]
         assert counts == [2, 2, 2]
 
@@ -418,6 +419,7 @@ async def test_the_request_log_records_each_request(tmp_path) -> None:  # type: 
 async def test_tokens_per_second_counts_proxied_tokens_where_the_node_reports_none() -> None:
     # LM Studio has no generation counter; lmtui counts the usage of what it proxied.
     async with routed([lms("a", ["m1"], parallel=4)]) as (_cluster, engine):
+        await engine.poller.stop()  # poll by hand only: a background poll would move t0
         await engine.poller.poll_once("a")
         await engine.poller.poll_once("a")
         assert engine.store.snapshot.nodes["a"].tokens_per_second == 0.0  # nothing routed yet
