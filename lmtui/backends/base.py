@@ -13,13 +13,17 @@ Exceptions::
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from json import loads as json_loads
 from typing import Any, ClassVar
+from urllib.parse import urlencode
 
 import aiohttp
+import msgspec
 
+from lmtui.backends.http1 import UpstreamError, UpstreamPool
 from lmtui.config import NodeConfig
 from lmtui.core.model import NodeKind, NodeObservation
 
@@ -47,10 +51,13 @@ class Backend:
     given to them (one per engine, connection pooling across polls) and the helpers below,
     which turn transport errors and unusable answers into :class:`BackendError`.
 
-    Why aiohttp and not httpx for polling: measured on this project's 2-core machines, one
-    httpx GET cost ~420 µs of client CPU against ~30 µs for aiohttp (h11 and anyio are pure
-    Python), and one shared httpx pool scans every pooled connection per request; polling
-    200 nodes a second took a third of a core with httpx (bench/poll_scale.py).
+    Why not httpx for polling: measured on this project's 2-core machines, one httpx GET cost
+    ~420 µs of client CPU against ~30 µs for aiohttp (h11 and anyio are pure Python), and one
+    shared httpx pool scans every pooled connection per request: polling 200 nodes a second
+    took a third of a core. Plain-HTTP nodes go one step further, through the router's lean
+    keep-alive client (``http1.UpstreamPool``): measured with bench/poll_scale.py in one
+    sitting, 200 nodes cost 0.106 of a core through aiohttp and 0.057 through it. ``https``
+    nodes keep the aiohttp session.
     """
 
     kind: ClassVar[NodeKind]
@@ -62,6 +69,9 @@ class Backend:
     ):
         self.node = node
         self.client = client
+        #: The lean keep-alive pool the engine gives plain-HTTP nodes (about half the CPU of
+        #: an aiohttp request per poll); without one, requests go through ``client``.
+        self.pool: UpstreamPool | None = None
         self.timeout = timeout
         self.base_url = node.url.rstrip("/")
         key = os.environ.get(node.api_key_env) if node.api_key_env else None
@@ -104,6 +114,8 @@ class Backend:
         timeout: float | None = None,
     ) -> Reply:
         """One HTTP request; transport failures become :class:`BackendUnreachable`."""
+        if self.pool is not None:
+            return await self._request_lean(method, path, json, params, timeout)
         if self.client is None:
             raise BackendUnreachable("the engine has not started its HTTP session")
         t = aiohttp.ClientTimeout(total=timeout if timeout is not None else self.timeout)
@@ -122,6 +134,29 @@ class Backend:
         except (aiohttp.ClientError, OSError) as e:
             raise BackendUnreachable(f"{method} {path}: {type(e).__name__}: {e}") from e
 
+    async def _request_lean(
+        self, method: str, path: str, json: Any, params: dict[str, str] | None,
+        timeout: float | None,
+    ) -> Reply:
+        assert self.pool is not None
+        target = f"{path}?{urlencode(params)}" if params else path
+        headers = self.headers
+        body = b""
+        if json is not None:
+            body = _encode_json(json)
+            headers = {**headers, "Content-Type": "application/json"}
+        try:
+            async with asyncio.timeout(timeout if timeout is not None else self.timeout):
+                up = await self.pool.request(method, target, body, headers)
+                try:
+                    return Reply(up.status, await up.read())
+                finally:
+                    up.release()
+        except TimeoutError as e:
+            raise BackendUnreachable(f"{method} {path}: timed out") from e
+        except UpstreamError as e:
+            raise BackendUnreachable(f"{method} {path}: {e}") from e
+
     async def get_json(
         self, path: str, *, params: dict[str, str] | None = None, ok: tuple[int, ...] = (200,)
     ) -> Any:
@@ -133,6 +168,19 @@ class Backend:
             return r.json()
         except ValueError as e:
             raise BackendBadResponse(f"GET {path}: malformed JSON: {r.text[:80]!r}") from e
+
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+def new_pool(base_url: str, *, connect_timeout: float) -> UpstreamPool | None:
+    """The lean pool for a plain-HTTP node (None for https: those keep the aiohttp session).
+    Few connections: a poll runs at most a handful of requests at once (a llama.cpp router:
+    1 + 2 per loaded model), and one slow node must not hoard sockets."""
+    if not base_url.startswith("http://"):
+        return None
+    return UpstreamPool(base_url, max_connections=16, connect_timeout=connect_timeout,
+                        read_timeout=None)  # each call is bounded by its own total timeout
 
 
 class Reply:

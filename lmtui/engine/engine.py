@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from lmtui.backends import backend_for
-from lmtui.backends.base import Backend, new_session
+from lmtui.backends.base import Backend, new_pool, new_session
 from lmtui.config import GB, Config, NodeConfig, Overrides
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.health import HealthPolicy
@@ -156,6 +156,7 @@ class Engine:
         self.http = new_session()
         for backend in self.backends.values():
             backend.client = self.http
+            backend.pool = new_pool(backend.base_url, connect_timeout=self.config.poll.timeout)
         self.dispatcher = Dispatcher(
             self.store,
             self.backends,
@@ -297,6 +298,9 @@ class Engine:
             await self.request_log.stop()
         for b in self.backends.values():
             await b.aclose()
+            if b.pool is not None:
+                await b.pool.close()
+                b.pool = None
         if self.http is not None:
             await self.http.close()
             self.http = None

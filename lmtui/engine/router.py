@@ -7,7 +7,7 @@ keep-alive pool to the node, and pass the answer back — chunk by chunk for SSE
 
 Why this stack, measured for this project on a 2-core machine: ``httpx`` as the proxy client
 was 5–13× slower in requests/s than ``aiohttp.ClientSession``, and the lean HTTP/1.1 client of
-``upstream.py`` is ~2× faster again (a bare proxy: ~10.5k → ~22k req/s at 32 clients,
+``lmtui/backends/http1.py`` is ~2× faster again (a bare proxy: ~10.5k → ~22k req/s at 32 clients,
 ``bench/upstream_client.py``), so plain-HTTP nodes use it and ``https`` nodes aiohttp. Raw
 ASGI on uvicorn+uvloop was no faster than ``aiohttp.web`` on the server side; an access log
 cost 19–37% of throughput, so there is none.
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
+from lmtui.backends.http1 import UpstreamError, UpstreamPool, UpstreamResponse
 from lmtui.core.events import EventKind, Level
 from lmtui.core.scheduler import RequestInfo
 from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease, QueueFull
 from lmtui.engine.errors import error_body, error_response
-from lmtui.engine.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from lmtui.engine.upstream_tls import TlsResponse, TlsUpstreamPool, pool_for
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """The router's upstream for ``https://`` nodes: aiohttp behind ``UpstreamPool``'s interface.
 
-The lean client in ``upstream.py`` speaks plain HTTP only (local LLM servers almost always
-are). A node behind TLS goes through ``aiohttp.ClientSession`` instead, wrapped so that the
-router has one code path: the same ``request`` / ``read`` / ``next_chunk`` / ``release`` and
-the same ``UpstreamError``.
+The lean client in ``lmtui/backends/http1.py`` speaks plain HTTP only (local LLM servers
+almost always do). A node behind TLS goes through ``aiohttp.ClientSession`` instead,
+wrapped so that the router has one code path: the same ``request``, ``read``,
+``next_chunk`` and ``release``, and the same ``UpstreamError``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from lmtui.engine.upstream import UpstreamError, UpstreamPool
+from lmtui.backends.http1 import UpstreamError, UpstreamPool
 
 
 class TlsResponse:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from lmtui.backends import Backend, backend_for
+from lmtui.backends.base import new_pool
 from lmtui.config import NodeConfig
 from lmtui.core.model import NodeObservation
 from lmtui.sim import SimCluster
@@ -63,18 +64,30 @@ PollUntil = Callable[..., Awaitable[NodeObservation]]
 
 
 @pytest.fixture
-def make_backend(session: aiohttp.ClientSession) -> MakeBackend:
-    """Build the adapter for a simulated node from a NodeConfig, as the engine does.
+async def make_backend(session: aiohttp.ClientSession) -> AsyncIterator[MakeBackend]:
+    """Build the adapter for a simulated node from a NodeConfig, as the engine does: with
+    the lean keep-alive pool for plain HTTP, or with ``lean=False`` through the aiohttp
+    session alone (whose request paths ``http.sent`` records).
 
-    ``make_backend(cluster, name, timeout=2.0, **node_config_fields)``.
+    ``make_backend(cluster, name, timeout=2.0, lean=True, **node_config_fields)``.
     """
+    pools = []
 
-    def make(cluster: SimCluster, name: str, *, timeout: float = 2.0, **config: Any) -> Backend:
+    def make(
+        cluster: SimCluster, name: str, *, timeout: float = 2.0, lean: bool = True, **config: Any
+    ) -> Backend:
         node = cluster.node(name)
         cfg = NodeConfig(name=name, kind=node.spec.kind, url=cluster.url(name), **config)
-        return backend_for(cfg, session, timeout=timeout)
+        backend = backend_for(cfg, session, timeout=timeout)
+        if lean:
+            backend.pool = new_pool(backend.base_url, connect_timeout=timeout)
+            pools.append(backend.pool)
+        return backend
 
-    return make
+    yield make
+    for pool in pools:
+        if pool is not None:
+            await pool.close()
 
 
 async def _poll_until(

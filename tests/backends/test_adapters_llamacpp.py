@@ -94,7 +94,7 @@ async def test_single_poll(
 async def test_single_static_answers_are_read_once_a_minute_not_every_poll(
     cluster: SimCluster, make_backend: MakeBackend, poll_until: PollUntil, http: httpx.AsyncClient
 ) -> None:
-    backend = make_backend(cluster, "single")
+    backend = make_backend(cluster, "single", lean=False)  # http.sent sees aiohttp only
     await poll_until(backend, loaded)
     sent: list[str] = http.sent  # type: ignore[attr-defined]
     sent.clear()

@@ -83,7 +83,7 @@ async def test_v0_fallback_on_a_0_3_server(cluster: SimCluster, make_backend: Ma
 async def test_v0_node_remembers_and_reprobes(
     cluster: SimCluster, make_backend: MakeBackend, http: httpx.AsyncClient
 ) -> None:
-    backend = make_backend(cluster, "old")
+    backend = make_backend(cluster, "old", lean=False)  # http.sent sees aiohttp only
     sent: list[str] = http.sent  # type: ignore[attr-defined]
     now = time.time()
     await backend.poll(now)
@@ -125,7 +125,7 @@ async def test_config_slots_override(cluster: SimCluster, make_backend: MakeBack
 async def test_v0_node_reprobes_v1_after_coming_back(
     cluster: SimCluster, make_backend: MakeBackend, http: httpx.AsyncClient
 ) -> None:
-    backend = make_backend(cluster, "old", timeout=0.5)
+    backend = make_backend(cluster, "old", timeout=0.5, lean=False)
     sent: list[str] = http.sent  # type: ignore[attr-defined]
     now = time.time()
     await backend.poll(now)

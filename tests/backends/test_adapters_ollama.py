@@ -56,7 +56,7 @@ async def test_slots_come_from_config(cluster: SimCluster, make_backend: MakeBac
 async def test_rarely_changing_lists_are_not_reread_every_poll(
     cluster: SimCluster, make_backend: MakeBackend, http: httpx.AsyncClient
 ) -> None:
-    backend = make_backend(cluster, "o")
+    backend = make_backend(cluster, "o", lean=False)  # http.sent sees aiohttp only
     sent: list[str] = http.sent  # type: ignore[attr-defined]
     now = time.time()
     first = await backend.poll(now)

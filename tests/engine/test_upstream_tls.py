@@ -10,7 +10,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from lmtui.engine.upstream import UpstreamError, UpstreamPool
+from lmtui.backends.http1 import UpstreamError, UpstreamPool
 from lmtui.engine.upstream_tls import TlsUpstreamPool, pool_for
 
 

@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 client for the router's requests to its nodes.
+"""A lean HTTP/1.1 client for lmtui's requests to its nodes: the router's and the polls'.
 
 Why not ``aiohttp.ClientSession``: it builds request/response objects, a StreamReader, and
 runs cookie, redirect and tracing machinery that a proxy to an OpenAI-style server never
