@@ -135,7 +135,11 @@ class Backend:
             raise BackendUnreachable(f"{method} {path}: {type(e).__name__}: {e}") from e
 
     async def _request_lean(
-        self, method: str, path: str, json: Any, params: dict[str, str] | None,
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        params: dict[str, str] | None,
         timeout: float | None,
     ) -> Reply:
         assert self.pool is not None
@@ -157,18 +161,6 @@ class Backend:
         except UpstreamError as e:
             raise BackendUnreachable(f"{method} {path}: {e}") from e
 
-    async def get_json(
-        self, path: str, *, params: dict[str, str] | None = None, ok: tuple[int, ...] = (200,)
-    ) -> Any:
-        """GET ``path`` and decode JSON; a bad status or malformed body is BackendBadResponse."""
-        r = await self.request("GET", path, params=params)
-        if r.status_code not in ok:
-            raise BackendBadResponse(f"GET {path}: HTTP {r.status_code}: {r.text[:200]}")
-        try:
-            return r.json()
-        except ValueError as e:
-            raise BackendBadResponse(f"GET {path}: malformed JSON: {r.text[:80]!r}") from e
-
 
 _encode_json = msgspec.json.Encoder().encode
 
@@ -179,8 +171,9 @@ def new_pool(base_url: str, *, connect_timeout: float) -> UpstreamPool | None:
     1 + 2 per loaded model), and one slow node must not hoard sockets."""
     if not base_url.startswith("http://"):
         return None
-    return UpstreamPool(base_url, max_connections=16, connect_timeout=connect_timeout,
-                        read_timeout=None)  # each call is bounded by its own total timeout
+    return UpstreamPool(
+        base_url, max_connections=16, connect_timeout=connect_timeout, read_timeout=None
+    )  # each call is bounded by its own total timeout
 
 
 class Reply:

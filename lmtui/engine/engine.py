@@ -86,7 +86,7 @@ def memory_reader_for(node: NodeConfig) -> MemoryReader | None:
 
         return SshHost(
             node.ssh, default_host=urlsplit(node.url).hostname or "", node_name=node.name
-        )  # type: ignore[return-value]
+        )
     if is_local(node.url):
         return LocalMemory()
     return None

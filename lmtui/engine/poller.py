@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from lmtui.backends.base import Backend, BackendError
@@ -24,21 +25,22 @@ log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
-class MemoryReader:
-    """Something that reads one host's memory: an ``SshHost`` or the local psutil reader."""
+class MemoryReader(Protocol):
+    """Something that reads one host's memory: an ``SshHost``, or the local psutil reader."""
 
-    async def read_memory(self) -> HostMemory:
-        raise NotImplementedError
+    async def read_memory(self) -> HostMemory: ...
 
-    async def close(self) -> None:
-        """Release the connection, if any."""
+    async def close(self) -> None: ...
 
 
-class LocalMemory(MemoryReader):
+class LocalMemory:
     async def read_memory(self) -> HostMemory:
         from lmtui.backends.hostmem import local_host_memory
 
         return local_host_memory()
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
 
 def is_local(url: str) -> bool:
