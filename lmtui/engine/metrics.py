@@ -3,9 +3,13 @@
 Two kinds of metric, two costs:
 
 - **Events** (a request finished, a model loaded, an instance was evicted, a route was
-  chosen) are counted the moment they happen. The router calls these once per request, so
-  each call is a dict lookup and a few lock-protected float additions: label children are
-  resolved once per distinct label set and cached, never re-validated per request.
+  chosen) are counted the moment they happen. The two the router calls once per request
+  (``request_done``, ``route``) keep plain numbers, not ``prometheus_client`` children: a
+  histogram observation there is a ``bisect`` and two additions (~0.3 µs) instead of a loop
+  over buckets taking a lock per bucket (~2 µs), and a request observes three. Everything
+  runs on the event loop, scrapes included, so there is nothing to lock. A collector turns
+  the numbers into the usual counter and histogram families when Prometheus scrapes. Rare
+  events (loads, evictions) use ``prometheus_client``'s own metrics.
 - **State** (queue depth, in-flight, slots, node health, memory, poll latency, tokens/s)
   already lives in the store's current ``Snapshot``. A custom collector reads it only when
   Prometheus scrapes, so keeping these gauges current costs the hot path nothing.
@@ -22,12 +26,21 @@ client looping over random model names cannot grow the scrape without limit.
 from __future__ import annotations
 
 import logging
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from lmtui.core.model import Health, Snapshot
 
@@ -76,9 +89,93 @@ LOAD_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 
-#: The label children one finished request touches: requests counter, then the queue-wait,
-#: TTFT and duration histograms (None where that request kind is never observed).
-_RequestChildren = tuple[Counter, Histogram | None, Histogram | None, Histogram | None]
+class _Count:
+    """One counter series: a number and when the series was created."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+
+class _Hist:
+    """One histogram series: a count per bucket (not cumulative; the last is +Inf) and the
+    sum. ``counts[bisect_left(bounds, v)]`` is the bucket whose upper bound is the first one
+    >= v, which is Prometheus's ``le`` rule."""
+
+    __slots__ = ("counts", "created", "sum")
+
+    def __init__(self, n_bounds: int) -> None:
+        self.counts = [0] * (n_bounds + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+
+class _CounterVec:
+    def __init__(self, name: str, doc: str, labels: list[str]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.series: dict[tuple[str, ...], _Count] = {}
+
+    def child(self, *values: str) -> _Count:
+        c = self.series.get(values)
+        if c is None:
+            c = self.series[values] = _Count()
+        return c
+
+    def family(self) -> Metric:
+        fam = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for values, c in self.series.items():
+            fam.add_metric(list(values), c.value, created=c.created)
+        return fam
+
+
+class _HistogramVec:
+    def __init__(self, name: str, doc: str, labels: list[str], buckets: tuple[float, ...]) -> None:
+        self.name, self.doc, self.labels, self.bounds = name, doc, labels, buckets
+        self._le = [floatToGoString(b) for b in buckets] + ["+Inf"]
+        self.series: dict[tuple[str, ...], _Hist] = {}
+
+    def child(self, *values: str) -> _Hist:
+        h = self.series.get(values)
+        if h is None:
+            h = self.series[values] = _Hist(len(self.bounds))
+        return h
+
+    def family(self) -> Metric:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for values, h in self.series.items():
+            cumulative, acc = [], 0
+            for le, n in zip(self._le, h.counts, strict=True):
+                acc += n
+                cumulative.append((le, acc))
+            fam.add_metric(list(values), cumulative, sum_value=h.sum, timestamp=None)
+            labels = dict(zip(self.labels, values, strict=True))
+            fam.samples.append(Sample(self.name + "_created", labels, h.created))
+        return fam
+
+
+class _HotCollector(Collector):
+    """Exposes the per-request counters and histograms kept as plain numbers."""
+
+    def __init__(self, vecs: list[_CounterVec | _HistogramVec]) -> None:
+        self._vecs = vecs
+
+    def describe(self) -> Iterable[Metric]:
+        return [
+            CounterMetricFamily(v.name, v.doc, labels=v.labels)
+            if isinstance(v, _CounterVec)
+            else HistogramMetricFamily(v.name, v.doc, labels=v.labels)
+            for v in self._vecs
+        ]
+
+    def collect(self) -> Iterable[Metric]:
+        return [v.family() for v in self._vecs]
+
+
+#: The series one finished request touches: requests counter, then the queue-wait, TTFT and
+#: duration histograms (None where that request kind is never observed).
+_RequestChildren = tuple[_Count, _Hist | None, _Hist | None, _Hist | None]
 
 
 class _SnapshotCollector(Collector):
@@ -173,33 +270,28 @@ class Metrics:
         self._max_models = max_models
         self._models: dict[str, str] = {}
         reg = self.registry
-        self._requests = Counter(
-            "lmtui_requests",
-            "Requests finished, by outcome",
-            ["model", "node", "outcome"],
-            registry=reg,
+        self._requests = _CounterVec(
+            "lmtui_requests", "Requests finished, by outcome", ["model", "node", "outcome"]
         )
-        self._queue_wait = Histogram(
+        self._queue_wait = _HistogramVec(
             "lmtui_queue_wait_seconds",
             "Time a request waited in lmtui's queue before dispatch",
             ["model"],
-            buckets=WAIT_BUCKETS,
-            registry=reg,
+            WAIT_BUCKETS,
         )
-        self._ttft = Histogram(
+        self._ttft = _HistogramVec(
             "lmtui_time_to_first_token_seconds",
             "Time from arrival to the first byte from the instance",
             ["model", "node"],
-            buckets=WAIT_BUCKETS,
-            registry=reg,
+            WAIT_BUCKETS,
         )
-        self._duration = Histogram(
+        self._duration = _HistogramVec(
             "lmtui_request_duration_seconds",
             "Time from arrival to the end of the response",
             ["model", "node"],
-            buckets=DURATION_BUCKETS,
-            registry=reg,
+            DURATION_BUCKETS,
         )
+        self._routes = _CounterVec("lmtui_routes", "Routing decisions", ["model", "node", "reason"])
         self._loads = Counter(
             "lmtui_loads", "Model loads", ["model", "node", "reason", "ok"], registry=reg
         )
@@ -213,13 +305,15 @@ class Metrics:
         self._evictions = Counter(
             "lmtui_evictions", "Instances evicted", ["model", "node", "reason"], registry=reg
         )
-        self._routes = Counter(
-            "lmtui_routes", "Routing decisions", ["model", "node", "reason"], registry=reg
+        reg.register(
+            _HotCollector(
+                [self._requests, self._queue_wait, self._ttft, self._duration, self._routes]
+            )
         )
         reg.register(_SnapshotCollector(snapshot))
         # (model label, node, outcome) -> the label children one finished request touches.
         self._request_children: dict[tuple[str, str, str], _RequestChildren] = {}
-        self._route_children: dict[tuple[str, str, str], Counter] = {}
+        self._route_children: dict[tuple[str, str, str], _Count] = {}
 
     def _model_label(self, model: str) -> str:
         label = self._models.get(model)
@@ -265,20 +359,23 @@ class Metrics:
             # never-queued outcome would be clutter in every scrape.
             queued = outcome not in NEVER_QUEUED
             children = (
-                self._requests.labels(m, n, outcome),
-                self._queue_wait.labels(m) if queued else None,
-                self._ttft.labels(m, n) if node is not None else None,
-                self._duration.labels(m, n) if node is not None else None,
+                self._requests.child(m, n, outcome),
+                self._queue_wait.child(m) if queued else None,
+                self._ttft.child(m, n) if node is not None else None,
+                self._duration.child(m, n) if node is not None else None,
             )
             self._request_children[key] = children
         counter, wait, ttft, duration = children
-        counter.inc()
+        counter.value += 1
         if wait is not None:
-            wait.observe(queue_wait_s)
+            wait.counts[bisect_left(WAIT_BUCKETS, queue_wait_s)] += 1
+            wait.sum += queue_wait_s
         if duration is not None:
-            duration.observe(duration_s)
+            duration.counts[bisect_left(DURATION_BUCKETS, duration_s)] += 1
+            duration.sum += duration_s
         if ttft is not None and ttft_s is not None:
-            ttft.observe(ttft_s)
+            ttft.counts[bisect_left(WAIT_BUCKETS, ttft_s)] += 1
+            ttft.sum += ttft_s
 
     def load(self, model: str, node: str, reason: str, *, ok: bool, seconds: float) -> None:
         """Count a model load (``ok`` labels it ``"true"``/``"false"``) and time it."""
@@ -296,8 +393,8 @@ class Metrics:
         key = (self._model_label(model), node, reason)
         child = self._route_children.get(key)
         if child is None:
-            child = self._route_children[key] = self._routes.labels(*key)
-        child.inc()
+            child = self._route_children[key] = self._routes.child(*key)
+        child.value += 1
 
     def render(self) -> tuple[bytes, str]:
         """The exposition for ``GET /metrics``: ``(body, content_type)``."""

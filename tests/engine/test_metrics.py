@@ -198,3 +198,24 @@ def test_model_label_cardinality_is_capped() -> None:
     assert models == {"junk-0", "junk-1", "junk-2", OTHER_MODEL}
     assert req[lbl(model=OTHER_MODEL, node="", outcome="not_found")] == 47
     assert s["lmtui_routes_total"][lbl(model="junk-1", node="n", reason="loaded")] == 1
+
+
+def test_histogram_bucket_bounds_are_inclusive() -> None:
+    """Prometheus's ``le``: a value equal to a bound counts in that bound's bucket."""
+    m = Metrics(Snapshot)
+    m.request_done("m", "n", "ok", queue_wait_s=0.001, ttft_s=0.0025, duration_s=10.0)
+    m.request_done("m", "n", "ok", queue_wait_s=0.0011, ttft_s=1e6, duration_s=1e6)
+    s = scrape(m)
+    wait = s["lmtui_queue_wait_seconds_bucket"]
+    assert wait[lbl(model="m", le="0.001")] == 1
+    assert wait[lbl(model="m", le="0.0025")] == 2
+    ttft = s["lmtui_time_to_first_token_seconds_bucket"]
+    assert ttft[lbl(model="m", node="n", le="0.001")] == 0
+    assert ttft[lbl(model="m", node="n", le="0.0025")] == 1
+    assert ttft[lbl(model="m", node="n", le="600.0")] == 1
+    assert ttft[lbl(model="m", node="n", le="+Inf")] == 2
+    dur = s["lmtui_request_duration_seconds_bucket"]
+    assert dur[lbl(model="m", node="n", le="5.0")] == 0
+    assert dur[lbl(model="m", node="n", le="10.0")] == 1
+    assert s["lmtui_request_duration_seconds_sum"][lbl(model="m", node="n")] == 10.0 + 1e6
+    assert "lmtui_request_duration_seconds_created" in s
