@@ -20,6 +20,12 @@ GiB = 1024**3
 T = TypeVar("T")
 
 
+def with_load(inst: Instance, in_flight: int, slots_busy: int, last_used: float | None) -> Instance:
+    """``inst`` with new load figures: ``evolve`` for the router's two updates per request,
+    positional and generated once (~1.0 µs against ~1.5 µs through keyword ``evolve``)."""
+    return _with_load(inst, in_flight, slots_busy, last_used)
+
+
 def evolve(obj: T, **changes: Any) -> T:
     """``dataclasses.replace`` for the frozen, slotted classes here, without its per-call
     field introspection: the router updates an instance twice per request, so this is on
@@ -46,6 +52,17 @@ def _make_copier(cls: type) -> Any:
     # Code built from the class's own field names only.
     exec("\n".join(lines), scope)
     return scope["copy"]
+
+
+def _make_with_load() -> Any:
+    changed = ("in_flight", "slots_busy", "last_used")
+    lines = ["def with_load(obj, in_flight, slots_busy, last_used):", "    new = new_(cls)"]
+    for name in Instance.__slots__:
+        lines.append(f"    set_(new, {name!r}, {name if name in changed else 'obj.' + name})")
+    lines.append("    return new")
+    scope: dict[str, Any] = {"new_": object.__new__, "set_": object.__setattr__, "cls": Instance}
+    exec("\n".join(lines), scope)  # built from the class's own field names only
+    return scope["with_load"]
 
 
 class NodeKind(StrEnum):
@@ -314,12 +331,40 @@ class Snapshot:
     instances: Mapping[InstanceKey, Instance] = field(default_factory=_frozen)
     #: Requests waiting in lmtui's own queue, per model.
     queue_depth: Mapping[str, int] = field(default_factory=_frozen)
+    #: Cache: model -> keys of its instances, built on first use. Not state: two snapshots
+    #: with the same instances are equal whether or not either has built it.
+    _by_model: dict[str, tuple[InstanceKey, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def instances_on(self, node: str) -> Iterator[Instance]:
         return (i for i in self.instances.values() if i.node == node)
 
     def instances_of(self, model: str) -> Iterator[Instance]:
-        return (i for i in self.instances.values() if i.model == model)
+        """This model's instances: found through an index, not a scan of every instance
+        (the router asks once per request, and a cluster may hold hundreds)."""
+        index = self._by_model
+        if index is None:
+            built: dict[str, list[InstanceKey]] = {}
+            for key, inst in self.instances.items():
+                built.setdefault(inst.model, []).append(key)
+            index = {m: tuple(keys) for m, keys in built.items()}
+            object.__setattr__(self, "_by_model", index)
+        insts = self.instances
+        return (insts[k] for k in index.get(model, ()))
+
+    def with_instance(self, inst: Instance) -> Snapshot:
+        """The next version with ``inst`` replacing the instance of the same key and model
+        (the router's in-flight updates): the model index carries over unchanged."""
+        insts = dict(self.instances)
+        old = insts.get(inst.key)
+        insts[inst.key] = inst
+        new = Snapshot(
+            self.version + 1, self.at, self.nodes, MappingProxyType(insts), self.queue_depth
+        )
+        if old is not None and old.model == inst.model:
+            object.__setattr__(new, "_by_model", self._by_model)
+        return new
 
     def node_busy(self, node: str) -> int:
         return sum(i.busy for i in self.instances_on(node))
@@ -352,3 +397,6 @@ class Snapshot:
             queued=sum(self.queue_depth.values()) + sum(i.queued for i in self.instances.values()),
             tokens_per_second=sum(n.tokens_per_second or 0.0 for n in nodes),
         )
+
+
+_with_load = _make_with_load()

@@ -232,6 +232,11 @@ def _extra_replica(
     )
 
 
+def _seed(model: str, request: RequestInfo) -> int:
+    """The tie-break seed of one request: only computed when a tie-break is needed."""
+    return stable_seed(model, request.request_id, request.user)
+
+
 def _route_reason(inst: Instance, n_free: int, via: str) -> str:
     others = f"; {n_free} replicas had a free slot" if n_free > 1 else ""
     return f"{inst.model} → {inst.node} ({inst.busy}/{inst.slots_total} busy): {via}{others}"
@@ -251,29 +256,38 @@ def schedule(
     ``pending_loads`` are the (node, model) loads the engine has started and not yet seen
     finish; ``affinity`` maps a ``user`` to the replica that served it last.
     """
-    strat = Strategy(strategy)
+    strat = strategy if strategy.__class__ is Strategy else Strategy(strategy)
     model = settings.aliases.get(request.model, request.model)
     instances = list(snapshot.instances_of(model))
     if not instances and not _known(snapshot, model, settings):
         return Reject(404, f"model {request.model!r} is not loaded or available on any node")
-    seed = stable_seed(model, request.request_id, request.user)
 
-    live = [
-        i
-        for i in instances
-        if i.state is InstanceState.LOADED
-        and snapshot.nodes.get(i.node) is not None
-        and snapshot.nodes[i.node].routable
-        and i.key not in request.exclude
-    ]
-    coming = [i for i in instances if _coming(snapshot, i)]
-    pending = {n for n, m in pending_loads if m == model}
-    occupied = frozenset({i.node for i in instances} | pending)
-    replicas = len(live) + len(coming) + len(pending - {i.node for i in instances})
+    # One pass sorts the instances: the hot path (one loaded replica with a free slot) does
+    # no more than this loop, the free-slot check and the reason text.
+    nodes = snapshot.nodes
+    exclude = request.exclude
+    live: list[Instance] = []
+    coming: list[Instance] = []
+    for i in instances:
+        node = nodes.get(i.node)
+        if (
+            i.state is InstanceState.LOADED
+            and node is not None
+            and node.routable
+            and not (exclude and i.key in exclude)
+        ):
+            live.append(i)
+        # Only a loading instance, or one on a node not yet polled, can be "coming".
+        if (
+            i.state is InstanceState.LOADING or (node is not None and node.health is Health.UNKNOWN)
+        ) and _coming(snapshot, i):
+            coming.append(i)
+    pending = {n for n, m in pending_loads if m == model} if pending_loads else set()
     ahead = 0 if request.queued else snapshot.queue_depth.get(model, 0)
 
     extra = None
-    if not coming and not pending:
+    if live and not coming and not pending and strat is not Strategy.EFFICIENCY:
+        on_nodes = {i.node for i in instances}
         extra = _extra_replica(
             snapshot,
             model,
@@ -281,10 +295,10 @@ def schedule(
             settings,
             now,
             live,
-            replicas,
-            occupied,
+            len(live) + len(pending - on_nodes),
+            frozenset(on_nodes | pending),
             pending_loads,
-            seed,
+            _seed(model, request),
         )
 
     if not ahead:
@@ -296,7 +310,10 @@ def schedule(
                 if inst.key == sticky and _tier(snapshot, inst) == best_tier:
                     via = f"session affinity for {request.user}"
                     return Route(inst.key, _route_reason(inst, len(free), via), extra)
-        chosen = choose_replica(snapshot, free, settings.pool, seed)
+        if len(free) == 1:
+            chosen: Instance | None = free[0]
+        else:
+            chosen = choose_replica(snapshot, free, settings.pool, _seed(model, request))
         if chosen is not None:
             via = "least busy, least recently used"
             return Route(chosen.key, _route_reason(chosen, len(free), via), extra)
@@ -324,7 +341,7 @@ def schedule(
         settings.pool,
         pending_loads=pending_loads,
         exclude=frozenset(avoid),
-        seed=seed,
+        seed=_seed(model, request),
     )
     if isinstance(p, Placement):
         return Load(

@@ -104,6 +104,9 @@ class _Waiter:
 Progress = Callable[[str], Awaitable[None]]
 
 
+_NO_LOADS: frozenset[tuple[str, str]] = frozenset()
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -146,7 +149,8 @@ class Dispatcher:
         if req.request_id is None:
             req = RequestInfo(req.model, req.user, f"r{next(self._ids)}", req.queued, req.exclude)
         now = self.clock()
-        req = self._with_exclusions(req, now)
+        if self._load_failed:
+            req = self._with_exclusions(req, now)
         d = self._decide(req, now)
         if isinstance(d, Route):
             return self._grant(d, req, now, now)
@@ -183,7 +187,7 @@ class Dispatcher:
             self.strategy,
             self.settings,
             now,
-            frozenset(self._pending),
+            frozenset(self._pending) if self._pending else _NO_LOADS,
             self._affinity,
         )
 

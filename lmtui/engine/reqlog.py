@@ -30,10 +30,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
+import msgspec
 import platformdirs
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,16 @@ CREATE INDEX IF NOT EXISTS requests_at ON requests (at);
 CREATE INDEX IF NOT EXISTS requests_model_at ON requests (model, at);
 """
 _INSERT = f"INSERT INTO requests ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# A whole batch in one statement: the rows travel as one JSON array of arrays that SQLite
+# unpacks itself. ``executemany`` binds twelve Python values per row while holding the GIL
+# (~3 µs a row the event loop cannot run); this holds it only to encode the batch
+# (~0.15 µs a row) and runs the insert with the GIL released.
+_INSERT_JSON = (
+    f"INSERT INTO requests ({_COLUMNS}) SELECT "
+    + ", ".join(f"json_extract(j.value, '$[{i}]')" for i in range(12))
+    + " FROM json_each(?) AS j"
+)
+_encode_rows = msgspec.json.Encoder().encode
 #: Requests that asked for nothing servable: they say nothing about which model to preload.
 _NOT_DEMAND = ("not_found", "bad_request")
 #: At most one "buffer full" warning per this many seconds (the count keeps rising).
@@ -79,9 +89,13 @@ def default_path() -> Path:
     return Path(platformdirs.user_data_dir("lmtui")) / "requests.sqlite3"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
-    """One finished request. Times are seconds; ``at`` is when it arrived (engine clock)."""
+class RequestRecord(NamedTuple):
+    """One finished request. Times are seconds; ``at`` is when it arrived (engine clock).
+
+    A NamedTuple, not a frozen dataclass: the router builds one per request on the event
+    loop (a tuple is built in C, ~4x faster than a frozen dataclass's twelve guarded
+    assignments), and it is already the row, field for field, that SQLite stores.
+    """
 
     at: float
     model: str
@@ -97,19 +111,10 @@ class RequestRecord:
     user: str | None = None
 
 
-def _to_row(r: RequestRecord) -> tuple[object, ...]:
-    # Spelled out rather than dataclasses.astuple, which deep-copies every field: this runs
-    # per row on the worker thread, holding the GIL the event loop also needs.
-    return (
-        r.at, r.model, r.node, r.queue_wait_s, r.ttft_s, r.duration_s,
-        r.tokens_in, r.tokens_out, r.outcome, r.status, r.stream, r.user,
-    )  # fmt: skip
-
-
 def _from_row(row: tuple[object, ...]) -> RequestRecord:
     rec = RequestRecord(*row)  # type: ignore[arg-type]
     # SQLite has no bool: ``stream`` comes back as 0/1.
-    return rec if isinstance(rec.stream, bool) else replace(rec, stream=bool(rec.stream))
+    return rec if isinstance(rec.stream, bool) else rec._replace(stream=bool(rec.stream))
 
 
 class RequestLog:
@@ -138,6 +143,7 @@ class RequestLog:
         self._max_pending = max_pending
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # used only on the executor's thread
+        self._bulk = False  # SQLite has JSON functions: insert batches as one JSON array
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -288,6 +294,12 @@ class RequestLog:
                 raise sqlite3.DatabaseError(
                     f"schema version {version} is newer than this lmtui ({SCHEMA_VERSION})"
                 )
+            # JSON functions are built into SQLite since 3.38 and into most builds before.
+            try:
+                conn.execute("SELECT json_extract(j.value, '$[0]') FROM json_each('[[1]]') AS j")
+                self._bulk = True
+            except sqlite3.OperationalError:
+                self._bulk = False
         except (OSError, sqlite3.Error) as exc:
             if conn is not None:
                 conn.close()
@@ -303,7 +315,10 @@ class RequestLog:
             return 0
         try:
             conn.execute("BEGIN")
-            conn.executemany(_INSERT, map(_to_row, rows))
+            if self._bulk:
+                conn.execute(_INSERT_JSON, (_encode_rows(list(rows)),))
+            else:
+                conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):

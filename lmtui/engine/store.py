@@ -30,7 +30,7 @@ from lmtui.core.model import (
     NodeObservation,
     Observation,
     Snapshot,
-    evolve,
+    with_load,
 )
 from lmtui.core.state import FoldContext, fold, with_node
 
@@ -116,14 +116,16 @@ class Store:
         inst = self._snap.instances.get(key)
         if inst is None:
             return None
-        n = max(0, inst.in_flight + delta)
-        inst = evolve(
+        n = inst.in_flight + delta
+        if n < 0:
+            n = 0
+        inst = with_load(
             inst,
-            in_flight=n,
-            slots_busy=n + inst.external_busy,
-            last_used=at if delta < 0 or inst.last_used is None else inst.last_used,
+            n,
+            n + inst.external_busy,
+            at if delta < 0 or inst.last_used is None else inst.last_used,
         )
-        self._put_instance(inst, [event] if event is not None else [])
+        self._publish(self._snap.with_instance(inst), [event] if event is not None else [])
         return inst
 
     def set_instance_state(self, key: InstanceKey, state: InstanceState) -> None:
@@ -144,15 +146,7 @@ class Store:
         )
 
     def _put_instance(self, inst: Instance, events: list[Event] | None = None) -> None:
-        snap = self._snap
-        insts = dict(snap.instances)
-        insts[inst.key] = inst
-        self._publish(
-            Snapshot(
-                snap.version + 1, snap.at, snap.nodes, MappingProxyType(insts), snap.queue_depth
-            ),
-            events or [],
-        )
+        self._publish(self._snap.with_instance(inst), events or [])
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)

@@ -75,6 +75,31 @@ async def test_records_land_in_sqlite_after_flush(log_: RequestLog) -> None:
     assert log_.written == 2 and log_.dropped == 0
 
 
+@pytest.mark.parametrize("bulk", [True, False], ids=["json-batch", "executemany"])
+async def test_both_insert_paths_store_the_same_values(tmp_path: Path, bulk: bool) -> None:
+    """The one-statement JSON batch and the per-row fallback store identical rows: floats
+    exactly, None as NULL, bools as 0/1, and text that JSON must escape."""
+    log = RequestLog(tmp_path / "r.sqlite3", flush_interval_s=60)
+    weird = 'mod"el\\\n\u00e9 ✓ {[,]}'
+    records = [
+        rec(1, at=1_764_000_000.123456789, queue_wait_s=1e-9, ttft_s=0.1 + 0.2, user="bob"),
+        rec(2, model=weird, node=None, ttft_s=None, tokens_in=None, tokens_out=None,
+            stream=False, user=weird, outcome="not_found", status=404),
+        rec(3, duration_s=123456.5, tokens_in=2**40),
+    ]  # fmt: skip
+    async with asyncio.timeout(10):
+        await log.start()
+        assert log._bulk  # this machine's SQLite has JSON functions
+        log._bulk = bulk
+        for r in records:
+            log.record(r)
+        await log.stop()
+    assert rows(log.path) == [
+        (*r[:10], int(r.stream), r.user) for r in records  # stream comes back as 0/1
+    ]
+    assert log.written == 3
+
+
 async def test_schema_version_table_wal_and_indexes(log_: RequestLog) -> None:
     with sqlite3.connect(log_.path) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
