@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -29,6 +30,7 @@ from lmtui.core.state import FoldContext, NodeSettings
 from lmtui.engine.control import Controller, with_pins
 from lmtui.engine.control_api import ControlApi
 from lmtui.engine.dispatch import Dispatcher
+from lmtui.engine.front import FrontServer
 from lmtui.engine.metrics import Metrics
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
 from lmtui.engine.reqlog import RequestLog, RequestRecord
@@ -145,6 +147,8 @@ class Engine:
         self.dispatcher: Dispatcher | None = None
         self.router: Router | None = None
         self._runner: web.AppRunner | None = None
+        self.front: FrontServer | None = None
+        self._listener: asyncio.Server | None = None
         #: The router's base URL once it listens ("http://127.0.0.1:4000").
         self.router_url: str | None = None
         self._started = False
@@ -258,14 +262,19 @@ class Engine:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_DRAIN_S
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        # The socket is the fast front's (front.py): it serves the bot's plain requests and
+        # hands every other connection to the aiohttp app above.
+        assert self._runner.server is not None
+        self.front = FrontServer(self.router, self._runner.server)
         try:
-            await site.start()
+            self._listener = await asyncio.get_running_loop().create_server(
+                self.front, host, port, reuse_address=True
+            )
         except OSError as e:
             await self._runner.cleanup()
             self._runner = None
             raise EngineError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
-        sockets = getattr(site._server, "sockets", None) or []
+        sockets = self._listener.sockets
         bound = sockets[0].getsockname()[1] if sockets else port
         self.store.count_routed_tokens = True
         shown = f"[{host}]" if ":" in host else host
@@ -290,9 +299,20 @@ class Engine:
         # finish (the runner drains them for up to SHUTDOWN_DRAIN_S, then cancels them).
         if self.dispatcher is not None:
             self.dispatcher.close()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        # Both servers drain at once: requests on fast connections and on aiohttp's.
+        drains = []
+        if self.front is not None:
+            drains.append(self.front.shutdown(SHUTDOWN_DRAIN_S))
+            self.front = None
         if self._runner is not None:
-            await self._runner.cleanup()
+            drains.append(self._runner.cleanup())
             self._runner = None
+        await asyncio.gather(*drains)
+        if self.router is not None:
+            await self.router.close()
         await self.poller.stop()
         if self.request_log is not None:
             await self.request_log.stop()

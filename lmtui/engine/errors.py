@@ -32,3 +32,13 @@ def error_response(
         content_type="application/json",
         headers=headers,
     )
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+#: The 401 error: message, type, code.
+UNAUTHORIZED = (
+    "Incorrect or missing API key. Send 'Authorization: "
+    "Bearer <key>' with a key from [router] api_keys_env.",
+    "invalid_request_error",
+    "invalid_api_key",
+)

@@ -35,13 +35,15 @@ from lmtui.backends.http1 import UpstreamError, UpstreamPool, UpstreamResponse
 from lmtui.core.events import EventKind, Level
 from lmtui.core.scheduler import RequestInfo
 from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease, QueueFull
-from lmtui.engine.errors import error_body, error_response
+from lmtui.engine.errors import JSON_HEADERS, UNAUTHORIZED, error_body, error_response
+from lmtui.engine.exchange import AiohttpExchange, Exchange
 from lmtui.engine.upstream_tls import TlsResponse, TlsUpstreamPool, pool_for
 
 log = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_SSE_RESPONSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", **SSE_HEADERS}
+SSE_RESPONSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", **SSE_HEADERS}
+
 #: Upstream attempts per request: the first try plus failovers before the first byte.
 MAX_ATTEMPTS = 3
 
@@ -152,16 +154,15 @@ class Router:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.list_models)
-        app.on_cleanup.append(self._close_pools)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self.proxy(request, "/v1/chat/completions")
+        return await self.proxy_aiohttp(request, "/v1/chat/completions")
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self.proxy(request, "/v1/completions")
+        return await self.proxy_aiohttp(request, "/v1/completions")
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
-        return await self.proxy(request, "/v1/embeddings")
+        return await self.proxy_aiohttp(request, "/v1/embeddings")
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         denied = self._check_auth(request)
@@ -173,60 +174,74 @@ class Router:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def _check_auth(self, request: web.Request) -> web.Response | None:
+    def authorized(self, authorization: str) -> bool:
+        """Does the ``Authorization`` header carry one of the API keys (or are there none)?"""
         if not self.api_keys:
-            return None
-        auth = request.headers.get("Authorization", "")
+            return True
+        auth = authorization
         token = auth[7:].encode() if auth[:7].lower() == "bearer " else b""
         # Compare against every key so the time taken does not say which one matched.
         ok = False
         for key in self.api_keys:
             ok |= hmac.compare_digest(token, key)
-        if ok:
-            return None
-        return error_response(
-            401,
-            "Incorrect or missing API key. Send 'Authorization: "
-            "Bearer <key>' with a key from [router] api_keys_env.",
-            "invalid_request_error",
-            "invalid_api_key",
-        )
+        return ok
 
-    async def proxy(self, request: web.Request, path: str) -> web.StreamResponse:
+    def _check_auth(self, request: web.Request) -> web.Response | None:
+        if self.authorized(request.headers.get("Authorization", "")):
+            return None
+        return error_response(401, *UNAUTHORIZED)
+
+    async def proxy_aiohttp(self, request: web.Request, path: str) -> web.StreamResponse:
+        """The ``aiohttp.web`` handler: requests the fast front passed on (see front.py)."""
         t0 = self.clock()
         denied = self._check_auth(request)
         if denied is not None:
             return denied
         if (request.content_length or 0) > self.max_body_bytes:
-            return self._too_large()
+            return error_response(413, *self.too_large)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return self._too_large()
+            return error_response(413, *self.too_large)
+        ex = AiohttpExchange(request)
+        await self.proxy(ex, path, body, t0)
+        assert ex.response is not None, "the router always answers"
+        return ex.response
+
+    async def proxy(self, ex: Exchange, path: str, body: bytes, t0: float) -> None:
+        """Serve one authorized request whose whole body is read: answer through ``ex``."""
         try:
             head = _decode_head(body)
         except msgspec.ValidationError as e:  # a subclass of DecodeError: check it first
-            return error_response(
-                400, f"Invalid request: {e}", "invalid_request_error", "invalid_request"
+            return await ex.send(
+                400,
+                error_body(f"Invalid request: {e}", "invalid_request_error", "invalid_request"),
+                JSON_HEADERS,
             )
         except msgspec.DecodeError as e:
-            return error_response(
+            return await ex.send(
                 400,
-                f"The request body is not valid JSON: {e}",
-                "invalid_request_error",
-                "invalid_json",
+                error_body(
+                    f"The request body is not valid JSON: {e}",
+                    "invalid_request_error",
+                    "invalid_json",
+                ),
+                JSON_HEADERS,
             )
         if not head.model:
-            return error_response(
+            return await ex.send(
                 400,
-                "you must provide a model parameter",
-                "invalid_request_error",
-                "missing_model",
-                param="model",
+                error_body(
+                    "you must provide a model parameter",
+                    "invalid_request_error",
+                    "missing_model",
+                    param="model",
+                ),
+                JSON_HEADERS,
             )
         out = Outcome(model=self.resolve(head.model), stream=head.stream, user=head.user)
         try:
-            return await self._serve(request, path, body, head, out)
+            await self._serve(ex, path, body, head, out)
         except asyncio.CancelledError:
             out.outcome, out.status = "client_gone", 499
             raise
@@ -234,29 +249,26 @@ class Router:
             if self.on_done is not None:
                 self.on_done(out, t0, self.clock())
 
-    def _too_large(self) -> web.Response:
-        return error_response(
-            413,
+    @property
+    def too_large(self) -> tuple[str, str, str]:
+        """The 413 error: message, type, code."""
+        return (
             f"Request body larger than {self.max_body_bytes} bytes ([router] max_body_bytes).",
             "invalid_request_error",
             "request_too_large",
         )
 
-    async def _serve(
-        self, request: web.Request, path: str, body: bytes, head: _Head, out: Outcome
-    ) -> web.StreamResponse:
+    async def _serve(self, ex: Exchange, path: str, body: bytes, head: _Head, out: Outcome) -> None:
         deadline = self.clock() + self.queue_timeout_s
-        sse: web.StreamResponse | None = None
 
         async def progress(message: str) -> None:
             # Only streaming clients hear about waits: an SSE comment keeps their connection
             # alive and is ignored by every SSE parser; a JSON client just waits.
-            nonlocal sse
             if not head.stream:
                 return
-            if sse is None:
-                sse = await self._start_sse(request, 200)
-            await sse.write(b": " + message.encode() + b"\n\n")
+            if not ex.streaming:
+                await ex.start_stream(200, SSE_RESPONSE_HEADERS)
+            await ex.write(b": " + message.encode() + b"\n\n")
 
         exclude: frozenset[tuple[str, str]] = frozenset()
         rid = f"q{next(self._ids)}"
@@ -270,10 +282,10 @@ class Router:
                 )
             except DispatchError as e:
                 out.status, out.outcome = e.status, _outcome_of(e)
-                return await self._fail(request, sse, e)
+                return await self._fail(ex, e)
             out.node, out.queue_wait_s = lease.node, lease.queue_wait_s
             try:
-                return await self._forward(request, lease, path, body, head, sse, out)
+                return await self._forward(ex, lease, path, body, head, out)
             except _RetryElsewhere as e:
                 last_error = str(e)
                 self.dispatcher.event(
@@ -290,18 +302,17 @@ class Router:
         out.status, out.outcome = 502, "upstream_error"
         err = DispatchError(f"every attempt failed before the first byte; last: {last_error}")
         err.status, err.code = 502, "upstream_error"
-        return await self._fail(request, sse, err)
+        return await self._fail(ex, err)
 
     async def _forward(
         self,
-        request: web.Request,
+        ex: Exchange,
         lease: Lease,
         path: str,
         body: bytes,
         head: _Head,
-        sse: web.StreamResponse | None,
         out: Outcome,
-    ) -> web.StreamResponse:
+    ) -> None:
         if head.model != lease.model:
             doc = _json.decode(body)
             doc["model"] = lease.model
@@ -331,23 +342,20 @@ class Router:
                 out.ttft_s = self.clock() - t_send
                 if up.status == 200:
                     _usage_into(out, data)
-                if sse is not None:  # the client already got SSE comments: stay SSE
-                    await sse.write(b"data: " + data + b"\n\ndata: [DONE]\n\n")
-                    await sse.write_eof()
-                    return sse
-                return web.Response(body=data, status=up.status, headers={"Content-Type": ctype})
-            return await self._pipe(request, up, sse, t_send, out)
+                if ex.streaming:  # the client already got SSE comments: stay SSE
+                    return await ex.end(b"data: " + data + b"\n\ndata: [DONE]\n\n")
+                return await ex.send(up.status, data, {"Content-Type": ctype})
+            return await self._pipe(ex, up, t_send, out)
         finally:
             up.release()
 
     async def _pipe(
         self,
-        request: web.Request,
+        ex: Exchange,
         up: UpstreamResponse | TlsResponse,
-        sse: web.StreamResponse | None,
         t_send: float,
         out: Outcome,
-    ) -> web.StreamResponse:
+    ) -> None:
         try:
             chunk = await up.next_chunk()
         except UpstreamError as e:
@@ -355,13 +363,13 @@ class Router:
         if chunk is None:
             raise _RetryElsewhere("empty stream")
         out.ttft_s = self.clock() - t_send
-        if sse is None:
+        if not ex.streaming:
             if up.at_end:
                 # The whole stream is already here (a short answer): one plain response with
                 # a length, as cheap as a JSON answer, the same bytes for an SSE client.
                 _stream_usage_into(out, chunk[-8192:])
-                return web.Response(body=chunk, status=up.status, headers=_SSE_RESPONSE_HEADERS)
-            sse = await self._start_sse(request, up.status)
+                return await ex.send(up.status, chunk, SSE_RESPONSE_HEADERS)
+            await ex.start_stream(up.status, SSE_RESPONSE_HEADERS)
         tail = b""
         try:
             while chunk is not None:
@@ -369,47 +377,39 @@ class Router:
                 if up.at_end:
                     # The upstream has finished: send the last piece with the end of the
                     # stream, one write instead of two.
-                    await sse.write_eof(chunk)
+                    await ex.end(chunk)
                     _stream_usage_into(out, tail)
-                    return sse
-                await sse.write(chunk)  # raises ConnectionResetError if the client left
+                    return
+                await ex.write(chunk)  # raises ConnectionResetError if the client left
                 try:
                     chunk = await up.next_chunk()
                 except UpstreamError as e:
                     # Past the first byte there is no retry: end with an explicit error.
                     out.outcome, out.status = "upstream_error", 502
                     msg = f"upstream {out.node} failed mid-stream: {e}"
-                    await sse.write(
+                    await ex.write(
                         b"data: "
                         + error_body(msg, "upstream_error", "stream_interrupted")
                         + b"\n\ndata: [DONE]\n\n"
                     )
                     chunk = None
-            await sse.write_eof()
+            await ex.end()
             _stream_usage_into(out, tail)
         except ConnectionResetError:
             # The client went away mid-stream: nothing left to tell it.
             out.outcome, out.status = "client_gone", 499
-        return sse
 
-    async def _start_sse(self, request: web.Request, status: int) -> web.StreamResponse:
-        resp = web.StreamResponse(status=status, headers=_SSE_RESPONSE_HEADERS)
-        await resp.prepare(request)
-        return resp
-
-    async def _fail(
-        self, request: web.Request, sse: web.StreamResponse | None, e: DispatchError
-    ) -> web.StreamResponse:
-        if sse is None:
-            headers = {}
+    async def _fail(self, ex: Exchange, e: DispatchError) -> None:
+        if not ex.streaming:
+            headers = dict(JSON_HEADERS)
             if isinstance(e, QueueFull):
                 headers["Retry-After"] = str(max(1, round(e.retry_after_s)))
-            return error_response(e.status, e.message, _type_of(e.status), e.code, headers=headers)
-        await sse.write(
+            return await ex.send(
+                e.status, error_body(e.message, _type_of(e.status), e.code), headers
+            )
+        await ex.end(
             b"data: " + error_body(e.message, _type_of(e.status), e.code) + b"\n\ndata: [DONE]\n\n"
         )
-        await sse.write_eof()
-        return sse
 
     # -- upstream sessions -------------------------------------------------------------------
 
@@ -433,7 +433,8 @@ class Router:
             )
         return p
 
-    async def _close_pools(self, _app: web.Application | None = None) -> None:
+    async def close(self) -> None:
+        """Close the upstream pools, once no request of either server is running."""
         for p in self._pools.values():
             await p.close()
         self._pools.clear()

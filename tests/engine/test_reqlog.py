@@ -95,7 +95,8 @@ async def test_both_insert_paths_store_the_same_values(tmp_path: Path, bulk: boo
             log.record(r)
         await log.stop()
     assert rows(log.path) == [
-        (*r[:10], int(r.stream), r.user) for r in records  # stream comes back as 0/1
+        (*r[:10], int(r.stream), r.user)
+        for r in records  # stream comes back as 0/1
     ]
     assert log.written == 3
 

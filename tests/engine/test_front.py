@@ -1,0 +1,291 @@
+"""The router's fast HTTP/1.1 front: what it serves itself, what it hands to aiohttp.web, and
+HTTP details a hand-written server can get wrong (keep-alive, pipelining, chunked answers,
+413 without reading the body, disconnects, idle connections, slow readers)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from _routing import eventually, routed
+
+from lmtui.config import RouterConfig
+from lmtui.core.model import NodeKind
+from lmtui.engine import front
+from lmtui.engine.engine import Engine
+from lmtui.sim import SimModel, SimNodeSpec
+
+BODY = json.dumps(
+    {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+).encode()
+
+
+def lms(parallel: int = 4) -> SimNodeSpec:
+    return SimNodeSpec(
+        name="a",
+        kind=NodeKind.LMSTUDIO,
+        memory_gb=64,
+        models=[SimModel("m1", 5.0)],
+        loaded=["m1"],
+        parallel=parallel,
+        version="0.4.2",
+    )
+
+
+def post(path: str = "/v1/chat/completions", body: bytes = BODY, extra: str = "") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+class Conn:
+    """A raw client connection that reads whole HTTP/1.1 responses."""
+
+    def __init__(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.r, self.w = r, w
+
+    async def send(self, data: bytes) -> None:
+        self.w.write(data)
+        await self.w.drain()
+
+    async def response(self) -> tuple[int, dict[str, str], bytes]:
+        async with asyncio.timeout(10):
+            status_line = await self.r.readuntil(b"\r\n")
+            status = int(status_line.split()[1])
+            headers: dict[str, str] = {}
+            while (line := await self.r.readuntil(b"\r\n")) != b"\r\n":
+                k, _, v = line.decode().partition(":")
+                headers[k.strip().lower()] = v.strip()
+            if status == 100:
+                return status, headers, b""
+            if "content-length" in headers:
+                body = await self.r.readexactly(int(headers["content-length"]))
+            elif headers.get("transfer-encoding") == "chunked":
+                body = b""
+                while True:
+                    size = int((await self.r.readuntil(b"\r\n")).strip(), 16)
+                    chunk = await self.r.readexactly(size + 2)
+                    if size == 0:
+                        break
+                    body += chunk[:-2]
+            else:
+                body = await self.r.read()
+            return status, headers, body
+
+    async def closed(self) -> bool:
+        async with asyncio.timeout(10):
+            return await self.r.read() == b""
+
+
+@asynccontextmanager
+async def conn(engine: Engine) -> AsyncIterator[Conn]:
+    assert engine.router_url is not None
+    host, port = engine.router_url.removeprefix("http://").rsplit(":", 1)
+    r, w = await asyncio.open_connection(host, int(port))
+    try:
+        yield Conn(r, w)
+    finally:
+        w.close()
+
+
+def counts(engine: Engine) -> tuple[int, int]:
+    assert engine.front is not None
+    return engine.front.served, engine.front.handed_on
+
+
+async def test_keep_alive_requests_are_served_by_the_front() -> None:
+    async with routed([lms()]) as (_c, engine), conn(engine) as c:
+        for _ in range(3):
+            await c.send(post())
+            status, headers, body = await c.response()
+            assert status == 200, body
+            assert json.loads(body)["choices"][0]["message"]["content"]
+            assert headers["content-type"].startswith("application/json")
+            assert "date" in headers
+        assert counts(engine) == (3, 0)
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    async with routed([lms()]) as (_c, engine), conn(engine) as c:
+        bad = post(body=b'{"model": ')
+        await c.send(post() + bad + post("/v1/embeddings", b'{"model":"m1","input":"x"}'))
+        assert (await c.response())[0] == 200
+        assert (await c.response())[0] == 400
+        status, _, body = await c.response()
+        assert status == 200 and json.loads(body)["object"] == "list"
+        assert counts(engine) == (3, 0)
+
+
+async def test_a_streamed_answer_is_chunked_sse() -> None:
+    async with routed([lms()], time_scale=0.05) as (_c, engine), conn(engine) as c:
+        body = json.dumps({"model": "m1", "messages": [], "stream": True, "max_tokens": 30})
+        await c.send(post(body=body.encode()))
+        status, headers, data = await c.response()
+        assert status == 200
+        assert headers["content-type"].startswith("text/event-stream")
+        assert headers["cache-control"] == "no-cache" and headers["x-accel-buffering"] == "no"
+        assert data.rstrip().endswith(b"data: [DONE]")
+        events = [ln for ln in data.split(b"\n") if ln.startswith(b"data: {")]
+        assert len(events) > 3
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n", id="other-path"),
+        pytest.param(post("/v1/chat/completions?x=1"), id="query-string"),
+        pytest.param(
+            post().replace(b"HTTP/1.1", b"HTTP/1.0", 1).replace(b"\r\n\r\n", b"\r\n"
+            b"Connection: keep-alive\r\n\r\n", 1),
+            id="http-1.0",
+        ),
+        pytest.param(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"\r\n" + b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n",
+            id="chunked-body",
+        ),
+        pytest.param(post(extra="Expect: 100-continue\r\n"), id="expect-continue"),
+    ],
+)  # fmt: skip
+async def test_other_requests_go_to_aiohttp_with_the_connection(request_bytes: bytes) -> None:
+    async with routed([lms()]) as (_c, engine), conn(engine) as c:
+        await c.send(request_bytes)
+        status, _, body = await c.response()
+        if status == 100:  # Expect: 100-continue (the body was sent along already)
+            status, _, body = await c.response()
+        assert status == 200, body
+        assert counts(engine) == (0, 1)
+        # The connection stays aiohttp's, and still works for the bot's requests.
+        await c.send(post())
+        assert (await c.response())[0] == 200
+        assert counts(engine) == (0, 1)
+
+
+async def test_a_fast_connection_can_be_handed_on_after_requests() -> None:
+    async with routed([lms()]) as (_c, engine), conn(engine) as c:
+        await c.send(post())
+        assert (await c.response())[0] == 200
+        await c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = await c.response()
+        assert status == 200 and b"lmtui_requests_total" in body
+        assert counts(engine) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(post().replace(b"Host: x", b"Host x"), id="header-without-colon"),
+        pytest.param(post(extra=f"Content-Length: {len(BODY)}\r\n"), id="two-lengths"),
+        pytest.param(post().replace(b"Content-Length", b"Content-Length "), id="space-in-name"),
+        pytest.param(post().replace(b"Content-Length: ", b"Content-Length: -"), id="bad-length"),
+    ],
+)
+async def test_malformed_heads_get_aiohttps_answer(request_bytes: bytes) -> None:
+    async with routed([lms()]) as (_c, engine), conn(engine) as c:
+        await c.send(request_bytes)
+        status, _, _ = await c.response()
+        assert status == 400
+        assert counts(engine) == (0, 1)
+
+
+async def test_a_huge_head_is_handed_on_and_refused() -> None:
+    async with routed([lms()]) as (_c, engine), conn(engine) as c:
+        await c.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nX-Big: " + b"a" * (front.MAX_HEAD + 10)
+        )
+        status, _, _ = await c.response()
+        assert status in (400, 431)
+        assert counts(engine) == (0, 1)
+
+
+async def test_an_oversized_body_is_refused_unread_and_the_connection_closed() -> None:
+    router = RouterConfig(max_body_bytes=1000)
+    async with routed([lms()], router=router) as (_c, engine), conn(engine) as c:
+        # Only the head is sent: the 413 must not wait for a body it will never read.
+        await c.send(post(body=b"x" * 5000)[:-5000])
+        status, headers, body = await c.response()
+        assert status == 413
+        assert headers["connection"] == "close"
+        assert json.loads(body)["error"]["code"] == "request_too_large"
+        assert await c.closed()
+
+
+async def test_connection_close_is_honoured() -> None:
+    async with routed([lms()]) as (_c, engine), conn(engine) as c:
+        await c.send(post(extra="Connection: close\r\n"))
+        status, headers, _ = await c.response()
+        assert status == 200 and headers["connection"] == "close"
+        assert await c.closed()
+
+
+async def test_a_missing_key_is_401_on_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMTUI_FRONT_KEY", "sk-good")
+    router = RouterConfig(api_keys_env=["LMTUI_FRONT_KEY"])
+    async with routed([lms()], router=router) as (_c, engine), conn(engine) as c:
+        await c.send(post())
+        status, _, body = await c.response()
+        assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+        await c.send(post(extra="Authorization: Bearer sk-good\r\n"))
+        assert (await c.response())[0] == 200
+        assert counts(engine) == (2, 0)
+
+
+async def test_a_client_that_leaves_mid_request_frees_its_slot() -> None:
+    async with routed([lms(parallel=1)], time_scale=0.5) as (_c, engine):
+        body = json.dumps({"model": "m1", "messages": [], "max_tokens": 500}).encode()
+        async with conn(engine) as c:
+            await c.send(post(body=body))
+            await eventually(
+                lambda: any(i.in_flight for i in engine.store.snapshot.instances.values())
+            )
+        # The connection closed: the handler is cancelled and the slot comes back.
+        await eventually(
+            lambda: all(i.in_flight == 0 for i in engine.store.snapshot.instances.values())
+        )
+
+
+async def test_idle_connections_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(front, "IDLE_TIMEOUT_S", 0.2)
+    async with routed([lms()]) as (_c, engine), conn(engine) as c:
+        await c.send(post())
+        assert (await c.response())[0] == 200
+        assert await c.closed()
+        # A request that never completes is closed as well.
+        async with conn(engine) as c2:
+            await c2.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            assert await c2.closed()
+
+
+async def test_the_openai_client_and_httpx_get_the_same_answers_on_both_paths() -> None:
+    """The same request through the front and through aiohttp (a query string sends it
+    there) gives the same status, content type and JSON shape."""
+    async with routed([lms()]) as (_c, engine):
+        url = f"{engine.router_url}/v1/chat/completions"
+        async with httpx.AsyncClient() as h:
+            fast = await h.post(url, content=BODY, headers={"Content-Type": "application/json"})
+            slow = await h.post(
+                url + "?via=aiohttp", content=BODY, headers={"Content-Type": "application/json"}
+            )
+            bad_fast = await h.post(url, content=b"{", headers={"Content-Type": "x"})
+            bad_slow = await h.post(url + "?v", content=b"{", headers={"Content-Type": "x"})
+        assert fast.status_code == slow.status_code == 200
+        assert fast.headers["content-type"] == slow.headers["content-type"]
+        assert fast.json().keys() == slow.json().keys()
+        assert bad_fast.status_code == bad_slow.status_code == 400
+        assert bad_fast.json() == bad_slow.json()
+
+
+async def test_shutdown_lets_a_running_request_finish() -> None:
+    async with routed([lms()], time_scale=0.05) as (_c, engine), conn(engine) as c:
+        body = json.dumps({"model": "m1", "messages": [], "max_tokens": 40}).encode()
+        await c.send(post(body=body))
+        await eventually(lambda: any(i.in_flight for i in engine.store.snapshot.instances.values()))
+        stopping = asyncio.create_task(engine.stop())
+        status, _, data = await c.response()
+        assert status == 200 and json.loads(data)["choices"], data
+        await stopping
