@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
+import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -276,3 +279,18 @@ async def test_newer_schema_is_left_alone(tmp_path: Path) -> None:
 def test_default_path_is_in_the_user_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reqlog.platformdirs, "user_data_dir", lambda app: f"/data/{app}")
     assert default_path() == Path("/data/lmtui/requests.sqlite3")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+async def test_the_writer_thread_runs_at_a_lower_priority(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "r.sqlite3", flush_interval_s=60)
+    async with asyncio.timeout(10):
+        await log.start()
+        try:
+            writer = await log._on_worker(
+                lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            )
+        finally:
+            await log.stop()
+    loop_thread = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert writer == min(19, loop_thread + reqlog.WRITER_NICENESS)
