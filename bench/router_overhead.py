@@ -105,6 +105,9 @@ async def measure(
 ) -> None:
     """All runs of one path: both modes, every concurrency, and TTFC for streams at c=1."""
     url = f"{base}/v1/chat/completions"
+    if path == "lmtui" and args.via_aiohttp:
+        # A query string is not the fast front's: the request goes to aiohttp.web.
+        url += "?via=aiohttp"
     for stream in (False, True):
         body = up.request_body(stream)
         problem = lg.sanity_check(url, body, stream=stream)
@@ -359,6 +362,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds to wait for lmtui to list the model (30)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument(
+        "--via-aiohttp",
+        action="store_true",
+        help="send lmtui's requests through its aiohttp.web path, not its fast front",
+    )
     p.add_argument(
         "--keep-workdir",
         action="store_true",

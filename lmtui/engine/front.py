@@ -1,10 +1,12 @@
 """The router's fast HTTP/1.1 front: plain OpenAI requests served without ``aiohttp.web``.
 
-Measured on the project's 2-core machine (``bench/router_overhead.py``), ``aiohttp.web``'s
-request and response objects cost about half of what lmtui spent per proxied request: a
-bare ``aiohttp.web`` proxy used ~46 µs of CPU per request, the same proxy on a bare asyncio
-protocol ~22 µs. So the listening socket belongs to this module, which serves the requests
-the bot actually sends and hands every other connection to ``aiohttp.web``, intact:
+Measured on the project's 2-core machine, ``aiohttp.web``'s request and response machinery
+was the largest single cost of a proxied request: a bare ``aiohttp.web`` proxy used ~46 µs
+of CPU per request, the same proxy on a bare asyncio protocol ~22 µs. Through lmtui at 32
+clients (``bench/router_overhead.py``, proxy CPU per request, with and without
+``--via-aiohttp``): ~80-90 µs through ``aiohttp.web``, ~53-59 µs through this front. So the
+listening socket belongs to this module, which serves the requests the bot actually sends
+and hands every other connection to ``aiohttp.web``, intact:
 
 - **Served here:** ``POST /v1/chat/completions``, ``/v1/completions`` and
   ``/v1/embeddings`` over HTTP/1.1 with a ``Content-Length`` body (what the ``openai``

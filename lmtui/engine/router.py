@@ -8,9 +8,11 @@ keep-alive pool to the node, and pass the answer back — chunk by chunk for SSE
 Why this stack, measured for this project on a 2-core machine: ``httpx`` as the proxy client
 was 5–13× slower in requests/s than ``aiohttp.ClientSession``, and the lean HTTP/1.1 client of
 ``lmtui/backends/http1.py`` is ~2× faster again (a bare proxy: ~10.5k → ~22k req/s at 32 clients,
-``bench/upstream_client.py``), so plain-HTTP nodes use it and ``https`` nodes aiohttp. Raw
-ASGI on uvicorn+uvloop was no faster than ``aiohttp.web`` on the server side; an access log
-cost 19–37% of throughput, so there is none.
+``bench/upstream_client.py``), so plain-HTTP nodes use it and ``https`` nodes aiohttp. On the
+server side, raw ASGI on uvicorn+uvloop was no faster than ``aiohttp.web``, but a bare
+asyncio protocol was: the bot's plain requests arrive through the fast front of
+``front.py``, everything else through ``aiohttp.web``; both call :meth:`Router.proxy`. An
+access log cost 19–37% of throughput, so there is none.
 
 Failover: a connection error or a 5xx before the first byte reaches the client is retried on
 another replica (or a load elsewhere). After the first byte, a failure ends the stream with
