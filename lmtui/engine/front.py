@@ -131,6 +131,10 @@ class FastFront(asyncio.Protocol):
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self._lost = False
+        #: Reading stops while a request runs and this much more is buffered (a client
+        #: pipelining without limit must not fill lmtui's memory).
+        self._read_limit = self.router.max_body_bytes + MAX_HEAD
+        self.reading_paused = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -145,6 +149,17 @@ class FastFront(asyncio.Protocol):
         self.buf += data
         if self.task is None:
             self._next()
+        self._flow()
+
+    def _flow(self) -> None:
+        """Stop reading while more than ``_read_limit`` bytes wait; read again below it."""
+        if len(self.buf) > self._read_limit:
+            if not self.reading_paused and not self._lost:
+                self.reading_paused = True
+                self.transport.pause_reading()
+        elif self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         # The client finished sending: answer what is in progress, then close.
@@ -262,6 +277,7 @@ class FastFront(asyncio.Protocol):
         self._arm_idle()
         if self.buf:
             self._next()  # a pipelined request already waiting
+        self._flow()
 
     def _hand_on(self) -> None:
         """Give this connection, and the bytes not yet consumed, to aiohttp.web."""
@@ -272,6 +288,9 @@ class FastFront(asyncio.Protocol):
         self.server.handed_on += 1
         data, self.buf = bytes(self.buf), bytearray()
         proto = self.server.fallback()
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
         self.transport.set_protocol(proto)
         proto.connection_made(self.transport)
         if self._paused:

@@ -289,3 +289,54 @@ async def test_shutdown_lets_a_running_request_finish() -> None:
         status, _, data = await c.response()
         assert status == 200 and json.loads(data)["choices"], data
         await stopping
+
+
+async def test_a_client_pipelining_without_limit_is_paused_not_buffered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(front, "MAX_HEAD", 1000)  # read limit: 3,000 bytes
+    router = RouterConfig(max_body_bytes=2000)
+    async with (
+        routed([lms(parallel=1)], router=router, time_scale=0.05) as (_c, engine),
+        conn(engine) as c,
+    ):
+        slow = json.dumps({"model": "m1", "messages": [], "max_tokens": 400}).encode()
+        await c.send(post(body=slow))
+        await eventually(lambda: any(i.in_flight for i in engine.store.snapshot.instances.values()))
+        # Far more than one request's worth of pipelined requests behind the slow one.
+        n = 1600
+        c.w.write(post() * n)  # ~290 kB
+        assert engine.front is not None
+        (fc,) = engine.front.connections
+        await eventually(lambda: fc.reading_paused)
+        await asyncio.sleep(0.2)
+        # At most one socket read (asyncio reads up to 256 KiB) past the limit.
+        assert len(fc.buf) <= fc._read_limit + 256 * 1024 < len(post()) * n
+        # The requests are still answered, in order (reading resumes as the buffer drains).
+        for _ in range(40):
+            assert (await c.response())[0] == 200
+
+
+def test_reading_resumes_once_the_buffer_drains_below_the_limit() -> None:
+    class Transport:
+        paused = False
+
+        def pause_reading(self) -> None:
+            self.paused = True
+
+        def resume_reading(self) -> None:
+            self.paused = False
+
+    class Stub:
+        max_body_bytes = 100
+
+    server = front.FrontServer(Stub(), lambda: None)  # type: ignore[arg-type, return-value]
+    fc = front.FastFront(server)
+    t = Transport()
+    fc.transport = t  # type: ignore[assignment]
+    fc.buf += b"x" * (fc._read_limit + 1)
+    fc._flow()
+    assert t.paused and fc.reading_paused
+    del fc.buf[:2]
+    fc._flow()
+    assert not t.paused and not fc.reading_paused
