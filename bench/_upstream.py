@@ -157,6 +157,10 @@ class StartError(RuntimeError):
     """A server did not come up; the message carries its stderr."""
 
 
+#: Every CPU this process may use, read at import, before a benchmark pins itself.
+ALL_CPUS = sorted(os.sched_getaffinity(0))
+
+
 class Proc:
     """A server process the benchmark started; stderr goes to a file for error reports."""
 
@@ -171,8 +175,11 @@ class Proc:
     ) -> None:
         self.name = name
         self.stderr_path = workdir / f"{name}.stderr"
-        if cpu is not None and shutil.which("taskset"):
-            argv = ["taskset", "-c", str(cpu), *argv]
+        if shutil.which("taskset"):
+            # Unpinned means every CPU, said explicitly: the benchmark script may have pinned
+            # itself (its Python client) to one CPU, and a child would inherit that.
+            where = str(cpu) if cpu is not None else ",".join(map(str, ALL_CPUS))
+            argv = ["taskset", "-c", where, *argv]
         self._stderr = self.stderr_path.open("wb")
         self.popen = subprocess.Popen(
             argv,

@@ -32,6 +32,13 @@ the proxied paths. On 2 cores the nginx proxy is fast enough that the client's c
 become the limit at c=32, so nginx's req/s is then a lower bound and lmtui/nginx errs in
 lmtui's favour; the proxy CPU µs/request column is the comparison that does not depend on
 the cores. Other load on the machine shows up in p99 first: compare p50s across runs.
+
+A correction (2026-11-25): until then "left to the scheduler" was not true. This script pins
+itself to the client's CPU before starting the servers, and the servers inherited that, so
+wrk, the upstream and the proxy all shared one CPU while the other idled. Servers started
+unpinned now get every CPU explicitly (``_upstream.Proc``). Figures measured before differ:
+nginx went from ~36k to ~57k req/s at c=32, lmtui from ~13.4k to ~17k, and lmtui/nginx
+from ~0.37 to ~0.30 (the closing note of issue 4 has both runs).
 """
 
 from __future__ import annotations
