@@ -191,7 +191,9 @@ class FastFront(asyncio.Protocol):
         buf = self.buf
         end = buf.find(b"\r\n\r\n")
         if end < 0:
-            if len(buf) > MAX_HEAD:
+            # A head too large, or one ended by bare newlines (a hand-typed request): not
+            # ours to judge, aiohttp answers it.
+            if len(buf) > MAX_HEAD or b"\n\n" in buf:
                 self._hand_on()
             return
         head = bytes(buf[:end])

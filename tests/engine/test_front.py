@@ -183,6 +183,8 @@ async def test_a_fast_connection_can_be_handed_on_after_requests() -> None:
         pytest.param(post(extra=f"Content-Length: {len(BODY)}\r\n"), id="two-lengths"),
         pytest.param(post().replace(b"Content-Length", b"Content-Length "), id="space-in-name"),
         pytest.param(post().replace(b"Content-Length: ", b"Content-Length: -"), id="bad-length"),
+        # Answered at once, not after the idle timeout.
+        pytest.param(post().replace(b"\r\n", b"\n"), id="bare-newlines"),
     ],
 )
 async def test_malformed_heads_get_aiohttps_answer(request_bytes: bytes) -> None:
