@@ -22,9 +22,12 @@ from pathlib import Path
 from textual.color import Color, ColorParseError
 from textual.theme import Theme
 
-#: The repository's ``themes/`` folder. Present in a source checkout; a wheel install may not
-#: have it, which simply means no extra themes.
-SHIPPED_THEMES_DIR = Path(__file__).resolve().parents[2] / "themes"
+#: The themes lmtui ships: ``lmtui/themes`` in an installed wheel (the build copies the
+#: repository's ``themes/`` there), the repository's ``themes/`` in a source checkout.
+_IN_PACKAGE = Path(__file__).resolve().parents[1] / "themes"
+SHIPPED_THEMES_DIR = (
+    _IN_PACKAGE if _IN_PACKAGE.is_dir() else Path(__file__).resolve().parents[2] / "themes"
+)
 
 _COLOUR_FIELDS = (
     "primary", "secondary", "warning", "error", "success", "accent",
