@@ -144,12 +144,15 @@ def _listen(config: Config, cli_listen: str | None) -> str | None:
 
 
 def _engine(config: Config, source: str, listen: str | None) -> Engine:
+    # The demo cluster keeps its pins and its requests to itself: the user's overrides file
+    # and request log are for their own cluster.
+    real = source != "demo"
     return Engine(
         config,
         source=source,
         listen=listen,
-        overrides_path=overrides_path(),
-        request_log=default_log_path(),
+        overrides_path=overrides_path() if real else None,
+        request_log=default_log_path() if real and config.router.request_log else None,
     )
 
 

@@ -147,6 +147,10 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_replicas: PositiveInt = 4
     #: Queue depth above which the ``replicas`` strategy adds a replica.
     replica_queue_threshold: PositiveInt = 4
+    #: Keep a SQLite log of finished requests in the user data directory.
+    request_log: bool = True
+    #: Days of requests the log keeps; older rows are deleted (0 = keep everything).
+    request_log_days: NonNegFloat = 30.0
 
 
 class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

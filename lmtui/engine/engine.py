@@ -126,7 +126,12 @@ class Engine:
         nodes = [replace(n, drained=n.name in effective.drained) for n in initial_nodes(config)]
         self.store = Store(nodes, fold_context(config, self.pinned))
         self.metrics = Metrics(lambda: self.store.snapshot)
-        self.request_log = RequestLog(request_log) if request_log is not None else None
+        days = config.router.request_log_days
+        self.request_log = (
+            RequestLog(request_log, retention_s=days * 86400 if days > 0 else None)
+            if request_log is not None
+            else None
+        )
         self.controller = Controller(self, overrides, overrides_path)
         # Backends get the engine's one aiohttp session when it starts (a session belongs to
         # a running event loop; an Engine may be built before there is one).

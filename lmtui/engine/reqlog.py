@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sqlite3
 import sys
@@ -85,6 +86,8 @@ _INSERT_JSON = (
 )
 _encode_row = msgspec.json.Encoder().encode
 _decode_rows = msgspec.json.Decoder(list[tuple[object, ...]]).decode
+_PRUNE = "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE at < ? LIMIT ?)"
+_PRUNE_CHUNK = 10_000
 #: Requests that asked for nothing servable: they say nothing about which model to preload.
 _NOT_DEMAND = ("not_found", "bad_request")
 #: At most one "buffer full" warning per this many seconds (the count keeps rising).
@@ -158,8 +161,18 @@ class RequestLog:
         flush_interval_s: float = 1.0,
         batch: int = 5000,
         max_pending: int = 100_000,
+        retention_s: float | None = None,
+        prune_every_s: float = 3600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
+        #: Rows whose ``at`` is older than this many seconds are deleted: at start, then
+        #: every ``prune_every_s`` (None: kept forever).
+        self.retention_s = retention_s
+        self.prune_every_s = prune_every_s
+        self.clock = clock
+        self.pruned = 0
+        self._last_prune = -math.inf
         self.flush_interval_s = flush_interval_s
         self.batch = batch
         self.dropped = 0
@@ -251,6 +264,10 @@ class RequestLog:
     async def _flush_loop(self) -> None:
         assert self._wake is not None
         while not self._stopped:
+            try:
+                await self.prune_if_due()
+            except Exception:  # pragma: no cover - _prune already catches disk errors
+                log.exception("request log: pruning failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.flush_interval_s):
                     await self._wake.wait()
@@ -259,6 +276,25 @@ class RequestLog:
                 await self.flush()
             except Exception:  # pragma: no cover - _write already catches disk errors
                 log.exception("request log: flush failed")
+
+    async def prune_if_due(self) -> int:
+        """Delete rows past the retention, at most once per ``prune_every_s``; returns how
+        many were deleted."""
+        now = self.clock()
+        if self.retention_s is None or self._executor is None:
+            return 0
+        if now - self._last_prune < self.prune_every_s:
+            return 0
+        self._last_prune = now
+        deleted = await self._on_worker(self._prune, now - self.retention_s)
+        if deleted:
+            self.pruned += deleted
+            log.info(
+                "request log: deleted %d requests older than %g days",
+                deleted,
+                self.retention_s / 86400,
+            )
+        return deleted
 
     # -- queries ------------------------------------------------------------------------
 
@@ -359,6 +395,23 @@ class RequestLog:
             self._failing = False
             log.info("request log %s: writing again", self.path)
         return len(rows)
+
+    def _prune(self, before: float) -> int:
+        """Delete rows that arrived before ``before``, in chunks: each chunk is its own short
+        transaction (a first prune of a large file must not hold the write lock for long)."""
+        conn = self._ensure_open()
+        if conn is None:
+            return 0
+        deleted = 0
+        try:
+            while True:
+                cur = conn.execute(_PRUNE, (before, _PRUNE_CHUNK))
+                deleted += max(0, cur.rowcount)
+                if cur.rowcount < _PRUNE_CHUNK:
+                    return deleted
+        except sqlite3.Error as exc:
+            self._fail("prune", exc)
+            return deleted
 
     def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         conn = self._ensure_open()

@@ -168,3 +168,24 @@ def test_serve_demo_stops_on_sigterm_with_requests_running(tmp_path: Path) -> No
         if serve.poll() is None:
             serve.kill()
             serve.wait(timeout=10)
+
+
+def test_the_demo_keeps_its_pins_and_requests_out_of_the_users_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmtui import cli
+    from lmtui.config import Config, NodeConfig, RouterConfig
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    node = NodeConfig(name="n", kind="openai", url="http://127.0.0.1:9/v1")
+    real = cli._engine(Config(nodes=[node]), "lmtui.toml", None)
+    assert real.request_log is not None and real.controller.overrides_path is not None
+    assert real.request_log.retention_s == 30 * 86400
+    demo = cli._engine(Config(nodes=[node]), "demo", None)
+    assert demo.request_log is None and demo.controller.overrides_path is None
+    off = Config(nodes=[node], router=RouterConfig(request_log=False, request_log_days=0))
+    assert cli._engine(off, "lmtui.toml", None).request_log is None
+    keep_all = Config(nodes=[node], router=RouterConfig(request_log_days=0))
+    log = cli._engine(keep_all, "lmtui.toml", None).request_log
+    assert log is not None and log.retention_s is None

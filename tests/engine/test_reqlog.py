@@ -294,3 +294,44 @@ async def test_the_writer_thread_runs_at_a_lower_priority(tmp_path: Path) -> Non
             await log.stop()
     loop_thread = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert writer == min(19, loop_thread + reqlog.WRITER_NICENESS)
+
+
+async def test_rows_past_the_retention_are_deleted_at_start_and_then_hourly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reqlog, "_PRUNE_CHUNK", 3)  # several chunks
+    now = [1_800_000_000.0]
+    day = 86400.0
+    path = tmp_path / "r.sqlite3"
+    first = RequestLog(path, flush_interval_s=60)
+    async with asyncio.timeout(10):
+        await first.start()
+        for i in range(10):
+            first.record(rec(i, at=now[0] - 40 * day + i))  # older than 30 days
+        first.record(rec(99, at=now[0] - 1 * day, model="keep"))
+        await first.stop()
+    assert len(rows(path)) == 11
+
+    log = RequestLog(path, flush_interval_s=60, retention_s=30 * day, clock=lambda: now[0])
+    async with asyncio.timeout(10):
+        await log.start()
+        await wait_until(lambda: log.pruned == 10)
+        assert [r[1] for r in rows(path)] == ["keep"]
+        # A month later the last row is past the retention too; then not again for an hour.
+        now[0] += 30 * day
+        assert await log.prune_if_due() == 1
+        now[0] += 60
+        assert await log.prune_if_due() == 0
+        await log.stop()
+    assert rows(path) == []
+
+
+async def test_no_retention_keeps_everything(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "r.sqlite3", flush_interval_s=60)
+    async with asyncio.timeout(10):
+        await log.start()
+        log.record(rec(1, at=0.0))
+        await log.flush()
+        assert await log.prune_if_due() == 0
+        await log.stop()
+    assert len(rows(log.path)) == 1
