@@ -22,7 +22,7 @@ from lmtui.core.rebalance import RebalancePlan
 from lmtui.core.scheduler import Strategy
 from lmtui.engine.client import EngineClient
 from lmtui.engine.control import CommandError
-from lmtui.tui.render import instance_row_key
+from lmtui.tui.render import instance_row_key, waiting_row_key
 from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen
 from lmtui.tui.widgets.model_table import ModelTable
 from lmtui.tui.widgets.node_table import NodeTable
@@ -167,9 +167,17 @@ class ControlsApp(App[None]):
             self.push_screen(ChoiceScreen(f"Load on {node.name}", choices), picked)
             return
         inst = self.selected_instance()
-        if inst is None:
+        model = inst.model if inst is not None else self._selected_waiting_model()
+        if model is None:
             return self._need("a model, or on a node in the node table")
-        self._run(lambda: self.client.load(inst.model))
+        self._run(lambda: self.client.load(model))
+
+    def _selected_waiting_model(self) -> str | None:
+        """The model of the model table's row under the cursor when it is a model with
+        requests waiting and no instance (``~queued/<model>``)."""
+        key = self._cursor_key(self.query_one(ModelTable))
+        prefix = waiting_row_key("")
+        return key[len(prefix) :] if key is not None and key.startswith(prefix) else None
 
     def action_unload(self) -> None:
         inst = self.selected_instance()

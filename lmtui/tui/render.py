@@ -219,8 +219,36 @@ def instance_row_key(inst: Instance) -> str:
     return f"{inst.node}/{inst.instance_id}"
 
 
-def instance_row(inst: Instance, now: float) -> Cells:
-    """One row of the model table, in ``INSTANCE_COLUMNS`` order."""
+def queued_cell(waiting: int, in_server: int) -> str:
+    """The model table's Queued cell: requests waiting in lmtui for the model, then ``+N``
+    waiting inside this instance's server when it reports any."""
+    return f"{waiting}+{in_server}" if in_server else str(waiting)
+
+
+def waiting_row_key(model: str) -> str:
+    """The row of a model that has requests waiting in lmtui and no instance at all."""
+    return f"~queued/{model}"
+
+
+def waiting_row(model: str, depth: int) -> Cells:
+    """A model nobody serves yet (not loaded anywhere, or no room to load it) but requests
+    wait for: without this row the operator would not see it in the model table at all."""
+    return (
+        Text(model, style="bold"),
+        Text("—", style="dim"),
+        Text("waiting: no replica", style="bold magenta"),
+        Text(""),
+        _num(""),
+        _num(""),
+        _num(str(depth)),
+        _num(""),
+        _num(""),
+    )
+
+
+def instance_row(inst: Instance, now: float, waiting: int = 0) -> Cells:
+    """One row of the model table, in ``INSTANCE_COLUMNS`` order; ``waiting`` is lmtui's
+    queue for the instance's model."""
     state = inst.state.value
     if inst.state is InstanceState.LOADING and inst.load_progress is not None:
         state += f" {inst.load_progress * 100:.0f}%"
@@ -234,7 +262,7 @@ def instance_row(inst: Instance, now: float) -> Cells:
         Text("yes", style="bold cyan") if inst.pinned else Text(""),
         _num(fmt_bytes(inst.size_bytes)),
         _num(f"{inst.busy}/{inst.slots_total}"),
-        _num(str(inst.queued)),
+        _num(queued_cell(waiting, inst.queued)),
         _num(fmt_ago(last_used)),
         _num(fmt_duration(inst.ttl_left(now))),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
+from types import MappingProxyType
 
 from textual.pilot import Pilot
 from textual.widgets import Static
@@ -61,7 +62,8 @@ async def test_tables_show_nodes_and_instances() -> None:
             "mac-studio/qwen3-30b-a3b",
         ]
         assert str(nodes.get_cell("old-mini", "status")) == "down"
-        assert str(models.get_cell("gpu-box/llama3.1:8b", "queued")) == "2"
+        # One waiting in lmtui's queue for the model, two inside the node's server.
+        assert str(models.get_cell("gpu-box/llama3.1:8b", "queued")) == "1+2"
         header = app.query_one(ClusterHeader)
         assert "2/3 healthy" in header.totals_text
         assert header.totals_text.endswith("/etc/lmtui/config.toml")
@@ -101,6 +103,33 @@ async def test_node_going_down_changes_its_status_cell_in_place() -> None:
         assert nodes.last_sync_stats == (0, 2, 0)
         assert app.query_one(EventLog).count == 5
         assert "1/3 healthy" in app.query_one(ClusterHeader).totals_text
+
+
+async def test_a_model_with_requests_waiting_and_no_instance_has_a_row() -> None:
+    app, client = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        models = app.query_one(ModelTable)
+        snap = client.snapshot()
+        waiting = replace(
+            next_version(snap), queue_depth=MappingProxyType({"phi-4": 3, "llama3.1:8b": 1})
+        )
+        client.push(waiting)
+        await until(pilot, lambda: app.shown_version == waiting.version)
+        assert "~queued/phi-4" in models.shown_keys
+        assert str(models.get_cell("~queued/phi-4", "queued")) == "3"
+        assert "no replica" in str(models.get_cell("~queued/phi-4", "state"))
+        # Sorted in with the others, by model name.
+        assert models.shown_keys.index("~queued/phi-4") == len(models.shown_keys) - 2
+        # The filter applies to it like to any row.
+        app.query_one(ModelTable).set_filter("qwen")
+        assert "~queued/phi-4" not in models.shown_keys
+        app.query_one(ModelTable).set_filter("")
+        # The queue drains (or a replica appears): the row goes.
+        drained = replace(next_version(waiting), queue_depth=MappingProxyType({}))
+        client.push(drained)
+        await until(pilot, lambda: app.shown_version == drained.version)
+        assert "~queued/phi-4" not in models.shown_keys
 
 
 async def test_instance_appearing_adds_a_row_and_removed_one_goes() -> None:

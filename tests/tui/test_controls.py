@@ -78,6 +78,24 @@ async def test_load_on_a_node_offers_its_models_not_yet_loaded_there() -> None:
         await until(pilot, lambda: client.commands == [("load", "mistral-small-24b", "mac-studio")])
 
 
+async def test_load_on_a_waiting_models_row_loads_that_model() -> None:
+    snap, events = fixed_cluster()
+    # "aaa-model" sorts first: the model table's cursor starts on its row.
+    snap = replace(snap, queue_depth={"aaa-model": 2})
+    client = FakeClient(snap, events)
+    app = build_app(client, clock=lambda: FIXED_NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        models = app.query_one(ModelTable)
+        assert models.shown_keys[0] == "~queued/aaa-model"
+        models.focus()
+        await pilot.pause()
+        await pilot.press("u")  # no instance there: nothing to unload
+        await pilot.press("l")
+        await until(pilot, lambda: ("load", "aaa-model", None) in client.commands)
+        assert not any(c[0] == "unload" for c in client.commands)
+
+
 async def test_strategy_is_chosen_from_a_list() -> None:
     app, client = app_for()
     async with app.run_test(size=SIZE) as pilot:

@@ -1,11 +1,19 @@
-"""The model table: one row per model instance, keyed ``node/instance_id``."""
+"""The model table: one row per model instance, keyed ``node/instance_id``, and one per model
+that has requests waiting in lmtui but no instance (keyed ``~queued/model``)."""
 
 from __future__ import annotations
 
 from rich.text import Text
 
 from lmtui.core.model import Snapshot
-from lmtui.tui.render import INSTANCE_COLUMNS, instance_matches, instance_row, instance_row_key
+from lmtui.tui.render import (
+    INSTANCE_COLUMNS,
+    instance_matches,
+    instance_row,
+    instance_row_key,
+    waiting_row,
+    waiting_row_key,
+)
 from lmtui.tui.widgets.keyed_table import KeyedTable
 
 
@@ -39,13 +47,20 @@ class ModelTable(KeyedTable):
             self.show(self._snapshot, self._now)
 
     def show(self, snapshot: Snapshot, now: float) -> None:
-        """Show the instances of ``snapshot`` that pass the filter, sorted by model then node."""
+        """Show the instances of ``snapshot`` that pass the filter, sorted by model then node,
+        and a row for each model that has requests waiting in lmtui but no instance."""
         self._snapshot, self._now = snapshot, now
+        depth = snapshot.queue_depth
         rows = {
-            instance_row_key(inst): instance_row(inst, now)
+            instance_row_key(inst): instance_row(inst, now, depth.get(inst.model, 0))
             for inst in snapshot.instances.values()
             if instance_matches(inst, self._filter)
         }
+        served = {inst.model for inst in snapshot.instances.values()}
+        needle = self._filter.casefold()
+        for model, n in depth.items():
+            if n and model not in served and needle in model.casefold():
+                rows[waiting_row_key(model)] = waiting_row(model, n)
         if self.sync(rows):
             # Only an added row can break the order: updates keep keys, removals keep order.
             self.sort("model", "node", key=_sort_key)
