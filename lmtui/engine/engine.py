@@ -205,8 +205,14 @@ class Engine:
             self.dispatcher.settings = with_pins(self.dispatcher.settings, pinned)
 
     def _request_done(self, out: Outcome, t0: float, t1: float) -> None:
-        if out.node is not None and out.tokens_out:
-            self.store.add_generated(out.node, out.tokens_out)
+        if out.node is not None:
+            # Usage when the answer had it; else a stream's data events, one per token less
+            # the closing event with the finish reason.
+            generated = (
+                out.tokens_out if out.tokens_out is not None else max(0, out.stream_events - 1)
+            )
+            if generated:
+                self.store.add_generated(out.node, generated)
         self.metrics.request_done(
             out.model,
             out.node,

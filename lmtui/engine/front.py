@@ -128,6 +128,7 @@ class FastFront(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.close_when_done = False
         self._idle: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self._lost = False
@@ -237,9 +238,6 @@ class FastFront(asyncio.Protocol):
         self._start(self._serve(path, body, auth))
 
     def _start(self, coro: object) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
         self.task = self.loop.create_task(coro)  # type: ignore[arg-type]
         self.task.add_done_callback(self._done)
 
@@ -276,7 +274,7 @@ class FastFront(asyncio.Protocol):
         if self.close_when_done:
             self.transport.close()
             return
-        self._arm_idle()
+        self._idle_since = self.loop.time()
         if self.buf:
             self._next()  # a pipelined request already waiting
         self._flow()
@@ -301,14 +299,23 @@ class FastFront(asyncio.Protocol):
             proto.data_received(data)
 
     def _arm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
+        """One timer per connection, not one per request: each request only stamps
+        ``_idle_since``; when the timer fires it closes the connection if it has been idle
+        long enough, else sleeps again until it would have been."""
+        self._idle_since = self.loop.time()
         self._idle = self.loop.call_later(IDLE_TIMEOUT_S, self._on_idle)
 
     def _on_idle(self) -> None:
         self._idle = None
-        if self.task is None:
+        if self._lost:
+            return
+        left = self._idle_since + IDLE_TIMEOUT_S - self.loop.time()
+        if self.task is None and left <= 0:
             self.transport.close()
+            return
+        # Busy, or active since the timer was set: look again when it could be idle.
+        delay = IDLE_TIMEOUT_S if self.task is not None else left
+        self._idle = self.loop.call_later(delay, self._on_idle)
 
     # -- writing ------------------------------------------------------------------------
 

@@ -84,13 +84,18 @@ def _usage_into(out: Outcome, payload: bytes) -> None:
 
 
 def _stream_usage_into(out: Outcome, tail: bytes) -> None:
-    """The usage a stream reports in its last data chunk, when the server sends one."""
-    if b'"usage"' not in tail:
+    """The usage a stream reports in its last data chunk, when the server sends one: the
+    ``data:`` line holding the last ``"usage"``, found without splitting the tail."""
+    i = tail.rfind(b'"usage"')
+    if i < 0:
         return
-    for line in reversed(tail.split(b"\n")):
-        if line.startswith(b"data: {") and b'"usage"' in line:
-            _usage_into(out, line[6:])
-            return
+    start = tail.rfind(b"data: ", 0, i)
+    if start < 0:
+        return
+    end = tail.find(b"\n", i)
+    line = tail[start + 6 : end] if end >= 0 else tail[start + 6 :]
+    if line.startswith(b"{"):
+        _usage_into(out, line)
 
 
 _json = msgspec.json.Decoder()
@@ -115,6 +120,10 @@ class Outcome:
     user: str | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
+    #: Data events of a stream: when the server reports no usage (the client did not ask
+    #: for ``stream_options.include_usage``), one event carries about one token, which is
+    #: what tokens/s counts then. Never written to the request log as if it were usage.
+    stream_events: int = 0
 
 
 OnDone = Callable[[Outcome, float, float], None]
@@ -370,11 +379,13 @@ class Router:
                 # The whole stream is already here (a short answer): one plain response with
                 # a length, as cheap as a JSON answer, the same bytes for an SSE client.
                 _stream_usage_into(out, chunk[-8192:])
+                out.stream_events = chunk.count(b"data: {")
                 return await ex.send(up.status, chunk, SSE_RESPONSE_HEADERS)
             await ex.start_stream(up.status, SSE_RESPONSE_HEADERS)
         tail = b""
         try:
             while chunk is not None:
+                out.stream_events += chunk.count(b"data: {")
                 tail = tail[-4096:] + chunk if len(chunk) < 4096 else chunk
                 if up.at_end:
                     # The upstream has finished: send the last piece with the end of the

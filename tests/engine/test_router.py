@@ -416,6 +416,37 @@ async def test_the_request_log_records_each_request(tmp_path) -> None:  # type: 
     assert rows[1][:4] == ("nope", None, "not_found", 404)
 
 
+async def test_a_streams_usage_reaches_the_request_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    async with routed(
+        [lms("a", ["m1"])], request_log=tmp_path / "req.sqlite3", time_scale=0.002
+    ) as (_c, engine):
+        c = client(engine)
+        stream = await c.chat.completions.create(
+            model="m1",
+            messages=MSG,
+            max_tokens=40,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        usage = None
+        async for chunk in stream:
+            usage = chunk.usage or usage
+        plain = await c.chat.completions.create(model="m1", messages=MSG, max_tokens=5, stream=True)
+        async for _ in plain:
+            pass
+        assert usage is not None and engine.request_log is not None
+        await engine.request_log.flush()
+        rows = (
+            sqlite3.connect(tmp_path / "req.sqlite3")
+            .execute("SELECT stream, tokens_in, tokens_out FROM requests ORDER BY at")
+            .fetchall()
+        )
+    # What the server reported, as the client saw it; none when the client asked for none.
+    assert rows == [(1, usage.prompt_tokens, usage.completion_tokens), (1, None, None)]
+
+
 async def test_tokens_per_second_counts_proxied_tokens_where_the_node_reports_none() -> None:
     # LM Studio has no generation counter; lmtui counts the usage of what it proxied.
     async with routed([lms("a", ["m1"], parallel=4)]) as (_cluster, engine):
@@ -435,3 +466,58 @@ async def test_tokens_per_second_counts_proxied_tokens_where_the_node_reports_no
         assert node.tokens_per_second is not None and node.tokens_per_second > 0
         assert t0 is not None and node.last_ok_at is not None
         assert node.tokens_per_second <= generated / (node.last_ok_at - t0) + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        (
+            b'data: {"choices":[],"usage":null}\n\ndata: {"choices":[],"usage":'
+            b'{"prompt_tokens":7,"completion_tokens":3}}\n\ndata: [DONE]\n\n',
+            (7, 3),
+        ),
+        # CRLF line ends, and the last chunk without its line end.
+        (b'data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}\r\n', (1, 2)),
+        (b'data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}', (1, 2)),
+        (b'data: {"choices":[{"delta":{}}],"usage":null}\n\ndata: [DONE]\n\n', (None, None)),
+        (b"data: [DONE]\n\n", (None, None)),
+        # The tail was cut inside the usage line: nothing to trust.
+        (b'ompt_tokens":1},"usage":{"prompt_tokens":5}}\n\ndata: [DONE]\n\n', (None, None)),
+        (b'data: {"usage": not json}\n\n', (None, None)),
+    ],
+)
+def test_stream_usage_is_read_from_the_last_usage_line(
+    tail: bytes, expected: tuple[int | None, int | None]
+) -> None:
+    from lmtui.engine.router import Outcome, _stream_usage_into
+
+    out = Outcome(model="m")
+    _stream_usage_into(out, tail)
+    assert (out.tokens_in, out.tokens_out) == expected
+
+
+async def test_a_stream_without_usage_still_counts_towards_tokens_per_second() -> None:
+    """A bot that streams without ``include_usage`` must not make LM Studio's tokens/s read 0:
+    its data events are counted instead, about one token each."""
+    async with routed([lms("a", ["m1"])], time_scale=0.002) as (_c, engine):
+        c = client(engine)
+        with_usage = await c.chat.completions.create(
+            model="m1",
+            messages=MSG,
+            max_tokens=24,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        reported = None
+        async for chunk in with_usage:
+            reported = chunk.usage or reported
+        assert reported is not None and reported.completion_tokens > 5
+        before = engine.store._routed_tokens["a"]
+        assert before == reported.completion_tokens
+        without = await c.chat.completions.create(
+            model="m1", messages=MSG, max_tokens=24, stream=True
+        )
+        async for _ in without:
+            pass
+        counted = engine.store._routed_tokens["a"] - before
+        assert abs(counted - reported.completion_tokens) <= 1

@@ -104,7 +104,9 @@ async def test_drop_mid_stream_leaves_an_incomplete_stream(client: httpx.AsyncCl
                 async for line in r.aiter_lines():
                     received.append(line)
         data = [x for x in received if x.startswith("data: ")]
-        assert 1 <= len(data) < 5
+        # One event per token: a whole answer would be 100 tokens, the role and the finish.
+        assert 1 <= len(data) < 100
+        assert not any('"finish_reason":"length"' in x for x in data)
         assert "data: [DONE]" not in received
         assert node.records[-1].outcome == "dropped"
         # Non-streaming requests are unaffected.

@@ -318,10 +318,13 @@ class KindServer:
                 request, resp, event(chunk({"role": "assistant", "content": None}, None)), sent
             )
         async for k in self.state.decode(inst, job):
-            text = self.words(k)
-            sent = await self.write_chunk(
-                request, resp, event(chunk({"content": text} if chat else text, None)), sent
+            # Real servers send one event per token; the simulator decodes in steps of k
+            # tokens (time-scaled), so a step is k events in one write.
+            data = b"".join(
+                event(chunk({"content": w} if chat else w, None))
+                for w in (self.words(1) for _ in range(k))
             )
+            sent = await self.write_chunk(request, resp, data, sent)
         last = chunk({} if chat else "", finish)
         self.decorate(last, inst, job, final=True)
         await resp.write(event(last))
