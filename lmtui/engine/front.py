@@ -21,10 +21,12 @@ and hands every other connection to ``aiohttp.web``, intact:
   well and run the same code (:class:`~lmtui.engine.exchange.Exchange`).
 
 Behaviour matches the aiohttp path: the bearer key is checked before the body is used; a
-body over ``[router] max_body_bytes`` gets 413 without being read (and the connection is
-closed, as its body was never consumed); a client that disconnects cancels its request,
-so a queued request leaves the queue at once; a connection idle for 75 s, or one that
-dribbles an incomplete request for that long, is closed.
+body over ``[router] max_body_bytes`` gets 413 and is dropped as it arrives, never kept in
+memory (over four times the limit, the connection closes after the 413); a client that
+disconnects cancels its request, so a queued request leaves the queue at once; a
+connection idle for 75 s, or one that dribbles an incomplete request for that long, is
+closed; a client that half-closes gets the answers to what it sent, then the connection
+closes.
 """
 
 from __future__ import annotations
@@ -136,6 +138,10 @@ class FastFront(asyncio.Protocol):
         #: pipelining without limit must not fill lmtui's memory).
         self._read_limit = self.router.max_body_bytes + MAX_HEAD
         self.reading_paused = False
+        #: Bytes still to drop: the rest of a refused (too large) body.
+        self._discard = 0
+        #: The client half-closed: answer what it sent, then close.
+        self._eof = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -147,6 +153,12 @@ class FastFront(asyncio.Protocol):
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
+        if self._discard:
+            n = min(len(data), self._discard)
+            self._discard -= n
+            if n == len(data):
+                return
+            data = data[n:]
         self.buf += data
         if self.task is None:
             self._next()
@@ -163,8 +175,9 @@ class FastFront(asyncio.Protocol):
             self.transport.resume_reading()
 
     def eof_received(self) -> bool:
-        # The client finished sending: answer what is in progress, then close.
-        self.close_when_done = True
+        # The client finished sending: answer what it sent (pipelined requests included),
+        # then close.
+        self._eof = True
         if self.task is None:
             self.transport.close()
         return True
@@ -225,8 +238,16 @@ class FastFront(asyncio.Protocol):
         if length < 0:
             return self._hand_on()
         if length > self.router.max_body_bytes:
-            # Answered without reading the body; the connection cannot be reused after it.
-            del buf[:]
+            # Refused without reading the body into memory. Its bytes are dropped as they
+            # come, so the client can finish sending, read the 413 and reuse the connection
+            # (closing at once could reset it before it reads the answer). A body far over
+            # the limit is not worth the wait: that connection closes after the 413.
+            total = end + 4 + length
+            dropped = min(len(buf), total)
+            del buf[:dropped]
+            self._discard = total - dropped
+            if length > 4 * self.router.max_body_bytes:
+                self.close_when_done = True
             self._start(self._refuse(413, self.router.too_large))
             return
         total = end + 4 + length
@@ -264,7 +285,6 @@ class FastFront(asyncio.Protocol):
                 )
 
     async def _refuse(self, status: int, error: tuple[str, str, str]) -> None:
-        self.close_when_done = True
         await _Reply(self).send(status, error_body(*error), JSON_HEADERS)
 
     def _done(self, _task: asyncio.Task[None]) -> None:
@@ -277,6 +297,9 @@ class FastFront(asyncio.Protocol):
         self._idle_since = self.loop.time()
         if self.buf:
             self._next()  # a pipelined request already waiting
+        if self._eof and self.task is None:
+            self.transport.close()  # nothing more will come
+            return
         self._flow()
 
     def _hand_on(self) -> None:
@@ -297,6 +320,8 @@ class FastFront(asyncio.Protocol):
             proto.pause_writing()
         if data:
             proto.data_received(data)
+        if self._eof:
+            proto.eof_received()
 
     def _arm_idle(self) -> None:
         """One timer per connection, not one per request: each request only stamps

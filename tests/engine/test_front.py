@@ -205,15 +205,40 @@ async def test_a_huge_head_is_handed_on_and_refused() -> None:
         assert counts(engine) == (0, 1)
 
 
-async def test_an_oversized_body_is_refused_unread_and_the_connection_closed() -> None:
+async def test_an_oversized_body_is_refused_and_dropped_and_the_connection_reused() -> None:
     router = RouterConfig(max_body_bytes=1000)
     async with routed([lms()], router=router) as (_c, engine), conn(engine) as c:
-        # Only the head is sent: the 413 must not wait for a body it will never read.
-        await c.send(post(body=b"x" * 5000)[:-5000])
+        big = post(body=b"x" * 3000)
+        # The head alone gets the 413: it does not wait for a body it will not read.
+        await c.send(big[:-3000])
         status, headers, body = await c.response()
         assert status == 413
-        assert headers["connection"] == "close"
+        assert "connection" not in headers
         assert json.loads(body)["error"]["code"] == "request_too_large"
+        # The body arrives after the answer and is dropped; the next request is served.
+        await c.send(b"x" * 1000)
+        await c.send(b"x" * 2000 + post())
+        assert (await c.response())[0] == 200
+        assert engine.front is not None
+        (fc,) = engine.front.connections
+        assert len(fc.buf) == 0
+
+
+async def test_a_body_far_over_the_limit_is_refused_and_the_connection_closed() -> None:
+    router = RouterConfig(max_body_bytes=1000)
+    async with routed([lms()], router=router) as (_c, engine), conn(engine) as c:
+        await c.send(post(body=b"x" * 5000)[:-5000])
+        status, headers, _ = await c.response()
+        assert status == 413 and headers["connection"] == "close"
+        assert await c.closed()
+
+
+async def test_a_half_closed_client_gets_every_pipelined_answer() -> None:
+    async with routed([lms()]) as (_c, engine), conn(engine) as c:
+        await c.send(post() + post("/v1/embeddings", b'{"model":"m1","input":"x"}'))
+        c.w.write_eof()
+        assert (await c.response())[0] == 200
+        assert (await c.response())[0] == 200
         assert await c.closed()
 
 
