@@ -416,6 +416,21 @@ async def test_the_request_log_records_each_request(tmp_path) -> None:  # type: 
     assert rows[1][:4] == ("nope", None, "not_found", 404)
 
 
+async def streamed_usage(c: openai.AsyncOpenAI, *, max_tokens: int):  # type: ignore[no-untyped-def]
+    """Stream a chat answer asking for usage; return the usage the last chunk carried."""
+    stream = await c.chat.completions.create(
+        model="m1",
+        messages=MSG,
+        max_tokens=max_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage = None
+    async for chunk in stream:
+        usage = chunk.usage or usage
+    return usage
+
+
 async def test_a_streams_usage_reaches_the_request_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import sqlite3
 
@@ -423,16 +438,7 @@ async def test_a_streams_usage_reaches_the_request_log(tmp_path) -> None:  # typ
         [lms("a", ["m1"])], request_log=tmp_path / "req.sqlite3", time_scale=0.002
     ) as (_c, engine):
         c = client(engine)
-        stream = await c.chat.completions.create(
-            model="m1",
-            messages=MSG,
-            max_tokens=40,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        usage = None
-        async for chunk in stream:
-            usage = chunk.usage or usage
+        usage = await streamed_usage(c, max_tokens=40)
         plain = await c.chat.completions.create(model="m1", messages=MSG, max_tokens=5, stream=True)
         async for _ in plain:
             pass
@@ -501,16 +507,7 @@ async def test_a_stream_without_usage_still_counts_towards_tokens_per_second() -
     its data events are counted instead, about one token each."""
     async with routed([lms("a", ["m1"])], time_scale=0.002) as (_c, engine):
         c = client(engine)
-        with_usage = await c.chat.completions.create(
-            model="m1",
-            messages=MSG,
-            max_tokens=24,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        reported = None
-        async for chunk in with_usage:
-            reported = chunk.usage or reported
+        reported = await streamed_usage(c, max_tokens=24)
         assert reported is not None and reported.completion_tokens > 5
         before = engine.store._routed_tokens["a"]
         assert before == reported.completion_tokens
