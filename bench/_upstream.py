@@ -158,7 +158,9 @@ class StartError(RuntimeError):
 
 
 #: Every CPU this process may use, read at import, before a benchmark pins itself.
-ALL_CPUS = sorted(os.sched_getaffinity(0))
+ALL_CPUS = sorted(
+    os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+)
 
 
 class Proc:
