@@ -95,7 +95,7 @@ class FrontServer:
         #: Makes an ``aiohttp.web`` protocol (``AppRunner.server``) for a handed-on connection.
         self.fallback = fallback
         self.connections: set[FastFront] = set()
-        #: Requests served here, and connections handed to aiohttp (for tests and --debug).
+        #: Requests served here, and connections handed to aiohttp (read by the tests).
         self.served = 0
         self.handed_on = 0
 
