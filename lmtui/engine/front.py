@@ -142,6 +142,8 @@ class FastFront(asyncio.Protocol):
         self._discard = 0
         #: The client half-closed: answer what it sent, then close.
         self._eof = False
+        #: The connection now belongs to aiohttp: this object must not touch it again.
+        self._handed_on = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -162,7 +164,8 @@ class FastFront(asyncio.Protocol):
         self.buf += data
         if self.task is None:
             self._next()
-        self._flow()
+        if not self._handed_on:
+            self._flow()
 
     def _flow(self) -> None:
         """Stop reading while more than ``_read_limit`` bytes wait; read again below it."""
@@ -297,6 +300,8 @@ class FastFront(asyncio.Protocol):
         self._idle_since = self.loop.time()
         if self.buf:
             self._next()  # a pipelined request already waiting
+            if self._handed_on:
+                return
         if self._eof and self.task is None:
             self.transport.close()  # nothing more will come
             return
@@ -307,6 +312,7 @@ class FastFront(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+        self._handed_on = True
         self.server.connections.discard(self)
         self.server.handed_on += 1
         data, self.buf = bytes(self.buf), bytearray()

@@ -240,6 +240,13 @@ async def test_a_half_closed_client_gets_every_pipelined_answer() -> None:
         assert (await c.response())[0] == 200
         assert (await c.response())[0] == 200
         assert await c.closed()
+    # A request the front hands on after serving one: aiohttp answers it before any close.
+    async with routed([lms()]) as (_c, engine), conn(engine) as c:
+        await c.send(post() + b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.w.write_eof()
+        assert (await c.response())[0] == 200
+        status, _, body = await c.response()
+        assert status == 200 and b"m1" in body
 
 
 async def test_connection_close_is_honoured() -> None:
