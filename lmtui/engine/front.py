@@ -290,8 +290,12 @@ class FastFront(asyncio.Protocol):
     async def _refuse(self, status: int, error: tuple[str, str, str]) -> None:
         await _Reply(self).send(status, error_body(*error), JSON_HEADERS)
 
-    def _done(self, _task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[None]) -> None:
         self.task = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Only a failure to send the 500 itself gets here: the client is gone.
+            log.debug("router: could not answer a failed request: %r", exc)
+            self.close_when_done = True
         if self._lost:
             return
         if self.close_when_done:
