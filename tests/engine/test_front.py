@@ -374,3 +374,25 @@ def test_reading_resumes_once_the_buffer_drains_below_the_limit() -> None:
     del fc.buf[:2]
     fc._flow()
     assert not t.paused and not fc.reading_paused
+
+
+async def test_a_bug_in_the_router_is_a_500_and_the_connection_survives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with routed([lms()]) as (_c, engine), conn(engine) as c:
+        assert engine.router is not None
+        real = engine.router.proxy
+        calls = []
+
+        async def broken(*args: object) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+            await real(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(engine.router, "proxy", broken)
+        await c.send(post())
+        status, _, body = await c.response()
+        assert status == 500 and json.loads(body)["error"]["code"] == "internal_error"
+        await c.send(post())
+        assert (await c.response())[0] == 200
