@@ -287,7 +287,7 @@ def schedule(
 
     extra = None
     if live and not coming and not pending and strat is not Strategy.EFFICIENCY:
-        on_nodes = {i.node for i in instances}
+        # Nothing loading or coming: the replicas are the live ones.
         extra = _extra_replica(
             snapshot,
             model,
@@ -295,8 +295,8 @@ def schedule(
             settings,
             now,
             live,
-            len(live) + len(pending - on_nodes),
-            frozenset(on_nodes | pending),
+            len(live),
+            frozenset(i.node for i in instances),
             pending_loads,
             _seed(model, request),
         )

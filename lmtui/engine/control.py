@@ -103,25 +103,18 @@ class Controller:
             self._node(node)
             if any(i.node == node for i in snap.instances_of(model)):
                 raise CommandError(f"{model} is already on {node}")
-            plan = place(
-                snap,
-                model,
-                self.engine.clock(),
-                d.settings.pool,
-                pending_loads=d.pending_loads,
-                exclude=frozenset(snap.nodes) - {node},
-                seed=stable_seed(model),
-            )
+            exclude = frozenset(snap.nodes) - {node}  # there and nowhere else
         else:
-            plan = place(
-                snap,
-                model,
-                self.engine.clock(),
-                d.settings.pool,
-                pending_loads=d.pending_loads,
-                exclude=frozenset(i.node for i in snap.instances_of(model)),
-                seed=stable_seed(model),
-            )
+            exclude = frozenset(i.node for i in snap.instances_of(model))  # one more replica
+        plan = place(
+            snap,
+            model,
+            self.engine.clock(),
+            d.settings.pool,
+            pending_loads=d.pending_loads,
+            exclude=exclude,
+            seed=stable_seed(model),
+        )
         if not isinstance(plan, Placement):
             raise CommandError(f"cannot load {model}: {plan.reason}")
         d.start_load(

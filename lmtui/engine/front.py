@@ -1,10 +1,11 @@
 """The router's fast HTTP/1.1 front: plain OpenAI requests served without ``aiohttp.web``.
 
 Measured on the project's 2-core machine, ``aiohttp.web``'s request and response machinery
-was the largest single cost of a proxied request: a bare ``aiohttp.web`` proxy used ~46 µs
-of CPU per request, the same proxy on a bare asyncio protocol ~22 µs. Through lmtui at 32
-clients (``bench/router_overhead.py``, proxy CPU per request, with and without
-``--via-aiohttp``): ~80-90 µs through ``aiohttp.web``, ~53-59 µs through this front. So the
+was the largest single cost of a proxied request: a bare ``aiohttp.web`` proxy
+(``bench/upstream_client.py``) used ~46 µs of CPU per request, and a throwaway prototype of
+the same proxy on a bare asyncio protocol (not kept in ``bench/``) ~22 µs. Through lmtui at
+32 clients (``bench/router_overhead.py``, proxy CPU per request, with and without
+``--via-aiohttp``): ~80-90 µs through ``aiohttp.web``, ~53-64 µs through this front. So the
 listening socket belongs to this module, which serves the requests the bot actually sends
 and hands every other connection to ``aiohttp.web``, intact:
 

@@ -189,8 +189,7 @@ class Router:
         """Does the ``Authorization`` header carry one of the API keys (or are there none)?"""
         if not self.api_keys:
             return True
-        auth = authorization
-        token = auth[7:].encode() if auth[:7].lower() == "bearer " else b""
+        token = authorization[7:].encode() if authorization[:7].lower() == "bearer " else b""
         # Compare against every key so the time taken does not say which one matched.
         ok = False
         for key in self.api_keys:
