@@ -19,8 +19,8 @@ from lmtui.config import NodeConfig
 from lmtui.core.model import NodeObservation
 from lmtui.sim import SimCluster
 
-#: Payloads captured from real servers. CI lays ``shared/`` beside the checkout.
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+#: Payloads captured from real servers (the project's own copy; see its README).
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).parent / "fixtures" / "llama-server"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "llama-server"
 
 #: Simulated seconds become 1/100 real seconds: a 10 s load takes 0.1 s.
 FAST = 0.01

