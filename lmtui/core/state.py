@@ -284,4 +284,5 @@ def _instance(
         load_progress=io.load_progress,
         error=io.error,
         first_seen=prev.first_seen if prev else at,
+        url=io.url,
     )

@@ -92,6 +92,8 @@ class Lease:
     model: str
     queue_wait_s: float
     reason: str
+    #: The instance's own base URL when it has one (a pool node's server), else None.
+    url: str | None = None
 
 
 @dataclass(slots=True)
@@ -216,7 +218,9 @@ class Dispatcher:
             self.start_load(d.preload)
         if self.on_route is not None:
             self.on_route(inst.model, inst.node, "queued" if req.queued else "direct")
-        return Lease(d.instance_key, inst.node, inst.model, now - enqueued_at, d.reason)
+        return Lease(
+            d.instance_key, inst.node, inst.model, now - enqueued_at, d.reason, inst.url
+        )
 
     async def _wait(
         self,

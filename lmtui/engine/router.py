@@ -327,7 +327,7 @@ class Router:
             doc = _json.decode(body)
             doc["model"] = lease.model
             body = _encode(doc)
-        pool = self._pool(lease.node)
+        pool = self._pool(lease.node, lease.url)
         t_send = self.clock()
         try:
             up = await pool.request("POST", path, body, self._upstream_headers(lease.node))
@@ -435,13 +435,18 @@ class Router:
             self._headers[node] = h
         return h
 
-    def _pool(self, node: str) -> UpstreamPool | TlsUpstreamPool:
-        p = self._pools.get(node)
+    def _pool(self, node: str, url: str | None = None) -> UpstreamPool | TlsUpstreamPool:
+        """The keep-alive pool for a node, or for an instance served at its own URL (a
+        pool node's spawned servers, one port each)."""
+        p = self._pools.get(url or node)
         if p is None:
-            # One keep-alive pool per node; a generation can run for minutes, so only each
-            # wait for bytes is bounded (900 s), not the whole answer.
-            p = self._pools[node] = pool_for(
-                self.node_urls[node], max_connections=256, connect_timeout=10, read_timeout=900
+            # A generation can run for minutes, so only each wait for bytes is bounded
+            # (900 s), not the whole answer.
+            p = self._pools[url or node] = pool_for(
+                (url or self.node_urls[node]).rstrip("/"),
+                max_connections=256,
+                connect_timeout=10,
+                read_timeout=900,
             )
         return p
 

@@ -1,6 +1,6 @@
 """Payload shapes of llama.cpp ``llama-server``, copied from real captured responses.
 
-The captures are in ``/work/shared/fixtures/llama-server`` (build b1-0c1e570). Field names,
+The captures are in ``tests/fixtures/llama-server`` (build b1-0c1e570). Field names,
 order and nesting follow them; only values change with the simulated model and load.
 """
 
