@@ -107,6 +107,9 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     poll_interval: PositiveFloat | None = None
     #: Reach the host over SSH too (host memory, ``lms`` CLI, spawning llama-server).
     ssh: SshConfig | None = None
+    #: Seconds a request sent here may wait for the node's first byte; overrides
+    #: [router] first_byte_timeout (a slow Mac with long prompts may need more).
+    first_byte_timeout: PositiveFloat | None = None
 
 
 class PollConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -141,6 +144,11 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     queue_timeout: PositiveFloat = 300.0
     #: Largest request body accepted, in bytes (413 above it).
     max_body_bytes: PositiveInt = 16 * 1024 * 1024
+    #: Seconds a request sent to a node may wait for its first byte before lmtui gives up
+    #: on that node and serves it elsewhere (or queues it again). A request that is not
+    #: streamed gets its first byte with the whole answer, so this also bounds how long a
+    #: non-streamed generation may take. Five minutes: a 100k-token prompt on a slow Mac.
+    first_byte_timeout: PositiveFloat = 300.0
     #: Send the same ``user`` to the same replica while it has a free slot.
     session_affinity: bool = False
     #: Most replicas of one model the ``spread`` strategy creates.
@@ -184,6 +192,9 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Concurrent requests per instance of this model, overriding the node's ``slots`` and
     #: what the server reports (e.g. a model loaded with a smaller ``parallel``).
     slots: PositiveInt | None = None
+    #: Seconds a request for this model may wait for a node's first byte; overrides the
+    #: node's and [router] first_byte_timeout.
+    first_byte_timeout: PositiveFloat | None = None
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

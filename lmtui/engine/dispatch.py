@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from lmtui.backends.base import Backend, BackendError
+from lmtui.backends.base import Backend, BackendError, LoadDeferred
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.model import InstanceKey, InstanceState
 from lmtui.core.queue import Rejected as QueueRejected
@@ -46,6 +46,13 @@ log = logging.getLogger(__name__)
 
 #: After a load fails on a node, requests for that model avoid the node this long.
 LOAD_FAILURE_COOLOFF_S = 30.0
+#: After a node refuses a load for now (LoadDeferred), first wait before asking again; it
+#: doubles per further refusal up to DEFER_MAX_S. A request released on that node (a model
+#: there got idle) asks again at once. One load request a second at most: never a storm.
+DEFER_FIRST_S = 1.0
+DEFER_MAX_S = 8.0
+#: Retry-After for a 503 "cannot be served now" (the cluster may change within it).
+RETRY_AFTER_S = 10.0
 #: How often a waiting streaming client is told what it waits for (an SSE comment).
 PROGRESS_EVERY_S = 2.0
 
@@ -66,6 +73,9 @@ class RequestRejected(DispatchError):
         super().__init__(message)
         self.status = status
         self.code = "model_not_found" if status == 404 else "service_unavailable"
+        #: A 503 says when to try again: the cluster (a load failing, a node coming back)
+        #: may well change by then. None for a 404.
+        self.retry_after_s: float | None = RETRY_AFTER_S if status == 503 else None
 
 
 class QueueFull(DispatchError):
@@ -137,6 +147,9 @@ class Dispatcher:
         self._waiters: dict[str, _Waiter] = {}
         self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._load_failed: dict[tuple[str, str], float] = {}
+        #: Loads a node refused for now (LoadDeferred): (node, model) → (retry at, refusals,
+        #: refused at). Until then the scheduler sees them as pending, so requests wait.
+        self._deferred: dict[tuple[str, str], tuple[float, int, float]] = {}
         self._affinity: OrderedDict[str, InstanceKey] = OrderedDict()
         self._ids = itertools.count(1)
         self._pump_scheduled = False
@@ -166,6 +179,8 @@ class Dispatcher:
     def release(self, lease: Lease) -> None:
         """Give the slot back (the request ended, however it ended)."""
         self.store.add_in_flight(lease.key, -1, self.clock())
+        if self._deferred:
+            self._retry_deferred_sooner(lease.node)
         self._schedule_pump()
 
     @property
@@ -183,15 +198,46 @@ class Dispatcher:
     # -- internals -----------------------------------------------------------------------
 
     def _decide(self, req: RequestInfo, now: float) -> Route | Load | Wait | Reject:
+        pending = frozenset(self._pending) if self._pending else _NO_LOADS
+        if self._deferred:
+            pending = pending | self._deferred_now(now)
         return schedule(
-            self.store.snapshot,
-            req,
-            self.strategy,
-            self.settings,
-            now,
-            frozenset(self._pending) if self._pending else _NO_LOADS,
-            self._affinity,
+            self.store.snapshot, req, self.strategy, self.settings, now, pending, self._affinity
         )
+
+    def _deferred_now(self, now: float) -> frozenset[tuple[str, str]]:
+        """Refused loads not yet due to be asked again: the scheduler waits for them."""
+        for key in [k for k, v in self._deferred.items() if v[0] < now - 4 * DEFER_MAX_S]:
+            del self._deferred[key]  # long due and nobody asked again: the episode is over
+        return frozenset(k for k, (at, _n, _t) in self._deferred.items() if at > now)
+
+    def _retry_deferred_sooner(self, node: str) -> None:
+        """A slot freed on a node that refused a load: a model there may be idle now, so ask
+        again soon — but never sooner than DEFER_FIRST_S after the refusal."""
+        now = self.clock()
+        loop = asyncio.get_running_loop()
+        for key, (at, refusals, refused) in list(self._deferred.items()):
+            if key[0] == node and at > now:
+                soon = max(now, refused + DEFER_FIRST_S)
+                if soon < at:
+                    self._deferred[key] = (soon, refusals, refused)
+                    loop.call_later(soon - now, self._schedule_pump)
+
+    def _defer(self, node: str, model: str, why: str) -> None:
+        _at, refusals, _t = self._deferred.get((node, model), (0.0, 0, 0.0))
+        wait = min(DEFER_MAX_S, DEFER_FIRST_S * 2**refusals)
+        now = self.clock()
+        self._deferred[(node, model)] = (now + wait, refusals + 1, now)
+        if refusals == 0:  # one event per episode, not one per retry
+            self.event(
+                EventKind.LOAD,
+                f"{node} cannot load {model} yet ({why}); its requests stay queued and the "
+                "load is tried again when a model there is idle",
+                node=node,
+                model=model,
+                level=Level.WARNING,
+            )
+        asyncio.get_running_loop().call_later(wait, self._schedule_pump)
 
     def _with_exclusions(self, req: RequestInfo, now: float) -> RequestInfo:
         """Avoid nodes where a load of this model failed recently (else we retry forever)."""
@@ -218,9 +264,7 @@ class Dispatcher:
             self.start_load(d.preload)
         if self.on_route is not None:
             self.on_route(inst.model, inst.node, "queued" if req.queued else "direct")
-        return Lease(
-            d.instance_key, inst.node, inst.model, now - enqueued_at, d.reason, inst.url
-        )
+        return Lease(d.instance_key, inst.node, inst.model, now - enqueued_at, d.reason, inst.url)
 
     async def _wait(
         self,
@@ -339,6 +383,9 @@ class Dispatcher:
             )
             try:
                 await self.backends[d.node].load(d.model)
+            except LoadDeferred as e:
+                self._defer(d.node, d.model, str(e))
+                return
             except BackendError as e:
                 self._load_failed[(d.node, d.model)] = self.clock()
                 self.event(
@@ -351,6 +398,7 @@ class Dispatcher:
                 return
             ok = True
             self._load_failed.pop((d.node, d.model), None)
+            self._deferred.pop((d.node, d.model), None)
             self.event(
                 EventKind.LOAD,
                 f"{d.model} loaded on {d.node} in {self.clock() - t0:.1f}s",

@@ -260,6 +260,17 @@ class Engine:
             resolve=self.resolve_model,
             on_done=self._request_done,
             clock=self.clock,
+            first_byte_timeout_s=self.config.router.first_byte_timeout,
+            node_first_byte_s={
+                n.name: n.first_byte_timeout
+                for n in self.config.nodes
+                if n.first_byte_timeout is not None
+            },
+            model_first_byte_s={
+                m.name: m.first_byte_timeout
+                for m in self.config.models
+                if m.first_byte_timeout is not None
+            },
         )
         app = web.Application(client_max_size=self.config.router.max_body_bytes)
         self.router.add_routes(app)

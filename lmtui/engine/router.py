@@ -17,11 +17,20 @@ access log cost 19–37% of throughput, so there is none.
 Failover: a connection error or a 5xx before the first byte reaches the client is retried on
 another replica (or a load elsewhere). After the first byte, a failure ends the stream with
 an error event and ``[DONE]``: every request ends in a response or an explicit error.
+
+A node can also fail by saying nothing: frozen (SIGSTOP, a hung driver), the kernel still
+accepts connections and the request waits. A watchdog (:class:`_Watchdog`, four times a
+second, only while requests are upstream) gives up on a request whose node is marked down,
+or whose first byte is later than ``first_byte_timeout`` (per model, per node, or the
+router's): one that has sent nothing to its client is cancelled there and served elsewhere;
+one already streaming ends with an error event. The bound is not a timer per request: one
+sweep costs less than arming and cancelling a timer on every request of the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
 import logging
@@ -35,8 +44,9 @@ from aiohttp import web
 
 from lmtui.backends.http1 import UpstreamError, UpstreamPool, UpstreamResponse
 from lmtui.core.events import EventKind, Level
+from lmtui.core.model import Health
 from lmtui.core.scheduler import RequestInfo
-from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease, QueueFull
+from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease
 from lmtui.engine.errors import JSON_HEADERS, UNAUTHORIZED, error_body, error_response
 from lmtui.engine.exchange import AiohttpExchange, Exchange
 from lmtui.engine.upstream_tls import TlsResponse, TlsUpstreamPool, pool_for
@@ -48,6 +58,8 @@ SSE_RESPONSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", **SS
 
 #: Upstream attempts per request: the first try plus failovers before the first byte.
 MAX_ATTEMPTS = 3
+#: How often the watchdog looks at requests waiting on a node (seconds).
+WATCHDOG_EVERY_S = 0.25
 
 
 class _Head(msgspec.Struct):
@@ -106,6 +118,27 @@ class _RetryElsewhere(Exception):
     """The upstream failed before anything reached the client: try another replica."""
 
 
+class _Attempt:
+    """One request upstream, as the watchdog sees it."""
+
+    __slots__ = ("abort", "deadline", "node", "started", "task")
+
+    def __init__(self, task: asyncio.Task[object], node: str, deadline: float) -> None:
+        self.task = task
+        self.node = node
+        #: Loop time by which the first byte must have come.
+        self.deadline = deadline
+        #: True once the node's first byte came back.
+        self.started = False
+        #: Why the watchdog gave up on it (set just before it cancels the task).
+        self.abort: str | None = None
+
+    def given_up(self) -> bool:
+        """After a CancelledError: True when the watchdog caused it (and only it), so the
+        request carries on with its failover; False for anything else (the client left)."""
+        return self.abort is not None and self.task.uncancel() == 0
+
+
 @dataclass(slots=True)
 class Outcome:
     """What happened to one request, for metrics and the request log."""
@@ -145,8 +178,16 @@ class Router:
         resolve: Callable[[str], str],
         on_done: OnDone | None = None,
         clock: Callable[[], float] = time.time,
+        first_byte_timeout_s: float = 300.0,
+        node_first_byte_s: dict[str, float] | None = None,
+        model_first_byte_s: dict[str, float] | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self.first_byte_timeout_s = first_byte_timeout_s
+        self.node_first_byte_s = node_first_byte_s or {}
+        self.model_first_byte_s = model_first_byte_s or {}
+        self._attempts: set[_Attempt] = set()
+        self._watchdog: asyncio.Task[None] | None = None
         self.node_urls = {n: u.rstrip("/") for n, u in node_urls.items()}
         self.node_keys = node_keys
         self.api_keys = [k.encode() for k in api_keys]
@@ -329,6 +370,38 @@ class Router:
             body = _encode(doc)
         pool = self._pool(lease.node, lease.url)
         t_send = self.clock()
+        att = self._watch(lease)
+        try:
+            return await self._exchange(ex, pool, lease, path, body, out, t_send, att)
+        except asyncio.CancelledError:
+            if not att.given_up():
+                raise
+            if att.started:
+                # A stream that has begun cannot move: end it with an explicit error.
+                out.outcome, out.status = "upstream_error", 502
+                msg = f"upstream {lease.node} {att.abort}; the stream was cut"
+                with contextlib.suppress(ConnectionResetError):
+                    await ex.end(
+                        b"data: "
+                        + error_body(msg, "upstream_error", "stream_interrupted")
+                        + b"\n\ndata: [DONE]\n\n"
+                    )
+                return None
+            raise _RetryElsewhere(att.abort) from None
+        finally:
+            self._attempts.discard(att)
+
+    async def _exchange(
+        self,
+        ex: Exchange,
+        pool: UpstreamPool | TlsUpstreamPool,
+        lease: Lease,
+        path: str,
+        body: bytes,
+        out: Outcome,
+        t_send: float,
+        att: _Attempt,
+    ) -> None:
         try:
             up = await pool.request("POST", path, body, self._upstream_headers(lease.node))
         except UpstreamError as e:
@@ -349,15 +422,50 @@ class Router:
                     data = await up.read()
                 except UpstreamError as e:
                     raise _RetryElsewhere(str(e)) from e
+                self._attempts.discard(att)  # the whole answer is here: nothing to watch
                 out.ttft_s = self.clock() - t_send
                 if up.status == 200:
                     _usage_into(out, data)
                 if ex.streaming:  # the client already got SSE comments: stay SSE
                     return await ex.end(b"data: " + data + b"\n\ndata: [DONE]\n\n")
                 return await ex.send(up.status, data, {"Content-Type": ctype})
-            return await self._pipe(ex, up, t_send, out)
+            return await self._pipe(ex, up, t_send, out, att)
         finally:
             up.release()
+
+    def _watch(self, lease: Lease) -> _Attempt:
+        """Register a request going upstream with the watchdog (started on first use)."""
+        bound = self.model_first_byte_s.get(lease.model) or self.node_first_byte_s.get(
+            lease.node, self.first_byte_timeout_s
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        att = _Attempt(task, lease.node, task.get_loop().time() + bound)
+        self._attempts.add(att)
+        if self._watchdog is None:
+            self._watchdog = task.get_loop().create_task(self._watch_loop(), name="watchdog")
+        return att
+
+    async def _watch_loop(self) -> None:
+        """Give up on requests whose node went down or that wait too long for a first byte."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(WATCHDOG_EVERY_S)
+            if not self._attempts:
+                continue
+            now = loop.time()
+            nodes = self.dispatcher.store.snapshot.nodes
+            for att in list(self._attempts):
+                if att.abort is not None:
+                    continue
+                node = nodes.get(att.node)
+                if node is not None and node.health is Health.DOWN:
+                    att.abort = f"went down ({node.last_error or 'no answer'})"[:300]
+                elif not att.started and now > att.deadline:
+                    att.abort = "sent no first byte within the first-byte timeout"
+                else:
+                    continue
+                att.task.cancel()
 
     async def _pipe(
         self,
@@ -365,6 +473,7 @@ class Router:
         up: UpstreamResponse | TlsResponse,
         t_send: float,
         out: Outcome,
+        att: _Attempt,
     ) -> None:
         try:
             chunk = await up.next_chunk()
@@ -372,9 +481,11 @@ class Router:
             raise _RetryElsewhere(str(e)) from e
         if chunk is None:
             raise _RetryElsewhere("empty stream")
+        att.started = True
         out.ttft_s = self.clock() - t_send
         if not ex.streaming:
             if up.at_end:
+                self._attempts.discard(att)
                 # The whole stream is already here (a short answer): one plain response with
                 # a length, as cheap as a JSON answer, the same bytes for an SSE client.
                 _stream_usage_into(out, chunk[-8192:])
@@ -414,8 +525,9 @@ class Router:
     async def _fail(self, ex: Exchange, e: DispatchError) -> None:
         if not ex.streaming:
             headers = dict(JSON_HEADERS)
-            if isinstance(e, QueueFull):
-                headers["Retry-After"] = str(max(1, round(e.retry_after_s)))
+            retry_after = getattr(e, "retry_after_s", None)
+            if retry_after is not None:  # 429 queue full, 503 cannot be served now
+                headers["Retry-After"] = str(max(1, round(retry_after)))
             return await ex.send(
                 e.status, error_body(e.message, _type_of(e.status), e.code), headers
             )
@@ -452,6 +564,11 @@ class Router:
 
     async def close(self) -> None:
         """Close the upstream pools, once no request of either server is running."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
         for p in self._pools.values():
             await p.close()
         self._pools.clear()

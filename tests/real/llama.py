@@ -75,8 +75,14 @@ class LlamaServer:
     def start(self, *, wait: bool = True) -> LlamaServer:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(self.build.binary), "--host", "127.0.0.1", "--port", str(self.port)]
-                + self.args,
+                [
+                    str(self.build.binary),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    *self.args,
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -8,6 +8,7 @@ live here once, with per-kind decoration hooks (llama.cpp ``timings``, LM Studio
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import random
@@ -199,11 +200,17 @@ class KindServer:
     async def write_chunk(
         self, request: web.Request, resp: web.StreamResponse, data: bytes, sent: int
     ) -> int:
-        """Write one chunk; under the ``drop_mid_stream`` fault, cut the connection instead."""
+        """Write one chunk; under the ``drop_mid_stream`` fault, cut the connection instead.
+
+        Under ``hang`` a stream in progress stops too, as a real server frozen with SIGSTOP
+        does: nothing more is written until the fault is cleared.
+        """
         if self.faults.drop_mid_stream and sent >= DROP_AFTER_CHUNKS:
             if request.transport is not None:
                 request.transport.abort()
             raise StreamDropped
+        while self.faults.hang:  # noqa: ASYNC110 - a plain flag that tests flip
+            await asyncio.sleep(0.05)
         await resp.write(data)
         return sent + 1
 

@@ -1,0 +1,154 @@
+"""Nodes that fail by saying nothing (frozen, too slow) and nodes that refuse a load for now.
+
+The router is driven by the real ``openai`` client and ``httpx`` against simulated nodes on
+loopback; a frozen node is the simulator's ``hang`` fault (the port accepts connections and
+nothing answers, as a real server under SIGSTOP does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from _routing import MSG, client, routed
+from test_router import lms
+
+from lmtui.backends.base import Backend, LoadDeferred
+from lmtui.config import ModelConfig, NodeConfig, RouterConfig
+from lmtui.core.model import Health, InstanceObservation, Node, NodeKind, NodeObservation
+from lmtui.core.scheduler import RequestInfo, SchedulerSettings
+from lmtui.engine.dispatch import Dispatcher
+from lmtui.engine.store import Store
+
+
+async def test_requests_on_a_frozen_node_are_served_by_the_other_replica() -> None:
+    specs = [lms("a", ["m1"], parallel=4), lms("b", ["m1"], parallel=4)]
+    async with routed(specs, time_scale=0.02) as (cluster, engine):
+        cluster.node("a").faults.hang = True
+        c = client(engine, timeout=30.0)
+        t0 = time.monotonic()
+        results = await asyncio.gather(
+            *(c.chat.completions.create(model="m1", messages=MSG, max_tokens=8) for _ in range(6)),
+            return_exceptions=True,
+        )
+        took = time.monotonic() - t0
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, errors
+        # Some went to "a" first (idle replicas take turns) and were moved when it went
+        # down, well before the client's own 30 s timeout.
+        moved = [e for e in engine.store.events if "went down" in e.message]
+        assert moved, [e.message for e in engine.store.events]
+        assert engine.store.snapshot.nodes["a"].health is Health.DOWN
+        assert took < 25, took
+        assert len(cluster.node("b").records) == 6
+
+
+async def test_a_request_past_its_first_byte_timeout_goes_elsewhere() -> None:
+    # "a" answers polls (slowly) but takes 0.6 s before any answer: past its 0.2 s bound.
+    specs = [lms("a", ["m1"], parallel=4), lms("b", ["m1"], parallel=4)]
+    overrides = {"a": {"first_byte_timeout": 0.2}}
+    async with routed(specs, node_overrides=overrides) as (cluster, engine):
+        c = client(engine)
+        # Make "b" the one that served last, so the next request goes to "a".
+        await c.chat.completions.create(model="m1", messages=MSG, max_tokens=4)
+        await c.chat.completions.create(model="m1", messages=MSG, max_tokens=4)
+        served_before = len(cluster.node("b").records)
+        cluster.node("a").faults.slow_s = 0.6
+        for _ in range(2):
+            r = await c.chat.completions.create(model="m1", messages=MSG, max_tokens=4)
+            assert r.choices[0].message.content
+        assert len(cluster.node("b").records) == served_before + 2
+        assert any("no first byte" in e.message for e in engine.store.events)
+
+
+async def test_the_model_bound_overrides_the_node_and_router_bounds() -> None:
+    specs = [lms("a", ["m1"], parallel=4)]
+    async with routed(
+        specs,
+        router=RouterConfig(first_byte_timeout=0.1),
+        models=[ModelConfig(name="m1", first_byte_timeout=30.0)],
+    ) as (cluster, engine):
+        cluster.node("a").faults.slow_s = 0.5
+        r = await client(engine).chat.completions.create(model="m1", messages=MSG, max_tokens=4)
+        assert r.choices[0].message.content
+        assert not any("no first byte" in e.message for e in engine.store.events)
+
+
+async def test_a_stream_on_a_node_that_freezes_ends_with_an_error_event() -> None:
+    async with routed([lms("a", ["m1"], parallel=2)], time_scale=1.0) as (cluster, engine):
+        async with (
+            httpx.AsyncClient(timeout=30.0) as h,
+            h.stream(
+                "POST",
+                f"{engine.router_url}/v1/chat/completions",
+                json={"model": "m1", "messages": MSG, "stream": True, "max_tokens": 4000},
+            ) as r,
+        ):
+            chunks = r.aiter_bytes()
+            first = await chunks.__anext__()
+            assert first.startswith(b"data: ")
+            # Frozen as with SIGSTOP: the stream stops, and so do the polls.
+            cluster.node("a").faults.hang = True
+            async with asyncio.timeout(20):
+                rest = b"".join([b async for b in chunks])
+        assert b"went down" in rest
+        assert rest.rstrip().endswith(b"data: [DONE]")
+
+
+# --- a load the node refuses for now --------------------------------------------------
+
+
+class Refusing(Backend):
+    """A node that refuses ``refusals`` loads as transient, then loads."""
+
+    kind = NodeKind.LLAMACPP
+    supports_load = True
+
+    def __init__(self, store: Store, refusals: int) -> None:
+        super().__init__(NodeConfig(name="n", kind=NodeKind.LLAMACPP, url="http://n"), None)
+        self.store = store
+        self.refusals = refusals
+        self.loads = 0
+
+    async def load(self, model: str, **_kw: object) -> str:
+        self.loads += 1
+        if self.loads <= self.refusals:
+            raise LoadDeferred("model limit reached, try again later")
+        self.store.apply(
+            NodeObservation("n", time.time(), 0.0, instances=(InstanceObservation(model, model),))
+        )
+        return model
+
+
+async def test_a_deferred_load_keeps_the_request_waiting_and_is_retried_gently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("lmtui.engine.dispatch.DEFER_FIRST_S", 0.05)
+    store = Store([Node("n", NodeKind.LLAMACPP, "http://n", health=Health.HEALTHY)])
+    backend = Refusing(store, refusals=3)
+    d = Dispatcher(store, {"n": backend}, SchedulerSettings(known_models=frozenset({"m"})))
+    try:
+        lease = await d.acquire(RequestInfo("m", request_id="r1"), deadline=time.time() + 10)
+        assert lease.model == "m"
+        # Three refusals, then the load: four attempts with a doubling pause, not a storm.
+        assert backend.loads == 4
+        waits = [e for e in store.events if "cannot load m yet" in e.message]
+        assert len(waits) == 1  # one event for the whole episode
+        d.release(lease)
+    finally:
+        d.close()
+
+
+async def test_a_deferred_load_ends_in_504_at_the_deadline_never_500() -> None:
+    store = Store([Node("n", NodeKind.LLAMACPP, "http://n", health=Health.HEALTHY)])
+    backend = Refusing(store, refusals=10**6)
+    d = Dispatcher(store, {"n": backend}, SchedulerSettings(known_models=frozenset({"m"})))
+    try:
+        with pytest.raises(Exception) as err:
+            await d.acquire(RequestInfo("m", request_id="r1"), deadline=time.time() + 1.5)
+        assert getattr(err.value, "status", None) == 504
+        assert backend.loads <= 3  # 1 s, then 2 s: at most a handful within the deadline
+    finally:
+        d.close()
