@@ -49,6 +49,10 @@ class FoldContext:
     model_sizes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     #: Slots per instance of a model (config ``[[models]] slots``), over the node's.
     model_slots: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    #: (node, model) loads lmtui itself is running. The engine tells their story (one
+    #: "loading" event, one "loaded in N s"), so the fold does not add "loading on",
+    #: "loaded on" and "loading → loaded" events of its own for them; failures still show.
+    own_loads: frozenset[tuple[str, str]] = frozenset()
 
 
 def fold(snap: Snapshot, obs: Observation, ctx: FoldContext) -> tuple[Snapshot, list[Event]]:
@@ -202,6 +206,8 @@ def _merge_instances(
         prev = snap.instances.get(key)
         inst = _instance(node, io, prev, settings, ctx, obs.at)
         out[key] = inst
+        if (node.name, io.model) in ctx.own_loads and inst.state in _OWN_LOAD_STATES:
+            continue  # the engine reports its own load
         if prev is None:
             verb = "loading" if inst.state.value == "loading" else "loaded"
             events.append(
@@ -242,6 +248,10 @@ def _merge_instances(
                 )
             )
     return MappingProxyType(out)
+
+
+#: States of an instance lmtui is loading whose changes the engine reports itself.
+_OWN_LOAD_STATES = frozenset({InstanceState.LOADING, InstanceState.LOADED})
 
 
 def _instance(

@@ -372,6 +372,7 @@ class Dispatcher:
     async def _run_load(self, d: Load) -> None:
         t0 = self.clock()
         ok = False
+        self.store.own_load(d.node, d.model, True)
         try:
             if not await self._evict(d):
                 return
@@ -381,7 +382,10 @@ class Dispatcher:
                 node=d.node,
                 model=d.model,
             )
+            t_load = self.clock()
             try:
+                # Returns once the node says the model is loaded (a router, a pool server
+                # and LM Studio are polled or answer only then), so N below is the truth.
                 await self.backends[d.node].load(d.model)
             except LoadDeferred as e:
                 self._defer(d.node, d.model, str(e))
@@ -401,13 +405,14 @@ class Dispatcher:
             self._deferred.pop((d.node, d.model), None)
             self.event(
                 EventKind.LOAD,
-                f"{d.model} loaded on {d.node} in {self.clock() - t0:.1f}s",
+                f"{d.model} loaded on {d.node} in {self.clock() - t_load:.1f}s",
                 node=d.node,
                 model=d.model,
             )
             if self.refresh is not None:
                 await self.refresh(d.node)  # see the new instance now, not a poll later
         finally:
+            self.store.own_load(d.node, d.model, False)
             self._pending.pop((d.node, d.model), None)
             if self.on_load is not None:
                 self.on_load(d.model, d.node, "on_demand", ok, self.clock() - t0)

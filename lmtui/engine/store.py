@@ -94,6 +94,14 @@ class Store:
             [Event(at, EventKind.COMMAND, f"{node} {verb}", node=node)],
         )
 
+    def own_load(self, node: str, model: str, running: bool) -> None:
+        """lmtui starts (``running``) or has finished loading ``model`` on ``node``: while it
+        runs, polls add no load events of their own for it (see ``FoldContext.own_loads``)."""
+        loads = self.ctx.own_loads
+        self.ctx = replace(
+            self.ctx, own_loads=loads | {(node, model)} if running else loads - {(node, model)}
+        )
+
     def set_pinned(self, pinned: frozenset[str], at: float) -> None:
         self.ctx = replace(self.ctx, pinned=pinned)
         insts = {

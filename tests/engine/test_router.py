@@ -123,6 +123,15 @@ async def test_load_on_demand_happens_once_for_concurrent_requests() -> None:
             if e.kind is EventKind.LOAD and e.message.startswith("loading m2")
         ]
         assert len(loads) == 1
+        # One story per load: "loading", then "loaded in N s"; the polls that saw it come
+        # up add no "m2 loading on a" / "loading → loaded" lines of their own.
+        about_m2 = [e.message for e in engine.store.events if e.model == "m2"]
+        assert [m for m in about_m2 if "loaded on a in" in m], about_m2
+        assert not [
+            e
+            for e in engine.store.events
+            if e.model == "m2" and e.kind in (EventKind.INSTANCE_UP, EventKind.INSTANCE_STATE)
+        ], about_m2
 
 
 async def test_streaming_client_hears_about_a_slow_load(monkeypatch: pytest.MonkeyPatch) -> None:

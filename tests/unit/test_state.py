@@ -140,6 +140,22 @@ def test_pins_and_state_changes() -> None:
     assert [e.kind for e in ev] == [EventKind.INSTANCE_STATE]
 
 
+def test_loads_lmtui_runs_itself_are_reported_by_the_engine_not_the_fold() -> None:
+    ctx = FoldContext(own_loads=frozenset({("a", "m")}))
+    loading = InstanceObservation("m", "m", state=InstanceState.LOADING)
+    s, ev = fold(snap("a"), ok("a", 1.0, loading), ctx)
+    assert s.instances[("a", "m")].state is InstanceState.LOADING
+    assert [e.kind for e in ev] == [EventKind.NODE_HEALTH]  # the first poll's "healthy"
+    s, ev = fold(s, ok("a", 2.0, InstanceObservation("m", "m")), ctx)
+    assert s.instances[("a", "m")].state is InstanceState.LOADED and ev == []
+    # A failure is still news, and someone else's load on another node too.
+    failed = InstanceObservation("m", "m", state=InstanceState.FAILED, error="exit 1")
+    _s, ev = fold(s, ok("a", 3.0, failed), ctx)
+    assert [e.kind for e in ev] == [EventKind.INSTANCE_STATE]
+    _s, ev = fold(snap("b"), ok("b", 1.0, InstanceObservation("m", "m")), ctx)
+    assert [e.kind for e in ev] == [EventKind.NODE_HEALTH, EventKind.INSTANCE_UP]
+
+
 def test_observation_for_unknown_node_is_ignored() -> None:
     s = snap("a")
     s2, ev = fold(s, ok("zzz", 1.0), CTX)
