@@ -81,9 +81,12 @@ class RequestQueue:
     # -- admission ---------------------------------------------------------------------
 
     def admit(
-        self, request_id: str, model: str, now: float, deadline: float
+        self, request_id: str, model: str, now: float, deadline: float, *, front: bool = False
     ) -> Admitted | Rejected:
         """Queue ``request_id`` for ``model`` unless that model's queue is full (429).
+
+        ``front`` puts it at the head: a request that had already been given a replica,
+        which failed it before its first byte, keeps its turn rather than starting over.
 
         Raises ``ValueError`` if the id is already waiting: ids must be unique while queued.
         """
@@ -102,6 +105,8 @@ class RequestQueue:
         req = QueuedRequest(request_id, model, now, deadline, self._seq)
         self._seq += 1
         q[request_id] = req
+        if front:
+            q.move_to_end(request_id, last=False)
         self._model_of[request_id] = model
         heapq.heappush(self._deadlines, (deadline, req.seq, request_id))
         return Admitted(req, len(q))

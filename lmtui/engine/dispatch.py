@@ -276,7 +276,8 @@ class Dispatcher:
     ) -> Lease:
         assert req.request_id is not None
         model = self.settings.aliases.get(req.model, req.model)
-        adm = self.queue.admit(req.request_id, model, now, deadline)
+        # A request that comes back from a failed replica (``queued``) keeps its turn.
+        adm = self.queue.admit(req.request_id, model, now, deadline, front=req.queued)
         if isinstance(adm, QueueRejected):
             self.event(
                 EventKind.REJECT, f"queue full: {adm.reason}", model=model, level=Level.WARNING

@@ -326,8 +326,9 @@ class Router:
         last_error = "no replica"
         for _attempt in range(MAX_ATTEMPTS):
             try:
+                # A retry (exclude is set) had its turn already: it goes first, not last.
                 lease = await self.dispatcher.acquire(
-                    RequestInfo(head.model or "", head.user, rid, exclude=exclude),
+                    RequestInfo(head.model or "", head.user, rid, bool(exclude), exclude),
                     deadline=deadline,
                     progress=progress,
                 )

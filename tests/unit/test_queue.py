@@ -25,6 +25,14 @@ def test_fifo_per_model_and_models_do_not_block_each_other() -> None:
     assert q.depths() == {"b": 1}
 
 
+def test_a_request_back_from_a_failed_replica_keeps_its_turn() -> None:
+    q = RequestQueue(max_depth=10)
+    for i in range(3):
+        q.admit(f"r{i}", "a", now=float(i), deadline=100.0)
+    q.admit("back", "a", now=5.0, deadline=100.0, front=True)
+    assert [q.next_for("a").request_id for _ in range(4)] == ["back", "r0", "r1", "r2"]  # type: ignore[union-attr]
+
+
 def test_full_queue_answers_429_with_retry_after() -> None:
     q = RequestQueue(max_depth=2, retry_after_s=5.0)
     first = q.admit("r1", "m", 0.0, 300.0)
