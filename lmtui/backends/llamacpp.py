@@ -4,6 +4,10 @@ The mode is detected from ``GET /models`` (entries carry a ``status`` in router 
 re-checked every :data:`MODE_RECHECK_S` seconds and after any failed poll, since the server
 may be restarted in the other mode. A single-model server cannot load or unload; a router
 loads and unloads through ``/models/load`` and ``/models/unload``.
+
+A router answers a load at once and loads in the background, so :meth:`LlamaCppBackend.load`
+watches ``/models`` until the model reads loaded: the engine's "loaded in N s" is the real
+load time, and it never posts a second load for a model still coming up.
 """
 
 from __future__ import annotations
@@ -17,20 +21,35 @@ from lmtui.backends._common import (
     Every,
     HttpBackend,
     bad,
+    command_answer,
     decode_json,
+    error_message,
     expect_dict,
     override_slots,
     status_error,
 )
-from lmtui.backends.base import BackendError, NotSupported, monotonic
+from lmtui.backends.base import (
+    BackendBadResponse,
+    BackendError,
+    LoadDeferred,
+    NotSupported,
+    monotonic,
+)
 from lmtui.backends.llamacpp_parse import (
+    LOADING_STATUSES,
+    READY_STATUSES,
     ModelInfo,
     Props,
+    RouterProps,
     Slots,
+    is_limit_answer,
     is_loading_answer,
     is_router_payload,
+    is_router_props,
+    model_name,
     parse_models,
     parse_props,
+    parse_router_props,
     parse_slots,
 )
 from lmtui.backends.prom import LLAMACPP_NAMES, llamacpp_metrics, parse_prometheus, sum_metrics
@@ -60,6 +79,16 @@ ROUTER_ABSENT = (400, 404, 501, 503)
 LOADING_PLACEHOLDER = "(loading)"
 #: Loading a model in router mode returns at once, but allow a slow server to answer.
 COMMAND_TIMEOUT_S = 60.0
+#: How long :meth:`LlamaCppBackend.load` waits for a router's background load to finish: a
+#: 70B model read from a slow disk takes minutes; one that takes longer is stuck.
+LOAD_TIMEOUT_S = 600.0
+#: Seconds between reads of ``/models`` while waiting for a load (a small answer, and a
+#: 100 ms step is below what anyone notices in a load time).
+LOAD_POLL_S = 0.1
+#: Reads of ``/models`` after a load was accepted that may still show the model unloaded
+#: before it reads loading (the real router marks it loading before it answers; this is
+#: slack for builds that do not), after which the load counts as not started.
+LOAD_START_READS = 20
 
 
 class LlamaCppBackend(HttpBackend):
@@ -85,6 +114,13 @@ class LlamaCppBackend(HttpBackend):
         #: Router mode: size and training context of models seen loaded (the router
         #: reports ``meta`` only while a model is loaded), kept for the available list.
         self._known: dict[str, ModelInfo] = {}
+        #: Router mode: the router's own /props (its --models-max), read once a minute: it
+        #: changes only when the server restarts.
+        self._router_props: RouterProps | None = None
+        self._router_props_refresh = Every(MODEL_REFRESH_S)
+        #: Router mode: /props of sleeping models (their slot count), read once per sleep:
+        #: /slots is not asked of a sleeping model, and /props is large.
+        self._sleep_props: dict[str, Props | None] = {}
 
     async def poll(self, now: float) -> NodeObservation:
         """Read the node in whichever mode it runs."""
@@ -99,6 +135,8 @@ class LlamaCppBackend(HttpBackend):
             self._mode_check.reset()
             self._model_refresh.reset()
             self._props = None
+            self._router_props_refresh.reset()
+            self._sleep_props.clear()
             raise
         return replace(obs, latency_s=monotonic() - started)
 
@@ -181,7 +219,10 @@ class LlamaCppBackend(HttpBackend):
         self, now: float, props: Props, slots: Slots | None, metrics: NodeMetrics | None
     ) -> NodeObservation:
         info = self._model
-        name = (info.id if info else None) or props.model_name or LOADING_PLACEHOLDER
+        # Single mode serves its one model whatever a request's "model" says, so naming it
+        # by its file (not the path it was started with) is safe and matches other nodes.
+        raw = (info.id if info else None) or props.model_name
+        name = model_name(raw) if raw else LOADING_PLACEHOLDER
         total = props.total_slots or (slots.total if slots else None)
         # Without --slots, the metrics' requests_processing still tells how many are busy.
         busy = slots.busy if slots else (metrics.requests_processing if metrics else None)
@@ -196,9 +237,13 @@ class LlamaCppBackend(HttpBackend):
             slots_total=total,
             slots_busy=busy,
             queued=metrics.requests_waiting if metrics else None,
+            size_source="server" if size is not None else None,
         )
         available = AvailableModel(
-            key=name, size_bytes=size, max_context_length=info.n_ctx_train if info else None
+            key=name,
+            size_bytes=size,
+            max_context_length=info.n_ctx_train if info else None,
+            size_source="server" if size is not None else None,
         )
         return NodeObservation(
             node=self.name,
@@ -212,7 +257,7 @@ class LlamaCppBackend(HttpBackend):
         )
 
     def _loading_observation(self, now: float) -> NodeObservation:
-        name = self._model.id if self._model else LOADING_PLACEHOLDER
+        name = model_name(self._model.id) if self._model else LOADING_PLACEHOLDER
         instance = InstanceObservation(
             model=name, instance_id=name, state=InstanceState.LOADING, slots_total=self.node.slots
         )
@@ -231,23 +276,45 @@ class LlamaCppBackend(HttpBackend):
         for info in models:
             if info.size_bytes is not None:
                 self._known[info.id] = info
-        # A sleeping model freed its weights; asking it for slots could wake it up.
+        # A sleeping model freed its weights; asking it for /slots could wake it up. Its slot
+        # count comes from its /props instead, read once per sleep.
         busy_models = [i for i in models if i.status == "loaded"]
-        details = await asyncio.gather(*(self._router_details(i) for i in busy_models))
+        sleeping = {i.id for i in models if i.status == "sleeping"}
+        for gone in self._sleep_props.keys() - sleeping:
+            del self._sleep_props[gone]
+        new_sleepers = [i for i in sleeping if i not in self._sleep_props]
+        want_props = self._router_props_refresh.due(now)
+        details, sleep_props, router_raw = await asyncio.gather(
+            asyncio.gather(*(self._router_details(i) for i in busy_models)),
+            asyncio.gather(*(self._model_props(i) for i in new_sleepers)),
+            self.fetch_json("/props", absent=ROUTER_ABSENT) if want_props else _none(),
+        )
+        self._sleep_props.update(zip(new_sleepers, sleep_props, strict=True))
+        if want_props:
+            # Builds before the router's own /props answer 400 (no ?model=): no limit known.
+            self._router_props = (
+                parse_router_props(router_raw) if is_router_props(router_raw) else RouterProps()
+            )
+            self._router_props_refresh.done(now)
         by_id = dict(zip((i.id for i in busy_models), details, strict=True))
         instances = []
         for info in models:
             if info.state is None:
                 continue
             slots, metrics, props = by_id.get(info.id, (None, None, None))
-            known = self._known.get(info.id)
+            if props is None:
+                props = self._sleep_props.get(info.id)
+            size, source = self._size(info)
             instances.append(
                 InstanceObservation(
                     model=info.id,
                     instance_id=info.id,
                     state=info.state,
-                    size_bytes=info.size_bytes or (known.size_bytes if known else None),
-                    context_length=info.n_ctx or (slots.n_ctx if slots else None),
+                    size_bytes=size,
+                    size_source=source,
+                    context_length=info.n_ctx
+                    or (slots.n_ctx if slots else None)
+                    or (props.n_ctx if props else None),
                     slots_total=(slots.total if slots else None)
                     or (props.total_slots if props else None)
                     or info.parallel,
@@ -259,6 +326,10 @@ class LlamaCppBackend(HttpBackend):
                 )
             )
         parts = [m for _, m, _ in details if m is not None]
+        rp = self._router_props or RouterProps()
+        version = rp.build_info or next(
+            (p.build_info for _, _, p in details if p and p.build_info), None
+        )
         return NodeObservation(
             node=self.name,
             at=now,
@@ -266,9 +337,25 @@ class LlamaCppBackend(HttpBackend):
             instances=override_slots(instances, self.node.slots),
             available=tuple(self._available(i) for i in models),
             metrics=sum_metrics(parts) if parts else None,
-            version=next((p.build_info for _, _, p in details if p and p.build_info), None),
+            version=version,
             slots_default=self.node.slots,
+            max_instances=rp.max_instances,
         )
+
+    def _size(self, info: ModelInfo) -> tuple[int | None, Literal["server", "seen"] | None]:
+        """A router model's size: its ``meta`` while it is loaded, else the size seen the
+        last time it was (the router drops ``meta`` when a model unloads); else unknown,
+        and the fold applies ``[[models]] size_gb``."""
+        if info.size_bytes is not None:
+            return info.size_bytes, "server"
+        known = self._known.get(info.id)
+        if known is not None and known.size_bytes is not None:
+            return known.size_bytes, "seen"
+        return None, None
+
+    async def _model_props(self, model: str) -> Props | None:
+        raw = await self.fetch_json("/props", params={"model": model}, absent=ROUTER_ABSENT)
+        return parse_props(raw) if raw is not None else None
 
     async def _router_details(
         self, info: ModelInfo
@@ -295,10 +382,12 @@ class LlamaCppBackend(HttpBackend):
 
     def _available(self, info: ModelInfo) -> AvailableModel:
         known = self._known.get(info.id, info)
+        size, source = self._size(info)
         return AvailableModel(
             key=info.id,
-            size_bytes=info.size_bytes or known.size_bytes,
+            size_bytes=size,
             max_context_length=info.n_ctx_train or known.n_ctx_train,
+            size_source=source,
         )
 
     # --- control ----------------------------------------------------------------------
@@ -306,14 +395,68 @@ class LlamaCppBackend(HttpBackend):
     async def load(
         self, model: str, *, context_length: int | None = None, ttl: float | None = None
     ) -> str:
-        """Router mode: load ``model`` (its preset sets the context); the id is the name.
+        """Router mode: load ``model`` (its preset sets the context) and return once it is
+        really loaded; the instance id is the model's name.
 
-        The router answers at once and loads in the background: the instance shows as
-        loading on the next polls, then loaded.
+        The router answers ``{"success": true}`` at once and loads in the background, so
+        this watches ``/models`` until the model reads ``loaded`` (or ``sleeping``). A model
+        already coming up (``loading``, ``downloading``) is waited for, never posted again.
+        A load the router refuses for now (at ``--models-max`` with every resident model
+        busy) raises :class:`LoadDeferred`; one that fails raises BackendBadResponse.
         """
         await self._require_router("load")
-        await self._command("/models/load", model)
+        try:
+            async with asyncio.timeout(LOAD_TIMEOUT_S):
+                info = await self._router_model(model)
+                if info.status in READY_STATUSES:
+                    return model
+                if info.status not in LOADING_STATUSES:
+                    await self._post_load(model)
+                await self._wait_loaded(model, seen_loading=info.status in LOADING_STATUSES)
+        except TimeoutError as e:
+            raise BackendBadResponse(
+                f"{self.name}: {model!r} did not finish loading within {LOAD_TIMEOUT_S:.0f} s"
+            ) from e
         return model
+
+    async def _router_model(self, model: str) -> ModelInfo:
+        """The router's ``/models`` entry for ``model``; BackendBadResponse if unlisted."""
+        for info in parse_models(await self.fetch_json("/models")):
+            if info.id == model:
+                return info
+        bad(f"{self.name}: model {model!r} not found (the router does not list it)")
+
+    async def _post_load(self, model: str) -> None:
+        path = "/models/load"
+        r = await self.request(
+            "POST", path, json={"model": model}, timeout=max(self.timeout, COMMAND_TIMEOUT_S)
+        )
+        body = _json_or_none(r)
+        if is_limit_answer(r.status_code, body) or is_loading_answer(r.status_code, body):
+            raise LoadDeferred(f"{self.name}: {error_message(body) or 'busy'}")
+        if r.status_code == 400 and "already running" in (error_message(body) or ""):
+            return  # another load (a client's autoload) started it meanwhile: wait for it
+        answer = command_answer(r, f"POST {path}", self.name)
+        if expect_dict(answer, path).get("success") is False:
+            bad(f"POST {path}: the router refused {model!r}")
+
+    async def _wait_loaded(self, model: str, *, seen_loading: bool) -> None:
+        """Read ``/models`` every :data:`LOAD_POLL_S` until ``model`` is loaded."""
+        reads = 0
+        while True:
+            info = await self._router_model(model)
+            if info.status in READY_STATUSES:
+                return
+            if info.status == "failed":
+                bad(f"{self.name}: loading {model!r} failed: {info.error}")
+            if info.status in LOADING_STATUSES:
+                seen_loading = True
+            elif seen_loading:
+                bad(f"{self.name}: {model!r} was unloaded while it loaded")
+            elif reads >= LOAD_START_READS:
+                bad(f"{self.name}: the router accepted the load of {model!r} but never started it")
+            reads += 1
+            await asyncio.sleep(LOAD_POLL_S)
 
     async def unload(self, model: str, instance_id: str) -> None:
         """Router mode: stop the process serving ``model``."""

@@ -23,13 +23,47 @@ from lmtui.core.model import InstanceState
 
 #: Router ``status.value``s that hold a model process, and the state each maps to.
 #: ``sleeping`` (``--sleep-idle-seconds``) freed the weights but wakes on the next request,
-#: so it stays routable: it counts as loaded.
+#: so it stays routable: it counts as loaded. ``downloading`` (a ``-hf`` model fetched by a
+#: download worker) and ``downloaded`` (the worker is done, the real load follows) are a
+#: load in progress: read as loading, so the scheduler waits for it instead of posting
+#: another load (with no instance, it re-posted 4,203 loads in 4 s for one request).
 ROUTER_STATES = {
+    "downloading": InstanceState.LOADING,
+    "downloaded": InstanceState.LOADING,
     "loading": InstanceState.LOADING,
     "loaded": InstanceState.LOADED,
     "sleeping": InstanceState.LOADED,
     "failed": InstanceState.FAILED,
 }
+#: Statuses a load is finished in (``sleeping`` is loaded and wakes on the next request).
+READY_STATUSES = frozenset({"loaded", "sleeping"})
+#: Statuses of a load under way: wait for it, never post another.
+LOADING_STATUSES = frozenset({"downloading", "downloaded", "loading"})
+#: What a router at ``--models-max`` says when every resident model is busy (HTTP 500):
+#: transient, the load can be tried again once one is idle.
+LIMIT_MESSAGE = "model limit reached"
+
+
+def is_limit_answer(status_code: int, body: Any) -> bool:
+    """True for a router's 500 "model limit reached, try again later" (a load refused at
+    ``--models-max`` while every resident model is busy: transient, not a failure)."""
+    return status_code == 500 and LIMIT_MESSAGE in (error_message(body) or "").lower()
+
+
+def model_name(model_id: str) -> str:
+    """The name lmtui gives a single-model server's model: a path-like id
+    (``../models/Name.gguf``, as ``/v1/models`` shows ``-m PATH`` without ``--alias``) becomes
+    the file's base name without ``.gguf``, so the same file has one name on every node
+    whatever path each server was started with. Other ids (an ``--alias`` such as
+    ``qwen/qwen3-8b``, which other kinds of node use too) are kept."""
+    path = model_id.replace("\\", "/")
+    is_file = path.lower().endswith(".gguf")
+    if not is_file and not path.startswith(("/", "./", "../", "~/")):
+        return model_id
+    base = posixpath.basename(path)
+    if base.lower().endswith(".gguf"):
+        base = base[: -len(".gguf")]
+    return base or model_id
 
 
 def is_loading_answer(status_code: int, body: Any) -> bool:
@@ -71,6 +105,34 @@ def parse_props(payload: Any) -> Props:
         model_alias=opt_str(body, "model_alias"),
         n_ctx=opt_int(opt_dict(body, "default_generation_settings"), "n_ctx"),
         is_sleeping=body.get("is_sleeping") is True,
+        build_info=opt_str(body, "build_info"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RouterProps:
+    """What a router's own ``GET /props`` (no ``?model=``) says."""
+
+    #: ``--models-max``: how many models it keeps running at once; None = no limit (the
+    #: server sends 0 for that).
+    max_instances: int | None = None
+    models_autoload: bool | None = None
+    build_info: str | None = None
+
+
+def is_router_props(payload: Any) -> bool:
+    """True for a router's own ``/props`` (``"role": "router"``)."""
+    return isinstance(payload, dict) and payload.get("role") == "router"
+
+
+def parse_router_props(payload: Any) -> RouterProps:
+    """Parse a router's ``GET /props`` without ``?model=`` (capture ``props-router.json``)."""
+    body = expect_dict(payload, "/props")
+    limit = opt_int(body, "max_instances")
+    autoload = body.get("models_autoload")
+    return RouterProps(
+        max_instances=limit if limit is not None and limit > 0 else None,
+        models_autoload=autoload if isinstance(autoload, bool) else None,
         build_info=opt_str(body, "build_info"),
     )
 

@@ -4,10 +4,16 @@ The adapter remembers which API a node speaks, and re-probes v1 every
 :data:`V1_REPROBE_S` seconds on a v0 node, since the user may upgrade LM Studio while
 lmtui runs. Loading and unloading need v1; on a v0-only server they raise NotSupported and
 point at ``lms`` over SSH.
+
+"No v1" does not look like a 404: every LM Studio version answers an endpoint it lacks with
+HTTP 200 and ``{"error": "Unexpected endpoint or method. (GET /api/v1/models)"}`` (its log
+says "Returning 200 anyway"; lmstudio-bug-tracker #618, #1323, #2085). Such an answer from
+``/api/v1/...`` means the endpoint is absent, like a 404 would.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from lmtui.backends._common import (
@@ -15,6 +21,7 @@ from lmtui.backends._common import (
     HttpBackend,
     bad,
     decode_json,
+    error_message,
     expect_dict,
     expect_list,
     opt_dict,
@@ -41,6 +48,8 @@ V0_PARALLEL = 1
 LOAD_TIMEOUT_S = 600.0
 
 Parsed = tuple[tuple[InstanceObservation, ...], tuple[AvailableModel, ...]]
+
+log = logging.getLogger(__name__)
 
 _KINDS = {"embeddings": "embedding"}  # v0 says "embeddings", v1 "embedding"
 
@@ -122,6 +131,15 @@ def parse_v0_models(payload: Any) -> Parsed:
     return tuple(instances), tuple(available)
 
 
+def unknown_endpoint(payload: Any) -> str | None:
+    """LM Studio's answer for an endpoint it does not have, which comes with HTTP 200:
+    ``{"error": "Unexpected endpoint or method. (GET /api/v1/models)"}``. Returns the
+    message, or None for any other body (a real models list has no ``error``)."""
+    if isinstance(payload, dict) and "error" in payload and "models" not in payload:
+        return error_message(payload)
+    return None
+
+
 def parse_load_answer(payload: Any, model: str) -> str:
     """The instance id in a ``POST /api/v1/models/load`` answer.
 
@@ -142,13 +160,15 @@ class LMStudioBackend(HttpBackend):
         #: Which REST API the node answered last; None until the first poll.
         self.api: Literal["v1", "v0"] | None = None
         self._reprobe = Every(V1_REPROBE_S)
+        #: Whether the fall back to v0 was logged (once per node).
+        self._warned = False
 
     async def poll(self, now: float) -> NodeObservation:
         """Read the models (and their loaded instances) over v1, or v0 on older servers."""
         started = monotonic()
         try:
             if self.api == "v0" and not self._reprobe.due(now):
-                parsed = parse_v0_models(await self.fetch_json("/api/v0/models"))
+                parsed = parse_v0_models(await self._fetch_v0())
             else:
                 parsed = await self._poll_v1_or_fallback(now)
         except BackendError:
@@ -171,16 +191,54 @@ class LMStudioBackend(HttpBackend):
 
     async def _poll_v1_or_fallback(self, now: float) -> Parsed:
         r = await self.fetch("/api/v1/models")
-        if r.status_code == 404:
+        payload = decode_json(r, "GET /api/v1/models") if r.status_code == 200 else None
+        absent = self._v1_absent(r.status_code, payload)
+        if absent is not None:
             # 0.3.x has no v1 API: use the legacy one and only re-probe v1 now and then.
-            self.api = "v0"
+            self._fall_back(absent)
             self._reprobe.done(now)
-            return parse_v0_models(await self.fetch_json("/api/v0/models"))
+            return parse_v0_models(await self._fetch_v0())
         if r.status_code != 200:
             raise status_error(r, "GET /api/v1/models", self.name)
-        parsed = parse_v1_models(decode_json(r, "GET /api/v1/models"))
+        parsed = parse_v1_models(payload)
+        if self.api != "v1":
+            self._warned = False  # upgraded: say so again should it ever go back
         self.api = "v1"
         return parsed
+
+    @staticmethod
+    def _v1_absent(status: int, payload: Any) -> str | None:
+        """Why ``GET /api/v1/models`` says the v1 API is absent, or None when it is there:
+        a 404, or LM Studio's HTTP 200 "Unexpected endpoint" answer."""
+        if status == 404:
+            return "HTTP 404"
+        if status == 200:
+            msg = unknown_endpoint(payload)
+            return f"HTTP 200 {msg!r}" if msg is not None else None
+        return None
+
+    def _fall_back(self, why: str) -> None:
+        self.api = "v0"
+        if not self._warned:
+            # Once per node (and again after an upgrade and downgrade): the poll repeats
+            # this every V1_REPROBE_S, and the version column ("<0.4") keeps showing it.
+            self._warned = True
+            log.warning(
+                "%s: LM Studio has no REST v1 (GET /api/v1/models answered %s); reading "
+                "REST v0 (no sizes, one request at a time, no load/unload over HTTP)",
+                self.name,
+                why,
+            )
+
+    async def _fetch_v0(self) -> Any:
+        payload = await self.fetch_json("/api/v0/models")
+        msg = unknown_endpoint(payload)
+        if msg is not None:
+            bad(
+                f"GET /api/v0/models: {msg}: this LM Studio has neither REST v1 nor v0 "
+                "(v0 came with 0.3.6); upgrade it"
+            )
+        return payload
 
     async def load(
         self, model: str, *, context_length: int | None = None, ttl: float | None = None
@@ -207,7 +265,12 @@ class LMStudioBackend(HttpBackend):
             # Not polled yet: ask once which API the node has. (A 404 from the command
             # itself cannot tell "no v1 API" from "no such model".)
             r = await self.fetch("/api/v1/models")
-            self.api = "v0" if r.status_code == 404 else "v1"
+            payload = decode_json(r, "GET /api/v1/models") if r.status_code == 200 else None
+            absent = self._v1_absent(r.status_code, payload)
+            if absent is not None:
+                self._fall_back(absent)
+            else:
+                self.api = "v1"
         if self.api == "v0":
             raise NotSupported(
                 f"{self.name}: this LM Studio is older than 0.4 and has no REST {what}; "

@@ -16,6 +16,11 @@ Two policies order the candidates:
 Either way the plan takes candidates in order until enough is freed, then drops any it took
 that turned out unnecessary (a small LRU instance taken before one big one that alone
 suffices), because every eviction costs somebody a reload.
+
+"Enough" has two measures: bytes, and places under the node's instance limit (a llama.cpp
+router's ``--models-max``: at the limit, a load needs one instance gone whatever the memory).
+A plan satisfies both. An instance of unknown size frees a place but no bytes we can count,
+so it is taken only where a place is needed.
 """
 
 from __future__ import annotations
@@ -120,6 +125,25 @@ def permanent_bytes(
     return total
 
 
+def permanent_count(
+    snapshot: Snapshot,
+    node: str,
+    *,
+    pinned: frozenset[str] | set[str] = frozenset(),
+    priorities: Mapping[str, str] | None = None,
+    requester_priority: str = "normal",
+) -> int:
+    """Instances on ``node`` that no amount of waiting will remove for this requester
+    (pinned or of a higher priority): the count counterpart of :func:`permanent_bytes`."""
+    total = 0
+    for inst in snapshot.instances_on(node):
+        prio = (priorities or {}).get(inst.model, "normal")
+        higher = PRIORITY_RANK.get(prio, 1) > PRIORITY_RANK.get(requester_priority, 1)
+        if inst.state is not InstanceState.FAILED and (is_pinned(inst, pinned) or higher):
+            total += 1
+    return total
+
+
 def _last_activity(inst: Instance) -> float:
     if inst.last_used is not None:
         return inst.last_used
@@ -148,21 +172,23 @@ def _expected_reload_cost(
     return weight * p_needed * cost.reload_s(size)
 
 
-def _take_until(ordered: list[Instance], need: int) -> list[Instance] | None:
-    """Take from ``ordered`` until ``need`` bytes are freed, then drop the superfluous."""
+def _take_until(ordered: list[Instance], need: int, count: int = 0) -> list[Instance] | None:
+    """Take from ``ordered`` until ``need`` bytes and ``count`` instances are freed, then
+    drop the superfluous (from the most valuable, taken last, to the least)."""
     taken: list[Instance] = []
     freed = 0
     for inst in ordered:
-        if freed >= need:
+        if freed >= need and len(taken) >= count:
             break
+        if not inst.size_bytes and len(taken) >= count:
+            continue  # frees no bytes we can count, and no place is needed any more
         taken.append(inst)
         freed += inst.size_bytes or 0
-    if freed < need:
+    if freed < need or len(taken) < count:
         return None
-    # Walk from the most valuable (taken last) to the least, dropping what is not needed.
     for inst in reversed(list(taken)):
         size = inst.size_bytes or 0
-        if freed - size >= need:
+        if freed - size >= need and len(taken) - 1 >= count:
             taken.remove(inst)
             freed -= size
     return taken
@@ -182,22 +208,26 @@ def plan_eviction(
     requester_priority: str = "normal",
     keep_model: str | None = None,
     cost: CostModel = CostModel(),
+    need_count: int = 0,
 ) -> EvictionPlan | None:
-    """Plan which instances on ``node`` to unload to free at least ``need_bytes``.
+    """Plan which instances on ``node`` to unload to free at least ``need_bytes`` and at
+    least ``need_count`` places under the node's instance limit.
 
     Returns ``None`` when the evictable instances together cannot free enough. Instances
-    with an unknown size are never chosen (evicting them might free nothing we can count).
-    ``keep_model`` protects replicas of the model being loaded (evicting one to load
-    another would be pointless). ``request_rate`` is requests per second per model.
+    with an unknown size are chosen only to free a place (for bytes, evicting them might
+    free nothing we can count). ``keep_model`` protects replicas of the model being loaded
+    (evicting one to load another would be pointless). ``request_rate`` is requests per
+    second per model.
     """
-    if need_bytes <= 0:
+    need_bytes = max(need_bytes, 0)
+    if need_bytes == 0 and need_count <= 0:
         return EvictionPlan(node, (), 0, f"fits on {node} without eviction")
     prios = priorities or {}
     rates = request_rate or {}
     candidates = [
         inst
         for inst in snapshot.instances_on(node)
-        if (inst.size_bytes or 0) > 0
+        if ((inst.size_bytes or 0) > 0 or need_count > 0)
         and inst.model != keep_model
         and eviction_blocker(
             inst,
@@ -212,10 +242,10 @@ def plan_eviction(
     if policy == "cost":
         costs = {i.key: _expected_reload_cost(i, now, rates, prios, cost) for i in candidates}
         ordered = sorted(candidates, key=lambda i: (costs[i.key] / (i.size_bytes or 1), i.key))
-        taken = _take_until(ordered, need_bytes)
+        taken = _take_until(ordered, need_bytes, need_count)
         # Greedy by cost per byte can miss one big instance that alone is cheaper.
         singles = [i for i in ordered if (i.size_bytes or 0) >= need_bytes]
-        if singles:
+        if singles and need_count <= 1:
             best = min(singles, key=lambda i: (costs[i.key], i.key))
             if taken is None or costs[best.key] < sum(costs[i.key] for i in taken):
                 taken = [best]
@@ -225,7 +255,7 @@ def plan_eviction(
             candidates,
             key=lambda i: (PRIORITY_RANK.get(prios.get(i.model, "normal"), 1), _last_activity(i)),
         )
-        taken = _take_until(ordered, need_bytes)
+        taken = _take_until(ordered, need_bytes, need_count)
         how = "least recently used"
     if taken is None:
         return None
@@ -234,4 +264,6 @@ def plan_eviction(
     reason = (
         f"evict {names} on {node} ({how}): frees {fmt_bytes(frees)}, {fmt_bytes(need_bytes)} needed"
     )
+    if need_count > 0:
+        reason += f", and {need_count} place(s) under the node's instance limit"
     return EvictionPlan(node, tuple(i.key for i in taken), frees, reason)

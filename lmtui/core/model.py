@@ -13,11 +13,17 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 GiB = 1024**3
 
 T = TypeVar("T")
+
+#: Where a size figure came from, best first: ``server`` (the node's own figure for the
+#: model, e.g. llama.cpp ``meta.size``), ``seen`` (the node reported it earlier, while the
+#: model was loaded, and no longer does), ``config`` (``[[models]] size_gb``). ``None`` with
+#: no size means unknown: placement then assumes a default footprint.
+SizeSource = Literal["server", "seen", "config"]
 
 
 def with_load(inst: Instance, in_flight: int, slots_busy: int, last_used: float | None) -> Instance:
@@ -131,6 +137,9 @@ class AvailableModel:
     size_bytes: int | None = None
     kind: str = "llm"  # llm | embedding | vlm | decision
     max_context_length: int | None = None
+    #: Where ``size_bytes`` came from (see :data:`SizeSource`); None: the adapter did not
+    #: say, so a size given is the server's own figure, and no size is unknown.
+    size_source: SizeSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +178,9 @@ class InstanceObservation:
     #: Where this instance is served when that is not the node's URL: a server a
     #: ``llamacpp-pool`` node started on a port of its own. None means the node's URL.
     url: str | None = None
+    #: Where ``size_bytes`` came from (see :data:`SizeSource`); None: the adapter did not
+    #: say, so a size given is the server's own figure, and no size is unknown.
+    size_source: SizeSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +200,9 @@ class NodeObservation:
     #: Requests the whole server runs at once, across all its instances, when it has such a
     #: limit: LM Studio before 0.4 serializes everything (1), even with two models loaded.
     server_slots: int | None = None
+    #: How many instances the server keeps resident at once, when it has such a limit (a
+    #: llama.cpp router's ``--models-max``, read from ``GET /props``). None: not learnt.
+    max_instances: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +247,9 @@ class Node:
     slots_default: int | None = None
     #: Server-wide concurrency limit across instances (see NodeObservation.server_slots).
     server_slots: int | None = None
+    #: Instances the server keeps resident at once (a llama.cpp router's ``--models-max``);
+    #: None: no limit known. A load at the limit needs an eviction first.
+    max_instances: int | None = None
     last_poll_at: float | None = None
     last_ok_at: float | None = None
     poll_latency_s: float | None = None
@@ -289,6 +307,8 @@ class Instance:
     first_seen: float | None = None
     #: The instance's own base URL (a pool node's spawned server); None: the node's URL.
     url: str | None = None
+    #: Where ``size_bytes`` came from (see :data:`SizeSource`); None: the size is unknown.
+    size_source: SizeSource | None = None
 
     @property
     def key(self) -> InstanceKey:

@@ -7,6 +7,12 @@ where the footprint fits in ``budget - loaded - pending``, the one with the most
 wins; healthy nodes come before suspect ones. Exact ties rotate by a seed rather than by
 name or size, so equal nodes share the work instead of the biggest one taking everything.
 When nothing fits as is, evictions are planned on the best node that can make room.
+
+A node with an instance limit (``Node.max_instances``, a llama.cpp router's ``--models-max``)
+fits only when it also has a place left: its loaded and loading instances plus the loads
+pending there stay under the limit. At the limit a load needs an eviction even with memory
+to spare, planned with the same policy and candidates; with nothing evictable now (busy,
+loading, young), the load waits (``may_fit_later``) rather than being refused.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from lmtui.core.eviction import (
     EvictionPolicy,
     fmt_bytes,
     permanent_bytes,
+    permanent_count,
     plan_eviction,
 )
 from lmtui.core.model import GiB, Health, InstanceKey, InstanceState, Node, Snapshot
@@ -123,6 +130,24 @@ def free_bytes(
     return n.budget_bytes - used
 
 
+#: Instance states that hold one of a node's places under its instance limit. An unloading
+#: instance still does: the server counts it until its process is gone.
+_RESIDENT = frozenset({InstanceState.LOADED, InstanceState.LOADING, InstanceState.UNLOADING})
+
+
+def places_needed(snapshot: Snapshot, node: str, pending_loads: PendingLoads = frozenset()) -> int:
+    """Instances to remove from ``node`` before one more load fits under its instance
+    limit (0 when it has no limit or a place is free). Loads pending there count, so two
+    loads started in quick succession do not both count on the same place."""
+    n = snapshot.nodes.get(node)
+    if n is None or n.max_instances is None:
+        return 0
+    resident = [i for i in snapshot.instances_on(node) if i.state in _RESIDENT]
+    present = {i.model for i in resident}
+    pending = sum(1 for pnode, pmodel in pending_loads if pnode == node and pmodel not in present)
+    return max(0, len(resident) + pending + 1 - n.max_instances)
+
+
 def rotation(names: Iterable[str], seed: int) -> dict[str, int]:
     """A tie-break rank per name: the name-sorted list rotated by ``seed``.
 
@@ -180,6 +205,7 @@ def place(
         )
         for n in eligible
     }
+    places = {n.name: places_needed(snapshot, n.name, pending_loads) for n in eligible}
 
     def rank(n: Node) -> tuple[int, bool, int, int, int]:
         _fp, free, busy = info[n.name]
@@ -189,7 +215,7 @@ def place(
     ranked = sorted(eligible, key=rank)
     for n in ranked:
         fp, free, _ = info[n.name]
-        if free is None or fp <= free:
+        if places[n.name] == 0 and (free is None or fp <= free):
             room = "unknown free memory" if free is None else f"{fmt_bytes(free)} free"
             why = f"{n.name} has {room}, {model} needs {fmt_bytes(fp)}"
             return Placement(n.name, fp, (), why)
@@ -197,25 +223,37 @@ def place(
     may_fit_later = False
     for n in ranked:
         fp, free, _ = info[n.name]
+        need_places = places[n.name]
         budget = n.budget_bytes
-        if free is None or budget is None:
+        if (free is None or budget is None) and need_places == 0:
             continue  # unknown memory was accepted in the loop above
-        stuck = permanent_bytes(
-            snapshot,
-            n.name,
-            pinned=pool.pinned,
-            priorities=pool.priorities,
-            requester_priority=requester,
-        )
-        if fp > budget - stuck:
-            continue  # pinned / higher-priority models leave too little, forever
+        if budget is not None:
+            stuck = permanent_bytes(
+                snapshot,
+                n.name,
+                pinned=pool.pinned,
+                priorities=pool.priorities,
+                requester_priority=requester,
+            )
+            if fp > budget - stuck:
+                continue  # pinned / higher-priority models leave too little, forever
+        if n.max_instances is not None:
+            stuck_n = permanent_count(
+                snapshot,
+                n.name,
+                pinned=pool.pinned,
+                priorities=pool.priorities,
+                requester_priority=requester,
+            )
+            if stuck_n + 1 > n.max_instances:
+                continue  # pinned / higher-priority models hold every place, forever
         may_fit_later = True
         if not allow_eviction:
             continue
         plan = plan_eviction(
             snapshot,
             n.name,
-            fp - free,
+            fp - free if free is not None else 0,
             now,
             pool.eviction_policy,
             pool.pinned,
@@ -225,13 +263,14 @@ def place(
             requester_priority=requester,
             keep_model=model,
             cost=pool.cost,
+            need_count=need_places,
         )
         if plan is not None:
             return Placement(n.name, fp, plan.evict, plan.reason)
 
     fp_any = max(info[n.name][0] for n in eligible)
     if may_fit_later:
-        why = "busy or recently loaded instances" if allow_eviction else "loaded models"
+        why = "busy, loading or recently loaded instances" if allow_eviction else "loaded models"
         return NoPlacement(f"no room for {model} ({fmt_bytes(fp_any)}) until {why} free up", True)
     return NoPlacement(
         f"{model} ({fmt_bytes(fp_any)}) does not fit on any eligible node "

@@ -26,6 +26,7 @@ from lmtui.core.model import (
     NodeObservation,
     Observation,
     PollFailure,
+    SizeSource,
     Snapshot,
 )
 
@@ -149,6 +150,8 @@ def _fold_ok(
         metrics=obs.metrics if obs.metrics is not None else node.metrics,
         slots_default=obs.slots_default or node.slots_default,
         server_slots=obs.server_slots,
+        # Read rarely (the limit changes only when the server restarts): None keeps it.
+        max_instances=obs.max_instances if obs.max_instances is not None else node.max_instances,
         tokens_per_second=tps,
     )
     instances = snap.instances
@@ -267,7 +270,7 @@ def _instance(
     last_used = io.last_used
     if prev is not None and prev.last_used is not None:
         last_used = max(prev.last_used, last_used or 0.0)
-    size = ctx.model_sizes.get(io.model, io.size_bytes)
+    size, source = _size(io, ctx)
     in_flight = prev.in_flight if prev else 0
     # The node's busy count includes lmtui's own requests; what is beyond them comes from
     # clients that bypass lmtui. Kept apart so that when lmtui's request ends the slot reads
@@ -295,4 +298,17 @@ def _instance(
         error=io.error,
         first_seen=prev.first_seen if prev else at,
         url=io.url,
+        size_source=source,
     )
+
+
+def _size(io: InstanceObservation, ctx: FoldContext) -> tuple[int | None, SizeSource | None]:
+    """The instance's size and where it came from. ``size_gb`` in config wins: it is there
+    because the backend's figure is wrong or missing. An adapter that names no source gives
+    the server's own figure (Ollama's ``/api/ps`` size, LM Studio's ``size_bytes``)."""
+    override = ctx.model_sizes.get(io.model)
+    if override is not None:
+        return override, "config"
+    if io.size_bytes is None:
+        return None, None
+    return io.size_bytes, io.size_source or "server"

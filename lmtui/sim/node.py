@@ -161,7 +161,7 @@ class SimNode:
         except web.HTTPException as e:
             if e.status in (404, 405):
                 body = self.server.route_not_found(request.method, request.path, e.status)
-                resp = json_response(body, e.status)
+                resp = json_response(body, self.server.unknown_route_status or e.status)
             else:
                 raise
         if (

@@ -104,6 +104,9 @@ class RoomPlan:
 
     evict: tuple[str, ...] = ()
     refused: str | None = None
+    #: Refused because ``max_count`` instances are resident and none is idle: a transient
+    #: refusal (a llama.cpp router answers "model limit reached, try again later").
+    limit_reached: bool = False
 
     @property
     def ok(self) -> bool:
@@ -156,5 +159,5 @@ def plan_room(
         free = capacity_gb - used
         return RoomPlan(refused=f"needs {need_gb:.1f} GB, only {max(free, 0):.1f} GB free")
     if cnt_over:
-        return RoomPlan(refused=f"{max_count} models already loaded")
+        return RoomPlan(refused=f"{max_count} models already loaded", limit_reached=True)
     return RoomPlan(evict=tuple(evict))

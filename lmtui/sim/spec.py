@@ -40,6 +40,9 @@ class SimModel:
     max_context: int = 32768
     params: str = "7B"
     quant: str = "Q4_K_M"
+    #: False: a llama.cpp router must download it first (a ``-hf`` preset not yet in the
+    #: cache): its first load shows ``downloading`` for ``size_gb / download_gb_per_s``.
+    downloaded: bool = True
 
     @property
     def size_bytes(self) -> int:
@@ -87,6 +90,8 @@ class SimNodeSpec:
     port: int = 0
     #: Load speed, GB/s.
     disk_gb_per_s: float = 3.0
+    #: Download speed of models not yet downloaded (``SimModel.downloaded``), GB/s.
+    download_gb_per_s: float = 0.1
     #: Prompt processing speed, tokens/s.
     prefill_tok_per_s: float = 2000.0
     #: Generation speed of one slot when it runs alone, tokens/s.

@@ -16,8 +16,9 @@ import itertools
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from lmtui.sim import physics
 from lmtui.sim.slots import SlotPool
@@ -248,10 +249,15 @@ class SimState:
         if instant:
             self._mark_loaded(inst)
         else:
-            task = asyncio.create_task(self._load(inst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.spawn(self._load(inst))
         return inst
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` as a background task of this server, cancelled by :meth:`stop`."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _load(self, inst: SimInstance) -> None:
         await asyncio.sleep(self.real(inst.load_time_s))

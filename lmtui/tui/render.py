@@ -94,6 +94,16 @@ def fmt_bytes(n: int | None) -> str:
     return f"{n / GiB:.1f} GB"
 
 
+def size_cell(inst: Instance) -> str:
+    """The model table's Size: the server's own figure as is; ``~`` before one that is not
+    (seen while it was loaded, or ``size_gb`` from config), so nobody mistakes it for a
+    measurement; ``?`` when nobody knows (placement then assumes a default footprint)."""
+    if inst.size_bytes is None:
+        return "?"
+    text = fmt_bytes(inst.size_bytes)
+    return text if inst.size_source in ("server", None) else "~" + text
+
+
 def fmt_ago(seconds: float | None) -> str:
     """How long ago, coarsened to the largest unit: ``12s ago``, ``5m ago``, ``3h ago``."""
     if seconds is None:
@@ -260,7 +270,7 @@ def instance_row(inst: Instance, now: float, waiting: int = 0) -> Cells:
         Text(inst.node),
         Text(state, style=STATE_STYLE[inst.state]),
         Text("yes", style="bold cyan") if inst.pinned else Text(""),
-        _num(fmt_bytes(inst.size_bytes)),
+        _num(size_cell(inst)),
         _num(f"{inst.busy}/{inst.slots_total}"),
         _num(queued_cell(waiting, inst.queued)),
         _num(fmt_ago(last_used)),

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from lmtui.backends import Backend, BackendBadResponse, NotSupported
+from lmtui.backends.base import LoadDeferred
 from lmtui.core.model import InstanceState, NodeKind, NodeObservation
 from lmtui.sim import SimCluster, SimModel, SimNodeSpec
 
@@ -176,19 +177,29 @@ async def test_router_load_shows_loading_then_loaded_then_unload(
 ) -> None:
     backend = make_backend(cluster, "router")
     await backend.poll(time.time())
-    assert await backend.load("eternal") == "eternal"
+    # The router answers the POST at once and loads in the background; load() returns only
+    # once the model reads loaded, so polls meanwhile show it loading.
+    load = asyncio.create_task(backend.load("eternal"))
+    obs = await poll_until(
+        backend,
+        lambda o: (
+            {i.model: i.state for i in o.instances or ()}.get("eternal") is InstanceState.LOADING
+        ),
+    )
+    assert {i.model: i.state for i in obs.instances or ()}["ulysses"] is InstanceState.LOADED
+    assert await load == "eternal"
     obs = await backend.poll(time.time())
-    states = {i.model: i.state for i in obs.instances or ()}
-    assert states == {"ulysses": InstanceState.LOADED, "eternal": InstanceState.LOADING}
-    obs = await poll_until(backend, loaded)
+    assert loaded(obs)
     eternal = {i.model: i for i in obs.instances or ()}["eternal"]
     assert eternal.size_bytes == 3 * 1024**3
+    assert eternal.size_source == "server"
     await backend.unload("eternal", "eternal")
     obs = await backend.poll(time.time())
     assert [i.model for i in obs.instances or ()] == ["ulysses"]
-    # The size learned while it was loaded stays known for placement.
-    sizes = {a.key: a.size_bytes for a in obs.available or ()}
-    assert sizes["eternal"] == 3 * 1024**3
+    # The size learned while it was loaded stays known for placement, marked as such.
+    sizes = {a.key: (a.size_bytes, a.size_source) for a in obs.available or ()}
+    assert sizes["eternal"] == (3 * 1024**3, "seen")
+    assert cluster.node("router").server.load_posts == ["eternal"]  # type: ignore[attr-defined]
 
 
 async def test_router_load_unknown_model(cluster: SimCluster, make_backend: MakeBackend) -> None:
@@ -228,3 +239,105 @@ async def test_pool_kind_polls_like_llamacpp(
     assert backend.kind is NodeKind.LLAMACPP_POOL
     obs = await poll_until(backend, loaded)
     assert [(i.model, i.slots_total) for i in obs.instances or ()] == [("ulysses", 3)]
+
+
+def _router_spec(**kw: object) -> SimNodeSpec:
+    base: dict[str, object] = {
+        "name": "rt",
+        "kind": NodeKind.LLAMACPP,
+        "router_mode": True,
+        "models": [SimModel("ulysses", 5.0), SimModel("eternal", 3.0)],
+        "loaded": ["ulysses"],
+        "parallel": 2,
+        "models_max": 1,
+        "decode_tok_per_s": SLOW_DECODE,
+    }
+    base.update(kw)
+    return SimNodeSpec(**base)  # type: ignore[arg-type]
+
+
+async def test_router_instance_limit_is_read_from_props(make_backend: MakeBackend) -> None:
+    async with SimCluster([_router_spec(), _router_spec(name="free", models_max=0)]) as c:
+        assert (await make_backend(c, "rt").poll(time.time())).max_instances == 1
+        # --models-max 0: no limit.
+        assert (await make_backend(c, "free").poll(time.time())).max_instances is None
+
+
+async def test_router_load_at_the_limit_evicts_an_idle_model(make_backend: MakeBackend) -> None:
+    async with SimCluster([_router_spec()], time_scale=0.01) as c:
+        backend = make_backend(c, "rt")
+        assert await backend.load("eternal") == "eternal"
+        assert c.node("rt").loaded_models() == ["eternal"]
+
+
+async def test_router_load_at_the_limit_while_busy_is_deferred(
+    make_backend: MakeBackend, http: httpx.AsyncClient
+) -> None:
+    async with SimCluster([_router_spec()], time_scale=0.01) as c:
+        node = c.node("rt")
+        body = {"model": "ulysses", "messages": [{"role": "user", "content": "hi"}]}
+        chat = asyncio.create_task(http.post(c.url("rt") + "/v1/chat/completions", json=body))
+        async with asyncio.timeout(5):
+            while node.in_flight() == 0:
+                await asyncio.sleep(0.01)
+        backend = make_backend(c, "rt")
+        with pytest.raises(LoadDeferred, match="model limit reached"):
+            await backend.load("eternal")
+        # Transient: nothing failed, the resident model still serves.
+        obs = await backend.poll(time.time())
+        assert [(i.model, i.state) for i in obs.instances or ()] == [
+            ("ulysses", InstanceState.LOADED)
+        ]
+        assert all(i.error is None for i in obs.instances or ())
+        chat.cancel()
+
+
+async def test_router_downloading_model_reads_loading_and_is_loaded_once(
+    make_backend: MakeBackend, poll_until: PollUntil
+) -> None:
+    # 1 GB at 0.5 GB/s simulated is 2 s, 0.2 s real: long enough to be seen downloading.
+    spec = _router_spec(
+        models=[SimModel("ulysses", 5.0), SimModel("fresh", 1.0, downloaded=False)],
+        models_max=0,
+        download_gb_per_s=0.5,
+    )
+    async with SimCluster([spec], time_scale=0.1) as c:
+        backend, other = make_backend(c, "rt"), make_backend(c, "rt")
+        first = asyncio.create_task(backend.load("fresh"))
+        obs = await poll_until(
+            other, lambda o: any(i.model == "fresh" for i in o.instances or ()), limit_s=5.0
+        )
+        (fresh,) = [i for i in obs.instances or () if i.model == "fresh"]
+        assert fresh.state is InstanceState.LOADING
+        # A second load of a model coming up waits for it instead of posting again.
+        assert await asyncio.gather(first, other.load("fresh")) == ["fresh", "fresh"]
+        assert c.node("rt").server.load_posts == ["fresh"]  # type: ignore[attr-defined]
+        obs = await other.poll(time.time())
+        assert {i.model: i.state for i in obs.instances or ()}["fresh"] is InstanceState.LOADED
+
+
+async def test_router_load_that_fails_says_so(make_backend: MakeBackend) -> None:
+    # 5 GB cannot load in 4 GB: the model's process exits and /models shows it failed.
+    spec = _router_spec(memory_gb=4.0, loaded=[], models_max=0)
+    async with SimCluster([spec], time_scale=0.01) as c:
+        with pytest.raises(BackendBadResponse, match="ulysses"):
+            await make_backend(c, "rt").load("ulysses")
+
+
+async def test_single_model_path_id_is_named_by_its_file(make_backend: MakeBackend) -> None:
+    spec = SimNodeSpec(
+        "s", NodeKind.LLAMACPP, models=[SimModel("../models/Gemma-3.gguf", 0.3)], parallel=2
+    )
+    async with SimCluster([spec], time_scale=0.01) as c:
+        obs = await _wait_loaded(make_backend(c, "s"))
+        assert [(i.model, i.instance_id) for i in obs.instances or ()] == [("Gemma-3", "Gemma-3")]
+        assert [a.key for a in obs.available or ()] == ["Gemma-3"]
+
+
+async def _wait_loaded(backend: Backend) -> NodeObservation:
+    async with asyncio.timeout(5):
+        while True:
+            obs = await backend.poll(time.time())
+            if obs.instances and loaded(obs):
+                return obs
+            await asyncio.sleep(0.02)

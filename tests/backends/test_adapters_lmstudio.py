@@ -138,3 +138,28 @@ async def test_v0_node_reprobes_v1_after_coming_back(
     # A restart is when upgrades happen: v1 is asked again at once.
     assert sent == ["/api/v1/models", "/api/v0/models"]
     assert obs.version == "<0.4"
+
+
+async def test_v1_answered_with_200_unexpected_endpoint_falls_back_and_says_so_once(
+    cluster: SimCluster, make_backend: MakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The 0.3 simulator answers /api/v1/models as real LM Studio does: HTTP 200 and
+    # {"error": "Unexpected endpoint or method. (GET /api/v1/models)"}, not 404.
+    backend = make_backend(cluster, "old")
+    caplog.set_level("WARNING", logger="lmtui.backends.lmstudio")
+    now = time.time()
+    for k in range(3):
+        obs = await backend.poll(now + k * (V1_REPROBE_S + 1))  # re-probes v1 each time
+        assert obs.version == "<0.4" and [i.model for i in obs.instances or ()] == ["qwen-7b"]
+    warnings = [r for r in caplog.records if r.name == "lmtui.backends.lmstudio"]
+    assert len(warnings) == 1
+    assert "old" in warnings[0].getMessage() and "Unexpected endpoint" in warnings[0].getMessage()
+    with pytest.raises(NotSupported, match=r"older than 0\.4"):
+        await backend.load("gemma-2b")
+
+
+async def test_commands_on_an_unpolled_0_3_server_know_it_has_no_v1(
+    cluster: SimCluster, make_backend: MakeBackend
+) -> None:
+    with pytest.raises(NotSupported, match=r"older than 0\.4"):
+        await make_backend(cluster, "old").load("gemma-2b")

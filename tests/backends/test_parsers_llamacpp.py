@@ -10,10 +10,15 @@ import pytest
 from lmtui.backends import BackendBadResponse
 from lmtui.backends._common import error_message
 from lmtui.backends.llamacpp_parse import (
+    RouterProps,
+    is_limit_answer,
     is_loading_answer,
     is_router_payload,
+    is_router_props,
+    model_name,
     parse_models,
     parse_props,
+    parse_router_props,
     parse_slots,
 )
 from lmtui.backends.prom import llamacpp_metrics, parse_prometheus, sum_metrics
@@ -116,7 +121,44 @@ def test_router_sleeping_and_failed_states() -> None:
     a, b, c = parse_models(payload)
     assert a.state is InstanceState.LOADED  # wakes on the next request: still routable
     assert b.state is InstanceState.FAILED and b.error is not None and "137" in b.error
-    assert c.state is None
+    # A download is a load in progress: loading, so nobody posts another load for it.
+    assert c.state is InstanceState.LOADING
+
+
+def test_router_props_give_the_instance_limit(llama_payload: Load) -> None:
+    raw = llama_payload("router/props-router.json")
+    assert is_router_props(raw)
+    props = parse_router_props(raw)
+    assert props == RouterProps(max_instances=1, models_autoload=True, build_info="b1-0c1e570")
+    # --models-max 0 means no limit, and the server sends it as given.
+    assert parse_router_props({**raw, "max_instances": 0}).max_instances is None
+    # A model's own /props is not the router's.
+    assert not is_router_props(llama_payload("router/props-ulysses.json"))
+    assert not is_router_props(llama_payload("single/props.json"))
+
+
+def test_load_at_the_limit_is_recognised(llama_payload: Load) -> None:
+    body = llama_payload("router/load-at-limit-while-busy.json")
+    assert is_limit_answer(500, body)
+    assert not is_limit_answer(400, body)
+    assert not is_limit_answer(500, llama_payload("router/error-unknown-model.json"))
+    assert not is_limit_answer(500, None)
+
+
+@pytest.mark.parametrize(
+    ("model_id", "name"),
+    [
+        ("../models/Qwen3-8B-Q4_K_M.gguf", "Qwen3-8B-Q4_K_M"),
+        ("/srv/models/gemma.gguf", "gemma"),
+        ("gemma.gguf", "gemma"),
+        ("C:\\models\\Phi-4.GGUF", "Phi-4"),
+        ("gemma", "gemma"),
+        ("./gemma-270m", "gemma-270m"),
+        ("qwen/qwen3-8b", "qwen/qwen3-8b"),
+    ],
+)
+def test_single_model_ids_are_named_by_file(model_id: str, name: str) -> None:
+    assert model_name(model_id) == name
 
 
 def test_empty_router_is_still_a_router() -> None:

@@ -7,7 +7,12 @@ from typing import Any
 import pytest
 
 from lmtui.backends import BackendBadResponse
-from lmtui.backends.lmstudio import parse_load_answer, parse_v0_models, parse_v1_models
+from lmtui.backends.lmstudio import (
+    parse_load_answer,
+    parse_v0_models,
+    parse_v1_models,
+    unknown_endpoint,
+)
 
 V1_MODELS = {
     "models": [
@@ -193,3 +198,12 @@ def test_v0_unusable_shapes_are_bad_response(payload: Any) -> None:
 )
 def test_load_answer_both_field_names(answer: dict[str, Any]) -> None:
     assert parse_load_answer(answer, "qwen/qwen3-8b") == "qwen/qwen3-8b:3"
+
+
+def test_unknown_endpoint_answer_is_recognised() -> None:
+    # LM Studio's HTTP 200 answer for a route it lacks (lmstudio-bug-tracker #618, #1323).
+    body = {"error": "Unexpected endpoint or method. (GET /api/v1/models)"}
+    assert unknown_endpoint(body) == "Unexpected endpoint or method. (GET /api/v1/models)"
+    assert unknown_endpoint({"models": []}) is None
+    assert unknown_endpoint({"object": "list", "data": []}) is None
+    assert unknown_endpoint([]) is None

@@ -226,3 +226,82 @@ async def test_router_memory_refusal_marks_the_model_failed(client: httpx.AsyncC
         assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
         entry = (await client.get(url + "/models")).json()["data"][0]
         assert entry["status"]["value"] == "unloaded" and entry["status"]["failed"] is True
+
+
+async def test_router_props_without_model_match_real_server(client: httpx.AsyncClient) -> None:
+    async with asyncio.timeout(10), SimCluster([router()], time_scale=FAST) as c:
+        props = (await client.get(c.url("rt") + "/props")).json()
+        assert props == fixture_json("router/props-router.json")
+    async with asyncio.timeout(10), SimCluster([router(models_max=0)], time_scale=FAST) as c:
+        # --models-max 0 (no limit) is sent as given.
+        assert (await client.get(c.url("rt") + "/props")).json()["max_instances"] == 0
+
+
+async def test_router_load_at_limit_evicts_idle_and_refuses_while_busy(
+    client: httpx.AsyncClient,
+) -> None:
+    spec = router(loaded=["ulysses"], decode_tok_per_s=1.0)
+    async with asyncio.timeout(10), SimCluster([spec], time_scale=FAST) as c:
+        url, node = c.url("rt"), c.node("rt")
+        chat = asyncio.create_task(
+            client.post(url + "/v1/chat/completions", json=chat_body("ulysses", max_tokens=200))
+        )
+        while node.in_flight() == 0:
+            await asyncio.sleep(0.01)
+        r = await client.post(url + "/models/load", json={"model": "eternal"})
+        assert r.status_code == 500
+        assert r.json() == fixture_json("router/load-at-limit-while-busy.json")
+        entries = {m["id"]: m["status"] for m in (await client.get(url + "/models")).json()["data"]}
+        assert entries["eternal"] == {**entries["eternal"], "value": "unloaded"}
+        assert "failed" not in entries["eternal"]  # transient: not a failed model
+        assert node.loaded_models() == ["ulysses"]
+        chat.cancel()
+        while node.in_flight():
+            await asyncio.sleep(0.01)
+        # Idle now: the same load unloads the least recently used model and loads.
+        r = await client.post(url + "/models/load", json={"model": "eternal"})
+        assert r.json() == fixture_json("router/load-response.json")
+        assert node.loaded_models() == [] and node.loading_models() == ["eternal"]
+
+
+async def test_router_load_of_a_running_model_is_refused(client: httpx.AsyncClient) -> None:
+    async with asyncio.timeout(10), SimCluster([router(loaded=["ulysses"])], time_scale=FAST) as c:
+        r = await client.post(c.url("rt") + "/models/load", json={"model": "ulysses"})
+        assert r.status_code == 400
+        assert r.json()["error"]["message"] == "model is already running"
+
+
+async def test_router_autoload_at_limit_waits_for_an_idle_model(client: httpx.AsyncClient) -> None:
+    spec = router(loaded=["ulysses"], decode_tok_per_s=20.0)
+    async with asyncio.timeout(10), SimCluster([spec], time_scale=FAST) as c:
+        url, node = c.url("rt"), c.node("rt")
+        first = asyncio.create_task(
+            client.post(url + "/v1/chat/completions", json=chat_body("ulysses", max_tokens=50))
+        )
+        while node.in_flight() == 0:
+            await asyncio.sleep(0.01)
+        second = await client.post(url + "/v1/chat/completions", json=chat_body("eternal"))
+        assert second.status_code == 200 and second.json()["model"] == "eternal"
+        assert (await first).status_code == 200  # it was not evicted mid-request
+        ulysses, eternal = sorted(node.records, key=lambda j: j.model, reverse=True)
+        assert ulysses.finished is not None and eternal.started is not None
+        assert eternal.started >= ulysses.finished
+
+
+async def test_router_model_not_downloaded_shows_downloading(client: httpx.AsyncClient) -> None:
+    fresh = SimModel("fresh", 1.0, downloaded=False)
+    spec = router(models=[ULYSSES, fresh], models_max=0, download_gb_per_s=0.5)
+    async with asyncio.timeout(10), SimCluster([spec], time_scale=0.1) as c:
+        url, node = c.url("rt"), c.node("rt")
+        assert (await client.post(url + "/models/load", json={"model": "fresh"})).json() == {
+            "success": True
+        }
+        status = {
+            m["id"]: m["status"]["value"]
+            for m in (await client.get(url + "/models")).json()["data"]
+        }
+        assert status["fresh"] == "downloading"
+        # Posting again while it downloads changes nothing (the real router's load returns).
+        assert (await client.post(url + "/models/load", json={"model": "fresh"})).status_code == 200
+        while node.loaded_models() != ["fresh"]:
+            await asyncio.sleep(0.01)

@@ -133,7 +133,9 @@ async def test_lmstudio_03_is_serial_and_has_no_v1(client: httpx.AsyncClient) ->
     async with asyncio.timeout(10), SimCluster([spec], time_scale=0.05) as c:
         url, node = c.url("lms"), c.node("lms")
         r = await client.get(url + "/api/v1/models")
-        assert r.status_code == 404 and "Unexpected endpoint" in r.json()["error"]
+        # What every real LM Studio does for an endpoint it lacks: 200 and an error body.
+        assert r.status_code == 200
+        assert r.json() == {"error": "Unexpected endpoint or method. (GET /api/v1/models)"}
         assert (await client.get(url + "/api/v0/models")).status_code == 200
         await asyncio.gather(
             client.post(url + "/v1/chat/completions", json=chat_body(QWEN.key, max_tokens=40)),
@@ -178,3 +180,15 @@ async def test_api_key(client: httpx.AsyncClient) -> None:
         assert (await client.get(url + "/api/v1/models")).status_code == 401
         ok = await client.get(url + "/api/v1/models", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
+
+
+async def test_unknown_routes_answer_200_with_an_error_on_every_version(
+    client: httpx.AsyncClient,
+) -> None:
+    async with asyncio.timeout(10), SimCluster([lms()], time_scale=FAST) as c:
+        r = await client.get(c.url("lms") + "/api/v2/nothing")
+        assert r.status_code == 200
+        assert r.json() == {"error": "Unexpected endpoint or method. (GET /api/v2/nothing)"}
+        r = await client.delete(c.url("lms") + "/api/v1/models")  # a known path, wrong method
+        assert r.status_code == 200
+        assert r.json() == {"error": "Unexpected endpoint or method. (DELETE /api/v1/models)"}

@@ -195,6 +195,23 @@ def test_instance_row_loading_failed_and_forever() -> None:
     assert instance_row(busy, FIXED_NOW)[INST_COL["slots"]].plain == "2/4"
 
 
+@pytest.mark.parametrize(
+    ("size", "source", "cell"),
+    [
+        (int(4.5 * GiB), "server", "4.5 GB"),
+        (int(4.5 * GiB), "seen", "~4.5 GB"),  # the router dropped meta when it unloaded
+        (int(4.5 * GiB), "config", "~4.5 GB"),  # [[models]] size_gb
+        (300 * 1024**2, "seen", "~300 MB"),
+        (None, None, "?"),  # nobody knows: placement assumes a default
+    ],
+)
+def test_size_cell_says_where_the_figure_came_from(
+    size: int | None, source: str | None, cell: str
+) -> None:
+    inst = instance("n", "m", size_bytes=size, size_source=source)
+    assert instance_row(inst, FIXED_NOW)[INST_COL["size"]].plain == cell
+
+
 def test_instance_row_key_and_filter() -> None:
     inst = instance("gpu-box", "llama3.1:8b", "llama3.1:8b#2")
     assert instance_row_key(inst) == "gpu-box/llama3.1:8b#2"

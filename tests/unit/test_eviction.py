@@ -9,7 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmtui.core.eviction import eviction_blocker, permanent_bytes, plan_eviction
+from lmtui.core.eviction import (
+    eviction_blocker,
+    permanent_bytes,
+    permanent_count,
+    plan_eviction,
+)
 from lmtui.core.model import (
     GiB,
     Health,
@@ -232,3 +237,47 @@ def test_plans_only_free_idle_unpinned_instances_on_the_node(
     assert all(i in evictable for i in chosen)
     assert len(set(plan.evict)) == len(plan.evict)
     assert plan.frees_bytes == sum(i.size_bytes or 0 for i in chosen) >= need_gb * GiB
+
+
+@pytest.mark.parametrize("policy", ["lru", "cost"])
+def test_a_place_under_the_instance_limit_is_freed_with_no_bytes_needed(policy: str) -> None:
+    snap = mk_snap(
+        mk_inst("old", 2, last_used=NOW - 3000),
+        mk_inst("hot", 2, last_used=NOW - 5),
+        mk_inst("busy", 2, last_used=NOW - 9000, in_flight=1),
+    )
+    plan = plan_eviction(snap, "n1", 0, NOW, policy, need_count=1)  # type: ignore[arg-type]
+    assert plan is not None and plan.evict == (("n1", "old"),)
+    assert "instance limit" in plan.reason
+    two = plan_eviction(snap, "n1", 0, NOW, policy, need_count=2)  # type: ignore[arg-type]
+    assert two is not None and set(two.evict) == {("n1", "old"), ("n1", "hot")}
+    assert plan_eviction(snap, "n1", 0, NOW, policy, need_count=3) is None  # type: ignore[arg-type]
+
+
+def test_bytes_and_places_are_both_satisfied() -> None:
+    # 10 GiB is needed: "big" alone frees it, and one place is needed: still just "big".
+    snap = mk_snap(
+        mk_inst("small", 2, last_used=NOW - 3000), mk_inst("big", 12, last_used=NOW - 100)
+    )
+    plan = plan_eviction(snap, "n1", 10 * GiB, NOW, "lru", need_count=1)
+    assert plan is not None and plan.evict == (("n1", "big"),)
+    # Two places: both go, whatever the bytes.
+    plan = plan_eviction(snap, "n1", 1 * GiB, NOW, "lru", need_count=2)
+    assert plan is not None and len(plan.evict) == 2
+
+
+def test_unknown_sizes_are_evicted_for_a_place_never_for_bytes() -> None:
+    snap = mk_snap(
+        mk_inst("unknown", last_used=NOW - 9000, size_bytes=None),
+        mk_inst("known", 8, last_used=NOW - 10),
+    )
+    plan = plan_eviction(snap, "n1", 4 * GiB, NOW, "lru")
+    assert plan is not None and plan.evict == (("n1", "known"),)
+    plan = plan_eviction(snap, "n1", 0, NOW, "lru", need_count=1)
+    assert plan is not None and plan.evict == (("n1", "unknown"),)
+
+
+def test_permanent_count_is_pinned_and_higher_priority() -> None:
+    snap = mk_snap(mk_inst("p", pinned=True), mk_inst("h"), mk_inst("n"))
+    assert permanent_count(snap, "n1", priorities={"h": "high"}) == 2
+    assert permanent_count(snap, "n1", priorities={"h": "high"}, requester_priority="high") == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmtui.core.model import (
     AvailableModel,
@@ -16,6 +18,7 @@ from lmtui.core.model import (
     Node,
     NodeKind,
     Snapshot,
+    evolve,
 )
 from lmtui.core.placement import (
     NoPlacement,
@@ -210,3 +213,150 @@ def test_loading_instances_take_memory_too() -> None:
     )
     p = place(snap, "m", NOW, PoolSettings(default_footprint_bytes=6 * GiB))
     assert isinstance(p, Placement) and p.node == "b"
+
+
+# --- the instance limit (a llama.cpp router's --models-max) --------------------------------
+
+
+def limited(name: str, limit: int, total_gb: float | None = 64, **kw: object) -> Node:
+    return evolve(mk_node(name, total_gb, **kw), max_instances=limit)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("policy", ["lru", "cost"])
+def test_a_node_at_its_instance_limit_evicts_even_with_memory_to_spare(policy: str) -> None:
+    snap = mk_snap(
+        [limited("a", 2)],
+        [mk_inst("a", "old", 4, last_used=NOW - 900), mk_inst("a", "new", 4, last_used=NOW - 1)],
+    )
+    pool = PoolSettings(min_residency_s=0.0, eviction_policy=policy)  # type: ignore[arg-type]
+    p = place(snap, "m", NOW, pool)
+    assert isinstance(p, Placement) and p.node == "a"
+    assert p.evict == (("a", "old@a"),)
+    assert "instance limit" in p.reason
+
+
+def test_a_node_under_its_limit_needs_no_eviction() -> None:
+    snap = mk_snap([limited("a", 3)], [mk_inst("a", "x", 4), mk_inst("a", "y", 4)])
+    p = place(snap, "m", NOW, POOL)
+    assert isinstance(p, Placement) and p.evict == ()
+
+
+def test_a_free_place_elsewhere_wins_over_an_eviction() -> None:
+    snap = mk_snap(
+        [limited("a", 1, 64), limited("b", 2, 32)],
+        [mk_inst("a", "x", 4), mk_inst("b", "y", 4)],
+    )
+    p = place(snap, "m", NOW, POOL)
+    assert isinstance(p, Placement) and p.node == "b" and p.evict == ()
+
+
+@pytest.mark.parametrize(
+    "blocked",
+    [
+        {"in_flight": 1},
+        {"slots_busy": 1},
+        {"queued": 1},
+        {"state": InstanceState.LOADING},
+        {"first_seen": NOW - 1},
+    ],
+    ids=["in-flight", "busy-slot", "queued", "loading", "young"],
+)
+def test_at_the_limit_with_nothing_evictable_now_the_load_waits(blocked: dict[str, object]) -> None:
+    snap = mk_snap([limited("a", 1)], [mk_inst("a", "x", 4, **blocked)])
+    p = place(snap, "m", NOW, PoolSettings(min_residency_s=30.0))
+    assert isinstance(p, NoPlacement) and p.may_fit_later
+
+
+def test_at_the_limit_with_only_pinned_or_higher_priority_it_never_fits() -> None:
+    pinned = mk_snap([limited("a", 1)], [mk_inst("a", "x", 4, pinned=True)])
+    p = place(pinned, "m", NOW, POOL)
+    assert isinstance(p, NoPlacement) and not p.may_fit_later
+    high = mk_snap([limited("a", 1)], [mk_inst("a", "x", 4)])
+    p = place(high, "m", NOW, PoolSettings(min_residency_s=0.0, priorities={"x": "high"}))
+    assert isinstance(p, NoPlacement) and not p.may_fit_later
+
+
+def test_pending_loads_take_a_place() -> None:
+    snap = mk_snap([limited("a", 2)], [mk_inst("a", "x", 4, last_used=NOW - 60)])
+    alone = place(snap, "m", NOW, POOL)
+    assert isinstance(alone, Placement) and alone.evict == ()
+    p = place(snap, "m", NOW, POOL, pending_loads=frozenset({("a", "z")}))
+    assert isinstance(p, Placement) and p.evict == (("a", "x@a"),)
+
+
+def test_unknown_memory_at_the_limit_still_evicts_for_a_place() -> None:
+    snap = mk_snap([limited("a", 1, None)], [mk_inst("a", "x", 4)])
+    p = place(snap, "m", NOW, POOL)
+    assert isinstance(p, Placement) and p.evict == (("a", "x@a"),)
+
+
+def test_an_instance_of_unknown_size_can_free_a_place() -> None:
+    snap = mk_snap([limited("a", 1)], [Instance("a", "x", "x@a", size_bytes=None)])
+    p = place(snap, "m", NOW, POOL)
+    assert isinstance(p, Placement) and p.evict == (("a", "x@a"),)
+
+
+_inst_flags = st.fixed_dictionaries(
+    {
+        "size_gb": st.sampled_from([1.0, 4.0, 8.0, 16.0]),
+        "busy": st.booleans(),
+        "pinned": st.booleans(),
+        "loading": st.booleans(),
+        "last_used": st.floats(NOW - 3600, NOW),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    insts=st.lists(_inst_flags, max_size=6),
+    limit=st.integers(1, 4),
+    total_gb=st.sampled_from([16.0, 32.0, 64.0]),
+    need_gb=st.sampled_from([2.0, 8.0, 20.0]),
+    policy=st.sampled_from(["lru", "cost"]),
+)
+def test_a_placement_satisfies_memory_and_count_and_never_evicts_the_untouchable(
+    insts: list[dict[str, object]], limit: int, total_gb: float, need_gb: float, policy: str
+) -> None:
+    instances = [
+        mk_inst(
+            "a",
+            f"m{k}",
+            float(f["size_gb"]),  # type: ignore[arg-type]
+            in_flight=int(bool(f["busy"])),
+            pinned=bool(f["pinned"]),
+            state=InstanceState.LOADING if f["loading"] else InstanceState.LOADED,
+            last_used=f["last_used"],
+        )
+        for k, f in enumerate(insts)
+    ]
+    snap = mk_snap([limited("a", limit, total_gb)], instances)
+    pool = PoolSettings(
+        min_residency_s=0.0,
+        eviction_policy=policy,  # type: ignore[arg-type]
+        size_overrides={"new": int(need_gb * GiB)},
+    )
+    p = place(snap, "new", NOW, pool)
+    if isinstance(p, NoPlacement):
+        movable = [
+            i
+            for i in instances
+            if not i.pinned and i.in_flight == 0 and i.state is InstanceState.LOADED
+        ]
+        stuck = [i for i in instances if i not in movable]
+        stuck_gb = sum((i.size_bytes or 0) for i in stuck) / GiB
+        # Refusing now is right only when even evicting every movable instance would not do.
+        assert len(stuck) + 1 > limit or stuck_gb + need_gb > total_gb
+        # And it waits (rather than failing) whenever what blocks it can go away.
+        pinned_n = sum(1 for i in instances if i.pinned)
+        pinned_gb = sum((i.size_bytes or 0) for i in instances if i.pinned) / GiB
+        assert p.may_fit_later == (pinned_n + 1 <= limit and pinned_gb + need_gb <= total_gb)
+        return
+    evicted = {k for _, k in p.evict}
+    for inst in instances:
+        if inst.instance_id in evicted:
+            assert inst.state is InstanceState.LOADED and inst.in_flight == 0
+            assert not inst.pinned
+    kept = [i for i in instances if i.instance_id not in evicted]
+    assert len(kept) + 1 <= limit
+    assert sum((i.size_bytes or 0) for i in kept) + need_gb * GiB <= total_gb * GiB

@@ -179,3 +179,33 @@ def test_model_slots_override_wins_over_node_and_server() -> None:
     )
     assert s.instances[("a", "m")].slots_total == 1
     assert s.instances[("a", "n")].slots_total == 3
+
+
+def test_instance_limit_is_kept_until_a_poll_reads_it_again() -> None:
+    s, _ = fold(snap("a"), ok("a", 1.0, max_instances=2), CTX)
+    assert s.nodes["a"].max_instances == 2
+    s, _ = fold(s, ok("a", 2.0), CTX)  # read once a minute: most polls do not say
+    assert s.nodes["a"].max_instances == 2
+    s, _ = fold(s, ok("a", 3.0, max_instances=4), CTX)
+    assert s.nodes["a"].max_instances == 4
+
+
+@pytest.mark.parametrize(
+    ("size", "source", "override", "want"),
+    [
+        (4 * GiB, "server", None, (4 * GiB, "server")),
+        (4 * GiB, "seen", None, (4 * GiB, "seen")),
+        (4 * GiB, None, None, (4 * GiB, "server")),  # an adapter that does not say
+        (None, None, None, (None, None)),
+        (4 * GiB, "server", 6 * GiB, (6 * GiB, "config")),
+        (None, None, 6 * GiB, (6 * GiB, "config")),
+    ],
+)
+def test_size_source_is_carried_into_the_instance(
+    size: int | None, source: str | None, override: int | None, want: tuple[object, object]
+) -> None:
+    ctx = FoldContext(model_sizes=MappingProxyType({"m": override} if override else {}))
+    io = InstanceObservation("m", "m", size_bytes=size, size_source=source)  # type: ignore[arg-type]
+    s, _ = fold(snap("a"), ok("a", 1.0, io), ctx)
+    inst = s.instances[("a", "m")]
+    assert (inst.size_bytes, inst.size_source) == want

@@ -119,6 +119,10 @@ class KindServer:
         """The kind's error JSON (OpenAI style by default)."""
         return {"error": {"message": message, "type": type_, "param": None, "code": status}}
 
+    #: HTTP status of the answer to an unknown route or method; None: 404 or 405 as usual.
+    #: LM Studio answers 200 (see LMStudioServer).
+    unknown_route_status: int | None = None
+
     def route_not_found(self, method: str, path: str, status: int) -> Any:
         """Body for an unknown route (404) or method (405)."""
         return self.error_body(

@@ -4,11 +4,17 @@ Single mode serves ``loaded[0]`` (else the first model) and, like the real binar
 loading it: until then every route but ``/v1/models`` answers 503 "Loading model". Router
 mode (``--models-dir``) lists every model in ``/models``, loads on ``/models/load`` or on the
 first request for a model (autoload), and unloads the least recently used idle model when
-``--models-max`` is reached. Payload shapes follow captures of a real server.
+``--models-max`` is reached. At the limit with every resident model busy, an explicit load
+answers HTTP 500 "model limit reached, try again later" and a request's autoload waits for
+one to go idle, as the real router does (``server-models.cpp``: ``unload_lru`` never picks a
+busy or loading model). A model not yet downloaded first shows ``downloading``. Payload
+shapes follow captures of a real server.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -24,6 +30,11 @@ from lmtui.sim.state import Counters, Job, SimInstance, SimLoadError
 # Paths the real server serves without the API key.
 _PUBLIC = frozenset({"/health", "/v1/health", "/models", "/v1/models"})
 _LISTINGS = frozenset({"/models", "/v1/models"})
+#: The real router's answer to a load at ``--models-max`` while every resident model is busy
+#: (capture ``router/load-at-limit-while-busy.json``).
+LIMIT_REACHED = "model limit reached, try again later"
+#: Real seconds between checks of a request's autoload waiting at the limit for an idle model.
+LIMIT_RETRY_S = 0.01
 
 
 class LlamaCppServer(KindServer):
@@ -41,6 +52,11 @@ class LlamaCppServer(KindServer):
         # Router children get their own ports; shown in /models args like the real thing.
         self.child_ports = {m.key: 40000 + self.rng.randrange(20000) for m in self.spec.models}
         self.single: SimModel | None = None
+        #: Router mode: models in the cache, and downloads under way (shown ``downloading``).
+        self.downloaded = {m.key for m in self.spec.models if m.downloaded}
+        self.downloads: dict[str, asyncio.Task[None]] = {}
+        #: Router mode: the model of every ``POST /models/load``, in order (for tests).
+        self.load_posts: list[str] = []
         if not self.router and self.spec.models:
             key = self.spec.loaded[0] if self.spec.loaded else self.spec.models[0].key
             self.single = self.spec.model(key)
@@ -134,9 +150,13 @@ class LlamaCppServer(KindServer):
         return max(1, inst.context_length // inst.pool.size)
 
     def _start_load(self, model: SimModel) -> SimInstance:
+        plan = self._plan(model)
+        if plan.limit_reached:
+            # Transient: the model is not marked failed, a later load may succeed.
+            raise SimHTTPError(500, self.error_body(500, LIMIT_REACHED))
         self.failed.pop(model.key, None)
         try:
-            return self.state.begin_load(model, self._plan(model))
+            return self.state.begin_load(model, plan)
         except SimLoadError as e:
             # A router's child process that cannot load exits; /models shows it failed.
             self.failed[model.key] = e.reason
@@ -151,6 +171,12 @@ class LlamaCppServer(KindServer):
         return json_response({"status": "ok"})
 
     async def props(self, request: web.Request) -> web.Response:
+        if self.router and not request.query.get("model"):
+            return json_response(
+                P.router_props(
+                    max_instances=self.spec.models_max, autoload=True, build=self.spec.version
+                )
+            )
         inst = self._query_instance(request)
         return json_response(
             P.props(
@@ -230,6 +256,8 @@ class LlamaCppServer(KindServer):
             status: JSON
             if inst is not None:
                 status = {"value": inst.state}
+            elif m.key in self.downloads:
+                status = {"value": "downloading"}
             elif m.key in self.failed:
                 status = {"value": "unloaded", "failed": True, "exit_code": 1}
             else:
@@ -262,10 +290,55 @@ class LlamaCppServer(KindServer):
 
     async def load(self, request: web.Request) -> web.Response:
         model = await self._model_from_body(request)
-        if self.state.pick_instance(model.key) is None:
+        self.load_posts.append(model.key)
+        if self.state.pick_instance(model.key) is not None:
+            raise SimHTTPError(
+                400, self.error_body(400, "model is already running", "invalid_request_error")
+            )
+        if model.key in self.downloads:
+            pass  # the real router's load() returns at once for a model "not ready"
+        elif model.key not in self.downloaded:
+            self._start_download(model)
+        else:
             # The answer comes at once; /models shows "loading" until the child is ready.
             self._start_load(model)
         return json_response({"success": True})
+
+    def _start_download(self, model: SimModel) -> asyncio.Task[None]:
+        """Download ``model`` (a download worker: it takes no ``--models-max`` place), then
+        load it like any other model."""
+
+        async def download() -> None:
+            try:
+                sim_s = model.size_gb / max(self.spec.download_gb_per_s, 1e-6)
+                await asyncio.sleep(self.state.real(sim_s))
+                self.downloaded.add(model.key)
+            finally:
+                self.downloads.pop(model.key, None)
+                self.state.layout_version += 1
+            with contextlib.suppress(SimHTTPError):  # a refused load shows in /models
+                self._start_load(model)
+
+        task = self.state.spawn(download())
+        self.downloads[model.key] = task
+        self.state.layout_version += 1
+        return task
+
+    async def _autoload(self, model: SimModel) -> SimInstance:
+        """A request's load: wait out a download, and at the limit wait for an idle model
+        (the real router queues the request rather than refusing it)."""
+        while True:
+            inst = self.state.pick_instance(model.key)
+            if inst is not None:
+                return inst
+            if model.key in self.downloads or model.key not in self.downloaded:
+                task = self.downloads.get(model.key) or self._start_download(model)
+                await asyncio.shield(task)
+                continue
+            if self._plan(model).limit_reached:
+                await asyncio.sleep(LIMIT_RETRY_S)
+                continue
+            return self._start_load(model)
 
     async def unload(self, request: web.Request) -> web.Response:
         model = await self._model_from_body(request)
@@ -290,7 +363,7 @@ class LlamaCppServer(KindServer):
         model = self.spec.model(name)
         if model is None:
             raise self._not_found(name)
-        inst = self.state.pick_instance(model.key) or self._start_load(model)
+        inst = await self._autoload(model)
         return await self.wait_loaded(inst)
 
     def timings(self, job: Job) -> JSON:

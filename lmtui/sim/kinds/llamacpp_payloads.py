@@ -189,6 +189,22 @@ def props(
     }
 
 
+def router_props(*, max_instances: int, autoload: bool, build: str) -> JSON:
+    """A router's own ``GET /props`` (no ``?model=``), as captured in ``props-router.json``:
+    ``max_instances`` is ``--models-max`` as given, 0 for no limit."""
+    return {
+        "role": "router",
+        "max_instances": max_instances,
+        "models_autoload": autoload,
+        "model_alias": "llama-server",
+        "model_path": "none",
+        "default_generation_settings": {"params": None, "n_ctx": 0},
+        "ui_settings": {},
+        "build_info": build,
+        "cors_proxy_enabled": False,
+    }
+
+
 def slot(idx: int, n_ctx: int, job: Job | None) -> JSON:
     """One ``/slots`` entry: idle, or processing ``job``."""
     entry: JSON = {

@@ -73,6 +73,11 @@ class LMStudioServer(KindServer):
             }
         }
 
+    #: Every LM Studio version, 0.3.x through at least 0.4.17, answers an endpoint or
+    #: method it lacks with HTTP 200 and an error body (its log: "Returning 200 anyway";
+    #: lmstudio-bug-tracker #618, #1323, #2085), so 0.3.x answers /api/v1/models that way.
+    unknown_route_status = 200
+
     def route_not_found(self, method: str, path: str, status: int) -> Any:
         # LM Studio's wording; 0.3.x answers this for every /api/v1 route.
         return {"error": f"Unexpected endpoint or method. ({method} {path})"}
