@@ -305,3 +305,22 @@ async def test_router_model_not_downloaded_shows_downloading(client: httpx.Async
         assert (await client.post(url + "/models/load", json={"model": "fresh"})).status_code == 200
         while node.loaded_models() != ["fresh"]:
             await asyncio.sleep(0.01)
+
+
+async def test_router_idle_model_sleeps_and_wakes(client: httpx.AsyncClient) -> None:
+    # 20 s simulated = 0.2 s real: long enough that a woken model is seen awake.
+    spec = router(loaded=["ulysses"], models_max=0, sleep_idle_s=20.0)
+    async with asyncio.timeout(10), SimCluster([spec], time_scale=FAST) as c:
+        url = c.url("rt")
+
+        async def status() -> str:
+            data = (await client.get(url + "/models")).json()["data"]
+            return {m["id"]: m["status"]["value"] for m in data}["ulysses"]
+
+        while await status() != "sleeping":
+            await asyncio.sleep(0.01)
+        props = (await client.get(url + "/props", params={"model": "ulysses"})).json()
+        assert props["is_sleeping"] is True and props["total_slots"] == 2
+        assert await status() == "sleeping"  # /props does not wake it
+        await client.get(url + "/slots", params={"model": "ulysses"})
+        assert await status() == "loaded"

@@ -7,8 +7,10 @@ first request for a model (autoload), and unloads the least recently used idle m
 ``--models-max`` is reached. At the limit with every resident model busy, an explicit load
 answers HTTP 500 "model limit reached, try again later" and a request's autoload waits for
 one to go idle, as the real router does (``server-models.cpp``: ``unload_lru`` never picks a
-busy or loading model). A model not yet downloaded first shows ``downloading``. Payload
-shapes follow captures of a real server.
+busy or loading model). A model not yet downloaded first shows ``downloading``. With
+``sleep_idle_s`` an idle model reads ``sleeping``; ``/props`` answers for it (with
+``is_sleeping``), while a request, ``/slots`` or ``/metrics`` wakes it. Payload shapes follow
+captures of a real server.
 """
 
 from __future__ import annotations
@@ -145,6 +147,13 @@ class LlamaCppServer(KindServer):
             )
         return inst
 
+    def _sleeping(self, inst: SimInstance) -> bool:
+        """Whether ``inst`` sleeps now (``--sleep-idle-seconds``): loaded, idle that long."""
+        idle_s = self.spec.sleep_idle_s
+        if idle_s is None or inst.state != "loaded" or inst.busy:
+            return False
+        return self.state.clock() - inst.last_used >= self.state.real(idle_s)
+
     def _n_ctx(self, inst: SimInstance) -> int:
         # The context is split across slots, as llama-server does (-c 2048 -np 2 -> 1024).
         return max(1, inst.context_length // inst.pool.size)
@@ -186,22 +195,34 @@ class LlamaCppServer(KindServer):
                 total_slots=inst.pool.size,
                 n_ctx=self._n_ctx(inst),
                 build=self.spec.version,
+                sleeping=self._sleeping(inst),
             )
         )
 
     async def slots(self, request: web.Request) -> web.Response:
         inst = self._query_instance(request)
+        self._wake(inst)
         n_ctx = self._n_ctx(inst)
         return json_response([P.slot(i, n_ctx, job) for i, job in enumerate(inst.pool.busy)])
 
     async def metrics(self, request: web.Request) -> web.Response:
         inst = self._query_instance(request)
+        self._wake(inst)
         counters: Counters = inst.counters if self.router else self.state.counters
         text = P.metrics_text(counters, processing=inst.pool.in_use, deferred=inst.pool.waiting)
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
+    def _wake(self, inst: SimInstance) -> None:
+        """What reaches a sleeping model's process wakes it (the real server reloads its
+        weights; here that is instant) and restarts its idle timer."""
+        if self.router and self.spec.sleep_idle_s is not None:
+            self.state.touch(inst)
+
     async def models_list(self, request: web.Request) -> web.Response:
         if self.router:
+            if self.spec.sleep_idle_s is not None:
+                # Sleeping depends on the clock, which the layout cache does not see.
+                return json_response(self._router_models())
             return self.cached_json("models", self._router_models)
         return self.cached_json("single", self._single_models)
 
@@ -255,7 +276,7 @@ class LlamaCppServer(KindServer):
             inst = self.state.pick_instance(m.key)
             status: JSON
             if inst is not None:
-                status = {"value": inst.state}
+                status = {"value": "sleeping" if self._sleeping(inst) else inst.state}
             elif m.key in self.downloads:
                 status = {"value": "downloading"}
             elif m.key in self.failed:
