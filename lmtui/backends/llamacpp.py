@@ -272,6 +272,8 @@ class LlamaCppBackend(HttpBackend):
             # Restarted as a single-model server between two polls.
             self.mode = "single"
             return await self._poll_single(now, payload)
+        # Ids are kept as the router lists them, never renamed like a single server's path:
+        # the router routes requests, loads and unloads by exactly that id.
         models = parse_models(payload)
         for info in models:
             if info.size_bytes is not None:
