@@ -370,3 +370,16 @@ async def test_router_sleeping_model_is_loaded_with_slots_from_props_and_left_as
         await backend.poll(time.time())
         assert http.sent == ["/models"]  # type: ignore[attr-defined]  # read once per sleep
         assert await status() == "sleeping"
+
+
+async def test_router_unload_returns_once_the_place_is_free(make_backend: MakeBackend) -> None:
+    # The router answers an unload at once and lists the model loaded until its process
+    # exits; a load at --models-max meanwhile is refused. unload() waits, so the load that
+    # follows an eviction goes through.
+    async with SimCluster([_router_spec()], time_scale=0.05) as c:
+        backend = make_backend(c, "rt")
+        await backend.poll(time.time())
+        await backend.unload("ulysses", "ulysses")
+        obs = await backend.poll(time.time())
+        assert obs.instances == ()
+        assert await backend.load("eternal") == "eternal"

@@ -69,6 +69,10 @@ async def test_router_limit_and_a_load_that_returns_once_loaded(
     assert sizes == {"eternal": "server", "ulysses": "seen"}
     # Loading what is loaded posts nothing (the router would answer 400 "already running").
     assert await backend.load("eternal") == "eternal"
+    # The router answers an unload before the process is gone (a load at once would be
+    # refused "model limit reached"): unload() waits, so an eviction then a load works.
+    await backend.unload("eternal", "eternal")
+    assert await backend.load("ulysses") == "ulysses"
 
 
 async def test_router_load_at_the_limit_while_busy_is_deferred(

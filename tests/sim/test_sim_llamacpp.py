@@ -324,3 +324,24 @@ async def test_router_idle_model_sleeps_and_wakes(client: httpx.AsyncClient) -> 
         assert await status() == "sleeping"  # /props does not wake it
         await client.get(url + "/slots", params={"model": "ulysses"})
         assert await status() == "loaded"
+
+
+async def test_router_unload_answers_before_the_model_is_gone(client: httpx.AsyncClient) -> None:
+    # 1 s simulated to exit = 0.2 s real: time for the checks below while it exits.
+    async with asyncio.timeout(10), SimCluster([router(loaded=["ulysses"])], time_scale=0.2) as c:
+        url, node = c.url("rt"), c.node("rt")
+        r = await client.post(url + "/models/unload", json={"model": "ulysses"})
+        assert r.json() == fixture_json("router/unload-response.json")
+        # As measured on a real router: still listed loaded, still holding the only place.
+        entries = {
+            m["id"]: m["status"]["value"]
+            for m in (await client.get(url + "/models")).json()["data"]
+        }
+        assert entries["ulysses"] == "loaded"
+        r = await client.post(url + "/models/load", json={"model": "eternal"})
+        assert r.status_code == 500
+        assert r.json() == fixture_json("router/load-at-limit-while-busy.json")
+        while node.memory_used_gb() > 0:
+            await asyncio.sleep(0.01)
+        r = await client.post(url + "/models/load", json={"model": "eternal"})
+        assert r.json() == fixture_json("router/load-response.json")

@@ -273,7 +273,10 @@ class LlamaCppServer(KindServer):
     def _router_models(self) -> JSON:
         data = []
         for m in self.spec.models:
-            inst = self.state.pick_instance(m.key)
+            # A stopping instance is still listed as it was until its process is gone.
+            inst = self.state.pick_instance(m.key) or next(
+                iter(self.state.instances_of(m.key)), None
+            )
             status: JSON
             if inst is not None:
                 status = {"value": "sleeping" if self._sleeping(inst) else inst.state}
@@ -312,7 +315,7 @@ class LlamaCppServer(KindServer):
     async def load(self, request: web.Request) -> web.Response:
         model = await self._model_from_body(request)
         self.load_posts.append(model.key)
-        if self.state.pick_instance(model.key) is not None:
+        if self.state.instances_of(model.key):  # loading, loaded, or still stopping
             raise SimHTTPError(
                 400, self.error_body(400, "model is already running", "invalid_request_error")
             )
@@ -352,6 +355,9 @@ class LlamaCppServer(KindServer):
             inst = self.state.pick_instance(model.key)
             if inst is not None:
                 return inst
+            if self.state.instances_of(model.key):  # still stopping: load it once it is gone
+                await asyncio.sleep(LIMIT_RETRY_S)
+                continue
             if model.key in self.downloads or model.key not in self.downloaded:
                 task = self.downloads.get(model.key) or self._start_download(model)
                 await asyncio.shield(task)
@@ -364,8 +370,17 @@ class LlamaCppServer(KindServer):
     async def unload(self, request: web.Request) -> web.Response:
         model = await self._model_from_body(request)
         for inst in self.state.instances_of(model.key):
-            self.state.unload(inst.instance_id)
+            if not inst.stopping:
+                # The real router answers at once; the child process exits a moment later,
+                # listed as loaded and holding its --models-max place until it is gone.
+                inst.stopping = True
+                self.state.layout_version += 1
+                self.state.spawn(self._stop(inst))
         return json_response({"success": True})
+
+    async def _stop(self, inst: SimInstance) -> None:
+        await asyncio.sleep(self.state.real(physics.UNLOAD_S))
+        self.state.unload(inst.instance_id)
 
     # --- requests -----------------------------------------------------------------------
 
