@@ -18,7 +18,7 @@ import pytest
 from llama import LlamaBuild, LlamaServer, models_dir
 
 from lmtui.backends import backend_for
-from lmtui.backends.base import LoadDeferred
+from lmtui.backends.base import BackendBadResponse, LoadDeferred
 from lmtui.backends.llamacpp import LlamaCppBackend
 from lmtui.config import NodeConfig
 from lmtui.core.model import InstanceState, NodeKind
@@ -120,3 +120,23 @@ async def test_single_server_started_with_a_path_names_the_model_by_its_file(
     server.start()
     obs = await adapter(server, session).poll(time.time())
     assert [i.model for i in obs.instances or ()] == ["Gemma-Small"]
+
+
+async def test_router_load_of_a_broken_model_fails_with_the_routers_reason(
+    tmp_path: Path,
+    llama_build: LlamaBuild,
+    llama_servers: list[LlamaServer],
+    session: aiohttp.ClientSession,
+) -> None:
+    d = models_dir(tmp_path, llama_build, ["ulysses"])
+    (d / "broken.gguf").write_bytes(b"not a gguf file")
+    server = LlamaServer(llama_build, ["--models-dir", str(d)], tmp_path / "log")
+    llama_servers.append(server)
+    backend = adapter(server.start(), session)
+    await backend.poll(time.time())
+    # The router accepts the load, its model process exits, /models says failed.
+    with pytest.raises(BackendBadResponse, match=r"broken.*failed"):
+        await backend.load("broken")
+    obs = await backend.poll(time.time())
+    (inst,) = [i for i in obs.instances or () if i.model == "broken"]
+    assert inst.state is InstanceState.FAILED and inst.error

@@ -345,3 +345,17 @@ async def test_router_unload_answers_before_the_model_is_gone(client: httpx.Asyn
             await asyncio.sleep(0.01)
         r = await client.post(url + "/models/load", json={"model": "eternal"})
         assert r.json() == fixture_json("router/load-response.json")
+
+
+async def test_router_load_that_cannot_succeed_is_accepted_then_failed(
+    client: httpx.AsyncClient,
+) -> None:
+    # The real router answers success and loads in the background; the model's process
+    # then exits and /models reports it failed.
+    spec = router(memory_gb=4.0, models_max=0)
+    async with asyncio.timeout(10), SimCluster([spec], time_scale=FAST) as c:
+        url = c.url("rt")
+        r = await client.post(url + "/models/load", json={"model": "eternal"})
+        assert r.json() == fixture_json("router/load-response.json")
+        entry = (await client.get(url + "/models")).json()["data"][0]
+        assert entry["status"]["value"] == "unloaded" and entry["status"]["failed"] is True

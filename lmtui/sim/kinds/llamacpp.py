@@ -323,9 +323,13 @@ class LlamaCppServer(KindServer):
             pass  # the real router's load() returns at once for a model "not ready"
         elif model.key not in self.downloaded:
             self._start_download(model)
+        elif self._plan(model).limit_reached:
+            self._start_load(model)  # answers the real router's 500 "model limit reached"
         else:
-            # The answer comes at once; /models shows "loading" until the child is ready.
-            self._start_load(model)
+            # The answer comes at once; /models shows "loading" until the child is ready,
+            # or, when the child cannot load, "unloaded" with failed and an exit code.
+            with contextlib.suppress(SimHTTPError):
+                self._start_load(model)
         return json_response({"success": True})
 
     def _start_download(self, model: SimModel) -> asyncio.Task[None]:
