@@ -140,3 +140,33 @@ async def test_router_load_of_a_broken_model_fails_with_the_routers_reason(
     obs = await backend.poll(time.time())
     (inst,) = [i for i in obs.instances or () if i.model == "broken"]
     assert inst.state is InstanceState.FAILED and inst.error
+
+
+async def test_router_sleeping_model_keeps_its_slots_and_is_not_woken_by_polls(
+    tmp_path: Path,
+    llama_build: LlamaBuild,
+    llama_servers: list[LlamaServer],
+    session: aiohttp.ClientSession,
+) -> None:
+    d = models_dir(tmp_path, llama_build, ["ulysses"])
+    args = ["--models-dir", str(d), "--sleep-idle-seconds", "1", "-np", "3", "-c", "3072"]
+    server = LlamaServer(llama_build, args, tmp_path / "log")
+    llama_servers.append(server)
+    backend = adapter(server.start(), session)
+    await backend.poll(time.time())
+    await backend.load("ulysses")
+
+    async def status(http: httpx.AsyncClient) -> str:
+        entries = (await http.get(server.url + "/models")).json()["data"]
+        return {m["id"]: m["status"]["value"] for m in entries}["ulysses"]
+
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        async with asyncio.timeout(30):
+            while await status(http) != "sleeping":
+                await asyncio.sleep(0.1)
+        for _ in range(3):
+            obs = await backend.poll(time.time())
+            (inst,) = obs.instances or ()
+            assert (inst.state, inst.slots_total) == (InstanceState.LOADED, 3)
+        # /slots would have woken it (measured); the adapter asks its /props instead.
+        assert await status(http) == "sleeping"
