@@ -82,6 +82,11 @@ COMMAND_TIMEOUT_S = 60.0
 #: How long :meth:`LlamaCppBackend.load` waits for a router's background load to finish: a
 #: 70B model read from a slow disk takes minutes; one that takes longer is stuck.
 LOAD_TIMEOUT_S = 600.0
+#: How long :meth:`LlamaCppBackend.unload` waits for the model's process to exit.
+UNLOAD_TIMEOUT_S = 60.0
+#: Statuses of a model whose process still runs (the router counts them against
+#: ``--models-max``); a model being unloaded keeps its status until the process is gone.
+RUNNING_STATUSES = frozenset({"loading", "loaded", "sleeping"})
 #: Seconds between reads of ``/models`` while waiting for a load (a small answer, and a
 #: 100 ms step is below what anyone notices in a load time).
 LOAD_POLL_S = 0.1
@@ -272,6 +277,8 @@ class LlamaCppBackend(HttpBackend):
             # Restarted as a single-model server between two polls.
             self.mode = "single"
             return await self._poll_single(now, payload)
+        # Ids are kept as the router lists them, never renamed like a single server's path:
+        # the router routes requests, loads and unloads by exactly that id.
         models = parse_models(payload)
         for info in models:
             if info.size_bytes is not None:
@@ -421,10 +428,16 @@ class LlamaCppBackend(HttpBackend):
 
     async def _router_model(self, model: str) -> ModelInfo:
         """The router's ``/models`` entry for ``model``; BackendBadResponse if unlisted."""
+        info = await self._router_entry(model)
+        if info is None:
+            bad(f"{self.name}: model {model!r} not found (the router does not list it)")
+        return info
+
+    async def _router_entry(self, model: str) -> ModelInfo | None:
         for info in parse_models(await self.fetch_json("/models")):
             if info.id == model:
                 return info
-        bad(f"{self.name}: model {model!r} not found (the router does not list it)")
+        return None
 
     async def _post_load(self, model: str) -> None:
         path = "/models/load"
@@ -459,9 +472,28 @@ class LlamaCppBackend(HttpBackend):
             await asyncio.sleep(LOAD_POLL_S)
 
     async def unload(self, model: str, instance_id: str) -> None:
-        """Router mode: stop the process serving ``model``."""
+        """Router mode: stop the process serving ``model``, and return once it is gone.
+
+        The router answers at once and lists the model as loaded until its process has
+        exited; a load posted meanwhile at ``--models-max`` is refused with "model limit
+        reached" (measured on a real router). So an eviction waits here, and the load that
+        follows it finds the place free.
+        """
         await self._require_router("unload")
-        await self._command("/models/unload", instance_id or model)
+        name = instance_id or model
+        await self._command("/models/unload", name)
+        try:
+            async with asyncio.timeout(UNLOAD_TIMEOUT_S):
+                while True:
+                    info = await self._router_entry(name)
+                    if info is None or info.status not in RUNNING_STATUSES:
+                        return  # gone (a model no longer listed is gone too)
+                    await asyncio.sleep(LOAD_POLL_S)
+        except TimeoutError as e:
+            raise BackendBadResponse(
+                f"{self.name}: {name!r} was still running {UNLOAD_TIMEOUT_S:.0f} s after "
+                "the router accepted its unload"
+            ) from e
 
     async def _require_router(self, what: str) -> None:
         if self.mode is None:

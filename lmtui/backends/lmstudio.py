@@ -80,6 +80,7 @@ def parse_v1_models(payload: Any) -> Parsed:
                 size_bytes=size,
                 kind=_kind(entry),
                 max_context_length=opt_int(entry, "max_context_length"),
+                size_source="server" if size is not None else None,
             )
         )
         loaded = entry.get("loaded_instances")
@@ -91,6 +92,7 @@ def parse_v1_models(payload: Any) -> Parsed:
                     model=key,
                     instance_id=opt_str(inst, "id", "identifier", "instance_id") or key,
                     size_bytes=size,
+                    size_source="server" if size is not None else None,
                     context_length=opt_int(config, "context_length"),
                     slots_total=opt_int(config, "parallel") or V1_DEFAULT_PARALLEL,
                 )

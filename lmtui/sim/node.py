@@ -114,7 +114,9 @@ class SimNode:
 
     def loaded_models(self) -> list[str]:
         """Keys of fully loaded models, sorted (one entry per key)."""
-        return sorted({i.key for i in self.state.instances.values() if i.state == "loaded"})
+        return sorted(
+            {i.key for i in self.state.instances.values() if i.state == "loaded" and not i.stopping}
+        )
 
     def loading_models(self) -> list[str]:
         return sorted({i.key for i in self.state.instances.values() if i.state == "loading"})

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 
 #: Fixed cost of any load (process/context setup, warm-up), simulated seconds.
 LOAD_OVERHEAD_S = 0.5
+#: How long a llama.cpp router's model process takes to exit after an unload, simulated
+#: seconds: the router answers at once and lists the model loaded meanwhile (measured
+#: ~0.1 s for a 270M model on a CPU; bigger models free more memory and take longer).
+UNLOAD_S = 1.0
 #: Each extra concurrent slot slows every slot by this fraction (aggregate still grows:
 #: 4 slots give 4 / 1.45 = 2.8x the single-slot throughput).
 BATCH_SLOWDOWN = 0.15

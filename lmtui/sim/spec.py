@@ -73,6 +73,9 @@ class SimNodeSpec:
     router_mode: bool = False
     #: llama.cpp router --models-max (0 = unlimited).
     models_max: int = 0
+    #: llama.cpp --sleep-idle-seconds (simulated): an idle router model reads "sleeping"
+    #: after this long, and wakes on the next request to it. None: never sleeps.
+    sleep_idle_s: float | None = None
     #: Ollama OLLAMA_MAX_LOADED_MODELS (0 = as memory allows).
     max_loaded_models: int = 0
     #: Ollama OLLAMA_MAX_QUEUE: requests waiting beyond it get 503.

@@ -91,6 +91,9 @@ class SimInstance:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     #: This instance's own totals (a llama.cpp router reports per-model metrics).
     counters: Counters = field(default_factory=lambda: Counters())
+    #: Asked to unload and still exiting (a llama.cpp router's child process): it takes no
+    #: new requests, but holds its memory and its place under the instance limit.
+    stopping: bool = False
 
     @property
     def key(self) -> str:
@@ -157,8 +160,9 @@ class SimState:
         return [i for i in self.instances.values() if i.key == key]
 
     def pick_instance(self, key: str) -> SimInstance | None:
-        """The loaded instance of ``key`` with the fewest requests (else a loading one)."""
-        cands = self.instances_of(key)
+        """The loaded instance of ``key`` with the fewest requests (else a loading one);
+        one on its way out (``stopping``) takes no new work."""
+        cands = [i for i in self.instances_of(key) if not i.stopping]
         if not cands:
             return None
         return min(cands, key=lambda i: (i.state != "loaded", i.jobs, i.last_used))
@@ -192,7 +196,10 @@ class SimState:
     ) -> physics.RoomPlan:
         residents = [
             physics.Resident(
-                i.instance_id, i.model.size_gb, i.busy or i.state != "loaded", i.last_used
+                i.instance_id,
+                i.model.size_gb,
+                i.busy or i.state != "loaded" or i.stopping,
+                i.last_used,
             )
             for i in self.instances.values()
         ]

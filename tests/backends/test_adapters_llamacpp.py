@@ -341,3 +341,45 @@ async def _wait_loaded(backend: Backend) -> NodeObservation:
             if obs.instances and loaded(obs):
                 return obs
             await asyncio.sleep(0.02)
+
+
+async def test_router_sleeping_model_is_loaded_with_slots_from_props_and_left_asleep(
+    make_backend: MakeBackend, http: httpx.AsyncClient
+) -> None:
+    # --sleep-idle-seconds 1 (simulated): 0.01 s real of idleness puts ulysses to sleep.
+    spec = _router_spec(parallel=3, sleep_idle_s=1.0, models_max=0)
+    async with SimCluster([spec], time_scale=0.01) as c:
+        url = c.url("rt")
+
+        async def status() -> str:
+            entries = (await http.get(url + "/models")).json()["data"]
+            return {m["id"]: m["status"]["value"] for m in entries}["ulysses"]
+
+        async with asyncio.timeout(5):
+            while await status() != "sleeping":
+                await asyncio.sleep(0.01)
+        backend = make_backend(c, "rt", lean=False)
+        http.sent.clear()  # type: ignore[attr-defined]
+        obs = await backend.poll(time.time())
+        (inst,) = obs.instances or ()
+        assert (inst.state, inst.slots_total) == (InstanceState.LOADED, 3)
+        # The router's /props and the sleeping model's /props; never /slots or /metrics,
+        # which would wake it.
+        assert sorted(http.sent) == ["/models", "/props", "/props"]  # type: ignore[attr-defined]
+        http.sent.clear()  # type: ignore[attr-defined]
+        await backend.poll(time.time())
+        assert http.sent == ["/models"]  # type: ignore[attr-defined]  # read once per sleep
+        assert await status() == "sleeping"
+
+
+async def test_router_unload_returns_once_the_place_is_free(make_backend: MakeBackend) -> None:
+    # The router answers an unload at once and lists the model loaded until its process
+    # exits; a load at --models-max meanwhile is refused. unload() waits, so the load that
+    # follows an eviction goes through.
+    async with SimCluster([_router_spec()], time_scale=0.05) as c:
+        backend = make_backend(c, "rt")
+        await backend.poll(time.time())
+        await backend.unload("ulysses", "ulysses")
+        obs = await backend.poll(time.time())
+        assert obs.instances == ()
+        assert await backend.load("eternal") == "eternal"

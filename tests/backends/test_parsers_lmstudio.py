@@ -207,3 +207,10 @@ def test_unknown_endpoint_answer_is_recognised() -> None:
     assert unknown_endpoint({"models": []}) is None
     assert unknown_endpoint({"object": "list", "data": []}) is None
     assert unknown_endpoint([]) is None
+
+
+def test_v1_sizes_are_the_servers_own() -> None:
+    instances, available = parse_v1_models(V1_MODELS)
+    assert {a.size_source for a in available if a.size_bytes is not None} == {"server"}
+    assert all(i.size_source == "server" for i in instances if i.size_bytes is not None)
+    assert instances  # the sample has a loaded instance

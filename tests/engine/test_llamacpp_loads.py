@@ -7,6 +7,7 @@ import re
 
 from _routing import MSG, client, routed
 
+from lmtui.config import PoolConfig
 from lmtui.core.events import EventKind
 from lmtui.core.model import NodeKind
 from lmtui.sim import SimModel, SimNodeSpec
@@ -55,3 +56,22 @@ async def test_load_event_reports_the_time_until_the_router_had_it_loaded() -> N
         # The router answered the POST at once; only waiting for "loaded" takes this long.
         load_real_s = cluster.node("rt").state.instances["big"].load_time_s * 0.1
         assert float(m.group(1)) >= round(load_real_s, 1) - 0.05
+
+
+async def test_a_router_at_its_instance_limit_swaps_an_idle_model_for_a_request() -> None:
+    # --models-max 1 with 64 GB: memory is no reason to evict, the instance limit is.
+    spec = router([SimModel("ulysses", 5.0), SimModel("eternal", 3.0)], models_max=1)
+    spec.loaded = ["ulysses"]
+    pool = PoolConfig(reserved_gb=0, min_residency=0)
+    async with routed([spec], time_scale=0.05, pool=pool) as (cluster, engine):
+        assert engine.store.snapshot.nodes["rt"].max_instances == 1
+        reply = await client(engine).chat.completions.create(
+            model="eternal", messages=MSG, max_tokens=4
+        )
+        assert reply.model == "eternal"
+        assert cluster.node("rt").loaded_models() == ["eternal"]
+        evictions = [e.message for e in engine.store.events if e.kind is EventKind.EVICT]
+        assert any("evicting ulysses" in m for m in evictions)
+        # One load, no refusal: the eviction waited until ulysses's place was free.
+        assert cluster.node("rt").server.load_posts == ["eternal"]  # type: ignore[attr-defined]
+        assert not [e for e in engine.store.events if e.kind is EventKind.ERROR]

@@ -305,3 +305,57 @@ async def test_router_model_not_downloaded_shows_downloading(client: httpx.Async
         assert (await client.post(url + "/models/load", json={"model": "fresh"})).status_code == 200
         while node.loaded_models() != ["fresh"]:
             await asyncio.sleep(0.01)
+
+
+async def test_router_idle_model_sleeps_and_wakes(client: httpx.AsyncClient) -> None:
+    # 20 s simulated = 0.2 s real: long enough that a woken model is seen awake.
+    spec = router(loaded=["ulysses"], models_max=0, sleep_idle_s=20.0)
+    async with asyncio.timeout(10), SimCluster([spec], time_scale=FAST) as c:
+        url = c.url("rt")
+
+        async def status() -> str:
+            data = (await client.get(url + "/models")).json()["data"]
+            return {m["id"]: m["status"]["value"] for m in data}["ulysses"]
+
+        while await status() != "sleeping":
+            await asyncio.sleep(0.01)
+        props = (await client.get(url + "/props", params={"model": "ulysses"})).json()
+        assert props["is_sleeping"] is True and props["total_slots"] == 2
+        assert await status() == "sleeping"  # /props does not wake it
+        await client.get(url + "/slots", params={"model": "ulysses"})
+        assert await status() == "loaded"
+
+
+async def test_router_unload_answers_before_the_model_is_gone(client: httpx.AsyncClient) -> None:
+    # 1 s simulated to exit = 0.2 s real: time for the checks below while it exits.
+    async with asyncio.timeout(10), SimCluster([router(loaded=["ulysses"])], time_scale=0.2) as c:
+        url, node = c.url("rt"), c.node("rt")
+        r = await client.post(url + "/models/unload", json={"model": "ulysses"})
+        assert r.json() == fixture_json("router/unload-response.json")
+        # As measured on a real router: still listed loaded, still holding the only place.
+        entries = {
+            m["id"]: m["status"]["value"]
+            for m in (await client.get(url + "/models")).json()["data"]
+        }
+        assert entries["ulysses"] == "loaded"
+        r = await client.post(url + "/models/load", json={"model": "eternal"})
+        assert r.status_code == 500
+        assert r.json() == fixture_json("router/load-at-limit-while-busy.json")
+        while node.memory_used_gb() > 0:
+            await asyncio.sleep(0.01)
+        r = await client.post(url + "/models/load", json={"model": "eternal"})
+        assert r.json() == fixture_json("router/load-response.json")
+
+
+async def test_router_load_that_cannot_succeed_is_accepted_then_failed(
+    client: httpx.AsyncClient,
+) -> None:
+    # The real router answers success and loads in the background; the model's process
+    # then exits and /models reports it failed.
+    spec = router(memory_gb=4.0, models_max=0)
+    async with asyncio.timeout(10), SimCluster([spec], time_scale=FAST) as c:
+        url = c.url("rt")
+        r = await client.post(url + "/models/load", json={"model": "eternal"})
+        assert r.json() == fixture_json("router/load-response.json")
+        entry = (await client.get(url + "/models")).json()["data"][0]
+        assert entry["status"]["value"] == "unloaded" and entry["status"]["failed"] is True

@@ -7,8 +7,10 @@ first request for a model (autoload), and unloads the least recently used idle m
 ``--models-max`` is reached. At the limit with every resident model busy, an explicit load
 answers HTTP 500 "model limit reached, try again later" and a request's autoload waits for
 one to go idle, as the real router does (``server-models.cpp``: ``unload_lru`` never picks a
-busy or loading model). A model not yet downloaded first shows ``downloading``. Payload
-shapes follow captures of a real server.
+busy or loading model). A model not yet downloaded first shows ``downloading``. With
+``sleep_idle_s`` an idle model reads ``sleeping``; ``/props`` answers for it (with
+``is_sleeping``), while a request, ``/slots`` or ``/metrics`` wakes it. Payload shapes follow
+captures of a real server.
 """
 
 from __future__ import annotations
@@ -145,6 +147,13 @@ class LlamaCppServer(KindServer):
             )
         return inst
 
+    def _sleeping(self, inst: SimInstance) -> bool:
+        """Whether ``inst`` sleeps now (``--sleep-idle-seconds``): loaded, idle that long."""
+        idle_s = self.spec.sleep_idle_s
+        if idle_s is None or inst.state != "loaded" or inst.busy:
+            return False
+        return self.state.clock() - inst.last_used >= self.state.real(idle_s)
+
     def _n_ctx(self, inst: SimInstance) -> int:
         # The context is split across slots, as llama-server does (-c 2048 -np 2 -> 1024).
         return max(1, inst.context_length // inst.pool.size)
@@ -186,22 +195,34 @@ class LlamaCppServer(KindServer):
                 total_slots=inst.pool.size,
                 n_ctx=self._n_ctx(inst),
                 build=self.spec.version,
+                sleeping=self._sleeping(inst),
             )
         )
 
     async def slots(self, request: web.Request) -> web.Response:
         inst = self._query_instance(request)
+        self._wake(inst)
         n_ctx = self._n_ctx(inst)
         return json_response([P.slot(i, n_ctx, job) for i, job in enumerate(inst.pool.busy)])
 
     async def metrics(self, request: web.Request) -> web.Response:
         inst = self._query_instance(request)
+        self._wake(inst)
         counters: Counters = inst.counters if self.router else self.state.counters
         text = P.metrics_text(counters, processing=inst.pool.in_use, deferred=inst.pool.waiting)
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
+    def _wake(self, inst: SimInstance) -> None:
+        """What reaches a sleeping model's process wakes it (the real server reloads its
+        weights; here that is instant) and restarts its idle timer."""
+        if self.router and self.spec.sleep_idle_s is not None:
+            self.state.touch(inst)
+
     async def models_list(self, request: web.Request) -> web.Response:
         if self.router:
+            if self.spec.sleep_idle_s is not None:
+                # Sleeping depends on the clock, which the layout cache does not see.
+                return json_response(self._router_models())
             return self.cached_json("models", self._router_models)
         return self.cached_json("single", self._single_models)
 
@@ -252,10 +273,13 @@ class LlamaCppServer(KindServer):
     def _router_models(self) -> JSON:
         data = []
         for m in self.spec.models:
-            inst = self.state.pick_instance(m.key)
+            # A stopping instance is still listed as it was until its process is gone.
+            inst = self.state.pick_instance(m.key) or next(
+                iter(self.state.instances_of(m.key)), None
+            )
             status: JSON
             if inst is not None:
-                status = {"value": inst.state}
+                status = {"value": "sleeping" if self._sleeping(inst) else inst.state}
             elif m.key in self.downloads:
                 status = {"value": "downloading"}
             elif m.key in self.failed:
@@ -291,7 +315,7 @@ class LlamaCppServer(KindServer):
     async def load(self, request: web.Request) -> web.Response:
         model = await self._model_from_body(request)
         self.load_posts.append(model.key)
-        if self.state.pick_instance(model.key) is not None:
+        if self.state.instances_of(model.key):  # loading, loaded, or still stopping
             raise SimHTTPError(
                 400, self.error_body(400, "model is already running", "invalid_request_error")
             )
@@ -299,9 +323,13 @@ class LlamaCppServer(KindServer):
             pass  # the real router's load() returns at once for a model "not ready"
         elif model.key not in self.downloaded:
             self._start_download(model)
+        elif self._plan(model).limit_reached:
+            self._start_load(model)  # answers the real router's 500 "model limit reached"
         else:
-            # The answer comes at once; /models shows "loading" until the child is ready.
-            self._start_load(model)
+            # The answer comes at once; /models shows "loading" until the child is ready,
+            # or, when the child cannot load, "unloaded" with failed and an exit code.
+            with contextlib.suppress(SimHTTPError):
+                self._start_load(model)
         return json_response({"success": True})
 
     def _start_download(self, model: SimModel) -> asyncio.Task[None]:
@@ -331,6 +359,9 @@ class LlamaCppServer(KindServer):
             inst = self.state.pick_instance(model.key)
             if inst is not None:
                 return inst
+            if self.state.instances_of(model.key):  # still stopping: load it once it is gone
+                await asyncio.sleep(LIMIT_RETRY_S)
+                continue
             if model.key in self.downloads or model.key not in self.downloaded:
                 task = self.downloads.get(model.key) or self._start_download(model)
                 await asyncio.shield(task)
@@ -343,8 +374,17 @@ class LlamaCppServer(KindServer):
     async def unload(self, request: web.Request) -> web.Response:
         model = await self._model_from_body(request)
         for inst in self.state.instances_of(model.key):
-            self.state.unload(inst.instance_id)
+            if not inst.stopping:
+                # The real router answers at once; the child process exits a moment later,
+                # listed as loaded and holding its --models-max place until it is gone.
+                inst.stopping = True
+                self.state.layout_version += 1
+                self.state.spawn(self._stop(inst))
         return json_response({"success": True})
+
+    async def _stop(self, inst: SimInstance) -> None:
+        await asyncio.sleep(self.state.real(physics.UNLOAD_S))
+        self.state.unload(inst.instance_id)
 
     # --- requests -----------------------------------------------------------------------
 

@@ -164,7 +164,14 @@ def model_meta(model: SimModel, n_ctx: int) -> JSON:
 
 
 def props(
-    *, alias: str, path: str, model: SimModel, total_slots: int, n_ctx: int, build: str
+    *,
+    alias: str,
+    path: str,
+    model: SimModel,
+    total_slots: int,
+    n_ctx: int,
+    build: str,
+    sleeping: bool = False,
 ) -> JSON:
     return {
         "default_generation_settings": {"params": SAMPLING_PARAMS, "n_ctx": n_ctx},
@@ -184,7 +191,7 @@ def props(
         "bos_token": "<bos>",
         "eos_token": "<eos>",
         "build_info": build,
-        "is_sleeping": False,
+        "is_sleeping": sleeping,
         "cors_proxy_enabled": False,
     }
 
