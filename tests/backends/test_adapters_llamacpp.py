@@ -219,12 +219,3 @@ async def test_api_key_from_env(
     backend = make_backend(cluster, "keyed", api_key_env="LMTUI_TEST_LLAMA_KEY")
     obs = await poll_until(backend, loaded)
     assert [i.model for i in obs.instances or ()] == ["ulysses"]
-
-
-async def test_pool_kind_polls_like_llamacpp(
-    cluster: SimCluster, make_backend: MakeBackend, poll_until: PollUntil
-) -> None:
-    backend = make_backend(cluster, "pool")
-    assert backend.kind is NodeKind.LLAMACPP_POOL
-    obs = await poll_until(backend, loaded)
-    assert [(i.model, i.slots_total) for i in obs.instances or ()] == [("ulysses", 3)]
