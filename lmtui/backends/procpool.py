@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,7 +55,14 @@ class Shell(Protocol):
 
 
 class LocalShell:
-    """``/bin/sh -c SCRIPT`` on this machine, bounded by ``timeout`` seconds."""
+    """``/bin/sh -c SCRIPT`` on this machine, bounded by ``timeout`` seconds.
+
+    Run with :mod:`subprocess` in a worker thread rather than asyncio's subprocess API: under
+    uvloop (which ``lmtui --serve`` uses) a child inherits the loop's own descriptors
+    (measured: its sockets and a pipe), so a server started from the script would hold the
+    script's pipe open (the call never returns) and lmtui's listening socket after a crash.
+    ``subprocess`` closes every other descriptor (``close_fds``).
+    """
 
     where = "local"
 
@@ -62,36 +70,43 @@ class LocalShell:
         self.timeout = timeout
 
     async def run(self, script: str, *, input: str | None = None) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            script,
-            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            # Its own session: a Ctrl-C meant for lmtui's terminal never reaches a server
-            # started from here; lmtui stops its servers itself.
-            start_new_session=True,
-        )
-        try:
-            async with asyncio.timeout(self.timeout):
-                out, err = await proc.communicate(input.encode() if input is not None else None)
-        except TimeoutError:
-            # The whole group: a child still holding the pipes would keep wait() waiting.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        result = await asyncio.to_thread(_run_sync, script, input, self.timeout)
+        if result is None:
             msg = f"local: `{_short(script)}` took over {self.timeout:g} s"
-            raise BackendUnreachable(msg) from None
-        if proc.returncode != 0:
+            raise BackendUnreachable(msg)
+        code, out, err = result
+        if code != 0:
             raise BackendBadResponse(
-                f"local: `{_short(script)}` failed ({proc.returncode}): "
+                f"local: `{_short(script)}` failed ({code}): "
                 f"{err[:200].decode(errors='replace').strip()}"
             )
         return out[:MAX_OUTPUT].decode(errors="replace")
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def _run_sync(script: str, input: str | None, timeout: float) -> tuple[int, bytes, bytes] | None:
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", script],
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        close_fds=True,
+        # Its own session: a Ctrl-C meant for lmtui's terminal never reaches a server
+        # started from here; lmtui stops its servers itself.
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(input.encode() if input is not None else None, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # The whole group: a child still holding the pipes would keep communicate() waiting.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=1.0)
+        return None
+    return proc.returncode, out, err
 
 
 class SshShell:
@@ -194,7 +209,7 @@ def log_file_path(state_dir: str, stem: str) -> str:
 def start_script(spec: StartSpec, *, with_key: bool) -> str:
     """Start one server detached, write its pid file, print its pid.
 
-    With ``with_key`` the API key is read from stdin into ``LLAMA_ARG_API_KEY`` (never on a
+    With ``with_key`` the API key is read from stdin into ``LLAMA_API_KEY`` (never on a
     command line, where ``ps`` would show it). ``setsid`` execs in place (the background
     job is not a group leader) and ``nohup`` execs too, so ``$!`` is the server's own pid.
     """
@@ -219,7 +234,14 @@ def start_script(spec: StartSpec, *, with_key: bool) -> str:
     ).decode()
     pid_file = pid_file_path(spec.state_dir, spec.stem)
     log_file = log_file_path(spec.state_dir, spec.stem)
-    key = "IFS= read -r LLAMA_ARG_API_KEY || true\nexport LLAMA_ARG_API_KEY\n" if with_key else ""
+    # llama-server reads --api-key from LLAMA_API_KEY (its --help, build 0.3.36's vendored
+    # llama.cpp); LLAMA_ARG_API_KEY is set too, the LLAMA_ARG_* name other flags use.
+    key = (
+        "IFS= read -r LLAMA_API_KEY || true\nLLAMA_ARG_API_KEY=$LLAMA_API_KEY\n"
+        "export LLAMA_API_KEY LLAMA_ARG_API_KEY\n"
+        if with_key
+        else ""
+    )
     head, tail = shlex.quote('{"pid":'), shlex.quote("," + meta[1:])
     return (
         "umask 077\n"

@@ -108,7 +108,9 @@ def test_start_script_detaches_writes_the_pid_file_and_keeps_the_key_off_argv(
 ) -> None:
     # The "server" records its argv and environment, then exits.
     binary = tmp_path / "bin server"
-    binary.write_text('#!/bin/sh\necho "$@"\necho "key=$LLAMA_ARG_API_KEY"\nenv | grep LMTUI_\n')
+    binary.write_text(
+        '#!/bin/sh\necho "$@"\necho "key=$LLAMA_API_KEY,$LLAMA_ARG_API_KEY"\nenv | grep LMTUI_\n'
+    )
     binary.chmod(0o755)
     spec = _spec(tmp_path, str(binary))
     script = start_script(spec, with_key=True)
@@ -132,7 +134,7 @@ def test_start_script_detaches_writes_the_pid_file_and_keeps_the_key_off_argv(
         subprocess.run(["sleep", "0.05"], check=True)
     text = log.read_text()
     assert f"-m {tmp_path / 'm o.gguf'} --port 41000 --host 127.0.0.1 --alias m --x a b" in text
-    assert "key=s3cret" in text
+    assert "key=s3cret,s3cret" in text
     assert "LMTUI_POOL_NODE=n 1" in text and "LMTUI_POOL_MARKER=abc" in text
     assert oct(pf_path.stat().st_mode)[-3:] == "600"
     listing = parse_pid_files(sh(pid_files_script(str(tmp_path / "state"), "n 1")))
@@ -228,3 +230,19 @@ def test_a_start_is_never_sent_twice_for_one_port(tmp_path: Path) -> None:
         check=False,
     )
     assert r.returncode == 17 and "already managed" in r.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc")
+def test_a_started_process_inherits_no_descriptor_of_lmtui_even_under_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def start() -> int:
+        out = await LocalShell(timeout=5).run("sleep 5 >/dev/null 2>&1 </dev/null & echo $!")
+        return int(out)
+
+    pid = uvloop.run(start())
+    try:
+        fds = sorted(int(f.name) for f in Path(f"/proc/{pid}/fd").iterdir())
+        assert fds == [0, 1, 2]
+    finally:
+        subprocess.run(["kill", str(pid)], check=False)

@@ -28,7 +28,7 @@ PORT = int(arg("--port") or "8080")
 HOST = arg("--host") or "127.0.0.1"
 ALIAS = arg("--alias") or os.path.basename(MODEL)
 READY_AT = time.monotonic() + float(arg("--fake-delay") or "0")
-KEY = os.environ.get("LLAMA_ARG_API_KEY")
+KEY = os.environ.get("LLAMA_API_KEY")  # the name llama-server reads for --api-key
 
 
 class Handler(BaseHTTPRequestHandler):
