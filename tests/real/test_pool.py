@@ -299,3 +299,33 @@ def _up(base: str) -> bool:
     except httpx.HTTPError:
         return False
     return r.status_code == 200 and "gemma-a" in {m["id"] for m in r.json()["data"]}
+
+
+async def test_the_api_key_reaches_a_real_server_through_its_environment(
+    tmp_path: Path, llama_build: LlamaBuild, monkeypatch: pytest.MonkeyPatch, pids: list[int]
+) -> None:
+    """This build documents ``--api-key`` as env ``LLAMA_API_KEY`` (not ``LLAMA_ARG_API_KEY``):
+    the server must refuse a keyless /props, and lmtui's own polls must carry the key."""
+    from lmtui.backends.llamacpp_pool import LlamaCppPoolBackend
+
+    monkeypatch.setenv("LMTUI_TEST_POOL_KEY", "real-s3cret")
+    node = pool_node(tmp_path, llama_build, api_key_env="LMTUI_TEST_POOL_KEY")
+    backend = LlamaCppPoolBackend(node, None)
+    try:
+        async with asyncio.timeout(2 * STEP_S):
+            await backend.poll(0.0)
+            await backend.load("gemma-a")
+            (srv,) = backend.servers.values()
+            assert srv.pid is not None
+            pids.append(srv.pid)
+            assert "real-s3cret" not in " ".join(psutil.Process(srv.pid).cmdline())
+            async with httpx.AsyncClient(base_url=srv.url, timeout=10) as http:
+                assert (await http.get("/props")).status_code == 401
+                auth = {"Authorization": "Bearer real-s3cret"}
+                assert (await http.get("/props", headers=auth)).status_code == 200
+            obs = await backend.poll(1.0)
+            (inst,) = obs.instances or ()
+            assert inst.state is InstanceState.LOADED and inst.slots_total == 1
+    finally:
+        await backend.aclose()
+    assert not running(pids[0])
