@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shlex
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -43,29 +42,9 @@ from lmtui.backends.base import (
     new_pool,
 )
 from lmtui.backends.llamacpp import LlamaCppBackend
-from lmtui.backends.procpool import (
-    CatalogueEntry,
-    LocalShell,
-    Shell,
-    SshShell,
-    StartSpec,
-    bounded_lines,
-    catalogue_script,
-    choose_port,
-    find_script,
-    identity,
-    log_file_path,
-    parse_catalogue,
-    parse_pid_files,
-    parse_ps,
-    pid_file_path,
-    pid_files_script,
-    ps_script,
-    safe_name,
-    signal_script,
-    start_script,
-    tail_script,
-)
+from lmtui.backends.pool_process import ProcessHost
+from lmtui.backends.procpool import CatalogueEntry, StartSpec, choose_port, identity, safe_name
+from lmtui.backends.procshell import LocalShell, Shell, SshShell
 from lmtui.backends.prom import sum_metrics
 from lmtui.backends.ssh import SshHost
 from lmtui.config import NodeConfig, PoolNodeConfig
@@ -129,16 +108,15 @@ class LlamaCppPoolBackend(Backend):
         self.first_port, self.last_port = self.cfg.port_range()
         url_host = urlsplit(node.url).hostname or "127.0.0.1"
         self.host = self.cfg.host or ("127.0.0.1" if url_host in LOOPBACK else url_host)
-        self.shell: Shell
+        shell: Shell
         if node.ssh is not None:
-            self.shell = SshShell(SshHost(node.ssh, default_host=url_host, node_name=node.name))
-            self.state_dir = self.cfg.state_dir or REMOTE_STATE_DIR
+            shell = SshShell(SshHost(node.ssh, default_host=url_host, node_name=node.name))
+            state_dir = self.cfg.state_dir or REMOTE_STATE_DIR
         else:
-            self.shell = LocalShell(timeout=max(10.0, timeout))
+            shell = LocalShell(timeout=max(10.0, timeout))
             # Backends may not import lmtui.paths (layering); this is its state_dir().
-            self.state_dir = self.cfg.state_dir or str(
-                platformdirs.user_state_path("lmtui") / "pool"
-            )
+            state_dir = self.cfg.state_dir or str(platformdirs.user_state_path("lmtui") / "pool")
+        self.procs = ProcessHost(shell, state_dir, node.name)
         self.servers: dict[int, Server] = {}  # by port
         self.catalogue: dict[str, CatalogueEntry] = {}
         self._catalogue_refresh = Every(CATALOGUE_EVERY_S)
@@ -155,11 +133,17 @@ class LlamaCppPoolBackend(Backend):
         if not self._adopted:
             await self._adopt()
             self._adopted = True
-        # One round trip that also proves the host is reachable, servers or not.
-        running = parse_ps(await self.shell.run(ps_script(self._pids())))
-        for srv in list(self.servers.values()):
-            watched = srv.state == "ready" or (srv.adopted and srv.state == "starting")
-            if watched and not self._is_running(srv, running):
+        # Servers lmtui watches here (a starting one is its load's business); the ps that
+        # checks them is one round trip that also proves the host answers, servers or not.
+        watched = [
+            (s, s.pid)
+            for s in self.servers.values()
+            if s.pid is not None and (s.state == "ready" or (s.adopted and s.state == "starting"))
+        ]
+        running = await self.procs.running(pid for _, pid in watched)
+        for srv, pid in watched:
+            cmd = running.get(pid)
+            if srv.pid == pid and (cmd is None or identity(srv.path, srv.port) not in cmd):
                 await self._lost(srv)
         seen = await asyncio.gather(*(self._observe(s, now) for s in self.servers.values()))
         instances = tuple(i for i, _ in seen)
@@ -210,8 +194,7 @@ class LlamaCppPoolBackend(Backend):
         ), obs
 
     async def _read_catalogue(self) -> None:
-        out = await self.shell.run(catalogue_script(self.cfg.models_dir, self.cfg.models))
-        found, missing = parse_catalogue(out)
+        found, missing = await self.procs.catalogue(self.cfg.models_dir, self.cfg.models)
         for m in missing:
             log.warning("%s: model file not found: %s", self.name, m)
         self.catalogue = found
@@ -239,15 +222,11 @@ class LlamaCppPoolBackend(Backend):
                 host=self.host,
                 binary=self.cfg.binary,
                 args=tuple(self.cfg.args),
-                state_dir=self.state_dir,
+                state_dir=self.procs.state_dir,
                 marker=uuid.uuid4().hex,
                 started=srv.started,
             )
-            out = await self.shell.run(
-                start_script(spec, with_key=self._key is not None),
-                input=self._key + "\n" if self._key is not None else None,
-            )
-            srv.pid = int(out.strip().splitlines()[-1])
+            srv.pid = await self.procs.start(spec, self._key)
             await self._wait_ready(srv, t0 + self.cfg.start_timeout)
         except BaseException as e:
             why = str(e) if isinstance(e, BackendError | ValueError) else type(e).__name__
@@ -275,7 +254,7 @@ class LlamaCppPoolBackend(Backend):
         await asyncio.gather(
             *(self._stop(s) for s in list(self.servers.values())), return_exceptions=True
         )
-        await self.shell.close()
+        await self.procs.close()
 
     async def _reserve_port(self, entry: CatalogueEntry) -> Server:
         taken: set[int] = set(self.servers)
@@ -342,26 +321,15 @@ class LlamaCppPoolBackend(Backend):
         return r.status_code == 200
 
     async def _alive(self, srv: Server) -> bool:
-        if srv.pid is None:
-            return False
-        return self._is_running(srv, parse_ps(await self.shell.run(ps_script([srv.pid]))))
-
-    def _is_running(self, srv: Server, running: dict[int, str]) -> bool:
-        cmd = running.get(srv.pid) if srv.pid is not None else None
-        return cmd is not None and identity(srv.path, srv.port) in cmd
-
-    def _pids(self) -> list[int]:
-        return [s.pid for s in self.servers.values() if s.pid is not None]
+        return await self.procs.alive(srv.pid, srv.path, srv.port)
 
     async def _fail(self, srv: Server) -> tuple[str, ...]:
         """A start failed: read the log tail, kill what is left, forget the server."""
         tail: tuple[str, ...] = ()
         with contextlib.suppress(BackendError):
-            tail = await self.tail(srv)
+            tail = await self.procs.tail(srv.stem)
             if srv.pid is None:  # the start's answer was lost: find it by its command line
-                ident = identity(srv.path, srv.port)
-                found = parse_ps(await self.shell.run(find_script(ident)))
-                srv.pid = next((p for p, cmd in found.items() if ident in cmd), None)
+                srv.pid = await self.procs.find(srv.path, srv.port)
         await self._stop(srv, grace=0.0)
         return tail
 
@@ -369,26 +337,14 @@ class LlamaCppPoolBackend(Backend):
         srv.state = "stopping"
         try:
             if srv.pid is not None:
-                ident = identity(srv.path, srv.port)
-                await self.shell.run(signal_script(srv.pid, ident, "TERM"))
-                if not await self._gone(srv, self.cfg.stop_grace if grace is None else grace):
-                    if grace is None:
-                        log.warning("%s: %s ignored SIGTERM: kill", self.name, srv.instance_id)
-                    await self.shell.run(signal_script(srv.pid, ident, "KILL"))
-                    await self._gone(srv, 5.0)  # the kernel is quick; bound it anyway
-            await self.shell.run(f"rm -f {pid_file_path(self.state_dir, srv.stem)}")
+                wait = self.cfg.stop_grace if grace is None else grace
+                if not await self.procs.stop(srv.pid, srv.path, srv.port, wait) and grace is None:
+                    log.warning("%s: %s ignored SIGTERM: killed", self.name, srv.instance_id)
+            await self.procs.forget(srv.stem)
         except BackendError as e:
             log.warning("%s: stopping %s: %s", self.name, srv.instance_id, e)
         finally:
             self._forget(srv)
-
-    async def _gone(self, srv: Server, within: float) -> bool:
-        end = monotonic() + within
-        while await self._alive(srv):
-            if monotonic() >= end:
-                return False
-            await asyncio.sleep(0.1)
-        return True
 
     def _forget(self, srv: Server) -> None:
         if self.servers.get(srv.port) is srv:
@@ -400,8 +356,8 @@ class LlamaCppPoolBackend(Backend):
     async def _lost(self, srv: Server) -> None:
         """A ready server died by itself: log why (its last lines) and forget it."""
         try:
-            tail = await self.tail(srv)
-            await self.shell.run(f"rm -f {pid_file_path(self.state_dir, srv.stem)}")
+            tail = await self.procs.tail(srv.stem)
+            await self.procs.forget(srv.stem)
         except BackendError:
             tail = ()
         log.warning(
@@ -416,15 +372,15 @@ class LlamaCppPoolBackend(Backend):
     # --- adoption after a crash -----------------------------------------------------------
 
     async def _adopt(self) -> None:
-        files = parse_pid_files(await self.shell.run(pid_files_script(self.state_dir, self.name)))
-        pids = [pf.pid for _, pf in files if pf is not None]
-        running = parse_ps(await self.shell.run(ps_script(pids)))
+        files = await self.procs.pid_files()
+        running = await self.procs.running(pf.pid for _, pf in files if pf is not None)
         for name, pf in files:
-            gone = pf is None or pf.node != self.name
+            if pf is not None and pf.node != self.name:
+                continue  # another node whose name makes the same file name: not ours
             cmd = running.get(pf.pid) if pf is not None else None
-            if pf is None or gone or cmd is None or identity(pf.path, pf.port) not in cmd:
+            if pf is None or cmd is None or identity(pf.path, pf.port) not in cmd:
                 log.info("%s: removing stale pid file %s", self.name, name)
-                await self.shell.run(f"rm -f {shlex.quote(name)}")
+                await self.procs.remove(name)
                 continue
             entry = self.catalogue.get(pf.model)
             srv = self._server(
@@ -450,15 +406,12 @@ class LlamaCppPoolBackend(Backend):
 
     # --- the control API's view -----------------------------------------------------------
 
-    async def tail(self, srv: Server) -> tuple[str, ...]:
-        """The last lines of a server's log (bounded)."""
-        out = await self.shell.run(tail_script(log_file_path(self.state_dir, srv.stem)))
-        return bounded_lines(out)
-
     async def processes(self) -> list[dict[str, Any]]:
         """Every managed server: model, port, pid, state, start time, URL, last log lines."""
         servers = list(self.servers.values())
-        tails = await asyncio.gather(*(self.tail(s) for s in servers), return_exceptions=True)
+        tails = await asyncio.gather(
+            *(self.procs.tail(s.stem) for s in servers), return_exceptions=True
+        )
         return [
             {
                 "instance_id": s.instance_id,

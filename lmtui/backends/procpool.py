@@ -1,136 +1,33 @@
-"""Server processes lmtui starts on a host, local or remote, through one tiny shell interface.
+"""The pure parts of the process pool: the ``sh`` scripts it runs on a host, and parsers
+for what they print. Nothing here does I/O; :mod:`lmtui.backends.pool_process` runs them.
 
-Everything a ``llamacpp-pool`` node does to its host is a short POSIX ``sh`` script run by a
-:class:`Shell`: :class:`LocalShell` (``/bin/sh -c`` here) or :class:`SshShell` (the node's
-SSH connection). So local and remote hosts share one code path, and the same scripts run on
-Linux and macOS (``ps -o command=``, ``kill``, ``tail``, ``stat`` with either flag set).
-
-A server is started detached: ``nohup`` (and ``setsid`` where it exists) with stdout and
-stderr going to a log file on its host, never a pipe to lmtui, since a pipe would kill the
-server with SIGPIPE once lmtui dies. Each start writes a pid file (JSON) beside the log, and
-the process carries ``LMTUI_POOL_NODE`` / ``LMTUI_POOL_MARKER`` in its environment, so a
-restarted lmtui finds it again. A pid is trusted only while ``ps`` shows it running the same
-``-m PATH --port N --host`` command line: a reused pid is a stranger, never adopted or killed.
+The scripts are POSIX ``sh`` and run alike on Linux and macOS (``ps -ww -p … -o command=``,
+``kill``, ``tail``, ``stat`` with either flag set). A server is started detached: ``nohup``
+(and ``setsid`` where it exists) with stdout and stderr going to a log file on its host,
+never a pipe to lmtui, since a pipe would kill the server with SIGPIPE once lmtui dies. Each
+start writes a pid file (JSON) beside the log, and the process carries ``LMTUI_POOL_NODE`` /
+``LMTUI_POOL_MARKER`` in its environment, so a restarted lmtui finds it again. A pid is
+trusted only while ``ps`` shows it running the same ``-m PATH --port N --host`` command
+line: a reused pid is a stranger, never adopted or killed.
 
 Every string read from a host (log lines, ps output, file names) is bounded before use.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import re
 import shlex
-import signal
-import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 import msgspec
-
-from lmtui.backends.base import BackendBadResponse, BackendUnreachable
-from lmtui.backends.ssh import SshHost
 
 #: Lines of a server's log kept for errors and the control API, and their longest length.
 TAIL_LINES = 20
 MAX_LINE = 300
-#: Most bytes of one script's output read into memory.
-MAX_OUTPUT = 256 * 1024
 #: Longest model name or path accepted from a directory listing or pid file.
 MAX_NAME = 200
 MAX_PATH = 1000
-
-
-class Shell(Protocol):
-    """Runs one ``sh`` script on a host and returns its stdout (non-zero exit raises)."""
-
-    #: Where the scripts run, for messages ("local", "user@host:22").
-    where: str
-
-    async def run(self, script: str, *, input: str | None = None) -> str: ...
-
-    async def close(self) -> None: ...
-
-
-class LocalShell:
-    """``/bin/sh -c SCRIPT`` on this machine, bounded by ``timeout`` seconds.
-
-    Run with :mod:`subprocess` in a worker thread rather than asyncio's subprocess API: under
-    uvloop (which ``lmtui --serve`` uses) a child inherits the loop's own descriptors
-    (measured: its sockets and a pipe), so a server started from the script would hold the
-    script's pipe open (the call never returns) and lmtui's listening socket after a crash.
-    ``subprocess`` closes every other descriptor (``close_fds``).
-    """
-
-    where = "local"
-
-    def __init__(self, timeout: float = 10.0) -> None:
-        self.timeout = timeout
-
-    async def run(self, script: str, *, input: str | None = None) -> str:
-        result = await asyncio.to_thread(_run_sync, script, input, self.timeout)
-        if result is None:
-            msg = f"local: `{_short(script)}` took over {self.timeout:g} s"
-            raise BackendUnreachable(msg)
-        code, out, err = result
-        if code != 0:
-            raise BackendBadResponse(
-                f"local: `{_short(script)}` failed ({code}): "
-                f"{err[:200].decode(errors='replace').strip()}"
-            )
-        return out[:MAX_OUTPUT].decode(errors="replace")
-
-    async def close(self) -> None:
-        """Nothing to release."""
-
-
-def _run_sync(script: str, input: str | None, timeout: float) -> tuple[int, bytes, bytes] | None:
-    proc = subprocess.Popen(
-        ["/bin/sh", "-c", script],
-        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        close_fds=True,
-        # Its own session: a Ctrl-C meant for lmtui's terminal never reaches a server
-        # started from here; lmtui stops its servers itself.
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(input.encode() if input is not None else None, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # The whole group: a child still holding the pipes would keep communicate() waiting.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.communicate(timeout=1.0)
-        return None
-    return proc.returncode, out, err
-
-
-class SshShell:
-    """The same scripts over a node's persistent SSH connection (run through ``sh``, since
-    the login shell may be fish or csh)."""
-
-    def __init__(self, host: SshHost) -> None:
-        self.host = host
-        self.where = host.target
-
-    async def run(self, script: str, *, input: str | None = None) -> str:
-        out = await self.host.run("sh -c " + shlex.quote(script), input=input)
-        return out[:MAX_OUTPUT]
-
-    async def close(self) -> None:
-        await self.host.close()
-
-
-def _short(script: str) -> str:
-    flat = " ".join(script.split())
-    return flat if len(flat) <= 60 else flat[:57] + "..."
-
-
-# --- pure parts: quoting, ports, scripts, parsers --------------------------------------
 
 
 def sh_path(path: str) -> str:

@@ -13,7 +13,6 @@ from lmtui.backends.base import BackendBadResponse
 from lmtui.backends.procpool import (
     MAX_LINE,
     TAIL_LINES,
-    LocalShell,
     StartSpec,
     bounded_lines,
     catalogue_script,
@@ -30,6 +29,7 @@ from lmtui.backends.procpool import (
     sh_path,
     start_script,
 )
+from lmtui.backends.procshell import LocalShell
 from lmtui.config import parse_port_range
 
 

@@ -209,7 +209,7 @@ async def test_after_a_crash_servers_are_adopted_or_stopped(
         a = await first.load("alpha")
         b = await first.load("beta")
         pids.extend(s.pid for s in first.servers.values() if s.pid)
-        await first.shell.close()  # "crash": forget everything, stop nothing
+        await first.procs.close()  # "crash": forget everything, stop nothing
         # beta's file disappears from the catalogue while lmtui is down.
         (models / "beta.gguf").unlink()
         # A stale pid file whose pid now belongs to a stranger: neither adopted nor killed.
