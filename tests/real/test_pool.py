@@ -329,3 +329,24 @@ async def test_the_api_key_reaches_a_real_server_through_its_environment(
     finally:
         await backend.aclose()
     assert not running(pids[0])
+
+
+async def test_an_ssh_pool_node_is_healthy_exactly_while_its_host_answers(
+    tmp_path: Path, llama_build: LlamaBuild, sshd_server: Sshd
+) -> None:
+    node = pool_node(tmp_path, llama_build, ssh=ssh_config(sshd_server, tmp_path), memory_gb=8)
+    cfg = Config(nodes=[node], poll=PollConfig(interval=60, timeout=5.0))
+    engine = Engine(cfg)
+    async with asyncio.timeout(STEP_S), engine:
+        await engine.poller.poll_once("pool")
+        assert engine.store.snapshot.nodes["pool"].health.value == "healthy"  # no server
+        sshd_server.stop()
+        try:
+            await engine.poller.poll_once("pool")
+            node_now = engine.store.snapshot.nodes["pool"]
+            assert node_now.health.value != "healthy" and node_now.consecutive_failures >= 1
+        finally:
+            sshd_server.start()
+        await asyncio.sleep(1.5)  # SshHost waits 1 s after a failed connect
+        await engine.poller.poll_once("pool")
+        assert engine.store.snapshot.nodes["pool"].health.value == "healthy"
