@@ -257,19 +257,20 @@ class LlamaCppPoolBackend(Backend):
         await self.procs.close()
 
     async def _reserve_port(self, entry: CatalogueEntry) -> Server:
-        taken: set[int] = set(self.servers)
+        taken: set[int] = set()
         while True:
-            port = choose_port(self.first_port, self.last_port, taken)
+            port = choose_port(self.first_port, self.last_port, taken | set(self.servers))
             if port is None:
                 raise BackendBadResponse(
                     f"{self.name}: every port of {self.cfg.ports} is in use; widen ports"
                 )
+            srv = self._server(entry, port, time.time())
+            # Reserved before any await, so concurrent loads never pick the same port.
+            self.servers[port] = srv
             if not await self._listening(port):
-                break
+                return srv
+            self._forget(srv)
             taken.add(port)  # another program's: skip it
-        srv = self._server(entry, port, time.time())
-        self.servers[port] = srv  # reserved before the next await: no two loads share it
-        return srv
 
     def _server(self, entry: CatalogueEntry, port: int, started: float) -> Server:
         shown = f"[{self.host}]" if ":" in self.host else self.host

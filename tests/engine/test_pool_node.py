@@ -291,3 +291,47 @@ async def test_the_api_key_reaches_the_server_by_environment(
             assert inst.slots_total == 2
     finally:
         await backend.aclose()
+
+
+async def test_replicas_of_one_model_run_on_their_own_ports(
+    tmp_path: Path, models: Path, pids: list[int]
+) -> None:
+    backend = LlamaCppPoolBackend(pool_node(tmp_path, models), None)
+    try:
+        async with asyncio.timeout(STEP_S):
+            await backend.poll(0.0)
+            first, second = await asyncio.gather(backend.load("alpha"), backend.load("alpha"))
+            pids.extend(s.pid for s in backend.servers.values() if s.pid)
+            assert first != second and first.split("@")[0] == second.split("@")[0] == "alpha"
+            obs = await backend.poll(1.0)
+            insts = {i.instance_id: i for i in obs.instances or ()}
+            assert set(insts) == {first, second}
+            assert len({i.url for i in insts.values()}) == 2
+            assert all(i.state is InstanceState.LOADED for i in insts.values())
+            await backend.unload("alpha", first)
+            assert [i.instance_id for i in (await backend.poll(2.0)).instances or ()] == [second]
+    finally:
+        await backend.aclose()
+
+
+async def test_a_start_past_its_timeout_fails_and_is_killed(
+    tmp_path: Path, models: Path, pids: list[int]
+) -> None:
+    node = pool_node(tmp_path, models, args=["--fake-delay", "30"], start_timeout=0.5)
+    backend = LlamaCppPoolBackend(node, None)
+    try:
+        async with asyncio.timeout(STEP_S):
+            await backend.poll(0.0)
+            load = asyncio.create_task(backend.load("alpha"))
+            while not backend.servers or next(iter(backend.servers.values())).pid is None:
+                await asyncio.sleep(0.01)
+            pid = next(iter(backend.servers.values())).pid
+            assert pid is not None
+            pids.append(pid)
+            obs = await backend.poll(1.0)  # meanwhile it shows as loading
+            assert [i.state for i in obs.instances or ()] == [InstanceState.LOADING]
+            with pytest.raises(BackendBadResponse, match=r"not ready within 0\.5 s"):
+                await load
+            assert not running(pid) and backend.servers == {}
+    finally:
+        await backend.aclose()
