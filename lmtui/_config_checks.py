@@ -327,6 +327,24 @@ def _check_pool(cfg: Config, i: int) -> list[Problem]:
         problems.append(
             Problem(at, "set models_dir (a directory of .gguf files) or models (name = path)")
         )
+    for j, arg in enumerate(pool.args):
+        flag = arg.split("=", 1)[0]
+        if flag in _POOL_OWN_FLAGS:
+            problems.append(
+                Problem(
+                    (*at, "args", j),
+                    f"{flag} is set by lmtui for each server; remove it from args"
+                    + (" and set the node's api_key_env" if "key" in flag else ""),
+                )
+            )
+    if pool.host is not None and pool.host.strip("[]") in ("0.0.0.0", "::", ""):
+        problems.append(
+            Problem(
+                (*at, "host"),
+                f"{pool.host!r} cannot be reached: give the address lmtui reaches the servers at"
+                " (they bind it too)",
+            )
+        )
     for name, path in pool.models.items():
         if not name.strip() or "@" in name or "/" in name:
             problems.append(
@@ -335,6 +353,12 @@ def _check_pool(cfg: Config, i: int) -> list[Problem]:
         if not path.strip():
             problems.append(Problem((*at, "models", name), "the path must not be empty"))
     return problems
+
+
+#: llama-server flags lmtui sets itself for each pool server (identity, port, key).
+_POOL_OWN_FLAGS = frozenset(
+    {"-m", "--model", "--port", "--host", "-a", "--alias", "--api-key", "--api-key-file"}
+)
 
 
 def _check_model_names(cfg: Config, lines: dict[KeyPath, int]) -> list[Problem]:

@@ -754,6 +754,27 @@ def test_the_commented_pool_example_loads_once_uncommented(tmp_path: Path) -> No
             "not a usable model name",
         ),
         (
+            "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\nargs = ['-c', '4', '--port', '5']\n",
+            "llamacpp-pool",
+            8,
+            "nodes[0].pool.args[2]",
+            "--port is set by lmtui",
+        ),
+        (
+            "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\nargs = ['--api-key=k']\n",
+            "llamacpp-pool",
+            8,
+            "nodes[0].pool.args[0]",
+            "set the node's api_key_env",
+        ),
+        (
+            "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\nhost = '0.0.0.0'\n",
+            "llamacpp-pool",
+            8,
+            "nodes[0].pool.host",
+            "cannot be reached",
+        ),
+        (
             "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\nport = 4\n",
             "llamacpp-pool",
             8,
