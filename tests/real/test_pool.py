@@ -301,15 +301,22 @@ def _up(base: str) -> bool:
     return r.status_code == 200 and "gemma-a" in {m["id"] for m in r.json()["data"]}
 
 
+@pytest.mark.parametrize("where", ["local", "ssh"])
 async def test_the_api_key_reaches_a_real_server_through_its_environment(
-    tmp_path: Path, llama_build: LlamaBuild, monkeypatch: pytest.MonkeyPatch, pids: list[int]
+    where: str,
+    tmp_path: Path,
+    llama_build: LlamaBuild,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    pids: list[int],
 ) -> None:
     """This build documents ``--api-key`` as env ``LLAMA_API_KEY`` (not ``LLAMA_ARG_API_KEY``):
     the server must refuse a keyless /props, and lmtui's own polls must carry the key."""
     from lmtui.backends.llamacpp_pool import LlamaCppPoolBackend
 
     monkeypatch.setenv("LMTUI_TEST_POOL_KEY", "real-s3cret")
-    node = pool_node(tmp_path, llama_build, api_key_env="LMTUI_TEST_POOL_KEY")
+    ssh = ssh_config(request.getfixturevalue("sshd_server"), tmp_path) if where == "ssh" else None
+    node = pool_node(tmp_path, llama_build, ssh=ssh, api_key_env="LMTUI_TEST_POOL_KEY")
     backend = LlamaCppPoolBackend(node, None)
     try:
         async with asyncio.timeout(2 * STEP_S):
