@@ -121,6 +121,7 @@ class LlamaCppPoolBackend(Backend):
         self.catalogue: dict[str, CatalogueEntry] = {}
         self._catalogue_refresh = Every(CATALOGUE_EVERY_S)
         self._adopted = False
+        self._closing: set[asyncio.Task[None]] = set()
         self._key = os.environ.get(node.api_key_env) if node.api_key_env else None
 
     # --- polling ------------------------------------------------------------------------
@@ -254,6 +255,7 @@ class LlamaCppPoolBackend(Backend):
         await asyncio.gather(
             *(self._stop(s) for s in list(self.servers.values())), return_exceptions=True
         )
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await self.procs.close()
 
     async def _reserve_port(self, entry: CatalogueEntry) -> Server:
@@ -352,7 +354,9 @@ class LlamaCppPoolBackend(Backend):
             del self.servers[srv.port]
         if srv.reader.pool is not None:
             pool, srv.reader.pool = srv.reader.pool, None
-            asyncio.get_running_loop().create_task(pool.close())
+            task = asyncio.get_running_loop().create_task(pool.close())
+            self._closing.add(task)  # held until done: a loose task may be collected
+            task.add_done_callback(self._closing.discard)
 
     async def _lost(self, srv: Server) -> None:
         """A ready server died by itself: log why (its last lines) and forget it."""
