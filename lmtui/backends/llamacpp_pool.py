@@ -122,11 +122,18 @@ class LlamaCppPoolBackend(Backend):
         self._catalogue_refresh = Every(CATALOGUE_EVERY_S)
         self._adopted = False
         self._closing: set[asyncio.Task[None]] = set()
+        self._poll_lock = asyncio.Lock()
         self._key = os.environ.get(node.api_key_env) if node.api_key_env else None
 
     # --- polling ------------------------------------------------------------------------
 
     async def poll(self, now: float) -> NodeObservation:
+        """Read the host and every server. Polls never overlap (the loop's and a refresh
+        after a load would otherwise both adopt, or both judge the same server)."""
+        async with self._poll_lock:
+            return await self._poll(now)
+
+    async def _poll(self, now: float) -> NodeObservation:
         started = monotonic()
         if self._catalogue_refresh.due(now) or not self._adopted:
             await self._read_catalogue()

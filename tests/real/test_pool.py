@@ -341,19 +341,25 @@ async def test_the_api_key_reaches_a_real_server_through_its_environment(
 async def test_an_ssh_pool_node_is_healthy_exactly_while_its_host_answers(
     tmp_path: Path, llama_build: LlamaBuild, sshd_server: Sshd
 ) -> None:
+    """The backend alone, no poll loop: sshd is stopped only between commands (stopping it
+    kills its sessions, and one killed inside the login shell's rc files can leave locks
+    behind, e.g. pyenv's rehash lock, which then stalls every later login for 60 s)."""
+    from lmtui.backends.base import BackendUnreachable
+    from lmtui.backends.llamacpp_pool import LlamaCppPoolBackend
+
     node = pool_node(tmp_path, llama_build, ssh=ssh_config(sshd_server, tmp_path), memory_gb=8)
-    cfg = Config(nodes=[node], poll=PollConfig(interval=60, timeout=5.0))
-    engine = Engine(cfg)
-    async with asyncio.timeout(STEP_S), engine:
-        await engine.poller.poll_once("pool")
-        assert engine.store.snapshot.nodes["pool"].health.value == "healthy"  # no server
-        sshd_server.stop()
-        try:
-            await engine.poller.poll_once("pool")
-            node_now = engine.store.snapshot.nodes["pool"]
-            assert node_now.health.value != "healthy" and node_now.consecutive_failures >= 1
-        finally:
-            sshd_server.start()
-        await asyncio.sleep(1.5)  # SshHost waits 1 s after a failed connect
-        await engine.poller.poll_once("pool")
-        assert engine.store.snapshot.nodes["pool"].health.value == "healthy"
+    backend = LlamaCppPoolBackend(node, None, timeout=5.0)
+    try:
+        async with asyncio.timeout(STEP_S):
+            obs = await backend.poll(0.0)  # no server: still a good poll
+            assert obs.instances == () and {a.key for a in obs.available or ()} == set(MODELS)
+            sshd_server.stop()
+            try:
+                with pytest.raises(BackendUnreachable):
+                    await backend.poll(1.0)
+            finally:
+                sshd_server.start()
+            await asyncio.sleep(1.5)  # SshHost waits 1 s after a failed connect
+            assert (await backend.poll(2.0)).instances == ()
+    finally:
+        await backend.aclose()
