@@ -229,7 +229,9 @@ async def test_after_a_crash_servers_are_adopted_or_stopped(
             (tmp_path / "state" / "pool-1.json").write_bytes(msgspec.json.encode(stale))
             second = LlamaCppPoolBackend(node, None)
             try:
-                obs = await second.poll(1.0)
+                # Two first polls at once (the loop's and a refresh): one adoption.
+                obs, again = await asyncio.gather(second.poll(1.0), second.poll(1.0))
+                assert obs.instances == again.instances
                 assert [(i.instance_id, i.state) for i in obs.instances or ()] == [
                     (a, InstanceState.LOADED)
                 ]
