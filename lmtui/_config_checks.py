@@ -22,6 +22,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from lmtui._toml_locate import KeyPath
+from lmtui.core.model import NodeKind
 
 if TYPE_CHECKING:
     from lmtui.config import Config
@@ -224,6 +225,19 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, port
 
 
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``"41000-41099"`` -> (41000, 41099); ValueError when malformed, empty or out of range."""
+    first, sep, last = text.partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        raise ValueError(f"{text!r} is not a port range FIRST-LAST, e.g. '41000-41099'")
+    lo, hi = int(first), int(last)
+    if not 1 <= lo <= 65535 or not 1 <= hi <= 65535:
+        raise ValueError(f"{text!r}: ports must be within 1-65535")
+    if lo > hi:
+        raise ValueError(f"{text!r} is empty: the first port is above the last")
+    return lo, hi
+
+
 def env_name_problem(value: str) -> str | None:
     """What is wrong with an environment variable *name*, or None when it looks like one."""
     if "sk-" in value or len(value) > 64 or value.lower().startswith("bearer "):
@@ -262,6 +276,7 @@ def check_config(cfg: Config, lines: dict[KeyPath, int]) -> list[Problem]:
             problems.append(Problem(("nodes", i, "url"), msg))
         if node.api_key_env is not None and (msg := env_name_problem(node.api_key_env)):
             problems.append(Problem(("nodes", i, "api_key_env"), msg))
+        problems += _check_pool(cfg, i)
 
     try:
         parse_listen(cfg.router.listen)
@@ -277,6 +292,73 @@ def check_config(cfg: Config, lines: dict[KeyPath, int]) -> list[Problem]:
 
     problems += _check_model_names(cfg, lines)
     return problems
+
+
+def _check_pool(cfg: Config, i: int) -> list[Problem]:
+    """A ``llamacpp-pool`` node needs a ``[nodes.pool]`` section; no other kind takes one."""
+    node = cfg.nodes[i]
+    pool = node.pool
+    if node.kind != NodeKind.LLAMACPP_POOL:
+        if pool is not None:
+            return [
+                Problem(
+                    ("nodes", i, "pool"),
+                    f'[nodes.pool] is only for kind = "llamacpp-pool" (this node is {node.kind!s})',
+                )
+            ]
+        return []
+    if pool is None:
+        return [
+            Problem(
+                ("nodes", i, "kind"),
+                "a llamacpp-pool node needs a [nodes.pool] section with at least binary and "
+                "models_dir or models",
+            )
+        ]
+    problems: list[Problem] = []
+    at: KeyPath = ("nodes", i, "pool")
+    if not pool.binary.strip():
+        problems.append(Problem((*at, "binary"), "binary must name the llama-server program"))
+    try:
+        parse_port_range(pool.ports)
+    except ValueError as exc:
+        problems.append(Problem((*at, "ports"), str(exc)))
+    if not pool.models and not (pool.models_dir or "").strip():
+        problems.append(
+            Problem(at, "set models_dir (a directory of .gguf files) or models (name = path)")
+        )
+    for j, arg in enumerate(pool.args):
+        flag = arg.split("=", 1)[0]
+        if flag in _POOL_OWN_FLAGS:
+            problems.append(
+                Problem(
+                    (*at, "args", j),
+                    f"{flag} is set by lmtui for each server; remove it from args"
+                    + (" and set the node's api_key_env" if "key" in flag else ""),
+                )
+            )
+    if pool.host is not None and pool.host.strip("[]") in ("0.0.0.0", "::", ""):
+        problems.append(
+            Problem(
+                (*at, "host"),
+                f"{pool.host!r} cannot be reached: give the address lmtui reaches the servers at"
+                " (they bind it too)",
+            )
+        )
+    for name, path in pool.models.items():
+        if not name.strip() or "@" in name or "/" in name:
+            problems.append(
+                Problem((*at, "models", name), f"{name!r} is not a usable model name (no @ or /)")
+            )
+        if not path.strip():
+            problems.append(Problem((*at, "models", name), "the path must not be empty"))
+    return problems
+
+
+#: llama-server flags lmtui sets itself for each pool server (identity, port, key).
+_POOL_OWN_FLAGS = frozenset(
+    {"-m", "--model", "--port", "--host", "-a", "--alias", "--api-key", "--api-key-file"}
+)
 
 
 def _check_model_names(cfg: Config, lines: dict[KeyPath, int]) -> list[Problem]:

@@ -26,6 +26,7 @@ import msgspec
 
 from lmtui._config_checks import check_config, explain_validation_error
 from lmtui._config_checks import parse_listen as parse_listen
+from lmtui._config_checks import parse_port_range as parse_port_range
 from lmtui._toml_locate import KeyPath, format_path, key_lines, line_of
 from lmtui.core.model import NodeKind
 
@@ -85,6 +86,35 @@ class SshConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout: PositiveFloat = 10.0
 
 
+class PoolNodeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How a ``llamacpp-pool`` node starts its ``llama-server`` processes (``[nodes.pool]``)."""
+
+    #: Path of the ``llama-server`` binary on the node's host.
+    binary: str
+    #: Directory on the host whose ``*.gguf`` files can be loaded, named by base name.
+    models_dir: str | None = None
+    #: Further models, name -> path of the ``.gguf`` file on the host.
+    models: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Ports the servers may listen on, "FIRST-LAST" (inclusive).
+    ports: str = "41000-41099"
+    #: Extra arguments for every server, e.g. ["-np", "2", "-c", "4096"].
+    args: list[str] = msgspec.field(default_factory=list)
+    #: Address the servers bind and lmtui reaches them at; defaults to the host of the
+    #: node's URL (127.0.0.1 for a loopback URL).
+    host: str | None = None
+    #: Seconds a server may take to answer /health 200 before its start counts as failed.
+    start_timeout: PositiveFloat = 120.0
+    #: Seconds between SIGTERM and SIGKILL when a server is stopped.
+    stop_grace: PositiveFloat = 10.0
+    #: Directory for pid and log files on the host; defaults to ~/.local/state/lmtui/pool
+    #: there (lmtui's own state directory when local).
+    state_dir: str | None = None
+
+    def port_range(self) -> tuple[int, int]:
+        """``ports`` as (first, last); ValueError saying what is wrong."""
+        return parse_port_range(self.ports)
+
+
 class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One server in the cluster."""
 
@@ -110,6 +140,8 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Seconds a request sent here may wait for the node's first byte; overrides
     #: [router] first_byte_timeout (a slow Mac with long prompts may need more).
     first_byte_timeout: PositiveFloat | None = None
+    #: ``llamacpp-pool`` only: the servers lmtui starts there (required for that kind).
+    pool: PoolNodeConfig | None = None
 
 
 class PollConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

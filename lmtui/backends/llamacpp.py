@@ -512,15 +512,6 @@ class LlamaCppBackend(HttpBackend):
             bad(f"POST {path}: the router refused {model!r}")
 
 
-class LlamaCppPoolBackend(LlamaCppBackend):
-    """A pool of ``llama-server`` processes lmtui starts itself.
-
-    Spawning comes later; for now such a node is read like one ``llama-server``.
-    """
-
-    kind = NodeKind.LLAMACPP_POOL
-
-
 def _unwrap(result: T | BaseException) -> T:
     """A result of ``gather(..., return_exceptions=True)``, re-raising a failure."""
     if isinstance(result, BaseException):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import aiohttp
 
 from lmtui.backends.base import Backend
-from lmtui.backends.llamacpp import LlamaCppBackend, LlamaCppPoolBackend
+from lmtui.backends.llamacpp import LlamaCppBackend
+from lmtui.backends.llamacpp_pool import LlamaCppPoolBackend
 from lmtui.backends.lmstudio import LMStudioBackend
 from lmtui.backends.ollama import OllamaBackend
 from lmtui.backends.openai import OpenAIBackend

@@ -168,8 +168,9 @@ class SshHost:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
 
-    async def run(self, command: str) -> str:
-        """Run ``command`` on the host and return its stdout.
+    async def run(self, command: str, *, input: str | None = None) -> str:
+        """Run ``command`` on the host and return its stdout; ``input`` is its stdin (for a
+        secret that must not appear on any command line).
 
         Reuses the open connection; if that turns out to be dead (the host rebooted, sshd
         restarted), reconnects once at once and retries. A non-zero exit is
@@ -181,7 +182,7 @@ class SshHost:
         for attempt in range(2):
             conn, fresh = await self._connection()
             try:
-                return await self._exec(conn, command)
+                return await self._exec(conn, command, input)
             except _Dropped as e:
                 self._drop(conn)
                 if fresh or attempt == 1:
@@ -227,13 +228,15 @@ class SshHost:
         self._os = os_name
         return os_name
 
-    async def _exec(self, conn: asyncssh.SSHClientConnection, command: str) -> str:
+    async def _exec(
+        self, conn: asyncssh.SSHClientConnection, command: str, input: str | None = None
+    ) -> str:
         flat = " ".join(command.split())  # scripts are multi-line; messages are not
         short = flat if len(flat) <= 60 else flat[:57] + "..."
         try:
             # asyncssh's own timeout closes the channel; the outer one is a safety net.
             async with asyncio.timeout(self.cfg.timeout + 1.0):
-                result = await conn.run(command, check=False, timeout=self.cfg.timeout)
+                result = await conn.run(command, input=input, check=False, timeout=self.cfg.timeout)
         except TimeoutError:
             # A command that hangs is as likely a dead network path as a slow command, and
             # a dead TCP connection would hang every later command too: start afresh.

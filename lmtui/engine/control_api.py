@@ -9,6 +9,7 @@
     POST /lmtui/v1/drain     {node}         /undrain {node}
     POST /lmtui/v1/strategy  {strategy}
     POST /lmtui/v1/rebalance {apply?: bool} the plan (applied only when apply is true)
+    GET  /lmtui/v1/nodes/{node}/processes   a llamacpp-pool node's servers and their log tails
 
 Protected by its own admin token (``[router] admin_token_env``); without one it answers only
 when lmtui listens on a loopback address.
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from lmtui.backends.base import BackendError
 from lmtui.core.events import Event
 from lmtui.engine.codec import encode, event_to_builtins, plan_to_builtins, snapshot_to_builtins
 from lmtui.engine.control import CommandError
@@ -46,6 +48,7 @@ class ControlApi:
         c = self.engine.controller
         app.router.add_get(f"{PREFIX}/state", self.state)
         app.router.add_get(f"{PREFIX}/events", self.events)
+        app.router.add_get(f"{PREFIX}/nodes/{{node}}/processes", self.processes)
         commands: dict[str, Handler] = {
             "load": lambda b: c.load(_str(b, "model"), _opt(b, "node")),
             "unload": lambda b: c.unload(
@@ -121,6 +124,28 @@ class ControlApi:
             "source": eng.source,
             "events": [event_to_builtins(e) for e in list(eng.store.events)[-200:]],
         }
+
+    async def processes(self, request: web.Request) -> web.Response:
+        """The server processes a node runs itself (only ``llamacpp-pool`` nodes do)."""
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
+        name = request.match_info["node"]
+        backend = self.engine.backends.get(name)
+        if backend is None:
+            return error_response(404, f"no node {name[:100]!r}", "invalid_request_error")
+        listing = getattr(backend, "processes", None)
+        if listing is None:
+            return error_response(
+                404, f"node {name!r} runs no processes of lmtui's", "invalid_request_error"
+            )
+        try:
+            procs = await listing()
+        except BackendError as e:
+            return error_response(502, f"{name}: {e}", "server_error")
+        return web.Response(
+            body=encode({"node": name, "processes": procs}), content_type="application/json"
+        )
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """SSE: a ``snapshot`` message at once and on every change (coalesced), and one

@@ -232,15 +232,6 @@ async def test_api_key_from_env(
     assert [i.model for i in obs.instances or ()] == ["ulysses"]
 
 
-async def test_pool_kind_polls_like_llamacpp(
-    cluster: SimCluster, make_backend: MakeBackend, poll_until: PollUntil
-) -> None:
-    backend = make_backend(cluster, "pool")
-    assert backend.kind is NodeKind.LLAMACPP_POOL
-    obs = await poll_until(backend, loaded)
-    assert [(i.model, i.slots_total) for i in obs.instances or ()] == [("ulysses", 3)]
-
-
 def _router_spec(**kw: object) -> SimNodeSpec:
     base: dict[str, object] = {
         "name": "rt",

@@ -9,11 +9,12 @@ import aiohttp
 import pytest
 
 from lmtui.backends import BACKENDS, Backend, backend_for
-from lmtui.backends.llamacpp import LlamaCppBackend, LlamaCppPoolBackend
+from lmtui.backends.llamacpp import LlamaCppBackend
+from lmtui.backends.llamacpp_pool import LlamaCppPoolBackend
 from lmtui.backends.lmstudio import LMStudioBackend
 from lmtui.backends.ollama import OllamaBackend
 from lmtui.backends.openai import OpenAIBackend
-from lmtui.config import NodeConfig
+from lmtui.config import NodeConfig, PoolNodeConfig
 from lmtui.core.model import NodeKind
 
 
@@ -34,7 +35,13 @@ def test_every_kind_has_an_adapter() -> None:
 )
 async def test_backend_for(kind: NodeKind, cls: type[Backend], can_load: bool) -> None:
     async with aiohttp.ClientSession() as client:
-        node = NodeConfig(name="n", kind=kind, url="http://127.0.0.1:9/")
+        pool = PoolNodeConfig(binary="llama-server", models_dir="/m")
+        node = NodeConfig(
+            name="n",
+            kind=kind,
+            url="http://127.0.0.1:9/",
+            pool=pool if kind is NodeKind.LLAMACPP_POOL else None,
+        )
         backend = backend_for(node, client, timeout=1.5)
         assert type(backend) is cls
         assert backend.can_load is can_load

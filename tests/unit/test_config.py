@@ -28,6 +28,7 @@ from lmtui.config import (
     Overrides,
     PollConfig,
     PoolConfig,
+    PoolNodeConfig,
     RouterConfig,
     SshConfig,
     load_config,
@@ -439,12 +440,13 @@ def test_example_config_documents_every_key() -> None:
         RouterConfig,
         PoolConfig,
         ModelConfig,
+        PoolNodeConfig,
     ]
     missing = [
         f"{struct.__name__}.{field.encode_name}"
         for struct in structs
         for field in msgspec.structs.fields(struct)
-        if field.encode_name not in written and field.encode_name != "ssh"
+        if field.encode_name not in written and field.encode_name not in ("ssh", "pool")
     ]
     assert missing == []
     tables = {"[[nodes]]", "[nodes.ssh]", "[poll]", "[router]", "[pool]", "[[models]]"}
@@ -693,3 +695,100 @@ def test_survives_a_crash_mid_write(tmp_path: Path) -> None:
     # And lmtui can save again afterwards.
     save_overrides(path, Overrides(strategy="replicas"))
     assert load_overrides(path) == Overrides(strategy="replicas")
+
+
+# --- llamacpp-pool nodes --------------------------------------------------------------------
+
+_POOL_NODE = """\
+[[nodes]]
+name = "p"
+kind = "{kind}"
+url = "http://127.0.0.1:8080"
+"""
+
+
+def test_the_commented_pool_example_loads_once_uncommented(tmp_path: Path) -> None:
+    text = (REPO / "config.example.toml").read_text(encoding="utf-8")
+    start = text.index('# [[nodes]]\n# name = "gpu-box"')
+    block = text[start : text.index("\n\n", start)]
+    lines = [ln[2:] for ln in block.splitlines()]
+    cfg = load_config(write(tmp_path, "\n".join(ln for ln in lines if not ln.startswith("#"))))
+    (node,) = cfg.nodes
+    assert node.kind is NodeKind.LLAMACPP_POOL and node.pool is not None
+    assert node.pool.port_range() == (41000, 41099)
+    assert node.pool.models == {"qwen-coder": "/srv/models/Qwen2.5-Coder-7B-Q4_K_M.gguf"}
+    assert (node.pool.start_timeout, node.pool.stop_grace) == (120.0, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "kind", "line", "key", "message"),
+    [
+        ("", "llamacpp-pool", 3, "nodes[0].kind", "needs a [nodes.pool] section"),
+        (
+            "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\n",
+            "llamacpp",
+            5,
+            "nodes[0].pool",
+            'only for kind = "llamacpp-pool"',
+        ),
+        (
+            "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\nports = '9-3'\n",
+            "llamacpp-pool",
+            8,
+            "nodes[0].pool.ports",
+            "is empty",
+        ),
+        (
+            "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\nports = '1-99999'\n",
+            "llamacpp-pool",
+            8,
+            "nodes[0].pool.ports",
+            "within 1-65535",
+        ),
+        ("[nodes.pool]\nbinary = 'x'\n", "llamacpp-pool", 5, "nodes[0].pool", "set models_dir"),
+        (
+            "[nodes.pool]\nbinary = 'x'\nmodels = { 'a@b' = '/m/a.gguf' }\n",
+            "llamacpp-pool",
+            7,
+            "nodes[0].pool.models.a@b",
+            "not a usable model name",
+        ),
+        (
+            "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\nargs = ['-c', '4', '--port', '5']\n",
+            "llamacpp-pool",
+            8,
+            "nodes[0].pool.args[2]",
+            "--port is set by lmtui",
+        ),
+        (
+            "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\nargs = ['--api-key=k']\n",
+            "llamacpp-pool",
+            8,
+            "nodes[0].pool.args[0]",
+            "set the node's api_key_env",
+        ),
+        (
+            "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\nhost = '0.0.0.0'\n",
+            "llamacpp-pool",
+            8,
+            "nodes[0].pool.host",
+            "cannot be reached",
+        ),
+        (
+            "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\nport = 4\n",
+            "llamacpp-pool",
+            8,
+            "nodes[0].pool.port",
+            "unknown key 'port'",
+        ),
+    ],
+)
+def test_pool_section_problems_name_line_and_key(
+    tmp_path: Path, extra: str, kind: str, line: int, key: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, _POOL_NODE.format(kind=kind) + extra))
+    err = info.value
+    assert (err.line, err.key) == (line, key), str(err)
+    assert message in err.message
+    assert isinstance(PoolNodeConfig(binary="b").port_range(), tuple)
