@@ -6,17 +6,18 @@ Needs the real ``llama-server`` and model that ``scripts/llama-server.sh`` build
 For each node kind, the node's own time to get ready is measured first, without lmtui:
 
 - **router** (``llama-server --models-dir D --models-max 1``, models ``alpha``/``beta``, the
-  same small file under two names): ``POST /models/load`` of the model that is not resident
-  until ``GET /models`` (polled every 5 ms) says ``loaded``; the resident one is unloaded by
-  the server itself, as the limit makes it;
+  same small file under two names): ``POST /models/load`` until ``GET /models`` (polled
+  every 5 ms) says ``loaded``;
 - **pool** (a ``llamacpp-pool`` node, lmtui starts the servers): process start until
   ``/health`` answers 200 (polled every 5 ms);
 
-plus the warm time to first token of a streamed request on a loaded model. Then lmtui runs
+plus the time to the first token of a streamed request sent the moment it is ready (the
+node's own cold start is the sum). Then lmtui runs
 in this process (``Engine`` with its router on loopback, default 1 s polls) and a streamed
-request for the model that is not loaded is timed to its first data event, alternating the
-two models so that every run is cold. lmtui's added time per run is
-``cold TTFT - median(node ready) - median(warm TTFT)``; reported as p50 and max, with the
+request is timed to its first data event. Before each run, timed or not, every model is
+unloaded (untimed), so every run is a cold start with nothing to evict, in both
+measurements; the two models alternate. lmtui's added time per run is
+``cold TTFT - median(node ready + first TTFT)``; reported as p50 and max, with the
 upstream requests lmtui made to the node during each cold start (polls included).
 """
 
@@ -49,6 +50,9 @@ from lmtui.engine.engine import Engine  # noqa: E402
 MODELS = ("alpha", "beta")
 MSG = [{"role": "user", "content": "Say hi."}]
 STEP_S = 0.005
+#: llama-server closes a connection after a streamed answer without saying so; the direct
+#: measurements use a new connection per request (a loopback connect costs ~0.1 ms).
+NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
 
 
 async def first_token(client: httpx.AsyncClient, url: str, model: str) -> float:
@@ -93,10 +97,17 @@ async def router_direct(
 ) -> tuple[list[float], list[float]]:
     """The router's own load time (load posted → loaded) and its warm TTFT."""
     ready, warm = [], []
-    await retrying(lambda: client.post(server.url + "/models/load", json={"model": MODELS[1]}))
-    await wait_status(client, server.url, MODELS[1], "loaded")
     for i in range(runs):
         model = MODELS[i % 2]
+        for other in MODELS:  # nothing resident: a cold load with nothing to evict
+            if (await router_status(client, server.url)).get(other) != "unloaded":
+                await retrying(
+                    lambda: client.post(
+                        server.url + "/models/unload",
+                        json={"model": other},  # noqa: B023
+                    )
+                )
+                await wait_status(client, server.url, other, "unloaded")
         t0 = time.perf_counter()
         r = await retrying(
             lambda: client.post(server.url + "/models/load", json={"model": model})  # noqa: B023
@@ -108,55 +119,69 @@ async def router_direct(
     return ready, warm
 
 
-def pool_direct(build: LlamaBuild, args: list[str], runs: int) -> list[float]:
-    """A server process's own time to get ready: start → /health 200."""
-    ready = []
-    for _ in range(runs):
-        port = free_port()
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [
-                str(build.binary),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "-m",
-                str(build.model),
-                *args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None:
-                    raise RuntimeError("llama-server exited")
-                time.sleep(STEP_S)
-            ready.append(time.perf_counter() - t0)
-        finally:
-            proc.terminate()
-            proc.wait(10)
-    return ready
+async def pool_direct(
+    build: LlamaBuild, args: list[str], runs: int
+) -> tuple[list[float], list[float]]:
+    """A server process's own time to get ready (start → /health 200, asked every 5 ms),
+    and the first token of a request sent the moment it is."""
+    ready, first = [], []
+    async with httpx.AsyncClient(timeout=120, limits=NO_KEEPALIVE) as c:
+        for _ in range(runs):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            t0 = time.perf_counter()
+            proc = await asyncio.create_subprocess_exec(
+                *(str(build.binary), "--host", "127.0.0.1", "--port", str(port)),
+                *("-m", str(build.model), *args),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                while True:
+                    try:
+                        if (await c.get(url + "/health")).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if proc.returncode is not None:
+                        raise RuntimeError("llama-server exited")
+                    await asyncio.sleep(STEP_S)
+                ready.append(time.perf_counter() - t0)
+                first.append(await first_token(c, url, "x"))
+            finally:
+                proc.terminate()
+                await proc.wait()
+    return ready, first
 
 
-def count_requests(engine: Engine, node: str) -> Counter[str]:
-    """Count every HTTP request lmtui's adapter for ``node`` sends (polls and commands)."""
+def count_requests(node: str) -> Counter[str]:
+    """Count every HTTP request lmtui's adapters send for ``node`` (polls and commands; a
+    pool node's per-server readers share its name), by patching the one request method
+    every adapter goes through."""
+    from lmtui.backends.base import Backend
+
     seen: Counter[str] = Counter()
-    backend = engine.backends[node]
-    original = backend.request
+    original = Backend.request
 
-    async def counted(method: str, path: str, **kw: Any) -> Any:
-        seen[f"{method} {path}"] += 1
-        return await original(method, path, **kw)
+    async def counted(self: Backend, method: str, path: str, **kw: Any) -> Any:
+        if self.name == node:
+            seen[f"{method} {path}"] += 1
+        return await original(self, method, path, **kw)
 
-    backend.request = counted  # type: ignore[method-assign]
+    Backend.request = counted  # type: ignore[method-assign]
     return seen
+
+
+async def unload_all(engine: Engine) -> None:
+    """Unload every model lmtui sees (not timed), and wait until the node says so."""
+    for inst in list(engine.store.snapshot.instances.values()):
+        await engine.controller.unload(inst.node, inst.instance_id, force=True)
+    deadline = time.perf_counter() + 60
+    while engine.store.snapshot.instances:
+        if time.perf_counter() > deadline:
+            raise RuntimeError("models still loaded 60 s after their unload")
+        await engine.poller.poll_once(next(iter(engine.store.snapshot.nodes)))
+        await asyncio.sleep(0.05)
 
 
 async def through_lmtui(
@@ -166,9 +191,10 @@ async def through_lmtui(
     cold, counts = [], []
     async with Engine(cfg, listen="127.0.0.1:0") as engine, httpx.AsyncClient(timeout=300) as c:
         assert engine.router_url is not None
-        seen = count_requests(engine, node)
+        seen = count_requests(node)
         model = unloaded
         for _ in range(runs):
+            await unload_all(engine)  # a cold start with nothing to evict, as the baseline
             await asyncio.sleep(1.5)  # let a poll or two land: a steady state to start from
             seen.clear()
             cold.append(await first_token(c, engine.router_url, model))
@@ -178,12 +204,13 @@ async def through_lmtui(
 
 
 def summary(name: str, ready: list[float], warm: list[float], cold: list[float]) -> dict[str, Any]:
-    base = statistics.median(ready) + statistics.median(warm)
+    # The node's own cold start: ready, then the first token of a request sent at once.
+    base = statistics.median(r + w for r, w in zip(ready, warm, strict=True))
     added = [c - base for c in cold]
     return {
         "kind": name,
         "node ready p50 ms": round(statistics.median(ready) * 1000, 1),
-        "warm TTFT p50 ms": round(statistics.median(warm) * 1000, 1),
+        "first TTFT p50 ms": round(statistics.median(warm) * 1000, 1),
         "cold TTFT via lmtui p50 ms": round(statistics.median(cold) * 1000, 1),
         "lmtui added p50 ms": round(statistics.median(added) * 1000, 1),
         "lmtui added max ms": round(max(added) * 1000, 1),
@@ -195,7 +222,7 @@ async def bench_router(build: LlamaBuild, runs: int, tmp: Path) -> dict[str, Any
     args = ["--models-dir", str(d), "--models-max", "1", "-np", "2", "-c", "2048"]
     server = LlamaServer(build, args, tmp / "router.log").start()
     try:
-        async with httpx.AsyncClient(timeout=120) as c:
+        async with httpx.AsyncClient(timeout=120, limits=NO_KEEPALIVE) as c:
             ready, warm = await router_direct(c, server, runs)
             resident = MODELS[(runs - 1) % 2]
         cfg = Config(
@@ -247,21 +274,10 @@ def main() -> None:
 POOL_ARGS = ["-np", "2", "-c", "2048"]
 
 
-async def warm_ttft(build: LlamaBuild, tmp: Path, runs: int) -> list[float]:
-    """A single-model server's warm TTFT (the same binary, model and arguments)."""
-    server = LlamaServer(build, ["-m", str(build.model), *POOL_ARGS], tmp / "warm.log").start()
-    try:
-        async with httpx.AsyncClient(timeout=120) as c:
-            return [await first_token(c, server.url, "x") for _ in range(runs)]
-    finally:
-        server.stop()
-
-
 async def bench_pool(build: LlamaBuild, runs: int, tmp: Path) -> dict[str, Any]:
     from lmtui.config import PoolNodeConfig
 
-    ready = pool_direct(build, POOL_ARGS, runs)
-    warm = await warm_ttft(build, tmp, runs)
+    ready, warm = await pool_direct(build, POOL_ARGS, runs)
     d = models_dir(tmp / "pool", build, list(MODELS))
     lo = free_port()
     cfg = Config(
@@ -270,9 +286,7 @@ async def bench_pool(build: LlamaBuild, runs: int, tmp: Path) -> dict[str, Any]:
                 name="p",
                 kind=NodeKind.LLAMACPP_POOL,
                 url="http://127.0.0.1",
-                # Room for one server at a time: every request for the other model is a
-                # cold start that stops one server and starts another.
-                memory_gb=0.45,
+                memory_gb=4,
                 pool=PoolNodeConfig(
                     binary=str(build.binary),
                     models_dir=str(d),

@@ -261,6 +261,31 @@ async def test_router_load_at_the_limit_evicts_an_idle_model(make_backend: MakeB
         assert c.node("rt").loaded_models() == ["eternal"]
 
 
+async def test_polls_during_an_unload_do_not_load_the_model_again(
+    make_backend: MakeBackend, http: httpx.AsyncClient
+) -> None:
+    # The simulated router, like the real one, loads a model again when a GET names it
+    # with ?model= while it is being stopped.
+    async with SimCluster([_router_spec()], time_scale=0.01) as c:
+        reply = await http.get(c.url("rt") + "/slots", params={"model": "eternal"})
+        assert reply.status_code == 200 and sorted(c.node("rt").loaded_models()) == ["eternal"]
+        backend = make_backend(c, "rt")
+        await backend.load("ulysses")
+        stop = asyncio.Event()
+
+        async def keep_polling() -> None:
+            while not stop.is_set():
+                await backend.poll(time.time())
+
+        pollers = [asyncio.create_task(keep_polling()) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        await backend.unload("ulysses", "ulysses")
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.gather(*pollers)
+        assert c.node("rt").loaded_models() == []
+
+
 async def test_router_load_at_the_limit_while_busy_is_deferred(
     make_backend: MakeBackend, http: httpx.AsyncClient
 ) -> None:

@@ -170,3 +170,35 @@ async def test_router_sleeping_model_keeps_its_slots_and_is_not_woken_by_polls(
             assert (inst.state, inst.slots_total) == (InstanceState.LOADED, 3)
         # /slots would have woken it (measured); the adapter asks its /props instead.
         assert await status(http) == "sleeping"
+
+
+async def test_polls_during_an_unload_do_not_load_the_model_again(
+    tmp_path: Path,
+    llama_build: LlamaBuild,
+    llama_servers: list[LlamaServer],
+    session: aiohttp.ClientSession,
+) -> None:
+    """A real router answers ``/slots?model=X`` of a model it is stopping by loading X again.
+    Polls that overlap an eviction (the engine polls right after it) must not do that."""
+    server = router(tmp_path, llama_build, llama_servers)
+    backend = adapter(server, session)
+    await backend.poll(time.time())
+    await backend.load("ulysses")
+    stop = asyncio.Event()
+
+    async def keep_polling() -> int:
+        n = 0
+        while not stop.is_set():
+            await backend.poll(time.time())
+            n += 1
+        return n
+
+    pollers = [asyncio.create_task(keep_polling()) for _ in range(2)]
+    await asyncio.sleep(0.2)
+    await backend.unload("ulysses", "ulysses")  # raises if ulysses came back meanwhile
+    await asyncio.sleep(1.0)  # polls go on after it
+    stop.set()
+    assert min(await asyncio.gather(*pollers)) > 0
+    async with httpx.AsyncClient() as h:
+        listing = (await h.get(server.url + "/models")).json()["data"]
+    assert {m["id"]: m["status"]["value"] for m in listing}["ulysses"] == "unloaded"

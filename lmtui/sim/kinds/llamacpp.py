@@ -39,6 +39,14 @@ LIMIT_REACHED = "model limit reached, try again later"
 LIMIT_RETRY_S = 0.01
 
 
+class _NotLoaded(Exception):
+    """A router GET names a model that is not loaded now."""
+
+    def __init__(self, model: SimModel) -> None:
+        super().__init__(model.key)
+        self.model = model
+
+
 class LlamaCppServer(KindServer):
     """``llama-server -m MODEL`` or ``llama-server --models-dir DIR``."""
 
@@ -138,14 +146,22 @@ class LlamaCppServer(KindServer):
                     400, "model name is missing from the request", "invalid_request_error"
                 ),
             )
-        if self.spec.model(name) is None:
+        model = self.spec.model(name)
+        if model is None:
             raise self._not_found(name)
         inst = self.state.pick_instance(name)
         if inst is None or inst.state != "loaded":
-            raise SimHTTPError(
-                503, self.error_body(503, f"model '{name}' is not loaded", "unavailable_error")
-            )
+            raise _NotLoaded(model)
         return inst
+
+    async def _query_loaded(self, request: web.Request) -> SimInstance:
+        """:meth:`_query_instance`, but a model that is not loaded (unloaded, or being
+        stopped) is loaded first, as the real router's autoload does for a GET with
+        ``?model=``: a poll of a model lmtui is unloading brings it back."""
+        try:
+            return self._query_instance(request)
+        except _NotLoaded as e:
+            return await self.wait_loaded(await self._autoload(e.model))
 
     def _sleeping(self, inst: SimInstance) -> bool:
         """Whether ``inst`` sleeps now (``--sleep-idle-seconds``): loaded, idle that long."""
@@ -186,7 +202,7 @@ class LlamaCppServer(KindServer):
                     max_instances=self.spec.models_max, autoload=True, build=self.spec.version
                 )
             )
-        inst = self._query_instance(request)
+        inst = await self._query_loaded(request)
         return json_response(
             P.props(
                 alias=inst.key,
@@ -200,13 +216,13 @@ class LlamaCppServer(KindServer):
         )
 
     async def slots(self, request: web.Request) -> web.Response:
-        inst = self._query_instance(request)
+        inst = await self._query_loaded(request)
         self._wake(inst)
         n_ctx = self._n_ctx(inst)
         return json_response([P.slot(i, n_ctx, job) for i, job in enumerate(inst.pool.busy)])
 
     async def metrics(self, request: web.Request) -> web.Response:
-        inst = self._query_instance(request)
+        inst = await self._query_loaded(request)
         self._wake(inst)
         counters: Counters = inst.counters if self.router else self.state.counters
         text = P.metrics_text(counters, processing=inst.pool.in_use, deferred=inst.pool.waiting)
