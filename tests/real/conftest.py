@@ -28,7 +28,7 @@ def llama_build() -> LlamaBuild:
     build = find_build()
     if build is None:
         reason = (
-            "no cached llama-server: run scripts/llama-server.sh once (about 8 minutes on "
+            "no cached llama-server: run scripts/llama-server.sh once (about 5 minutes on "
             "2 cores; it builds llama-server from the llama-cpp-python sdist and caches it "
             "in ~/.cache/lmtui) to run the real-server tests"
         )
