@@ -60,6 +60,10 @@ SSE_RESPONSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", **SS
 MAX_ATTEMPTS = 3
 #: How often the watchdog looks at requests waiting on a node (seconds).
 WATCHDOG_EVERY_S = 0.25
+#: A stream already flowing from a node marked down is cut only once it has also been
+#: silent this long: a node whose polls time out because it is overloaded may still be
+#: streaming well, and cutting that would lose a good answer.
+STALLED_STREAM_S = 2.0
 
 
 class _Head(msgspec.Struct):
@@ -83,6 +87,12 @@ class _Usage(msgspec.Struct):
 
 
 _decode_head = msgspec.json.Decoder(_Head).decode
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 _decode_usage = msgspec.json.Decoder(_Usage).decode
 
 
@@ -121,7 +131,7 @@ class _RetryElsewhere(Exception):
 class _Attempt:
     """One request upstream, as the watchdog sees it."""
 
-    __slots__ = ("abort", "deadline", "node", "started", "task")
+    __slots__ = ("abort", "deadline", "last", "node", "started", "task")
 
     def __init__(self, task: asyncio.Task[object], node: str, deadline: float) -> None:
         self.task = task
@@ -130,6 +140,8 @@ class _Attempt:
         self.deadline = deadline
         #: True once the node's first byte came back.
         self.started = False
+        #: Loop time of the last bytes from the node (set while a stream flows).
+        self.last = 0.0
         #: Why the watchdog gave up on it (set just before it cancels the task).
         self.abort: str | None = None
 
@@ -460,7 +472,11 @@ class Router:
                 if att.abort is not None:
                     continue
                 node = nodes.get(att.node)
-                if node is not None and node.health is Health.DOWN:
+                if (
+                    node is not None
+                    and node.health is Health.DOWN
+                    and (not att.started or now - att.last >= STALLED_STREAM_S)
+                ):
                     att.abort = f"went down ({node.last_error or 'no answer'})"[:300]
                 elif not att.started and now > att.deadline:
                     att.abort = "sent no first byte within the first-byte timeout"
@@ -483,6 +499,7 @@ class Router:
         if chunk is None:
             raise _RetryElsewhere("empty stream")
         att.started = True
+        att.last = _loop_time()
         out.ttft_s = self.clock() - t_send
         if not ex.streaming:
             if up.at_end:
@@ -507,6 +524,7 @@ class Router:
                 await ex.write(chunk)  # raises ConnectionResetError if the client left
                 try:
                     chunk = await up.next_chunk()
+                    att.last = _loop_time()
                 except UpstreamError as e:
                     # Past the first byte there is no retry: end with an explicit error.
                     out.outcome, out.status = "upstream_error", 502

@@ -152,3 +152,31 @@ async def test_a_deferred_load_ends_in_504_at_the_deadline_never_500() -> None:
         assert backend.loads <= 3  # 1 s, then 2 s: at most a handful within the deadline
     finally:
         d.close()
+
+
+async def test_a_stream_still_flowing_from_a_node_marked_down_is_not_cut() -> None:
+    # Polls fail (HTTP 500 to every new request) while the stream in progress flows on:
+    # an overloaded node is marked down, but its good answers are not thrown away.
+    spec = lms("a", ["m1"], parallel=2)
+    spec.decode_tok_per_s = 20.0  # 64-256 tokens: a stream of several seconds
+    async with routed([spec], time_scale=1.0) as (cluster, engine):
+        async with (
+            httpx.AsyncClient(timeout=30.0) as h,
+            h.stream(
+                "POST",
+                f"{engine.router_url}/v1/chat/completions",
+                json={"model": "m1", "messages": MSG, "stream": True},
+            ) as r,
+        ):
+            body = b""
+            down_at: float | None = None
+            async for piece in r.aiter_bytes():
+                body += piece
+                if cluster.node("a").faults.error_rate == 0.0:
+                    cluster.node("a").faults.error_rate = 1.0
+                if down_at is None and engine.store.snapshot.nodes["a"].health is Health.DOWN:
+                    down_at = time.monotonic()
+                if down_at is not None and time.monotonic() - down_at > 3.0:
+                    break  # flowed on well past the stall bound after the node was down
+        assert b"stream_interrupted" not in body
+        assert down_at is not None or body.rstrip().endswith(b"data: [DONE]")
