@@ -205,8 +205,13 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (IPv6 as ``[::1]:4000``); raise ValueError saying what is wrong."""
+def parse_listen(listen: str, *, any_port: bool = False) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (IPv6 as ``[::1]:4000``); raise ValueError saying what is wrong.
+
+    The one parser of listen addresses, for ``[router] listen`` and ``--listen`` alike.
+    ``any_port`` admits port 0 (the OS picks one: tests and benchmarks that read the bound
+    port back); a configured router needs a port its bot can be told.
+    """
     host, sep, port_text = listen.rpartition(":")
     if not sep or not host:
         raise ValueError(
@@ -220,7 +225,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not port_text.isascii() or not port_text.isdigit():
         raise ValueError(f"{listen!r}: port {port_text!r} is not a number")
     port = int(port_text)
-    if not 1 <= port <= 65535:
+    if not (0 if any_port else 1) <= port <= 65535:
         raise ValueError(f"{listen!r}: port {port} is out of range (1-65535)")
     return host, port
 

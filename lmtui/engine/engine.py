@@ -22,6 +22,7 @@ from aiohttp import web
 from lmtui.backends import backend_for
 from lmtui.backends.base import Backend, new_pool, new_session
 from lmtui.config import GB, Config, NodeConfig, Overrides
+from lmtui.config import parse_listen as parse_config_listen
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.health import HealthPolicy
 from lmtui.core.model import Node
@@ -362,10 +363,12 @@ class EngineError(Exception):
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise EngineError(f"listen address {listen!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    """The config's own parser (so ``--listen`` gets the same checks as ``[router]
+    listen``), with port 0 allowed; a bad address is an EngineError (exit status 2)."""
+    try:
+        return parse_config_listen(listen, any_port=True)
+    except ValueError as e:
+        raise EngineError(f"listen address {e}") from None
 
 
 def is_loopback(host: str) -> bool:

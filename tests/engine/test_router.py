@@ -362,6 +362,18 @@ def test_no_keys_means_loopback_only() -> None:
     assert EngineError.exit_code == 2
 
 
+@pytest.mark.parametrize(
+    "listen,why",
+    [("::1:4000", "brackets"), ("127.0.0.1:http", "not a number"), ("4000", "HOST:PORT")],
+)
+def test_listen_from_the_command_line_gets_the_configs_checks(listen: str, why: str) -> None:
+    from lmtui.engine.engine import EngineError, parse_listen
+
+    with pytest.raises(EngineError, match=why):
+        parse_listen(listen)
+    assert parse_listen("[::1]:0") == ("::1", 0)  # port 0: the OS picks one
+
+
 async def test_refuses_a_public_bind_without_api_keys() -> None:
     from lmtui.config import Config
     from lmtui.engine.engine import Engine, EngineError
