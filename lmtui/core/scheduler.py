@@ -58,6 +58,8 @@ class RequestInfo:
     queued: bool = False
     #: Replicas not to use, e.g. the one that just failed this request before its first byte.
     exclude: frozenset[InstanceKey] = frozenset()
+    #: Nodes not to load the model on, e.g. where a load of it failed moments ago.
+    avoid_nodes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,10 +332,12 @@ def schedule(
     if where:
         return Wait(f"{model} is loading on {where}")
 
-    # Not on a node where the load just failed, nor next to a replica that failed this
-    # request (that would make a second instance on the same troubled node).
+    # Not on a node where the load just failed (the instance says so, or the engine does),
+    # nor next to a replica that failed this request (a second instance on the same
+    # troubled node).
     avoid = {i.node for i in instances if i.state is InstanceState.FAILED}
     avoid |= {node for node, _ in request.exclude}
+    avoid |= request.avoid_nodes
     p = place(
         snapshot,
         model,

@@ -162,7 +162,7 @@ class Dispatcher:
     ) -> Lease:
         """Wait for a slot for ``req`` until ``deadline`` (engine clock)."""
         if req.request_id is None:
-            req = RequestInfo(req.model, req.user, f"r{next(self._ids)}", req.queued, req.exclude)
+            req = replace(req, request_id=f"r{next(self._ids)}")
         now = self.clock()
         if self._load_failed:
             req = self._with_exclusions(req, now)
@@ -243,11 +243,11 @@ class Dispatcher:
         """Avoid nodes where a load of this model failed recently (else we retry forever)."""
         model = self.settings.aliases.get(req.model, req.model)
         bad = {
-            (n, f"load-failed:{m}")
+            n
             for (n, m), t in self._load_failed.items()
             if m == model and now - t < LOAD_FAILURE_COOLOFF_S
         }
-        return replace(req, exclude=req.exclude | frozenset(bad)) if bad else req
+        return replace(req, avoid_nodes=req.avoid_nodes | bad) if bad else req
 
     def _grant(self, d: Route, req: RequestInfo, now: float, enqueued_at: float) -> Lease:
         node, model = d.instance_key[0], self.settings.aliases.get(req.model, req.model)

@@ -15,7 +15,7 @@ import pytest
 from _routing import MSG, client, routed
 from test_router import lms
 
-from lmtui.backends.base import Backend, LoadDeferred
+from lmtui.backends.base import Backend, BackendBadResponse, LoadDeferred
 from lmtui.config import ModelConfig, NodeConfig, RouterConfig
 from lmtui.core.model import Health, InstanceObservation, Node, NodeKind, NodeObservation
 from lmtui.core.scheduler import RequestInfo, SchedulerSettings
@@ -180,3 +180,31 @@ async def test_a_stream_still_flowing_from_a_node_marked_down_is_not_cut() -> No
                     break  # flowed on well past the stall bound after the node was down
         assert b"stream_interrupted" not in body
         assert down_at is not None or body.rstrip().endswith(b"data: [DONE]")
+
+
+class Broken(Refusing):
+    """A node whose loads fail for good (a file it cannot read)."""
+
+    async def load(self, model: str, **_kw: object) -> str:
+        self.loads += 1
+        raise BackendBadResponse("failed to load model: bad file")
+
+
+async def test_a_failed_load_sends_the_waiting_request_to_another_node() -> None:
+    from lmtui.core.model import GiB, HostMemory
+
+    def node(name: str, gb: int) -> Node:
+        mem = HostMemory(gb * GiB, gb * GiB, "config")
+        return Node(name, NodeKind.LLAMACPP, f"http://{name}", health=Health.HEALTHY, memory=mem)
+
+    store = Store([node("big", 64), node("n", 16)])  # "big" has the most room: tried first
+    broken, good = Broken(store, 0), Refusing(store, refusals=0)
+    d = Dispatcher(
+        store, {"big": broken, "n": good}, SchedulerSettings(known_models=frozenset({"m"}))
+    )
+    try:
+        lease = await d.acquire(RequestInfo("m", request_id="r1"), deadline=time.time() + 5)
+        assert lease.node == "n" and broken.loads == 1 and good.loads == 1
+        d.release(lease)
+    finally:
+        d.close()

@@ -300,6 +300,17 @@ def test_excluded_replica_is_skipped_on_retry() -> None:
     assert isinstance(d, Route) and d.instance_key[0] == "b"
 
 
+def test_nodes_to_avoid_get_no_load_and_an_instance_key_is_not_a_node() -> None:
+    snap = mk_snap([mk_node("a", 64), mk_node("b", 16)], [])
+    d = schedule(snap, req(avoid_nodes=frozenset({"a"})), settings=BASE, now=NOW)
+    assert isinstance(d, Load) and d.node == "b"
+    # An excluded replica's instance id says nothing about where to load.
+    d = schedule(snap, req(exclude=frozenset({("c", "a")})), settings=BASE, now=NOW)
+    assert isinstance(d, Load) and d.node == "a"
+    d = schedule(snap, req(avoid_nodes=frozenset({"a", "b"})), settings=BASE, now=NOW)
+    assert isinstance(d, Reject) and d.status == 503
+
+
 def test_every_strategy_name_is_accepted_as_a_string() -> None:
     snap = mk_snap([mk_node("a")], [mk_inst("a")])
     for name in ("efficiency", "spread", "replicas"):
