@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from pathlib import Path
 
 import msgspec
@@ -242,6 +243,12 @@ def test_a_started_process_inherits_no_descriptor_of_lmtui_even_under_uvloop() -
 
     pid = uvloop.run(start())
     try:
+        # Until the child has exec'd sleep, the shell may hold descriptors of its own
+        # while it sets up the redirections (dash parks them at fd 10 and up).
+        deadline = time.monotonic() + 5
+        while not Path(f"/proc/{pid}/exe").resolve().name.startswith("sleep"):
+            assert time.monotonic() < deadline, "the child never became sleep"
+            time.sleep(0.01)
         fds = sorted(int(f.name) for f in Path(f"/proc/{pid}/fd").iterdir())
         assert fds == [0, 1, 2]
     finally:
