@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lmtui.core.model import GiB, Instance, InstanceKey, InstanceState, Snapshot
+from lmtui.core.units import fmt_bytes
 
 EvictionPolicy = Literal["lru", "cost"]
 
@@ -64,13 +65,6 @@ class EvictionPlan:
     evict: tuple[InstanceKey, ...]
     frees_bytes: int
     reason: str
-
-
-def fmt_bytes(n: int | None) -> str:
-    """Bytes as a short human figure for reasons and logs: ``"4.5 GiB"``."""
-    if n is None:
-        return "? GiB"
-    return f"{n / GiB:.1f} GiB"
 
 
 def is_pinned(inst: Instance, pinned: frozenset[str] | set[str]) -> bool:

@@ -25,12 +25,12 @@ from types import MappingProxyType
 from lmtui.core.eviction import (
     CostModel,
     EvictionPolicy,
-    fmt_bytes,
     permanent_bytes,
     permanent_count,
     plan_eviction,
 )
 from lmtui.core.model import GiB, Health, InstanceKey, InstanceState, Node, Snapshot
+from lmtui.core.units import fmt_bytes
 
 #: (node name, model) pairs whose load the engine has started and not yet seen finish.
 PendingLoads = frozenset[tuple[str, str]]

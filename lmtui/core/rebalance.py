@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmtui.core.eviction import fmt_bytes
 from lmtui.core.model import Instance, InstanceKey, InstanceState, Snapshot
 from lmtui.core.placement import PendingLoads, Placement, place, stable_seed
 from lmtui.core.scheduler import SchedulerSettings, replica_deficits
+from lmtui.core.units import fmt_bytes
 
 
 @dataclass(frozen=True, slots=True)

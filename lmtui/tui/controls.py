@@ -16,10 +16,10 @@ from textual.app import App
 from textual.binding import Binding
 from textual.widgets import DataTable
 
-from lmtui.core.eviction import fmt_bytes
 from lmtui.core.model import Instance, Node, Snapshot
 from lmtui.core.rebalance import RebalancePlan
 from lmtui.core.scheduler import Strategy
+from lmtui.core.units import fmt_bytes
 from lmtui.engine.client import EngineClient
 from lmtui.engine.control import CommandError
 from lmtui.tui.render import instance_row_key, waiting_row_key

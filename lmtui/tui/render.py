@@ -17,6 +17,7 @@ from rich.text import Text
 
 from lmtui.core.events import Event, Level
 from lmtui.core.model import GiB, Health, Instance, InstanceState, Node, Snapshot
+from lmtui.core.units import fmt_bytes as fmt_bytes  # the one size format, used here
 
 Cells = tuple[Text, ...]
 
@@ -80,18 +81,6 @@ BAR_WIDTH = 10
 def _num(value: str) -> Text:
     """A right-aligned cell, so columns of numbers line up on their last digit."""
     return Text(value, justify="right")
-
-
-def fmt_bytes(n: int | None) -> str:
-    """``4.2 GB`` with one decimal (GiB), ``274 MB`` below 1 GB; ``—`` when unknown.
-
-    Embedding models are often a few hundred MB, which "0.3 GB" would blur.
-    """
-    if n is None:
-        return NONE
-    if n < GiB:
-        return f"{n / 1024**2:.0f} MB"
-    return f"{n / GiB:.1f} GB"
 
 
 def size_cell(inst: Instance) -> str:
