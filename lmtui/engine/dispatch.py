@@ -288,6 +288,8 @@ class Dispatcher:
         self._sync_depth(model)
         try:
             while True:
+                if fut.done():  # granted (or refused) while progress() was being sent
+                    return fut.result()
                 left = deadline - self.clock()
                 if left <= 0:
                     raise QueueTimeout(
@@ -298,12 +300,11 @@ class Dispatcher:
                     async with asyncio.timeout(min(left, PROGRESS_EVERY_S)):
                         return await asyncio.shield(fut)
                 except TimeoutError:
-                    if fut.done():
-                        return fut.result()
-                    if progress is not None:
+                    if progress is not None and not fut.done():
                         await progress(self._progress_text(model, now))
-        except asyncio.CancelledError:
-            # The client went away. If a lease was granted in the same instant, give it back.
+        except BaseException:
+            # The client went away (cancelled, or its progress write failed): a lease
+            # granted meanwhile must go back, or its slot would stay taken for good.
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.release(fut.result())
             raise

@@ -208,3 +208,41 @@ async def test_a_failed_load_sends_the_waiting_request_to_another_node() -> None
         d.release(lease)
     finally:
         d.close()
+
+
+async def test_a_slot_granted_while_progress_is_sent_is_never_leaked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("lmtui.engine.dispatch.PROGRESS_EVERY_S", 0.05)
+    store = Store([Node("n", NodeKind.LLAMACPP, "http://n", health=Health.HEALTHY)])
+    store.apply(NodeObservation("n", time.time(), 0.0, instances=(InstanceObservation("m", "m"),)))
+    d = Dispatcher(store, {}, SchedulerSettings())
+    try:
+        first = await d.acquire(RequestInfo("m", request_id="r1"), deadline=time.time() + 5)
+
+        async def slow_progress(_text: str) -> None:
+            # The slot frees and the deadline passes while this write is under way.
+            d.release(first)
+            await asyncio.sleep(0.4)
+
+        second = await d.acquire(
+            RequestInfo("m", request_id="r2"), deadline=time.time() + 0.2, progress=slow_progress
+        )
+        d.release(second)
+        assert store.snapshot.instances[("n", "m")].in_flight == 0
+
+        # A progress write that fails (the client left) gives a granted slot back too.
+        third = await d.acquire(RequestInfo("m", request_id="r3"), deadline=time.time() + 5)
+
+        async def client_gone(_text: str) -> None:
+            d.release(third)
+            await asyncio.sleep(0)
+            raise ConnectionResetError
+
+        with pytest.raises(ConnectionResetError):
+            await d.acquire(
+                RequestInfo("m", request_id="r4"), deadline=time.time() + 5, progress=client_gone
+            )
+        assert store.snapshot.instances[("n", "m")].in_flight == 0
+    finally:
+        d.close()
