@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from lmtui.engine.engine import Engine
 
 PREFIX = "/lmtui/v1"
+#: Events one event-stream watcher may have waiting to be written.
+PENDING_EVENTS = 2000
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
@@ -161,7 +164,8 @@ class ControlApi:
             }
         )
         await resp.prepare(request)
-        pending: list[Event] = []
+        # Bounded: a watcher that reads slowly loses its oldest events, not lmtui's memory.
+        pending: deque[Event] = deque(maxlen=PENDING_EVENTS)
         wake = asyncio.Event()
 
         def on_change(_snap: object, events: list[Event]) -> None:
@@ -173,7 +177,11 @@ class ControlApi:
         try:
             seen = -1
             while True:
-                batch, pending[:] = list(pending), []
+                # Cleared before the writes: an event that arrives while they are under way
+                # wakes the next round at once instead of waiting for the keep-alive.
+                wake.clear()
+                batch = list(pending)
+                pending.clear()
                 for e in batch:
                     await resp.write(
                         b"event: event\ndata: " + encode(event_to_builtins(e)) + b"\n\n"
@@ -184,7 +192,6 @@ class ControlApi:
                     await resp.write(
                         b"event: snapshot\ndata: " + encode(snapshot_to_builtins(snap)) + b"\n\n"
                     )
-                wake.clear()
                 try:
                     async with asyncio.timeout(15):
                         await wake.wait()
@@ -192,8 +199,8 @@ class ControlApi:
                     await resp.write(b": keep-alive\n\n")
                 # Coalesce bursts: at most ~20 snapshot messages a second per watcher.
                 await asyncio.sleep(0.05)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the watcher left; a cancellation (lmtui stopping) propagates
         finally:
             unsubscribe()
         return resp

@@ -214,3 +214,37 @@ async def test_metrics_endpoint_counts_requests() -> None:
             text = (await h.get(f"{engine.router_url}/metrics")).text
         assert 'lmtui_requests_total{model="m1",node="a",outcome="ok"} 1.0' in text
         assert "lmtui_in_flight" in text
+
+
+async def test_an_event_recorded_while_the_stream_writes_arrives_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An event that lands while the event stream is busy writing (here: while it encodes
+    a snapshot) is sent on the next round, not after the 15 s keep-alive."""
+    import lmtui.engine.control_api as api
+    from lmtui.core.events import Event, EventKind
+
+    async with routed([spec("a", ["m1"])]) as (_cluster, engine):
+        await engine.poller.stop()  # a quiet cluster: nothing else wakes the stream
+        await engine.controller.stop()  # and no pool-manager rounds either
+        real = api.snapshot_to_builtins
+        calls = 0
+
+        def encode_and_record(snap):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                engine.store.record(Event(0.0, EventKind.COMMAND, "during-the-write"))
+            return real(snap)
+
+        monkeypatch.setattr(api, "snapshot_to_builtins", encode_and_record)
+        async with httpx.AsyncClient(timeout=10) as h:
+            url = f"{engine.router_url}/lmtui/v1/events"
+            async with h.stream("GET", url) as r:
+                lines = r.aiter_lines()
+                assert (await anext(lines)).startswith("event: snapshot")
+                engine.store.set_drained("a", True, 0.0)  # a new version: a second round
+                async with asyncio.timeout(3):  # far below the 15 s keep-alive
+                    async for line in lines:
+                        if "during-the-write" in line:
+                            break
