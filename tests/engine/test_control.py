@@ -204,7 +204,9 @@ async def test_read_only_client_refuses_commands() -> None:
         with pytest.raises(CommandError, match="read-only"):
             await c.drain("a")
         plan = await c.rebalance()  # looking at a plan is fine
-        assert plan is not None
+        assert plan.empty and plan.summary().startswith("nothing to do")
+        with pytest.raises(CommandError, match="read-only"):
+            await c.rebalance(apply=True)  # carrying it out is not
 
 
 async def test_metrics_endpoint_counts_requests() -> None:

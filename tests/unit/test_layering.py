@@ -89,7 +89,19 @@ def test_core_imports_nothing_from_other_layers_and_no_io() -> None:
     ],
 )
 def test_layers_import_only_downwards(layer: str, allowed: tuple[str, ...]) -> None:
+    """``tui`` may import everything below it, so the rule for it is that nothing below
+    imports it (``test_nothing_below_imports_the_tui``)."""
     for path in sorted((PKG / layer).rglob("*.py")):
         for mod in imports_of(path):
             if mod.startswith("lmtui."):
                 assert mod.startswith(allowed), f"{path.relative_to(PKG.parent)} imports {mod}"
+
+
+def test_nothing_below_imports_the_tui() -> None:
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG)
+        if rel.parts[0] == "tui" or rel.name in ("cli.py", "__main__.py"):
+            continue
+        for mod in imports_of(path):
+            assert not mod.startswith("lmtui.tui"), f"lmtui/{rel} imports {mod}"
+
