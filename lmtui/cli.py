@@ -190,8 +190,31 @@ async def run_attached(url: str, *, read_only: bool) -> int:
 async def serve(config: Config | None, source: str, listen: str | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_signal() -> None:
+        # The first signal drains (running requests may take up to 10 s to finish); a
+        # second one, from someone who will not wait, cuts the drain short.
+        if not stop.is_set():
+            stop.set()
+            return
+        log.warning("second signal: stopping now, without waiting for running requests")
+        task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        return await _serve(config, source, listen, stop)
+    except asyncio.CancelledError:
+        # Servers of a pool node left running are adopted by the next lmtui.
+        log.info("stopped (forced)")
+        return 130
+
+
+async def _serve(
+    config: Config | None, source: str, listen: str | None, stop: asyncio.Event
+) -> int:
     async with cluster_config(config) as (cfg, demo):
         engine = _engine(cfg, source, _listen(cfg, listen) or cfg.router.listen)
         engine.store.subscribe(_log_events)

@@ -189,3 +189,43 @@ def test_the_demo_keeps_its_pins_and_requests_out_of_the_users_files(
     keep_all = Config(nodes=[node], router=RouterConfig(request_log_days=0))
     log = cli._engine(keep_all, "lmtui.toml", None).request_log
     assert log is not None and log.retention_s is None
+
+
+def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
+    port = free_port()
+    dirs = {"state": str(tmp_path / "state"), "data": str(tmp_path / "data")}
+    serve = lmtui("--serve", "--demo", "--listen", f"127.0.0.1:{port}", **dirs)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        body = {
+            "model": "acme-support-ft-32b",
+            "max_tokens": 2000,
+            "stream": True,
+            "messages": [{"role": "user", "content": "write a long story"}],
+        }
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            next(r.iter_bytes())
+            serve.send_signal(signal.SIGTERM)  # drain: the stream may finish
+            assert serve.stdout is not None
+            seen = []
+            for line in serve.stdout:  # the drain has begun once it says so
+                seen.append(line)
+                if "stopping:" in line:
+                    break
+            serve.send_signal(signal.SIGTERM)  # the operator will not wait
+            out, err = serve.communicate(timeout=45)
+            out = "".join(seen) + out
+        assert serve.returncode == 130, (out, err)
+        assert "stopped (forced)" in out
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(timeout=10)
