@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from lmtui.core.model import GiB, Instance, InstanceKey, InstanceState, Snapshot
 from lmtui.core.units import fmt_bytes
@@ -97,45 +97,42 @@ def eviction_blocker(
     return None
 
 
-def permanent_bytes(
+def permanent_instances(
     snapshot: Snapshot,
     node: str,
     *,
     pinned: frozenset[str] | set[str] = frozenset(),
     priorities: Mapping[str, str] | None = None,
     requester_priority: str = "normal",
-) -> int:
-    """Bytes on ``node`` that no amount of waiting will free for this requester.
+) -> list[Instance]:
+    """Instances on ``node`` that no amount of waiting will remove for this requester.
 
     Busy and young instances free up eventually; pinned and higher-priority ones never do.
-    The scheduler uses this to tell "wait for memory" from "this can never fit here".
+    The scheduler uses this to tell "wait for room" from "this can never fit here".
     """
-    total = 0
-    for inst in snapshot.instances_on(node):
-        prio = (priorities or {}).get(inst.model, "normal")
-        higher = PRIORITY_RANK.get(prio, 1) > PRIORITY_RANK.get(requester_priority, 1)
-        if is_pinned(inst, pinned) or higher:
-            total += inst.size_bytes or 0
-    return total
+    rank = PRIORITY_RANK.get(requester_priority, 1)
+    return [
+        inst
+        for inst in snapshot.instances_on(node)
+        if is_pinned(inst, pinned)
+        or PRIORITY_RANK.get((priorities or {}).get(inst.model, "normal"), 1) > rank
+    ]
 
 
-def permanent_count(
-    snapshot: Snapshot,
-    node: str,
-    *,
-    pinned: frozenset[str] | set[str] = frozenset(),
-    priorities: Mapping[str, str] | None = None,
-    requester_priority: str = "normal",
-) -> int:
-    """Instances on ``node`` that no amount of waiting will remove for this requester
-    (pinned or of a higher priority): the count counterpart of :func:`permanent_bytes`."""
-    total = 0
-    for inst in snapshot.instances_on(node):
-        prio = (priorities or {}).get(inst.model, "normal")
-        higher = PRIORITY_RANK.get(prio, 1) > PRIORITY_RANK.get(requester_priority, 1)
-        if inst.state is not InstanceState.FAILED and (is_pinned(inst, pinned) or higher):
-            total += 1
-    return total
+def permanent_bytes(snapshot: Snapshot, node: str, **kw: Any) -> int:
+    """Bytes of :func:`permanent_instances` (memory that never frees for this requester)."""
+    return sum(i.size_bytes or 0 for i in permanent_instances(snapshot, node, **kw))
+
+
+def holds_place(inst: Instance) -> bool:
+    """Does ``inst`` count against its node's instance limit? Loading, loaded and unloading
+    ones do (the server counts a process until it is gone); a failed one has exited."""
+    return inst.state is not InstanceState.FAILED
+
+
+def permanent_count(snapshot: Snapshot, node: str, **kw: Any) -> int:
+    """Places under an instance limit that :func:`permanent_instances` hold for good."""
+    return sum(1 for i in permanent_instances(snapshot, node, **kw) if holds_place(i))
 
 
 def _last_activity(inst: Instance) -> float:

@@ -25,8 +25,8 @@ from types import MappingProxyType
 from lmtui.core.eviction import (
     CostModel,
     EvictionPolicy,
-    permanent_bytes,
-    permanent_count,
+    holds_place,
+    permanent_instances,
     plan_eviction,
 )
 from lmtui.core.model import GiB, Health, InstanceKey, InstanceState, Node, Snapshot
@@ -130,11 +130,6 @@ def free_bytes(
     return n.budget_bytes - used
 
 
-#: Instance states that hold one of a node's places under its instance limit. An unloading
-#: instance still does: the server counts it until its process is gone.
-_RESIDENT = frozenset({InstanceState.LOADED, InstanceState.LOADING, InstanceState.UNLOADING})
-
-
 def places_needed(snapshot: Snapshot, node: str, pending_loads: PendingLoads = frozenset()) -> int:
     """Instances to remove from ``node`` before one more load fits under its instance
     limit (0 when it has no limit or a place is free). Loads pending there count, so two
@@ -142,7 +137,7 @@ def places_needed(snapshot: Snapshot, node: str, pending_loads: PendingLoads = f
     n = snapshot.nodes.get(node)
     if n is None or n.max_instances is None:
         return 0
-    resident = [i for i in snapshot.instances_on(node) if i.state in _RESIDENT]
+    resident = [i for i in snapshot.instances_on(node) if holds_place(i)]
     present = {i.model for i in resident}
     pending = sum(1 for pnode, pmodel in pending_loads if pnode == node and pmodel not in present)
     return max(0, len(resident) + pending + 1 - n.max_instances)
@@ -227,26 +222,18 @@ def place(
         budget = n.budget_bytes
         if (free is None or budget is None) and need_places == 0:
             continue  # unknown memory was accepted in the loop above
-        if budget is not None:
-            stuck = permanent_bytes(
-                snapshot,
-                n.name,
-                pinned=pool.pinned,
-                priorities=pool.priorities,
-                requester_priority=requester,
-            )
-            if fp > budget - stuck:
-                continue  # pinned / higher-priority models leave too little, forever
-        if n.max_instances is not None:
-            stuck_n = permanent_count(
-                snapshot,
-                n.name,
-                pinned=pool.pinned,
-                priorities=pool.priorities,
-                requester_priority=requester,
-            )
-            if stuck_n + 1 > n.max_instances:
-                continue  # pinned / higher-priority models hold every place, forever
+        stuck = permanent_instances(
+            snapshot,
+            n.name,
+            pinned=pool.pinned,
+            priorities=pool.priorities,
+            requester_priority=requester,
+        )
+        if budget is not None and fp > budget - sum(i.size_bytes or 0 for i in stuck):
+            continue  # pinned / higher-priority models leave too little, forever
+        held = sum(1 for i in stuck if holds_place(i))
+        if n.max_instances is not None and held + 1 > n.max_instances:
+            continue  # pinned / higher-priority models hold every place, forever
         may_fit_later = True
         if not allow_eviction:
             continue
