@@ -108,6 +108,11 @@ class Backend:
     async def unload(self, model: str, instance_id: str) -> None:
         raise NotSupported(f"{self.kind} nodes cannot unload models")
 
+    async def processes(self) -> list[dict[str, Any]]:
+        """The server processes lmtui runs on this node, with their last log lines.
+        Raises NotSupported unless the kind starts servers itself (``llamacpp-pool``)."""
+        raise NotSupported(f"{self.kind} nodes run no processes of lmtui's")
+
     async def aclose(self) -> None:
         """Release resources the backend holds of its own (the shared client is not closed)."""
 

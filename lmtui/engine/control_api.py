@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
-from lmtui.backends.base import BackendError
+from lmtui.backends.base import BackendError, NotSupported
 from lmtui.core.events import Event
 from lmtui.engine.codec import encode, event_to_builtins, plan_to_builtins, snapshot_to_builtins
 from lmtui.engine.control import CommandError
@@ -137,13 +137,10 @@ class ControlApi:
         backend = self.engine.backends.get(name)
         if backend is None:
             return error_response(404, f"no node {name[:100]!r}", "invalid_request_error")
-        listing = getattr(backend, "processes", None)
-        if listing is None:
-            return error_response(
-                404, f"node {name!r} runs no processes of lmtui's", "invalid_request_error"
-            )
         try:
-            procs = await listing()
+            procs = await backend.processes()
+        except NotSupported as e:
+            return error_response(404, f"{name}: {e}", "invalid_request_error")
         except BackendError as e:
             return error_response(502, f"{name}: {e}", "server_error")
         return web.Response(
