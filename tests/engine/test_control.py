@@ -255,4 +255,4 @@ async def test_an_event_recorded_while_the_stream_writes_arrives_at_once(
 async def test_only_a_pool_node_lists_processes() -> None:
     async with routed([spec("a", ["m1"])]) as (_cluster, engine), httpx.AsyncClient() as h:
         r = await h.get(f"{engine.router_url}/lmtui/v1/nodes/a/processes")
-        assert r.status_code == 404 and "runs no processes" in r.json()["error"]["message"]
+        assert r.status_code == 404 and "run no processes" in r.json()["error"]["message"]
