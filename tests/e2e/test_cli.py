@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -136,7 +138,10 @@ def test_contradictory_flags_are_refused(args: list[str]) -> None:
     assert p.returncode == 2 and "--connect" in p.stderr
 
 
-def test_serve_demo_stops_on_sigterm_with_requests_running(tmp_path: Path) -> None:
+@contextmanager
+def demo_serving_a_long_stream(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """``lmtui --serve --demo`` with a long generation streaming from its old serial node,
+    so something is running when the test stops it; killed at the end if still alive."""
     port = free_port()
     dirs = {"state": str(tmp_path / "state"), "data": str(tmp_path / "data")}
     serve = lmtui("--serve", "--demo", "--listen", f"127.0.0.1:{port}", **dirs)
@@ -149,7 +154,6 @@ def test_serve_demo_stops_on_sigterm_with_requests_running(tmp_path: Path) -> No
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        # A long generation on the old serial node, so something is running at shutdown.
         body = {
             "model": "acme-support-ft-32b",
             "max_tokens": 2000,
@@ -159,15 +163,20 @@ def test_serve_demo_stops_on_sigterm_with_requests_running(tmp_path: Path) -> No
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
             assert r.status_code == 200
             next(r.iter_bytes())
-            serve.send_signal(signal.SIGTERM)
-            # Bounded drain: the process must end by itself, not hang on running requests.
-            out, err = serve.communicate(timeout=45)
-        assert serve.returncode == 0, err
-        assert "stopped" in out
+            yield serve
     finally:
         if serve.poll() is None:
             serve.kill()
             serve.wait(timeout=10)
+
+
+def test_serve_demo_stops_on_sigterm_with_requests_running(tmp_path: Path) -> None:
+    with demo_serving_a_long_stream(tmp_path) as serve:
+        serve.send_signal(signal.SIGTERM)
+        # Bounded drain: the process must end by itself, not hang on running requests.
+        out, err = serve.communicate(timeout=45)
+    assert serve.returncode == 0, err
+    assert "stopped" in out
 
 
 def test_the_demo_keeps_its_pins_and_requests_out_of_the_users_files(
@@ -192,40 +201,16 @@ def test_the_demo_keeps_its_pins_and_requests_out_of_the_users_files(
 
 
 def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
-    port = free_port()
-    dirs = {"state": str(tmp_path / "state"), "data": str(tmp_path / "data")}
-    serve = lmtui("--serve", "--demo", "--listen", f"127.0.0.1:{port}", **dirs)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        body = {
-            "model": "acme-support-ft-32b",
-            "max_tokens": 2000,
-            "stream": True,
-            "messages": [{"role": "user", "content": "write a long story"}],
-        }
-        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
-            assert r.status_code == 200
-            next(r.iter_bytes())
-            serve.send_signal(signal.SIGTERM)  # drain: the stream may finish
-            assert serve.stdout is not None
-            seen = []
-            for line in serve.stdout:  # the drain has begun once it says so
-                seen.append(line)
-                if "stopping:" in line:
-                    break
-            serve.send_signal(signal.SIGTERM)  # the operator will not wait
-            out, err = serve.communicate(timeout=45)
-            out = "".join(seen) + out
-        assert serve.returncode == 130, (out, err)
-        assert "stopped (forced)" in out
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait(timeout=10)
+    with demo_serving_a_long_stream(tmp_path) as serve:
+        serve.send_signal(signal.SIGTERM)  # drain: the stream may finish
+        assert serve.stdout is not None
+        seen = []
+        for line in serve.stdout:  # the drain has begun once it says so
+            seen.append(line)
+            if "stopping:" in line:
+                break
+        serve.send_signal(signal.SIGTERM)  # the operator will not wait
+        out, err = serve.communicate(timeout=45)
+        out = "".join(seen) + out
+    assert serve.returncode == 130, (out, err)
+    assert "stopped (forced)" in out
