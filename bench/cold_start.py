@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -154,10 +156,11 @@ async def pool_direct(
     return ready, first
 
 
-def count_requests(node: str) -> Counter[str]:
+@contextmanager
+def count_requests(node: str) -> Iterator[Counter[str]]:
     """Count every HTTP request lmtui's adapters send for ``node`` (polls and commands; a
     pool node's per-server readers share its name), by patching the one request method
-    every adapter goes through."""
+    every adapter goes through, for the duration of the block."""
     from lmtui.backends.base import Backend
 
     seen: Counter[str] = Counter()
@@ -169,7 +172,10 @@ def count_requests(node: str) -> Counter[str]:
         return await original(self, method, path, **kw)
 
     Backend.request = counted  # type: ignore[method-assign]
-    return seen
+    try:
+        yield seen
+    finally:
+        Backend.request = original  # type: ignore[method-assign]
 
 
 async def unload_all(engine: Engine) -> None:
@@ -188,18 +194,29 @@ async def through_lmtui(
     cfg: Config, node: str, runs: int, unloaded: str
 ) -> tuple[list[float], list[dict[str, int]]]:
     """Cold TTFT through lmtui, alternating models, and the upstream requests of each."""
-    cold, counts = [], []
-    async with Engine(cfg, listen="127.0.0.1:0") as engine, httpx.AsyncClient(timeout=300) as c:
+    async with (
+        Engine(cfg, listen="127.0.0.1:0") as engine,
+        httpx.AsyncClient(timeout=300) as c,
+    ):
         assert engine.router_url is not None
-        seen = count_requests(node)
-        model = unloaded
-        for _ in range(runs):
-            await unload_all(engine)  # a cold start with nothing to evict, as the baseline
-            await asyncio.sleep(1.5)  # let a poll or two land: a steady state to start from
-            seen.clear()
-            cold.append(await first_token(c, engine.router_url, model))
-            counts.append(dict(seen))
-            model = MODELS[1] if model == MODELS[0] else MODELS[0]
+        with count_requests(node) as seen:
+            cold, counts = await _cold_runs(engine, c, runs, unloaded, seen)
+    return cold, counts
+
+
+async def _cold_runs(
+    engine: Engine, c: httpx.AsyncClient, runs: int, unloaded: str, seen: Counter[str]
+) -> tuple[list[float], list[dict[str, int]]]:
+    assert engine.router_url is not None
+    cold, counts = [], []
+    model = unloaded
+    for _ in range(runs):
+        await unload_all(engine)  # a cold start with nothing to evict, as the baseline
+        await asyncio.sleep(1.5)  # let a poll or two land: a steady state to start from
+        seen.clear()
+        cold.append(await first_token(c, engine.router_url, model))
+        counts.append(dict(seen))
+        model = MODELS[1] if model == MODELS[0] else MODELS[0]
     return cold, counts
 
 
