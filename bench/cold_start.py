@@ -47,6 +47,7 @@ from llama import LlamaBuild, LlamaServer, find_build, free_port, models_dir  # 
 
 from lmtui.config import Config, NodeConfig, PoolConfig, RouterConfig  # noqa: E402
 from lmtui.core.model import NodeKind  # noqa: E402
+from lmtui.engine.commands import Unload  # noqa: E402
 from lmtui.engine.engine import Engine  # noqa: E402
 
 MODELS = ("alpha", "beta")
@@ -181,7 +182,9 @@ def count_requests(node: str) -> Iterator[Counter[str]]:
 async def unload_all(engine: Engine) -> None:
     """Unload every model lmtui sees (not timed), and wait until the node says so."""
     for inst in list(engine.store.snapshot.instances.values()):
-        await engine.controller.unload(inst.node, inst.instance_id, force=True)
+        await engine.controller.execute(
+            Unload(node=inst.node, instance_id=inst.instance_id, force=True)
+        )
     deadline = time.perf_counter() + 60
     while engine.store.snapshot.instances:
         if time.perf_counter() > deadline:

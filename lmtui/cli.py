@@ -25,7 +25,7 @@ from lmtui import __version__
 from lmtui.config import Config, ConfigError, load_config
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.engine.client import HttpEngineClient, InProcessClient
-from lmtui.engine.control import CommandError
+from lmtui.engine.commands import CommandError
 from lmtui.engine.engine import Engine, EngineError
 from lmtui.engine.reqlog import default_path as default_log_path
 from lmtui.paths import find_config, overrides_path, state_dir

@@ -29,6 +29,9 @@ class PlanStep:
     bytes: int = 0
     #: The instance an unload step removes.
     instance_id: str | None = None
+    #: Why, as a short fixed code for metrics: ``pinned`` and ``min_replicas`` (loads),
+    #: ``make_room`` and ``idle_ttl`` (unloads).
+    code: str = ""
 
     @property
     def key(self) -> InstanceKey | None:
@@ -79,7 +82,12 @@ def plan_rebalance(
     removed: set[InstanceKey] = set()
 
     def add_load(
-        node: str, model: str, evict: tuple[InstanceKey, ...], footprint: int, reason: str
+        node: str,
+        model: str,
+        evict: tuple[InstanceKey, ...],
+        footprint: int,
+        reason: str,
+        code: str,
     ) -> None:
         for key in evict:
             inst = snapshot.instances[key]
@@ -92,9 +100,10 @@ def plan_rebalance(
                     f"make room for {model}",
                     inst.size_bytes or 0,
                     inst.instance_id,
+                    "make_room",
                 )
             )
-        steps.append(PlanStep("load", node, model, reason, footprint))
+        steps.append(PlanStep("load", node, model, reason, footprint, code=code))
         planned.add((node, model))
 
     for model in sorted(pool.pinned):
@@ -115,11 +124,19 @@ def plan_rebalance(
                 p.evict,
                 p.footprint_bytes,
                 f"{model} is pinned but loaded nowhere; {p.reason}",
+                "pinned",
             )
 
     for load in replica_deficits(snapshot, settings, now, frozenset(planned)):
         if (load.node, load.model) not in planned:
-            add_load(load.node, load.model, load.evict, load.footprint_bytes, load.reason)
+            add_load(
+                load.node,
+                load.model,
+                load.evict,
+                load.footprint_bytes,
+                load.reason,
+                "min_replicas",
+            )
 
     if idle_ttl_s > 0:
         for inst in sorted(snapshot.instances.values(), key=lambda i: i.key):
@@ -148,6 +165,7 @@ def plan_rebalance(
                     f"idle {now - last:.0f}s (TTL {ttl:.0f}s)",
                     inst.size_bytes or 0,
                     inst.instance_id,
+                    "idle_ttl",
                 )
             )
 

@@ -71,6 +71,9 @@ class Load:
     evict: tuple[InstanceKey, ...]
     reason: str
     footprint_bytes: int = 0
+    #: Who asked, as a short fixed code for metrics: ``on_demand`` (a request needs it),
+    #: ``replica`` (a busy model spreads), ``min_replicas``, ``pinned``, ``operator``.
+    origin: str = "on_demand"
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +234,7 @@ def _extra_replica(
         p.evict,
         f"add a replica of {model} on {p.node}: {why}; {p.reason}",
         p.footprint_bytes,
+        "replica",
     )
 
 
@@ -391,7 +395,7 @@ def replica_deficits(
         )
         if isinstance(p, Placement):
             reason = f"{model} has {count} of at least {want} replicas; {p.reason}"
-            loads.append(Load(p.node, model, p.evict, reason, p.footprint_bytes))
+            loads.append(Load(p.node, model, p.evict, reason, p.footprint_bytes, "min_replicas"))
             # Later models see this load's memory as taken.
             pending_loads = pending_loads | {(p.node, model)}
     return tuple(loads)

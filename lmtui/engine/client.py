@@ -6,6 +6,8 @@ Two implementations speak the same commands:
 - ``HttpEngineClient``: the UI attaches to a remote ``lmtui --serve`` over its control API
   (``lmtui --connect URL``), following ``GET /lmtui/v1/events``.
 
+Both send the command structs of ``commands.py`` through one ``execute``, which refuses a
+write when the client is read-only; the typed helpers below only build a struct and call it.
 Commands raise ``CommandError`` with the engine's reason when they cannot be carried out.
 """
 
@@ -24,8 +26,9 @@ import httpx
 from lmtui.core.events import Event
 from lmtui.core.model import Snapshot
 from lmtui.core.rebalance import RebalancePlan
+from lmtui.engine import commands as cmd
 from lmtui.engine.codec import event_from_builtins, plan_from_builtins, snapshot_from_builtins
-from lmtui.engine.control import CommandError
+from lmtui.engine.commands import CommandError, Result, check_writable, to_body
 from lmtui.engine.engine import Engine
 
 
@@ -60,30 +63,43 @@ class EngineClient(abc.ABC):
     async def strategy(self) -> str:
         """The routing strategy in force."""
 
-    @abc.abstractmethod
-    async def load(self, model: str, node: str | None = None) -> str: ...
+    async def execute(self, command: cmd.Command) -> Result:
+        """Carry out ``command`` on the engine (refused if it writes and this client is
+        read-only)."""
+        check_writable(command, read_only=self.read_only)
+        return await self._send(command)
 
     @abc.abstractmethod
-    async def unload(self, node: str, instance_id: str, *, force: bool = False) -> str: ...
+    async def _send(self, command: cmd.Command) -> Result:
+        """Deliver a command to the engine and return what it did."""
 
-    @abc.abstractmethod
-    async def evict(self, node: str, instance_id: str) -> str: ...
+    # Typed helpers: each builds one struct. A new command needs none of these.
 
-    @abc.abstractmethod
-    async def pin(self, model: str, pinned: bool = True) -> str: ...
+    async def load(self, model: str, node: str | None = None) -> str:
+        return (await self.execute(cmd.Load(model=model, node=node))).message
 
-    @abc.abstractmethod
-    async def drain(self, node: str, drained: bool = True) -> str: ...
+    async def unload(self, node: str, instance_id: str, *, force: bool = False) -> str:
+        command = cmd.Unload(node=node, instance_id=instance_id, force=force)
+        return (await self.execute(command)).message
 
-    @abc.abstractmethod
-    async def set_strategy(self, name: str) -> str: ...
+    async def evict(self, node: str, instance_id: str) -> str:
+        return (await self.execute(cmd.Evict(node=node, instance_id=instance_id))).message
 
-    @abc.abstractmethod
-    async def rebalance(self, *, apply: bool = False) -> RebalancePlan: ...
+    async def pin(self, model: str, pinned: bool = True) -> str:
+        command = cmd.Pin(model=model) if pinned else cmd.Unpin(model=model)
+        return (await self.execute(command)).message
 
-    def _check_writable(self) -> None:
-        if self.read_only:
-            raise CommandError("lmtui is read-only (--read-only)", 403)
+    async def drain(self, node: str, drained: bool = True) -> str:
+        command = cmd.Drain(node=node) if drained else cmd.Undrain(node=node)
+        return (await self.execute(command)).message
+
+    async def set_strategy(self, name: str) -> str:
+        return (await self.execute(cmd.SetStrategy(strategy=name))).message
+
+    async def rebalance(self, *, apply: bool = False) -> RebalancePlan:
+        plan = (await self.execute(cmd.Rebalance(apply=apply))).plan
+        assert plan is not None  # a rebalance always answers with its plan
+        return plan
 
 
 class InProcessClient(EngineClient):
@@ -109,37 +125,10 @@ class InProcessClient(EngineClient):
             unsubscribe()
 
     async def strategy(self) -> str:
-        d = self.engine.dispatcher
-        return d.strategy.value if d is not None else self.engine.strategy.value
+        return self.engine.controller.state.strategy.value
 
-    async def load(self, model: str, node: str | None = None) -> str:
-        self._check_writable()
-        return await self.engine.controller.load(model, node)
-
-    async def unload(self, node: str, instance_id: str, *, force: bool = False) -> str:
-        self._check_writable()
-        return await self.engine.controller.unload(node, instance_id, force=force)
-
-    async def evict(self, node: str, instance_id: str) -> str:
-        self._check_writable()
-        return await self.engine.controller.evict(node, instance_id)
-
-    async def pin(self, model: str, pinned: bool = True) -> str:
-        self._check_writable()
-        return await self.engine.controller.pin(model, pinned)
-
-    async def drain(self, node: str, drained: bool = True) -> str:
-        self._check_writable()
-        return await self.engine.controller.drain(node, drained)
-
-    async def set_strategy(self, name: str) -> str:
-        self._check_writable()
-        return await self.engine.controller.set_strategy(name)
-
-    async def rebalance(self, *, apply: bool = False) -> RebalancePlan:
-        if apply:
-            self._check_writable()
-        return await self.engine.controller.rebalance(apply=apply)
+    async def _send(self, command: cmd.Command) -> Result:
+        return await self.engine.controller.execute(command)
 
 
 class HttpEngineClient(EngineClient):
@@ -216,40 +205,17 @@ class HttpEngineClient(EngineClient):
             raise CommandError(msg or f"HTTP {r.status_code}", r.status_code)
         return data
 
-    async def _command(self, name: str, body: dict[str, Any]) -> str:
-        self._check_writable()
-        return str((await self._call("POST", name, body)).get("message", ""))
-
     async def strategy(self) -> str:
         with contextlib.suppress(CommandError):
             self._strategy = (await self._call("GET", "state")).get("strategy") or ""
         return self._strategy
 
-    async def load(self, model: str, node: str | None = None) -> str:
-        return await self._command("load", {"model": model, "node": node})
-
-    async def unload(self, node: str, instance_id: str, *, force: bool = False) -> str:
-        return await self._command(
-            "unload", {"node": node, "instance_id": instance_id, "force": force}
+    async def _send(self, command: cmd.Command) -> Result:
+        data = await self._call("POST", command.name, to_body(command))
+        plan = data.get("plan")
+        return Result(
+            str(data.get("message", "")), plan_from_builtins(plan) if plan is not None else None
         )
-
-    async def evict(self, node: str, instance_id: str) -> str:
-        return await self._command("evict", {"node": node, "instance_id": instance_id})
-
-    async def pin(self, model: str, pinned: bool = True) -> str:
-        return await self._command("pin" if pinned else "unpin", {"model": model})
-
-    async def drain(self, node: str, drained: bool = True) -> str:
-        return await self._command("drain" if drained else "undrain", {"node": node})
-
-    async def set_strategy(self, name: str) -> str:
-        return await self._command("strategy", {"strategy": name})
-
-    async def rebalance(self, *, apply: bool = False) -> RebalancePlan:
-        if apply:
-            self._check_writable()
-        data = await self._call("POST", "rebalance", {"apply": apply})
-        return plan_from_builtins(data["plan"])
 
 
 __all__ = ["EngineClient", "HttpEngineClient", "InProcessClient", "Update"]

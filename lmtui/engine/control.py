@@ -1,8 +1,11 @@
-"""Operator commands: load, unload, evict, pin, drain, strategy, rebalance — and the pool manager.
+"""Operator commands, carried out — and the pool manager.
 
-The UI (through ``EngineClient``) and the control API call these; each checks what it is
-asked against the current snapshot, records an event with its reason, and persists run-time
-choices (pins, strategy, drained nodes) to the overrides file — never to the user's config.
+``Controller.execute`` takes one of the command structs of ``commands.py`` (the UI sends
+them through ``EngineClient``, the control API decodes them from JSON), checks it against
+the current snapshot, records an event with its reason, and changes the run-time state
+(``RunState``: pins, strategy, drained nodes), which it owns. Each change is pushed to the
+components that act on it — the dispatcher's settings and strategy, the store's pins and
+drained flags — and saved to the overrides file, never to the user's config.
 
 The pool manager is the same planner on a timer: it reloads pinned models that disappeared,
 keeps ``min_replicas``, and unloads models idle past ``[pool] idle_ttl``.
@@ -12,51 +15,77 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
-from pathlib import Path
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
 
 from lmtui.backends.base import BackendError
-from lmtui.config import Overrides
+from lmtui.config import Config
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.model import Instance, InstanceKey
 from lmtui.core.placement import Placement, place, stable_seed
 from lmtui.core.rebalance import RebalancePlan, plan_rebalance
-from lmtui.core.scheduler import Load, SchedulerSettings, Strategy
+from lmtui.core.scheduler import Load, Strategy
+from lmtui.engine import commands as cmd
+from lmtui.engine.commands import CommandError, Result
+from lmtui.engine.dispatch import Dispatcher
+from lmtui.engine.poller import Poller
+from lmtui.engine.runtime import RunState, with_no_load_nodes
 from lmtui.engine.settings import no_load_nodes
-from lmtui.overrides import save_overrides
-
-if TYPE_CHECKING:
-    from lmtui.engine.dispatch import Dispatcher
-    from lmtui.engine.engine import Engine
+from lmtui.engine.store import Store
 
 log = logging.getLogger(__name__)
 
 
-class CommandError(Exception):
-    """A command that cannot be carried out; ``status`` is its HTTP status in the API."""
-
-    def __init__(self, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
 class Controller:
-    def __init__(self, engine: Engine, overrides: Overrides, overrides_path: Path | None) -> None:
-        self.engine = engine
-        self.overrides = overrides
-        self.overrides_path = overrides_path
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        poller: Poller,
+        config: Config,
+        state: RunState,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.poller = poller
+        self.config = config
+        #: The run-time choices; this controller is the only one that changes them.
+        self.state = state
+        self.clock = clock
         self._task: asyncio.Task[None] | None = None
 
-    # -- helpers ----------------------------------------------------------------------------
+    # -- the one entry point ------------------------------------------------------------------
 
-    @property
-    def _dispatcher(self) -> Dispatcher:
-        d = self.engine.dispatcher
-        if d is None:
-            raise CommandError("the engine is not running", 503)
-        return d
+    async def execute(self, command: cmd.Command) -> Result:
+        """Carry out ``command``; raises CommandError with the reason when it cannot be."""
+        cmd.validate(command)
+        match command:
+            case cmd.Load(model=model, node=node):
+                return Result(self._load(self.config.resolve_model(model), node))
+            case cmd.Unload(node=node, instance_id=iid, force=force):
+                return Result(await self._unload_command(node, iid, force=force))
+            case cmd.Evict(node=node, instance_id=iid):
+                return Result(await self._evict(node, iid))
+            case cmd.Pin(model=model):
+                return Result(self._pin(self.config.resolve_model(model), True))
+            case cmd.Unpin(model=model):
+                return Result(self._pin(self.config.resolve_model(model), False))
+            case cmd.Drain(node=node):
+                self._drain(node, True)
+                return Result(f"{node} drained: no new requests")
+            case cmd.Undrain(node=node):
+                self._drain(node, False)
+                return Result(f"{node} back in rotation")
+            case cmd.SetStrategy(strategy=name):
+                return Result(self._set_strategy(name))
+            case cmd.Rebalance(apply=apply):
+                plan = await self.rebalance(apply=apply)
+                return Result(plan.summary(), plan)
+        raise CommandError(f"unknown command {type(command).__name__}", 400)
+
+    # -- helpers ------------------------------------------------------------------------------
 
     def _event(
         self,
@@ -67,38 +96,39 @@ class Controller:
         kind: EventKind = EventKind.COMMAND,
         level: Level = Level.INFO,
     ) -> None:
-        self.engine.store.record(
-            Event(self.engine.clock(), kind, message, node=node, model=model, level=level)
-        )
+        self.store.record(Event(self.clock(), kind, message, node=node, model=model, level=level))
 
     def _node(self, name: str) -> None:
-        if name not in self.engine.store.snapshot.nodes:
+        if name not in self.store.snapshot.nodes:
             raise CommandError(f"no node named {name!r}", 404)
 
     def _instance(self, node: str, instance_id: str) -> Instance:
-        inst = self.engine.store.snapshot.instances.get((node, instance_id))
+        inst = self.store.snapshot.instances.get((node, instance_id))
         if inst is None:
             raise CommandError(f"no instance {instance_id!r} on node {node!r}", 404)
         return inst
 
-    def _save(self) -> None:
-        if self.overrides_path is None:
-            return
+    def _changed(self) -> None:
+        """The run-time state changed: push what derives from it, then save it."""
+        d = self.dispatcher
+        d.settings = self.state.scheduler_settings(d.settings.pool.no_load_nodes)
+        d.strategy = self.state.strategy
+        if self.store.ctx.pinned != self.state.pinned:
+            self.store.set_pinned(self.state.pinned, self.clock())
         try:
-            save_overrides(self.overrides_path, self.overrides)
+            self.state.save()
         except OSError as e:  # the command took effect; only its persistence failed
             self._event(
-                f"could not save overrides to {self.overrides_path}: {e}",
+                f"could not save overrides to {self.state.path}: {e}",
                 level=Level.ERROR,
                 kind=EventKind.ERROR,
             )
 
-    # -- commands ---------------------------------------------------------------------------
+    # -- commands -----------------------------------------------------------------------------
 
-    async def load(self, model: str, node: str | None = None) -> str:
-        d = self._dispatcher
-        model = self.engine.resolve_model(model)
-        snap = self.engine.store.snapshot
+    def _load(self, model: str, node: str | None) -> str:
+        d = self.dispatcher
+        snap = self.store.snapshot
         if node is not None:
             self._node(node)
             if any(i.node == node for i in snap.instances_of(model)):
@@ -109,7 +139,7 @@ class Controller:
         plan = place(
             snap,
             model,
-            self.engine.clock(),
+            self.clock(),
             d.settings.pool,
             pending_loads=d.pending_loads,
             exclude=exclude,
@@ -119,12 +149,17 @@ class Controller:
             raise CommandError(f"cannot load {model}: {plan.reason}")
         d.start_load(
             Load(
-                plan.node, model, plan.evict, f"operator asked; {plan.reason}", plan.footprint_bytes
+                plan.node,
+                model,
+                plan.evict,
+                f"operator asked; {plan.reason}",
+                plan.footprint_bytes,
+                "operator",
             )
         )
         return f"loading {model} on {plan.node}"
 
-    async def unload(self, node: str, instance_id: str, *, force: bool = False) -> str:
+    async def _unload_command(self, node: str, instance_id: str, *, force: bool) -> str:
         inst = self._instance(node, instance_id)
         if inst.in_flight and not force:
             raise CommandError(
@@ -134,59 +169,58 @@ class Controller:
         await self._unload(inst.key, f"operator unloaded {inst.model} from {node}")
         return f"unloaded {inst.model} from {node}"
 
-    async def evict(self, node: str, instance_id: str) -> str:
+    async def _evict(self, node: str, instance_id: str) -> str:
         inst = self._instance(node, instance_id)
         if inst.pinned:
             raise CommandError(f"{inst.model} is pinned; unpin it first")
         if inst.busy:
             raise CommandError(f"{inst.model} on {node} is busy; evict only takes idle models")
-        await self._unload(inst.key, f"operator evicted {inst.model} from {node}")
+        await self._unload(
+            inst.key, f"operator evicted {inst.model} from {node}", eviction="operator"
+        )
         return f"evicted {inst.model} from {node}"
 
-    async def _unload(self, key: InstanceKey, reason: str) -> None:
-        inst = self.engine.store.snapshot.instances[key]
+    async def _unload(self, key: InstanceKey, reason: str, *, eviction: str | None = None) -> None:
+        inst = self.store.snapshot.instances[key]
         try:
-            await self._dispatcher.unload_instance(key, reason, kind=EventKind.UNLOAD)
+            await self.dispatcher.unload_instance(
+                key, reason, kind=EventKind.UNLOAD, eviction=eviction
+            )
         except BackendError as e:
             raise CommandError(f"unloading {inst.model} from {inst.node} failed: {e}", 502) from e
-        await self.engine.poller.poll_once(inst.node)
+        await self.poller.poll_once(inst.node)
 
-    async def pin(self, model: str, pinned: bool = True) -> str:
-        model = self.engine.resolve_model(model)
-        config_pinned = any(m.name == model and m.pinned for m in self.engine.config.models)
-        self.overrides = self.overrides.set_pinned(model, pinned, config_pinned=config_pinned)
-        self._save()
-        self.engine.apply_pins(self.engine.config.apply_overrides(self.overrides).pinned)
+    def _pin(self, model: str, pinned: bool) -> str:
+        self.state.set_pinned(model, pinned)
+        self._changed()
         verb = "pinned" if pinned else "unpinned"
         self._event(f"{model} {verb}", model=model)
         return f"{model} {verb}"
 
-    async def drain(self, node: str, drained: bool = True) -> str:
+    def _drain(self, node: str, drained: bool) -> None:
         self._node(node)
-        self.overrides = self.overrides.set_drained(node, drained)
-        self._save()
-        self.engine.store.set_drained(node, drained, self.engine.clock())
-        return f"{node} {'drained: no new requests' if drained else 'back in rotation'}"
+        self.state.set_drained(node, drained)
+        self._changed()
+        self.store.set_drained(node, drained, self.clock())
 
-    async def set_strategy(self, name: str) -> str:
+    def _set_strategy(self, name: str) -> str:
         try:
             strategy = Strategy(name)
         except ValueError as e:
             choices = ", ".join(s.value for s in Strategy)
             raise CommandError(f"unknown strategy {name!r} (choose {choices})", 400) from e
-        self._dispatcher.strategy = strategy
-        self.overrides = self.overrides.set_strategy(strategy.value)
-        self._save()
+        self.state.set_strategy(strategy)
+        self._changed()
         self._event(f"strategy set to {strategy.value}")
         return f"strategy: {strategy.value}"
 
     def plan(self) -> RebalancePlan:
-        d = self._dispatcher
+        d = self.dispatcher
         return plan_rebalance(
-            self.engine.store.snapshot,
+            self.store.snapshot,
             d.settings,
-            self.engine.clock(),
-            idle_ttl_s=self.engine.config.pool.idle_ttl,
+            self.clock(),
+            idle_ttl_s=self.config.pool.idle_ttl,
             pending_loads=d.pending_loads,
         )
 
@@ -198,15 +232,17 @@ class Controller:
         return plan
 
     async def _carry_out(self, plan: RebalancePlan) -> None:
-        d = self._dispatcher
+        d = self.dispatcher
         for step in plan.steps:
             if step.action == "unload" and step.key is not None:
-                inst = self.engine.store.snapshot.instances.get(step.key)
+                inst = self.store.snapshot.instances.get(step.key)
                 if inst is None or inst.busy:  # the plan went stale: skip, plan again later
                     continue
                 try:
                     await self._unload(
-                        step.key, f"unloading {step.model} from {step.node}: {step.reason}"
+                        step.key,
+                        f"unloading {step.model} from {step.node}: {step.reason}",
+                        eviction=step.code or "rebalance",
                     )
                 except CommandError as e:
                     self._event(
@@ -217,16 +253,16 @@ class Controller:
                         level=Level.ERROR,
                     )
             elif step.action == "load":
-                d.start_load(Load(step.node, step.model, (), step.reason, step.bytes))
+                d.start_load(
+                    Load(step.node, step.model, (), step.reason, step.bytes, step.code or "pool")
+                )
 
-    # -- the pool manager -------------------------------------------------------------------
+    # -- the pool manager ---------------------------------------------------------------------
 
     def _refresh_capabilities(self) -> None:
         """A llama.cpp node is known to be single-model (unable to load) only once polled."""
-        d = self._dispatcher
-        nodes = no_load_nodes(self.engine.backends)
-        if nodes != d.settings.pool.no_load_nodes:
-            d.settings = replace(d.settings, pool=replace(d.settings.pool, no_load_nodes=nodes))
+        d = self.dispatcher
+        d.settings = with_no_load_nodes(d.settings, no_load_nodes(d.backends))
 
     def start(self, interval_s: float) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -244,7 +280,7 @@ class Controller:
             await asyncio.sleep(interval_s)
             # Act only on a picture where every node has answered at least once: before
             # that, "loaded nowhere" may just mean "not polled yet".
-            if any(n.last_poll_at is None for n in self.engine.store.snapshot.nodes.values()):
+            if any(n.last_poll_at is None for n in self.store.snapshot.nodes.values()):
                 continue
             try:
                 self._refresh_capabilities()
@@ -253,8 +289,3 @@ class Controller:
                     await self._carry_out(plan)
             except Exception:
                 log.exception("pool manager step failed")
-
-
-def with_pins(settings: SchedulerSettings, pinned: frozenset[str]) -> SchedulerSettings:
-    """Scheduler settings with ``pinned`` as the pool's pinned set."""
-    return replace(settings, pool=replace(settings.pool, pinned=pinned))

@@ -2,14 +2,14 @@
 
     GET  /lmtui/v1/state                  the snapshot as JSON (+ strategy, recent events)
     GET  /lmtui/v1/events                 SSE: "snapshot" and "event" messages as they happen
-    POST /lmtui/v1/load      {model, node?}
-    POST /lmtui/v1/unload    {node, instance_id, force?}
-    POST /lmtui/v1/evict     {node, instance_id}
-    POST /lmtui/v1/pin       {model}        /unpin {model}
-    POST /lmtui/v1/drain     {node}         /undrain {node}
-    POST /lmtui/v1/strategy  {strategy}
-    POST /lmtui/v1/rebalance {apply?: bool} the plan (applied only when apply is true)
-    GET  /lmtui/v1/nodes/{node}/processes   a llamacpp-pool node's servers and their log tails
+    GET  /lmtui/v1/openapi.json           the command endpoints, described from their structs
+    GET  /lmtui/v1/nodes/{node}/processes a llamacpp-pool node's servers and their log tails
+    POST /lmtui/v1/<command>              one per struct in ``commands.py``: load, unload,
+                                          evict, pin, unpin, drain, undrain, strategy,
+                                          rebalance; the body is the struct's fields as JSON
+
+A command's body is decoded straight into its struct, so a wrong or missing field is a 400
+that names it, and the endpoint list cannot drift from what ``Controller.execute`` takes.
 
 Protected by its own admin token (``[router] admin_token_env``); without one it answers only
 when lmtui listens on a loopback address.
@@ -21,7 +21,7 @@ import asyncio
 import hmac
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -29,44 +29,41 @@ from aiohttp import web
 from lmtui.backends.base import BackendError, NotSupported
 from lmtui.core.events import Event
 from lmtui.engine.codec import encode, event_to_builtins, plan_to_builtins, snapshot_to_builtins
-from lmtui.engine.control import CommandError
+from lmtui.engine.commands import COMMANDS, Command, CommandError, openapi
+from lmtui.engine.control import Controller
 from lmtui.engine.errors import error_response
-
-if TYPE_CHECKING:
-    from lmtui.engine.engine import Engine
+from lmtui.engine.store import Store
 
 PREFIX = "/lmtui/v1"
 #: Events one event-stream watcher may have waiting to be written.
 PENDING_EVENTS = 2000
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 class ControlApi:
-    def __init__(self, engine: Engine, token: str | None, *, enabled: bool) -> None:
-        self.engine = engine
+    def __init__(
+        self,
+        controller: Controller,
+        store: Store,
+        *,
+        token: str | None,
+        enabled: bool,
+        source: str = "",
+    ) -> None:
+        self.controller = controller
+        self.store = store
         self.token = token.encode() if token else None
         self.enabled = enabled
+        #: Where the cluster description came from, for an attached UI's header.
+        self.source = source
+        self._openapi = encode(openapi(PREFIX))
 
     def add_routes(self, app: web.Application) -> None:
-        c = self.engine.controller
         app.router.add_get(f"{PREFIX}/state", self.state)
         app.router.add_get(f"{PREFIX}/events", self.events)
+        app.router.add_get(f"{PREFIX}/openapi.json", self.describe)
         app.router.add_get(f"{PREFIX}/nodes/{{node}}/processes", self.processes)
-        commands: dict[str, Handler] = {
-            "load": lambda b: c.load(_str(b, "model"), _opt(b, "node")),
-            "unload": lambda b: c.unload(
-                _str(b, "node"), _str(b, "instance_id"), force=bool(b.get("force", False))
-            ),
-            "evict": lambda b: c.evict(_str(b, "node"), _str(b, "instance_id")),
-            "pin": lambda b: c.pin(_str(b, "model"), True),
-            "unpin": lambda b: c.pin(_str(b, "model"), False),
-            "drain": lambda b: c.drain(_str(b, "node"), True),
-            "undrain": lambda b: c.drain(_str(b, "node"), False),
-            "strategy": lambda b: c.set_strategy(_str(b, "strategy")),
-            "rebalance": self._rebalance,
-        }
-        for name, fn in commands.items():
-            app.router.add_post(f"{PREFIX}/{name}", self._command(fn))
+        for name, kind in COMMANDS.items():
+            app.router.add_post(f"{PREFIX}/{name}", self._command(kind))
 
     def _denied(self, request: web.Request) -> web.Response | None:
         if not self.enabled:
@@ -87,31 +84,38 @@ class ControlApi:
             401, "missing or wrong admin token", "invalid_request_error", "invalid_admin_token"
         )
 
-    def _command(self, fn: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _command(self, kind: type[Command]) -> Callable[[web.Request], Awaitable[web.Response]]:
+        decoder = msgspec.json.Decoder(kind)
+
         async def handle(request: web.Request) -> web.Response:
             denied = self._denied(request)
             if denied is not None:
                 return denied
+            raw = await request.read()
             try:
-                raw = await request.read()
-                body = msgspec.json.decode(raw) if raw.strip() else {}
-                if not isinstance(body, dict):
-                    raise CommandError("the body must be a JSON object", 400)
-                result = await fn(body)
+                command = decoder.decode(raw if raw.strip() else b"{}")
+            except msgspec.ValidationError as e:
+                return error_response(400, f"{kind.name}: {e}", "invalid_request_error")
             except msgspec.DecodeError as e:
                 return error_response(400, f"invalid JSON: {e}", "invalid_request_error")
+            try:
+                result = await self.controller.execute(command)
             except CommandError as e:
                 return error_response(e.status, e.message, "invalid_request_error")
-            payload = result if isinstance(result, dict) else {"message": result}
-            return web.Response(
-                body=encode({"ok": True, **payload}), content_type="application/json"
-            )
+            payload: dict[str, Any] = {"ok": True, "message": result.message}
+            if result.plan is not None:
+                payload["plan"] = plan_to_builtins(result.plan)
+                payload["applied"] = command.writes
+            return web.Response(body=encode(payload), content_type="application/json")
 
         return handle
 
-    async def _rebalance(self, body: dict[str, Any]) -> dict[str, Any]:
-        plan = await self.engine.controller.rebalance(apply=bool(body.get("apply", False)))
-        return {"plan": plan_to_builtins(plan), "applied": bool(body.get("apply", False))}
+    async def describe(self, request: web.Request) -> web.Response:
+        """The OpenAPI description of the command endpoints."""
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
+        return web.Response(body=self._openapi, content_type="application/json")
 
     async def state(self, request: web.Request) -> web.Response:
         denied = self._denied(request)
@@ -120,12 +124,12 @@ class ControlApi:
         return web.Response(body=encode(self._state()), content_type="application/json")
 
     def _state(self) -> dict[str, Any]:
-        eng = self.engine
+        store = self.store
         return {
-            "snapshot": snapshot_to_builtins(eng.store.snapshot),
-            "strategy": eng.dispatcher.strategy.value if eng.dispatcher else None,
-            "source": eng.source,
-            "events": [event_to_builtins(e) for e in list(eng.store.events)[-200:]],
+            "snapshot": snapshot_to_builtins(store.snapshot),
+            "strategy": self.controller.state.strategy.value,
+            "source": self.source,
+            "events": [event_to_builtins(e) for e in list(store.events)[-200:]],
         }
 
     async def processes(self, request: web.Request) -> web.Response:
@@ -134,7 +138,7 @@ class ControlApi:
         if denied is not None:
             return denied
         name = request.match_info["node"]
-        backend = self.engine.backends.get(name)
+        backend = self.controller.dispatcher.backends.get(name)
         if backend is None:
             return error_response(404, f"no node {name[:100]!r}", "invalid_request_error")
         try:
@@ -169,7 +173,7 @@ class ControlApi:
             pending.extend(events)
             wake.set()
 
-        store = self.engine.store
+        store = self.store
         unsubscribe = store.subscribe(on_change)
         try:
             seen = -1
@@ -201,19 +205,3 @@ class ControlApi:
         finally:
             unsubscribe()
         return resp
-
-
-def _str(body: dict[str, Any], key: str) -> str:
-    v = body.get(key)
-    if not isinstance(v, str) or not v:
-        raise CommandError(f"missing or empty string field {key!r}", 400)
-    return v
-
-
-def _opt(body: dict[str, Any], key: str) -> str | None:
-    v = body.get(key)
-    if v is None:
-        return None
-    if not isinstance(v, str):
-        raise CommandError(f"field {key!r} must be a string", 400)
-    return v

@@ -417,14 +417,21 @@ class Dispatcher:
             self.store.own_load(d.node, d.model, False)
             self._pending.pop((d.node, d.model), None)
             if self.on_load is not None:
-                self.on_load(d.model, d.node, "on_demand", ok, self.clock() - t0)
+                self.on_load(d.model, d.node, d.origin, ok, self.clock() - t0)
             self._schedule_pump()
 
     async def unload_instance(
-        self, key: InstanceKey, reason: str, *, kind: EventKind = EventKind.EVICT
+        self,
+        key: InstanceKey,
+        reason: str,
+        *,
+        kind: EventKind = EventKind.EVICT,
+        eviction: str | None = None,
     ) -> None:
         """Unload one instance, telling why. It reads as ``unloading`` meanwhile, so nothing
-        is routed to it; if the node refuses, it is ``loaded`` again and BackendError raised."""
+        is routed to it; if the node refuses, it is ``loaded`` again and BackendError raised.
+        ``eviction`` counts it as an eviction with that reason code (``make_room``,
+        ``idle_ttl``, ``operator``); an operator's plain unload is none."""
         inst = self.store.snapshot.instances[key]
         self.store.set_instance_state(key, InstanceState.UNLOADING)
         self.event(kind, reason, node=inst.node, model=inst.model)
@@ -433,6 +440,8 @@ class Dispatcher:
         except BackendError:
             self.store.set_instance_state(key, InstanceState.LOADED)
             raise
+        if eviction is not None and self.on_evict is not None:
+            self.on_evict(inst.model, inst.node, eviction)
 
     async def _evict(self, d: Load) -> bool:
         """Unload what the plan evicts. False when the plan went stale (an instance got busy)."""
@@ -450,7 +459,9 @@ class Dispatcher:
                 return False
             try:
                 await self.unload_instance(
-                    key, f"evicting {inst.model} from {inst.node} to make room for {d.model}"
+                    key,
+                    f"evicting {inst.model} from {inst.node} to make room for {d.model}",
+                    eviction="make_room",
                 )
             except BackendError as e:
                 self.event(
@@ -461,8 +472,6 @@ class Dispatcher:
                     level=Level.ERROR,
                 )
                 return False
-            if self.on_evict is not None:
-                self.on_evict(inst.model, inst.node, "make_room")
         if d.evict and self.refresh is not None:
             await self.refresh(d.node)
         return True

@@ -1,6 +1,10 @@
-"""The running system: builds the store, the backends and the poll loops from a Config.
+"""The running system, assembled: the store, the backends, the poll loops, the dispatcher,
+the controller and, when asked, the router's HTTP server, built from a Config.
 
-``Engine`` has an explicit ``start`` / ``stop``; the TUI and ``--serve`` own one each.
+``Engine`` only assembles and starts them; it holds no state of its own. The run-time
+choices (pins, strategy, drained nodes) are the controller's ``RunState``
+(``engine/runtime.py``). ``Engine`` has an explicit ``start`` / ``stop``; the TUI and
+``--serve`` own one each. The picture of how the parts fit: ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -11,9 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from types import MappingProxyType
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -21,14 +23,10 @@ from aiohttp import web
 
 from lmtui.backends import backend_for
 from lmtui.backends.base import Backend, new_pool, new_session
-from lmtui.config import GB, Config, NodeConfig, Overrides
+from lmtui.config import Config, NodeConfig
 from lmtui.config import parse_listen as parse_config_listen
 from lmtui.core.events import Event, EventKind, Level
-from lmtui.core.health import HealthPolicy
-from lmtui.core.model import Node
-from lmtui.core.scheduler import Strategy
-from lmtui.core.state import FoldContext, NodeSettings
-from lmtui.engine.control import Controller, with_pins
+from lmtui.engine.control import Controller
 from lmtui.engine.control_api import ControlApi
 from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.front import FrontServer
@@ -36,44 +34,15 @@ from lmtui.engine.metrics import Metrics
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
 from lmtui.engine.reqlog import RequestLog, RequestRecord
 from lmtui.engine.router import Outcome, Router, node_api_keys
-from lmtui.engine.settings import model_catalogue, scheduler_settings
+from lmtui.engine.runtime import RunState
+from lmtui.engine.settings import model_catalogue, no_load_nodes
 from lmtui.engine.store import Store
-from lmtui.overrides import load_overrides
 
 log = logging.getLogger(__name__)
 
 #: On shutdown, how long requests already running on a node may take to finish before they
 #: are cut (a generation can run for minutes; a restart should not wait for all of them).
 SHUTDOWN_DRAIN_S = 10.0
-
-
-def fold_context(config: Config, pinned: frozenset[str] = frozenset()) -> FoldContext:
-    return FoldContext(
-        policy=HealthPolicy(
-            down_after=config.poll.down_after, max_backoff_s=config.poll.max_backoff
-        ),
-        node_settings=MappingProxyType(
-            {
-                n.name: NodeSettings(
-                    slots=n.slots,
-                    memory_bytes=int(n.memory_gb * GB) if n.memory_gb is not None else None,
-                )
-                for n in config.nodes
-            }
-        ),
-        pinned=pinned | {m.name for m in config.models if m.pinned},
-        model_sizes=MappingProxyType(
-            {m.name: int(m.size_gb * GB) for m in config.models if m.size_gb is not None}
-        ),
-        model_slots=MappingProxyType({m.name: m.slots for m in config.models if m.slots}),
-    )
-
-
-def initial_nodes(config: Config) -> list[Node]:
-    return [
-        Node(name=n.name, kind=n.kind, url=n.url, reserved_bytes=config.reserved_bytes(n))
-        for n in config.nodes
-    ]
 
 
 def memory_reader_for(node: NodeConfig) -> MemoryReader | None:
@@ -119,13 +88,10 @@ class Engine:
         self.listen = listen
         #: False: a router that cannot listen is reported as an event, not raised.
         self.listen_required = True
-        # Run-time choices (pins, strategy, drained nodes) layered over the config.
-        overrides = load_overrides(overrides_path) if overrides_path else Overrides()
-        effective = config.apply_overrides(overrides)
-        self.pinned = effective.pinned
-        self.strategy = Strategy(effective.strategy)
-        nodes = [replace(n, drained=n.name in effective.drained) for n in initial_nodes(config)]
-        self.store = Store(nodes, fold_context(config, self.pinned))
+        # Run-time choices (pins, strategy, drained nodes) layered over the config: the
+        # controller owns them; the store and the dispatcher start from what they derive.
+        state = RunState.load(config, overrides_path)
+        self.store = Store(state.nodes(), state.fold_context())
         self.metrics = Metrics(lambda: self.store.snapshot)
         days = config.router.request_log_days
         self.request_log = (
@@ -133,7 +99,6 @@ class Engine:
             if request_log is not None
             else None
         )
-        self.controller = Controller(self, overrides, overrides_path)
         # Backends get the engine's one aiohttp session when it starts (a session belongs to
         # a running event loop; an Engine may be built before there is one).
         self.http: aiohttp.ClientSession | None = None
@@ -150,7 +115,23 @@ class Engine:
             memory_interval_s=config.poll.memory_interval,
             clock=clock,
         )
-        self.dispatcher: Dispatcher | None = None
+        self.dispatcher = Dispatcher(
+            self.store,
+            self.backends,
+            state.scheduler_settings(no_load_nodes(self.backends)),
+            strategy=state.strategy,
+            queue_depth=config.router.queue_depth,
+            refresh=self.poller.poll_once,
+            clock=clock,
+            on_load=lambda model, node, reason, ok, secs: self.metrics.load(
+                model, node, reason, ok=ok, seconds=secs
+            ),
+            on_evict=self.metrics.eviction,
+            on_route=self.metrics.route,
+        )
+        self.controller = Controller(
+            self.store, self.dispatcher, self.poller, config, state, clock=clock
+        )
         self.router: Router | None = None
         self._runner: web.AppRunner | None = None
         self.front: FrontServer | None = None
@@ -167,20 +148,6 @@ class Engine:
         for backend in self.backends.values():
             backend.client = self.http
             backend.pool = new_pool(backend.base_url, connect_timeout=self.config.poll.timeout)
-        self.dispatcher = Dispatcher(
-            self.store,
-            self.backends,
-            scheduler_settings(self.config, self.backends, self.pinned),
-            strategy=self.strategy,
-            queue_depth=self.config.router.queue_depth,
-            refresh=self.poller.poll_once,
-            clock=self.clock,
-            on_load=lambda model, node, reason, ok, secs: self.metrics.load(
-                model, node, reason, ok=ok, seconds=secs
-            ),
-            on_evict=self.metrics.eviction,
-            on_route=self.metrics.route,
-        )
         if self.request_log is not None:
             await self.request_log.start()
         await self.poller.start()
@@ -197,13 +164,6 @@ class Engine:
                         self.clock(), EventKind.ERROR, f"router not started: {e}", level=Level.ERROR
                     )
                 )
-
-    def apply_pins(self, pinned: frozenset[str]) -> None:
-        """Make ``pinned`` the set of pinned models everywhere it matters."""
-        self.pinned = pinned
-        self.store.set_pinned(pinned, self.clock())
-        if self.dispatcher is not None:
-            self.dispatcher.settings = with_pins(self.dispatcher.settings, pinned)
 
     def _request_done(self, out: Outcome, t0: float, t1: float) -> None:
         if out.node is not None:
@@ -249,7 +209,6 @@ class Engine:
                 "may only bind a loopback address. Set [router] api_keys_env, or listen on "
                 "127.0.0.1."
             )
-        assert self.dispatcher is not None
         self.router = Router(
             self.dispatcher,
             {n.name: n.url for n in self.config.nodes},
@@ -278,7 +237,13 @@ class Engine:
         app.router.add_get("/metrics", self._metrics)
         token = env_secret(self.config.router.admin_token_env, "[router] admin_token_env")
         # Without an admin token the control API is open only on a loopback bind.
-        ControlApi(self, token, enabled=token is not None or is_loopback(host)).add_routes(app)
+        ControlApi(
+            self.controller,
+            self.store,
+            token=token,
+            enabled=token is not None or is_loopback(host),
+            source=self.source,
+        ).add_routes(app)
         # handler_cancellation: a client that disconnects cancels its handler, so a queued
         # request leaves the queue at once and frees its place.
         self._runner = web.AppRunner(
@@ -305,8 +270,6 @@ class Engine:
 
     def resolve_model(self, name: str) -> str:
         """The model an alias (or a model name) refers to."""
-        if self.dispatcher is None:
-            return name
         return self.dispatcher.settings.aliases.get(name, name)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
@@ -320,8 +283,7 @@ class Engine:
         await self.controller.stop()
         # Requests still queued get a clear 503 at once; requests already on a node may
         # finish (the runner drains them for up to SHUTDOWN_DRAIN_S, then cancels them).
-        if self.dispatcher is not None:
-            self.dispatcher.close()
+        self.dispatcher.close()
         if self._listener is not None:
             self._listener.close()
             self._listener = None

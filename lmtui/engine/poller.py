@@ -1,7 +1,9 @@
 """The poll loops: one task per node for its API, one per host for its memory.
 
-A loop awaits its poll before it sleeps, so polls of one node never overlap (a slow node
-cannot pile up requests against itself). The delay after a failure comes from
+Polls of one node never overlap (a slow node cannot pile up requests against itself): its
+loop awaits each poll before it sleeps, and ``poll_once`` — also called by the dispatcher
+after a load and by the controller after an unload — waits for a running poll and then
+polls again, one poll shared by every caller that waited. The delay after a failure comes from
 ``core.health.next_poll_delay``: every interval while healthy or suspect, then a doubling
 half-open probe while down.
 """
@@ -67,6 +69,10 @@ class Poller:
         self.memory_interval_s = memory_interval_s
         self.clock = clock
         self._tasks: list[asyncio.Task[None]] = []
+        #: Per node: held while a poll runs.
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: Per node: the poll that starts once the running one ends, shared by its waiters.
+        self._next: dict[str, asyncio.Task[None]] = {}
 
     def interval_for(self, node: str) -> float:
         if isinstance(self.interval, dict):
@@ -84,10 +90,12 @@ class Poller:
             )
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._next.values()]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._next.clear()
         for reader in self.memory_readers.values():
             try:
                 await reader.close()
@@ -95,7 +103,29 @@ class Poller:
                 log.debug("closing memory reader failed", exc_info=True)
 
     async def poll_once(self, name: str) -> None:
-        """Poll one node now and apply what it answered (also used by tests and `refresh`)."""
+        """Poll one node and apply what it answered, after any poll of it already running
+        (which may have read the node before the caller's change). Callers that arrive
+        while one poll runs share the next one."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        if not lock.locked():
+            async with lock:
+                await self._poll(name)
+            return
+        task = self._next.get(name)
+        if task is None:
+            task = self._next[name] = asyncio.get_running_loop().create_task(
+                self._poll_after(name, lock), name=f"refresh:{name}"
+            )
+        # A caller that gives up does not cancel the poll the others wait for.
+        await asyncio.shield(task)
+
+    async def _poll_after(self, name: str, lock: asyncio.Lock) -> None:
+        async with lock:
+            # From here on, a new caller waits for the poll after this one.
+            self._next.pop(name, None)
+            await self._poll(name)
+
+    async def _poll(self, name: str) -> None:
         backend = self.backends[name]
         t0 = time.perf_counter()
         try:

@@ -585,8 +585,7 @@ class Router:
         """Close the upstream pools, once no request of either server is running."""
         if self._watchdog is not None:
             self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+            await asyncio.gather(self._watchdog, return_exceptions=True)
             self._watchdog = None
         for p in self._pools.values():
             await p.close()

@@ -13,9 +13,13 @@ from lmtui.core.scheduler import SchedulerSettings
 
 
 def scheduler_settings(
-    config: Config, backends: dict[str, Backend], pinned: frozenset[str] = frozenset()
+    config: Config, no_load: frozenset[str], pinned: frozenset[str] | None = None
 ) -> SchedulerSettings:
+    """``pinned``: every pinned model (the config's and the operator's, less what was
+    unpinned: ``RunState.pinned``); None means the config's own pins."""
     models = config.models
+    if pinned is None:
+        pinned = frozenset(m.name for m in models if m.pinned)
     return SchedulerSettings(
         session_affinity=config.router.session_affinity,
         max_replicas=config.router.max_replicas,
@@ -28,10 +32,10 @@ def scheduler_settings(
                 {m.name: int(m.size_gb * GB) for m in models if m.size_gb is not None}
             ),
             eviction_policy=config.pool.eviction,
-            pinned=pinned | frozenset(m.name for m in models if m.pinned),
+            pinned=pinned,
             priorities=MappingProxyType({m.name: m.priority for m in models}),
             min_residency_s=config.pool.min_residency,
-            no_load_nodes=no_load_nodes(backends),
+            no_load_nodes=no_load,
         ),
     )
 

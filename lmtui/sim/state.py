@@ -148,9 +148,7 @@ class SimState:
         tasks = [*self._tasks, *([self._reaper] if self._reaper else [])]
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await asyncio.gather(*tasks, return_exceptions=True)  # the caller's cancel propagates
         self._tasks.clear()
         self._reaper = None
 

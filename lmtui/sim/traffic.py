@@ -8,7 +8,6 @@ so the generator can never pile up work.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from typing import Any
 
@@ -79,9 +78,9 @@ class TrafficGenerator:
         tasks = [*([self._loop_task] if self._loop_task else []), *self._requests]
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        # gather, not a suppressed await per task: a cancellation of the caller itself (a
+        # second Ctrl-C) must propagate, not be taken for one of these tasks ending.
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._loop_task = None
         self._requests.clear()
         if self._session is not None:

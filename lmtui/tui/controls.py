@@ -21,7 +21,7 @@ from lmtui.core.rebalance import RebalancePlan
 from lmtui.core.scheduler import Strategy
 from lmtui.core.units import fmt_bytes
 from lmtui.engine.client import EngineClient
-from lmtui.engine.control import CommandError
+from lmtui.engine.commands import CommandError
 from lmtui.tui.render import instance_row_key, waiting_row_key
 from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen
 from lmtui.tui.widgets.model_table import ModelTable

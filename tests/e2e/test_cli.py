@@ -189,10 +189,10 @@ def test_the_demo_keeps_its_pins_and_requests_out_of_the_users_files(
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     node = NodeConfig(name="n", kind="openai", url="http://127.0.0.1:9/v1")
     real = cli._engine(Config(nodes=[node]), "lmtui.toml", None)
-    assert real.request_log is not None and real.controller.overrides_path is not None
+    assert real.request_log is not None and real.controller.state.path is not None
     assert real.request_log.retention_s == 30 * 86400
     demo = cli._engine(Config(nodes=[node]), "demo", None)
-    assert demo.request_log is None and demo.controller.overrides_path is None
+    assert demo.request_log is None and demo.controller.state.path is None
     off = Config(nodes=[node], router=RouterConfig(request_log=False, request_log_days=0))
     assert cli._engine(off, "lmtui.toml", None).request_log is None
     keep_all = Config(nodes=[node], router=RouterConfig(request_log_days=0))

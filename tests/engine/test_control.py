@@ -14,7 +14,7 @@ from _routing import MSG, client, eventually, routed
 from lmtui.config import ModelConfig, PoolConfig, RouterConfig
 from lmtui.core.model import NodeKind
 from lmtui.engine.client import EngineClient, HttpEngineClient, InProcessClient
-from lmtui.engine.control import CommandError
+from lmtui.engine.commands import CommandError
 from lmtui.engine.engine import Engine
 from lmtui.overrides import load_overrides
 from lmtui.sim import SimCluster, SimModel, SimNodeSpec
@@ -138,9 +138,30 @@ async def test_run_time_choices_persist_in_the_overrides_file(tmp_path: Path) ->
         assert ov.pinned == ["m2"] and ov.drained == ["a"] and ov.strategy == "replicas"
         # ...and come back at the next start, without touching the user's config
         engine2 = Engine(cfg, overrides_path=path)
-        assert engine2.pinned == frozenset({"m2"})
+        assert engine2.controller.state.pinned == frozenset({"m2"})
         assert engine2.store.snapshot.nodes["a"].drained
-        assert engine2.strategy.value == "replicas"
+        assert engine2.controller.state.strategy.value == "replicas"
+
+
+def test_a_config_pin_unpinned_at_run_time_stays_unpinned_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The overrides file records the unpin; the store and the scheduler must both start
+    from it (they used to add the config's pins back on top, so the model stayed pinned —
+    never evicted, reloaded by the pool manager — until the next pin command)."""
+    from lmtui.config import Config, NodeConfig, Overrides
+    from lmtui.overrides import save_overrides
+
+    path = tmp_path / "overrides.toml"
+    save_overrides(path, Overrides(unpinned=["m1"]))
+    cfg = Config(
+        nodes=[NodeConfig(name="a", kind=NodeKind.LMSTUDIO, url="http://127.0.0.1:9")],
+        models=[ModelConfig(name="m1", pinned=True), ModelConfig(name="m2", pinned=True)],
+    )
+    engine = Engine(cfg, overrides_path=path)
+    assert engine.controller.state.pinned == frozenset({"m2"})
+    assert engine.store.ctx.pinned == frozenset({"m2"})
+    assert engine.dispatcher.settings.pool.pinned == frozenset({"m2"})
 
 
 async def test_rebalance_plans_then_applies_pins_and_idle_ttl() -> None:

@@ -118,3 +118,22 @@ async def test_watch_coalesces_and_always_ends_on_the_latest_snapshot() -> None:
     task.cancel()
     assert len(seen) < 50  # bursts coalesce
     assert seen == sorted(seen)
+
+
+async def test_a_refresh_never_overlaps_the_loops_poll_and_sees_a_fresh_answer() -> None:
+    """``poll_once`` is also called by the dispatcher after a load and by the controller
+    after an unload, while the node's own loop may be polling: still one poll at a time.
+    A refresh that arrives during a poll gets a poll that starts after it (the running one
+    may have read the node before the change), shared by every refresh waiting then."""
+    b = Scripted("a", delay=0.05)
+    store = store_for("a")
+    poller = Poller(store, {"a": b}, interval_s=0.01)
+    await poller.start()
+    await wait_for(lambda: b.active == 1)
+    calls = b.calls
+    await asyncio.gather(*(poller.poll_once("a") for _ in range(5)))
+    await poller.stop()
+    assert b.max_active == 1
+    # The five refreshes shared one poll after the loop's (the loop may have polled once
+    # more in between, never five times).
+    assert calls + 1 <= b.calls <= calls + 3

@@ -20,6 +20,7 @@ from lmtui.backends.base import BackendBadResponse
 from lmtui.backends.llamacpp_pool import LlamaCppPoolBackend
 from lmtui.config import Config, NodeConfig, PollConfig, PoolConfig, PoolNodeConfig
 from lmtui.core.model import InstanceState, NodeKind
+from lmtui.engine.commands import Unload
 from lmtui.engine.engine import Engine
 
 FAKE = Path(__file__).with_name("fake_llama_server.py")
@@ -130,7 +131,7 @@ async def test_the_engine_starts_routes_to_and_stops_a_server(
             assert any("server is listening" in ln for ln in procs[0]["last_lines"])
             pids.append(procs[0]["pid"])
             assert running(procs[0]["pid"])
-            await engine.controller.unload("pool", inst.instance_id)
+            await engine.controller.execute(Unload(node="pool", instance_id=inst.instance_id))
             assert not running(procs[0]["pid"])
             assert not (tmp_path / "state" / f"pool-{port}.json").exists()
             # A second load lands on a port again; the clean stop below ends it.

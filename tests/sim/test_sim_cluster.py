@@ -147,3 +147,23 @@ async def test_cli_serve_prints_blocks_and_stops(tmp_path: Path) -> None:
         assert 'kind = "llamacpp"' in out.getvalue()
         os.kill(os.getpid(), signal.SIGINT)  # handled by serve's signal handler
         assert await task == 0
+
+
+async def test_stopping_the_traffic_lets_a_cancellation_of_the_caller_through() -> None:
+    """A second Ctrl-C cancels ``--serve`` while it stops the demo's traffic: stop() must
+    not take that cancellation for one of its own tasks ending (it used to swallow it, so
+    lmtui went on draining and exited 0 instead of 130)."""
+    traffic = TrafficGenerator(SimCluster([]))
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # a request closing its connection
+
+    traffic._requests.add(asyncio.create_task(slow_to_stop()))
+    stopper = asyncio.create_task(traffic.stop())
+    await asyncio.sleep(0.05)  # stop() is waiting for the request task
+    stopper.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopper

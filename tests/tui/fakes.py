@@ -24,7 +24,9 @@ from lmtui.core.model import (
     Snapshot,
 )
 from lmtui.core.rebalance import RebalancePlan
+from lmtui.engine import commands as cmd
 from lmtui.engine.client import EngineClient, Update
+from lmtui.engine.commands import Result
 
 #: The frozen "now" of the snapshot tests and of the fixed cluster below.
 FIXED_NOW = 1_700_000_000.0
@@ -79,33 +81,12 @@ class FakeClient(EngineClient):
     async def strategy(self) -> str:
         return "efficiency"
 
-    async def load(self, model: str, node: str | None = None) -> str:
-        self.commands.append(("load", model, node))
-        return f"loading {model}"
-
-    async def unload(self, node: str, instance_id: str, *, force: bool = False) -> str:
-        self.commands.append(("unload", node, instance_id))
-        return f"unloaded {instance_id}"
-
-    async def evict(self, node: str, instance_id: str) -> str:
-        self.commands.append(("evict", node, instance_id))
-        return f"evicted {instance_id}"
-
-    async def pin(self, model: str, pinned: bool = True) -> str:
-        self.commands.append(("pin" if pinned else "unpin", model))
-        return model
-
-    async def drain(self, node: str, drained: bool = True) -> str:
-        self.commands.append(("drain" if drained else "undrain", node))
-        return node
-
-    async def set_strategy(self, name: str) -> str:
-        self.commands.append(("strategy", name))
-        return name
-
-    async def rebalance(self, *, apply: bool = False) -> RebalancePlan:
-        self.commands.append(("rebalance", apply))
-        return RebalancePlan()
+    async def _send(self, command: cmd.Command) -> Result:
+        # ("load", model, node), ("unload", node, instance_id), ("pin", model), ...
+        fields = [getattr(command, f) for f in command.__struct_fields__ if f != "force"]
+        self.commands.append((command.name, *fields))
+        plan = RebalancePlan() if isinstance(command, cmd.Rebalance) else None
+        return Result(f"{command.name} {' '.join(map(str, fields))}", plan)
 
 
 def node(

@@ -105,3 +105,44 @@ def test_nothing_below_imports_the_tui() -> None:
         for mod in imports_of(path):
             assert not mod.startswith("lmtui.tui"), f"lmtui/{rel} imports {mod}"
 
+
+def _module_graph() -> dict[str, set[str]]:
+    """lmtui's modules and the lmtui modules each imports at any level of its source
+    (``TYPE_CHECKING`` blocks and function bodies included: a circle by type is a circle).
+    ``from pkg import mod`` is an edge to ``pkg.mod``; a module's own parent packages,
+    which Python imports first anyway, are no edge."""
+    mods: dict[str, Path] = {}
+    for path in PKG.rglob("*.py"):
+        parts = path.relative_to(PKG.parent).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        out: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & mods.keys()
+                out.update(subs)
+                if len(subs) < len(node.names):
+                    out.add(node.module)
+        parents = {name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)}
+        graph[name] = {m for m in out if m in mods and m != name and m not in parents}
+    return graph
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for m in graph[todo.pop()] - seen:
+            seen.add(m)
+            todo.append(m)
+    return seen
+
+
+def test_the_engine_pulls_in_nothing_that_imports_it() -> None:
+    graph = _module_graph()
+    below = _reach(graph, "lmtui.engine.engine")
+    assert "lmtui.engine.control" in below  # the test looks at the real graph
+    assert not [m for m in below if "lmtui.engine.engine" in graph[m]]
