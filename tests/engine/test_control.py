@@ -277,3 +277,51 @@ async def test_only_a_pool_node_lists_processes() -> None:
     async with routed([spec("a", ["m1"])]) as (_cluster, engine), httpx.AsyncClient() as h:
         r = await h.get(f"{engine.router_url}/lmtui/v1/nodes/a/processes")
         assert r.status_code == 404 and "run no processes" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_field_that_is_wrong_is_named_and_a_name_is_bounded(kind: str) -> None:
+    async with engine_client(kind) as (_cluster, engine, c):
+        with pytest.raises(CommandError, match=r"length <= 256") as e:
+            await c.load("m" * 10_000)
+        assert e.value.status == 400
+        assert not any("m" * 300 in ev.message for ev in engine.store.events)
+        with pytest.raises(CommandError, match=r"length >= 1"):
+            await c.drain("")
+
+
+async def test_the_api_decodes_bodies_into_the_command_structs() -> None:
+    async with routed([spec("a", ["m1"])]) as (_c, engine):
+        url = f"{engine.router_url}/lmtui/v1"
+        async with httpx.AsyncClient() as h:
+            r = await h.post(f"{url}/unload", json={"node": "a"})
+            assert r.status_code == 400
+            assert r.json()["error"]["message"] == (
+                "unload: Object missing required field `instance_id`"
+            )
+            r = await h.post(f"{url}/unload", json={"node": "a", "instance_id": 7})
+            assert r.status_code == 400 and "`$.instance_id`" in r.json()["error"]["message"]
+            r = await h.post(f"{url}/rebalance", content=b"")  # no body: the defaults
+            assert r.status_code == 200 and r.json()["applied"] is False
+            assert r.json()["message"].startswith("nothing to do")
+
+
+async def test_every_command_has_an_endpoint_a_description_and_an_execute_branch() -> None:
+    from lmtui.engine.commands import COMMANDS
+
+    async with routed([spec("a", ["m1"])]) as (_c, engine):
+        async with httpx.AsyncClient() as h:
+            doc = (await h.get(f"{engine.router_url}/lmtui/v1/openapi.json")).json()
+        assert doc["openapi"] == "3.1.0"
+        for name, kind in COMMANDS.items():
+            op = doc["paths"][f"/lmtui/v1/{name}"]["post"]
+            assert op["operationId"] == name and op["summary"]
+            schema = op["requestBody"]["content"]["application/json"]["schema"]
+            component = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+            assert set(component["properties"]) == set(kind.__struct_fields__)
+            # Each struct reaches a branch of its own: the catch-all says "unknown command".
+            fields = {f: "zz" for f in kind.__struct_fields__ if f not in ("force", "apply")}
+            try:
+                await engine.controller.execute(kind(**fields))
+            except CommandError as e:
+                assert "unknown command" not in e.message
