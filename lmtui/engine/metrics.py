@@ -378,17 +378,21 @@ class Metrics:
             ttft.sum += ttft_s
 
     def load(self, model: str, node: str, reason: str, *, ok: bool, seconds: float) -> None:
-        """Count a model load (``ok`` labels it ``"true"``/``"false"``) and time it."""
+        """Count a model load (``ok`` labels it ``"true"``/``"false"``) and time it.
+        ``reason`` is who asked (``core.scheduler.Load.origin``): ``on_demand``, ``replica``,
+        ``min_replicas``, ``pinned``, ``operator``."""
         m = self._model_label(model)
         self._loads.labels(m, node, reason, "true" if ok else "false").inc()
         self._load_seconds.labels(m, node).observe(seconds)
 
     def eviction(self, model: str, node: str, reason: str) -> None:
-        """Count an instance lmtui evicted (``reason``: a short code like ``"lru"``)."""
+        """Count an instance lmtui evicted; ``reason``: ``make_room`` (for a load),
+        ``idle_ttl`` (the pool manager), ``operator`` (the evict command)."""
         self._evictions.labels(self._model_label(model), node, reason).inc()
 
     def route(self, model: str, node: str, reason: str) -> None:
-        """Count a routing decision; ``reason`` is a short fixed code (``"loaded"``, ...)."""
+        """Count a routing decision; ``reason``: ``direct`` (a slot was free at once) or
+        ``queued`` (the request waited in lmtui's queue)."""
         # Once per request like request_done, so its children are cached the same way.
         key = (self._model_label(model), node, reason)
         child = self._route_children.get(key)

@@ -10,7 +10,7 @@ from textual.widgets import Input
 class FilterBar(Input):
     """A one-line input, hidden until ``/``; Escape clears it and hides it again.
 
-    It posts ``FilterBar.Changed`` on every keystroke; the app passes the text down to the
+    It posts ``FilterBar.FilterChanged`` on every keystroke; the app passes the text down to the
     model table (messages up, attributes down).
     """
 
