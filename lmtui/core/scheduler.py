@@ -36,7 +36,7 @@ from lmtui.core.placement import (
 
 
 class Strategy(StrEnum):
-    """When to add replicas; see ``ARCHITECTURE.md`` → Strategies."""
+    """When to add replicas; see ``docs/architecture.md`` → Strategies."""
 
     EFFICIENCY = "efficiency"
     SPREAD = "spread"

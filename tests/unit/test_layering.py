@@ -1,4 +1,4 @@
-"""The import rule of ARCHITECTURE.md: tui → engine → backends → core; sim → core at most."""
+"""The import rule of docs/architecture.md: tui → engine → backends → core; sim → core at most."""
 
 import ast
 import json
