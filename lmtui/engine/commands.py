@@ -32,10 +32,20 @@ class CommandError(Exception):
         self.status = status
 
 
+#: Every command, by its name (the API's path segment); a subclass of Command adds itself.
+COMMANDS: dict[str, type[Command]] = {}
+
+
 class Command(msgspec.Struct, frozen=True, kw_only=True):
     """A command to the engine. ``name`` is its path under ``/lmtui/v1``."""
 
     name: ClassVar[str]
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.name in COMMANDS:
+            raise TypeError(f"two commands are called {cls.name!r}")
+        COMMANDS[cls.name] = cls
 
     @property
     def writes(self) -> bool:
@@ -113,12 +123,6 @@ class Rebalance(Command, frozen=True):
     @property
     def writes(self) -> bool:
         return self.apply
-
-
-#: Every command, by its name (the API's path segment).
-COMMANDS: dict[str, type[Command]] = {
-    c.name: c for c in (Load, Unload, Evict, Pin, Unpin, Drain, Undrain, SetStrategy, Rebalance)
-}
 
 
 @dataclass(frozen=True, slots=True)
