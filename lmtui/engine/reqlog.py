@@ -88,6 +88,9 @@ _INSERT_JSON = (
     + " FROM json_each(CAST(? AS TEXT)) AS j"
 )
 _encode_row = msgspec.json.Encoder().encode
+#: The longest model name or ``user`` value a row keeps (a client chooses both): longer ones
+#: are cut, so a client cannot grow the database by sending megabytes in either.
+MAX_TEXT = 256
 _decode_rows = msgspec.json.Decoder(list[tuple[object, ...]]).decode
 _PRUNE = "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE at < ? LIMIT ?)"
 _PRUNE_CHUNK = 10_000
@@ -210,6 +213,10 @@ class RequestLog:
                     len(self._pending),
                     self.dropped,
                 )
+        if len(rec.model) > MAX_TEXT or (rec.user is not None and len(rec.user) > MAX_TEXT):
+            rec = rec._replace(
+                model=rec.model[:MAX_TEXT], user=rec.user[:MAX_TEXT] if rec.user else rec.user
+            )
         self._pending.append(_encode_row(rec))
         if len(self._pending) >= self.batch and self._wake is not None:
             self._wake.set()
@@ -343,7 +350,13 @@ class RequestLog:
             return self._conn
         conn: sqlite3.Connection | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Readable by its owner only: rows hold ``user`` values. SQLite gives the -wal and
+            # -shm files the database file's mode. A file an older lmtui made wider is
+            # narrowed.
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            if self.path.stat().st_mode & 0o077:
+                self.path.chmod(0o600)
             # isolation_level=None: no implicit transactions; _write says BEGIN/COMMIT itself.
             conn = sqlite3.connect(self.path, isolation_level=None)
             # WAL: readers (the UI, `sqlite3` in a shell) never block the writer. NORMAL

@@ -335,3 +335,36 @@ async def test_no_retention_keeps_everything(tmp_path: Path) -> None:
         assert await log.prune_if_due() == 0
         await log.stop()
     assert len(rows(log.path)) == 1
+
+
+async def test_the_log_and_its_wal_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    """Rows hold ``user`` values: the files are 0600 whatever the umask, and a file an
+    older lmtui created 0644 is narrowed."""
+    old = tmp_path / "old" / "requests.sqlite3"
+    old.parent.mkdir()
+    sqlite3.connect(old).close()
+    old.chmod(0o644)
+    previous = os.umask(0o022)
+    try:
+        for path in (tmp_path / "new" / "requests.sqlite3", old):
+            log = RequestLog(path, flush_interval_s=60)
+            async with asyncio.timeout(10):
+                await log.start()
+                log.record(rec(1, user="alice"))
+                await log.flush()
+                modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir()}
+                await log.stop()
+            assert modes[path.name] == 0o600, modes
+            assert modes[path.name + "-wal"] == 0o600, modes
+    finally:
+        os.umask(previous)
+
+
+async def test_a_model_name_or_user_of_megabytes_is_cut_before_the_database(
+    log_: RequestLog,
+) -> None:
+    log_.record(rec(1, model="m" * 1_000_000, user="u" * 1_000_000))
+    async with asyncio.timeout(10):
+        await log_.flush()
+    ((model, user),) = [(r[1], r[11]) for r in rows(log_.path)]
+    assert (model, user) == ("m" * reqlog.MAX_TEXT, "u" * reqlog.MAX_TEXT)
