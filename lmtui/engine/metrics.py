@@ -18,9 +18,11 @@ Every ``Metrics`` owns its ``CollectorRegistry`` (never the process-global one),
 embedded engines can create as many as they like without "Duplicated timeseries" errors.
 
 Label cardinality is bounded. ``node`` comes from the config and ``outcome``/``reason`` are
-short fixed codes chosen by the router, but ``model`` is whatever a client typed: past
-``max_models`` distinct names, further names are counted under ``model="__other__"`` so a
-client looping over random model names cannot grow the scrape without limit.
+short fixed codes chosen by the router, but ``model`` is whatever a client typed: a request
+for a model the cluster does not know is labelled ``model="unknown"``, a name is cut at
+``MAX_LABEL`` characters, and past ``max_models`` distinct names further ones are counted
+under ``model="__other__"``, so a client looping over random or huge model names cannot
+grow the scrape without limit.
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ NEVER_QUEUED = frozenset({"rejected_429", "not_found", "bad_request"})
 
 #: Label value used once ``max_models`` distinct model names have been seen.
 OTHER_MODEL = "__other__"
+#: Label value of every request for a model the cluster does not know (or a body that
+#: names none): what a client typed there never becomes a label.
+UNKNOWN_MODEL = "unknown"
+#: Outcomes whose model name the cluster never accepted.
+UNKNOWN_OUTCOMES = frozenset({"not_found", "bad_request"})
+#: The longest model name kept whole in a label (names the cluster knows are shorter).
+MAX_LABEL = 256
 
 # Queue wait and time to first token share one scale, 1 ms to 10 min. The bottom is the
 # router's own overhead: a request routed straight to a free slot waits well under 1 ms,
@@ -320,8 +329,8 @@ class Metrics:
         if label is not None:
             return label
         if len(self._models) < self._max_models:
-            self._models[model] = model
-            return model
+            label = self._models[model] = model[:MAX_LABEL]
+            return label
         if len(self._models) == self._max_models:
             # Marks the warning as given without growing the dict past the cap + 1.
             self._models[OTHER_MODEL] = OTHER_MODEL
@@ -349,7 +358,7 @@ class Metrics:
         histograms, which describe instances, are left alone. Queue wait is observed unless
         the request never queued (``NEVER_QUEUED``).
         """
-        m = self._model_label(model)
+        m = UNKNOWN_MODEL if outcome in UNKNOWN_OUTCOMES else self._model_label(model)
         n = node or ""
         key = (m, n, outcome)
         children = self._request_children.get(key)

@@ -190,14 +190,33 @@ def test_every_metric_is_prefixed() -> None:
 def test_model_label_cardinality_is_capped() -> None:
     m = Metrics(Snapshot, max_models=3)
     for i in range(50):
-        m.request_done(f"junk-{i}", None, "not_found", queue_wait_s=0, ttft_s=None, duration_s=0)
+        m.request_done(f"junk-{i}", None, "error", queue_wait_s=0, ttft_s=None, duration_s=0)
     m.route("junk-1", "n", "loaded")  # a model seen before the cap keeps its name
     s = scrape(m)
     req = s["lmtui_requests_total"]
     models = {dict(k)["model"] for k in req}
     assert models == {"junk-0", "junk-1", "junk-2", OTHER_MODEL}
-    assert req[lbl(model=OTHER_MODEL, node="", outcome="not_found")] == 47
+    assert req[lbl(model=OTHER_MODEL, node="", outcome="error")] == 47
     assert s["lmtui_routes_total"][lbl(model="junk-1", node="n", reason="loaded")] == 1
+
+
+def test_a_model_the_cluster_does_not_know_never_becomes_a_label() -> None:
+    """Five 8 MB model names used to grow the scrape by 40 MB each: an unknown model is
+    one ``unknown`` label, and any name is cut at MAX_LABEL characters."""
+    from lmtui.engine.metrics import MAX_LABEL, UNKNOWN_MODEL
+
+    m = Metrics(Snapshot)
+    for i in range(5):
+        huge = f"{i}" * 8_000_000
+        m.request_done(huge, None, "not_found", queue_wait_s=0, ttft_s=None, duration_s=0)
+        m.request_done(huge, None, "bad_request", queue_wait_s=0, ttft_s=None, duration_s=0)
+    m.request_done("x" * 10_000, "n", "ok", queue_wait_s=0, ttft_s=0.1, duration_s=0.2)
+    body, _ = m.render()
+    assert len(body) < 200_000
+    req = scrape(m)["lmtui_requests_total"]
+    assert req[lbl(model=UNKNOWN_MODEL, node="", outcome="not_found")] == 5
+    assert req[lbl(model=UNKNOWN_MODEL, node="", outcome="bad_request")] == 5
+    assert req[lbl(model="x" * MAX_LABEL, node="n", outcome="ok")] == 1
 
 
 def test_histogram_bucket_bounds_are_inclusive() -> None:
