@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from lmtui import __version__
 from lmtui.config import Config, ConfigError, load_config
+from lmtui.config.paths import find_config, overrides_path, state_dir
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.engine.client import HttpEngineClient, InProcessClient
 from lmtui.engine.control import CommandError
 from lmtui.engine.engine import Engine, EngineError
 from lmtui.engine.reqlog import default_path as default_log_path
-from lmtui.paths import find_config, overrides_path, state_dir
 
 if TYPE_CHECKING:
     from lmtui.demo import Demo

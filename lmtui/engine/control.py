@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 from lmtui.backends.base import BackendError
 from lmtui.config import Overrides
+from lmtui.config.overrides import save_overrides
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.model import Instance, InstanceKey
 from lmtui.core.placement import Placement, place, stable_seed
 from lmtui.core.rebalance import RebalancePlan, plan_rebalance
 from lmtui.core.scheduler import Load, SchedulerSettings, Strategy
 from lmtui.engine.settings import no_load_nodes
-from lmtui.overrides import save_overrides
 
 if TYPE_CHECKING:
     from lmtui.engine.dispatch import Dispatcher

@@ -23,6 +23,7 @@ from lmtui.backends import backend_for
 from lmtui.backends.base import Backend, new_pool, new_session
 from lmtui.config import GB, Config, NodeConfig, Overrides
 from lmtui.config import parse_listen as parse_config_listen
+from lmtui.config.overrides import load_overrides
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.health import HealthPolicy
 from lmtui.core.model import Node
@@ -38,7 +39,6 @@ from lmtui.engine.reqlog import RequestLog, RequestRecord
 from lmtui.engine.router import Outcome, Router, node_api_keys
 from lmtui.engine.settings import model_catalogue, scheduler_settings
 from lmtui.engine.store import Store
-from lmtui.overrides import load_overrides
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import pytest
 from _routing import MSG, client, eventually, routed
 
 from lmtui.config import ModelConfig, PoolConfig, RouterConfig
+from lmtui.config.overrides import load_overrides
 from lmtui.core.model import NodeKind
 from lmtui.engine.client import EngineClient, HttpEngineClient, InProcessClient
 from lmtui.engine.control import CommandError
 from lmtui.engine.engine import Engine
-from lmtui.overrides import load_overrides
 from lmtui.sim import SimCluster, SimModel, SimNodeSpec
 
 MODELS = [SimModel("m1", 10.0), SimModel("m2", 10.0), SimModel("m3", 10.0)]

@@ -17,9 +17,8 @@ import tomli_w
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lmtui.overrides
-import lmtui.paths
-from lmtui._toml_locate import key_lines
+import lmtui.config.overrides
+import lmtui.config.paths
 from lmtui.config import (
     Config,
     ConfigError,
@@ -34,8 +33,9 @@ from lmtui.config import (
     load_config,
     parse_listen,
 )
+from lmtui.config.locate import key_lines
+from lmtui.config.overrides import corrupt_path, load_overrides, save_overrides
 from lmtui.core.model import NodeKind
-from lmtui.overrides import corrupt_path, load_overrides, save_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -502,7 +502,7 @@ def test_locator_handles_quoted_keys_and_comments() -> None:
 def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     home.mkdir()
-    monkeypatch.setattr(lmtui.paths, "config_dir", lambda: home)
+    monkeypatch.setattr(lmtui.config.paths, "config_dir", lambda: home)
     monkeypatch.delenv("LMTUI_CONFIG", raising=False)
     return home
 
@@ -513,14 +513,14 @@ def test_find_config_prefers_cli_then_env_then_default(
     default = write(config_home, "")
     env_file = write(tmp_path, "", "env.toml")
     cli_file = write(tmp_path, "", "cli.toml")
-    assert lmtui.paths.find_config(None) == default
+    assert lmtui.config.paths.find_config(None) == default
     monkeypatch.setenv("LMTUI_CONFIG", str(env_file))
-    assert lmtui.paths.find_config(None) == env_file
-    assert lmtui.paths.find_config(cli_file) == cli_file
+    assert lmtui.config.paths.find_config(None) == env_file
+    assert lmtui.config.paths.find_config(cli_file) == cli_file
 
 
 def test_find_config_without_any_file_is_none(config_home: Path) -> None:
-    assert lmtui.paths.find_config(None) is None
+    assert lmtui.config.paths.find_config(None) is None
 
 
 def test_explicit_config_that_does_not_exist_is_an_error(
@@ -528,20 +528,23 @@ def test_explicit_config_that_does_not_exist_is_an_error(
 ) -> None:
     write(config_home, "")  # a default exists, but must not be used as a fallback
     with pytest.raises(ConfigError, match=r"not found \(given with --config\)") as info:
-        lmtui.paths.find_config(tmp_path / "typo.toml")
+        lmtui.config.paths.find_config(tmp_path / "typo.toml")
     assert info.value.line == 0
     monkeypatch.setenv("LMTUI_CONFIG", str(tmp_path / "typo.toml"))
     with pytest.raises(ConfigError, match="named by LMTUI_CONFIG"):
-        lmtui.paths.find_config(None)
+        lmtui.config.paths.find_config(None)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG layout is Linux's")
 def test_directories_follow_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME"):
         monkeypatch.setenv(var, str(tmp_path / var))
-    assert lmtui.paths.config_dir() == tmp_path / "XDG_CONFIG_HOME" / "lmtui"
-    assert lmtui.paths.overrides_path() == tmp_path / "XDG_STATE_HOME" / "lmtui" / "overrides.toml"
-    assert lmtui.paths.data_dir() == tmp_path / "XDG_DATA_HOME" / "lmtui"
+    assert lmtui.config.paths.config_dir() == tmp_path / "XDG_CONFIG_HOME" / "lmtui"
+    assert (
+        lmtui.config.paths.overrides_path()
+        == tmp_path / "XDG_STATE_HOME" / "lmtui" / "overrides.toml"
+    )
+    assert lmtui.config.paths.data_dir() == tmp_path / "XDG_DATA_HOME" / "lmtui"
 
 
 # --- overrides -------------------------------------------------------------------------------
@@ -584,7 +587,7 @@ def test_corrupt_overrides_are_kept_aside_and_ignored(
 ) -> None:
     path = tmp_path / "overrides.toml"
     path.write_text(text, encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="lmtui.overrides"):
+    with caplog.at_level(logging.WARNING, logger="lmtui.config.overrides"):
         assert load_overrides(path) == Overrides()
     assert not path.exists()
     assert corrupt_path(path).read_text(encoding="utf-8") == text
@@ -649,7 +652,7 @@ def test_failed_write_leaves_previous_file_intact(
     def crash(src: object, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(lmtui.overrides.os, "replace", crash)
+    monkeypatch.setattr(lmtui.config.overrides.os, "replace", crash)
     with pytest.raises(OSError, match="No space left"):
         save_overrides(path, Overrides(pinned=["other"] * 1000))
     monkeypatch.undo()
@@ -660,7 +663,7 @@ def test_failed_write_leaves_previous_file_intact(
 _CRASHING_WRITER = """
 import os, sys
 from pathlib import Path
-import lmtui.overrides as o
+import lmtui.config.overrides as o
 
 def die_after_partial_write(fd):
     # Power cut: half the new text reached the temp file, then the process is gone.

@@ -1,8 +1,8 @@
 """Where lmtui keeps its files, and which config file to read.
 
-Every lookup of a user directory goes through the functions here, so tests patch one place
-(``monkeypatch.setattr(lmtui.paths, "config_dir", ...)``) and never read the developer's
-own config. Directories follow each platform's convention via platformdirs: on Linux
+Every lookup of a user directory goes through the functions here, so tests patch one
+place (``monkeypatch.setattr(lmtui.config.paths, "config_dir", ...)``) and never read the
+developer's own config. Directories follow each platform's convention via platformdirs: on Linux
 ``~/.config/lmtui`` (config), ``~/.local/state/lmtui`` (state: the overrides file) and
 ``~/.local/share/lmtui`` (data: the request log); XDG_* variables are honoured there.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import platformdirs
 
-from lmtui.config import ConfigError
+from lmtui.config.errors import ConfigError
 
 APP_NAME = "lmtui"
 #: Environment variable naming the config file, checked after ``--config``.

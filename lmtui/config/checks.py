@@ -5,9 +5,10 @@ msgspec checks types, ranges and unknown keys; this module turns its terse messa
 checks what a schema cannot express: unique names, URL shape, ``HOST:PORT``, and that
 ``*_env`` settings hold variable *names*, not secrets.
 
-Each check returns :class:`Problem` values (a key path and a message). ``lmtui.config``
-turns the first one, in file order, into a ``ConfigError`` with the line of that key. This
-module imports the config classes only for type checking, so ``lmtui.config`` can import it.
+Each check returns :class:`Problem` values (a key path and a message);
+:mod:`lmtui.config.load` turns them into a ``ConfigError`` with the line of each key. This
+module builds on :mod:`lmtui.config.schema` and is imported by the loader, never the other
+way round.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
 import msgspec.inspect as mi
 
-from lmtui._toml_locate import KeyPath
+from lmtui.config.locate import KeyPath
+from lmtui.config.schema import Config, parse_listen, parse_port_range
 from lmtui.core.model import NodeKind
-
-if TYPE_CHECKING:
-    from lmtui.config import Config
 
 
 class Problem(NamedTuple):
@@ -203,44 +202,6 @@ def url_problem(url: str) -> str | None:
     if parts.query or parts.fragment:
         return f"{url!r} has a query or fragment; give the server's base URL, e.g. http://host:port"
     return None
-
-
-def parse_listen(listen: str, *, any_port: bool = False) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (IPv6 as ``[::1]:4000``); raise ValueError saying what is wrong.
-
-    The one parser of listen addresses, for ``[router] listen`` and ``--listen`` alike.
-    ``any_port`` admits port 0 (the OS picks one: tests and benchmarks that read the bound
-    port back); a configured router needs a port its bot can be told.
-    """
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not host:
-        raise ValueError(
-            f"{listen!r} is not HOST:PORT (e.g. '127.0.0.1:4000', or '0.0.0.0:4000' to accept"
-            " connections from other machines)"
-        )
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{listen!r}: write an IPv6 address in brackets, e.g. '[::1]:4000'")
-    if not port_text.isascii() or not port_text.isdigit():
-        raise ValueError(f"{listen!r}: port {port_text!r} is not a number")
-    port = int(port_text)
-    if not (0 if any_port else 1) <= port <= 65535:
-        raise ValueError(f"{listen!r}: port {port} is out of range (1-65535)")
-    return host, port
-
-
-def parse_port_range(text: str) -> tuple[int, int]:
-    """``"41000-41099"`` -> (41000, 41099); ValueError when malformed, empty or out of range."""
-    first, sep, last = text.partition("-")
-    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
-        raise ValueError(f"{text!r} is not a port range FIRST-LAST, e.g. '41000-41099'")
-    lo, hi = int(first), int(last)
-    if not 1 <= lo <= 65535 or not 1 <= hi <= 65535:
-        raise ValueError(f"{text!r}: ports must be within 1-65535")
-    if lo > hi:
-        raise ValueError(f"{text!r} is empty: the first port is above the last")
-    return lo, hi
 
 
 def env_name_problem(value: str) -> str | None:
