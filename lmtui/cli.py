@@ -4,8 +4,8 @@
           [--read-only] [--debug]
     lmtui sim --config FILE [--time-scale X]
 
-Errors a user can meet (a broken config, a port in use) print one clear line and exit 2;
-a traceback only with ``--debug``.
+Errors a user can meet (a broken config, a port in use) print one clear line (a broken
+config one per problem in it) and exit 2; a traceback only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, EngineError, CommandError) as e:
         if args.debug:
             raise
-        print(f"lmtui: {e}", file=sys.stderr)
+        # A broken config lists every problem in it, one per line.
+        for line in str(e).splitlines():
+            print(f"lmtui: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

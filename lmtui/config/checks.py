@@ -1,174 +1,24 @@
-"""Config validation beyond the schema, and plain-words explanations of schema errors.
+"""Config validation beyond the schema: what msgspec's types and ranges cannot express.
 
-msgspec checks types, ranges and unknown keys; this module turns its terse messages
-("Expected `int` >= 1 - at `$.router.queue_depth`") into sentences a user can act on, and
-checks what a schema cannot express: unique names, URL shape, ``HOST:PORT``, and that
-``*_env`` settings hold variable *names*, not secrets.
+Unique names, URL shape, ``HOST:PORT``, port ranges, that ``*_env`` settings hold variable
+*names* (not secrets), and what a ``llamacpp-pool`` node needs. The schema's own errors
+are put in plain words by :mod:`lmtui.config.explain`.
 
-Each check returns :class:`Problem` values (a key path and a message);
-:mod:`lmtui.config.load` turns them into a ``ConfigError`` with the line of each key. This
-module builds on :mod:`lmtui.config.schema` and is imported by the loader, never the other
-way round.
+Each check returns :class:`~lmtui.config.explain.Problem` values (a key path and a
+message), all of them; :mod:`lmtui.config.load` turns them into one ``ConfigError`` with
+the line of each key. This module builds on the schema and is imported by the loader,
+never the other way round.
 """
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 import re
-from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-import msgspec
-import msgspec.inspect as mi
-
+from lmtui.config.explain import Problem
 from lmtui.config.locate import KeyPath
 from lmtui.config.schema import Config, parse_listen, parse_port_range
 from lmtui.core.model import NodeKind
-
-
-class Problem(NamedTuple):
-    """One thing wrong with a config: where (a key path) and what, in plain words."""
-
-    path: KeyPath
-    message: str
-
-
-# --- schema errors ---------------------------------------------------------------------
-
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-_TYPE_NAMES = {
-    "int": "an integer",
-    "float": "a number",
-    "str": "a string",
-    "bool": "true or false",
-    "array": "an array",
-    "object": "a table",
-    "datetime": "a date-time",
-    "date": "a date",
-    "time": "a time",
-}
-
-
-def _parse_msgspec_path(text: str) -> KeyPath:
-    parts: list[str | int] = []
-    for m in _PATH_PART.finditer(text):
-        parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
-    return tuple(parts)
-
-
-def _unwrap(t: mi.Type | None) -> mi.Type | None:
-    """``X | None`` -> ``X``: TOML has no null, so the None branch never explains anything."""
-    if isinstance(t, mi.UnionType):
-        rest = [u for u in t.types if not isinstance(u, mi.NoneType)]
-        return rest[0] if len(rest) == 1 else t
-    return t
-
-
-def _type_at(root: mi.Type, path: KeyPath) -> mi.Type | None:
-    t: mi.Type | None = root
-    for part in path:
-        t = _unwrap(t)
-        if isinstance(part, int):
-            t = t.item_type if isinstance(t, mi.ListType) else None
-        elif isinstance(t, mi.StructType):
-            t = next((f.type for f in t.fields if f.encode_name == part), None)
-        else:
-            t = None
-    return _unwrap(t)
-
-
-def _choices(t: mi.Type | None) -> list[str]:
-    if isinstance(t, mi.EnumType):
-        return [str(m.value) for m in t.cls]
-    if isinstance(t, mi.LiteralType):
-        return [str(v) for v in t.values]
-    return []
-
-
-def where(path: KeyPath) -> str:
-    """Where the table at ``path`` is, as written: ``in [[nodes]]``, ``in [nodes.ssh]``."""
-    names = ".".join(p for p in path if isinstance(p, str))
-    if not names:
-        return "at the top level"
-    return f"in [[{names}]]" if isinstance(path[-1], int) else f"in [{names}]"
-
-
-def _describe_type(spec: str) -> str:
-    words = [_TYPE_NAMES.get(t.strip(), t.strip()) for t in spec.split("|") if t.strip() != "null"]
-    return " or ".join(words)
-
-
-def _value_at(data: Any, path: KeyPath) -> Any:
-    for part in path:
-        try:
-            data = data[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return data
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def explain_validation_error(err: msgspec.ValidationError, root: type, data: Any) -> Problem:
-    """Turn a msgspec error from ``convert(data, root)`` into a path and a plain message."""
-    m = _AT.match(str(err))
-    raw = m.group("msg") if m else str(err)
-    path = _parse_msgspec_path(m.group("path") or "") if m else ()
-    root_info = mi.type_info(root)
-    value = _value_at(data, path)
-
-    if field := re.fullmatch(r"Object contains unknown field `(.+)`", raw):
-        name = field.group(1)
-        t = _type_at(root_info, path)
-        valid = [f.encode_name for f in t.fields] if isinstance(t, mi.StructType) else []
-        return Problem(
-            (*path, name),
-            f"unknown key '{name}' {where(path)}{_did_you_mean(name, valid)}"
-            f" (valid keys: {', '.join(valid)})",
-        )
-    if field := re.fullmatch(r"Object missing required field `(.+)`", raw):
-        name = field.group(1)
-        choices = _choices(_type_at(root_info, (*path, name)))
-        hint = f" (one of: {', '.join(choices)})" if choices else ""
-        return Problem((*path, name), f"missing required key '{name}' {where(path)}{hint}")
-    if enum := re.fullmatch(r"Invalid enum value (.+)", raw):
-        given = enum.group(1)
-        choices = _choices(_type_at(root_info, path))
-        return Problem(
-            path,
-            f"{given} is not allowed here{_did_you_mean(given.strip(chr(39)), choices)}"
-            f" (choose one of: {', '.join(choices)})",
-        )
-    if wrong := re.fullmatch(r"Expected `(.+?)`, got `(.+?)`", raw):
-        expected, got = _describe_type(wrong.group(1)), wrong.group(2)
-        message = f"expected {expected}, got {_shown(value)}"
-        if got == "object" and wrong.group(1) == "array" and path and isinstance(path[-1], str):
-            # The classic slip: [nodes] where [[nodes]] (one entry per node) was meant.
-            message += f"; write [[{path[-1]}]] (double brackets) for each entry"
-        elif got == "str" and expected in ("an integer", "a number", "true or false"):
-            message += " (remove the quotes)"
-        return Problem(path, message)
-    if bound := re.fullmatch(r"Expected `(.+?)` (>=|<=|>|<) (\S+)", raw):
-        limit = bound.group(3)
-        with contextlib.suppress(ValueError):
-            limit = f"{float(limit):g}"  # "0.0" reads better as "0"
-        return Problem(path, f"must be {bound.group(2)} {limit}, got {_shown(value)}")
-    return Problem(path, raw[:1].lower() + raw[1:])
-
 
 # --- checks a schema cannot express ----------------------------------------------------
 

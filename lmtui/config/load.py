@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import msgspec
-
-from lmtui.config.checks import check_config, explain_validation_error
-from lmtui.config.errors import ConfigError
+from lmtui.config.checks import check_config
+from lmtui.config.errors import ConfigError, ConfigProblem
+from lmtui.config.explain import Problem, convert_all
 from lmtui.config.locate import KeyPath, format_path, key_lines, line_of
 from lmtui.config.schema import Config
 
@@ -43,14 +42,11 @@ def read_text(path: Path) -> str:
         raise ConfigError(path, line, "", "not valid UTF-8 text") from None
 
 
-def decode_toml(path: Path, text: str, schema: type[_T]) -> tuple[_T, dict[KeyPath, int]]:
-    """Parse ``text`` as TOML into the msgspec ``schema``, strictly.
-
-    Returns the value and the line of every key. Any failure raises a ConfigError with the
-    line of the offending key (or tomllib's line for a syntax error).
-    """
+def parse_toml(path: Path, text: str) -> dict[str, Any]:
+    """Parse ``text`` as TOML; a syntax error is one ConfigError at tomllib's line (parsing
+    cannot go on past it, so there is never more than one)."""
     try:
-        data: dict[str, Any] = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         m = _TOML_POSITION.search(message)
@@ -61,16 +57,30 @@ def decode_toml(path: Path, text: str, schema: type[_T]) -> tuple[_T, dict[KeyPa
                 line = int(m.group(1))
                 message += f" (column {m.group(2)})"
         raise ConfigError(path, line, "", f"invalid TOML: {message}") from None
+
+
+def decode_toml(path: Path, text: str, schema: type[_T]) -> tuple[_T, dict[KeyPath, int]]:
+    """Parse ``text`` as TOML into the msgspec ``schema``, strictly.
+
+    Returns the value and the line of every key. A syntax error raises a ConfigError at
+    tomllib's line; schema problems raise one ConfigError listing all of them, each with the
+    line of its key.
+    """
+    data = parse_toml(path, text)
     lines = key_lines(text)
-    try:
-        return msgspec.convert(data, schema, strict=True), lines
-    except msgspec.ValidationError as exc:
-        problem = explain_validation_error(exc, schema, data)
-        raise _error_at(path, lines, problem.path, problem.message) from None
+    converted = convert_all(data, schema)
+    if converted.value is None or converted.problems:
+        raise _error(path, lines, converted.problems)
+    return converted.value, lines
 
 
-def _error_at(path: Path, lines: dict[KeyPath, int], key: KeyPath, message: str) -> ConfigError:
-    return ConfigError(path, line_of(lines, key), format_path(key), message)
+def _error(path: Path, lines: dict[KeyPath, int], problems: list[Problem]) -> ConfigError:
+    """One ConfigError for ``problems``, in file order (by line; ties keep their order)."""
+    located = [
+        ConfigProblem(path, line_of(lines, p.path), format_path(p.path), p.message)
+        for p in problems
+    ]
+    return ConfigError.of(sorted(located, key=lambda p: p.line))
 
 
 def _fill_defaults(cfg: Config) -> None:
@@ -91,16 +101,22 @@ def load_config(path: Path | str) -> Config:
     """Read and validate ``path``; raise :class:`ConfigError` naming file, line and key.
 
     Beyond the schema (types, ranges, unknown keys) this checks unique node names, unique
-    model names and aliases, URLs, ``router.listen`` and environment variable names. When
-    several such problems exist, the first one in the file is reported. SSH hosts default
-    to the host of the node's URL.
+    model names and aliases, URLs, ``router.listen`` and environment variable names. Every
+    problem in the file is reported, in file order, in one ConfigError; only a TOML syntax
+    error stops at once. SSH hosts default to the host of the node's URL.
     """
     path = Path(path)
     text = read_text(path)
-    cfg, lines = decode_toml(path, text, Config)
-    problems = check_config(cfg, lines)
-    if problems:
-        first = min(problems, key=lambda p: line_of(lines, p.path))
-        raise _error_at(path, lines, first.path, first.message)
+    data = parse_toml(path, text)
+    lines = key_lines(text)
+    converted = convert_all(data, Config)
+    problems = list(converted.problems)
+    if converted.value is not None:
+        # Settings that stand in for bad ones are not the user's: their problems are not news.
+        checked = check_config(converted.value, lines)
+        problems += [p for p in checked if not converted.is_tainted(p.path)]
+    if converted.value is None or problems:
+        raise _error(path, lines, problems)
+    cfg = converted.value
     _fill_defaults(cfg)
     return cfg

@@ -82,6 +82,28 @@ def test_a_broken_config_names_file_line_and_key_and_exits_2(tmp_path: Path) -> 
     assert "Traceback" not in p.stderr
 
 
+def test_every_problem_of_a_broken_config_is_one_line_of_its_own(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(
+        '[[nodes]]\nname = "a"\nkind = "ollama"\nurl = "http://127.0.0.1:1"\nslots = -1\n'
+        '[nodes.ssh]\nport = 70000\n\n[router]\ncolour = "red"\n'
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "lmtui", "--serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2
+    lines = p.stderr.splitlines()
+    assert [line.split(": ")[2] for line in lines] == [
+        "nodes[0].slots",
+        "nodes[0].ssh.port",
+        "router.colour",
+    ], p.stderr
+    assert all(line.startswith(f"lmtui: {cfg}:") for line in lines)
+
+
 def test_serve_routes_to_nodes_started_by_lmtui_sim(tmp_path: Path) -> None:
     sim_cfg = tmp_path / "sim.toml"
     sim_cfg.write_text(SIM_TOML)

@@ -328,7 +328,8 @@ def test_long_value_in_env_name_is_treated_as_a_secret(tmp_path: Path) -> None:
 
 
 def test_toml_syntax_error_uses_tomllib_line(tmp_path: Path) -> None:
-    err = load_error(tmp_path, '[router]\nlisten = "127.0.0.1:4000"\nqueue_depth = \n')
+    err = load_error(tmp_path, '[router]\nlisten = "127.0.0.1:4000"\nqueue_depth = \ncolour = 1\n')
+    assert len(err.problems) == 1  # parsing cannot go on, so nothing past it is known
     assert err.line == 3
     assert err.key == ""
     assert err.message.startswith("invalid TOML: Invalid value")
@@ -341,7 +342,36 @@ def test_duplicate_key_is_a_syntax_error_on_its_line(tmp_path: Path) -> None:
     assert "Cannot overwrite a value" in err.message
 
 
-def test_several_problems_report_the_first_in_the_file(tmp_path: Path) -> None:
+def test_every_problem_in_the_file_is_reported_at_once_in_file_order(tmp_path: Path) -> None:
+    # Schema problems (an unknown key, a range) and checks (a port) alike, written out of
+    # the order msgspec or the checks meet them.
+    text = (
+        NODE_A
+        + "slots = -1\n"
+        + '\n[router]\nlisten = "127.0.0.1:99999"\ncolour = "red"\n'
+        + "\n[poll]\ninterval = 0\n"
+    )
+    err = load_error(tmp_path, text)
+    path = tmp_path / "config.toml"
+    assert [(p.line, p.key) for p in err.problems] == [
+        (5, "nodes[0].slots"),
+        (8, "router.listen"),
+        (9, "router.colour"),
+        (12, "poll.interval"),
+    ]
+    lines = str(err).splitlines()
+    assert lines[0] == f"{path}:5: nodes[0].slots: must be >= 1, got -1"
+    assert lines[1] == (
+        f"{path}:8: router.listen: '127.0.0.1:99999': port 99999 is out of range (1-65535)"
+    )
+    assert lines[2].startswith(f"{path}:9: router.colour: unknown key 'colour' in [router] (")
+    assert lines[3] == f"{path}:12: poll.interval: must be > 0, got 0"
+    assert len(lines) == 4
+    # The first problem is also the error's own line, key and message.
+    assert (err.line, err.key, err.message) == err.problems[0][1:]
+
+
+def test_several_problems_of_the_checks_are_all_reported(tmp_path: Path) -> None:
     text = (
         '[router]\nlisten = "nope"\n\n'
         '[[nodes]]\nname = "a"\nkind = "ollama"\nurl = "ftp://a"\n'
@@ -349,6 +379,60 @@ def test_several_problems_report_the_first_in_the_file(tmp_path: Path) -> None:
     )
     err = load_error(tmp_path, text)
     assert (err.line, err.key) == (2, "router.listen")
+    assert [(p.line, p.key) for p in err.problems] == [
+        (2, "router.listen"),
+        (7, "nodes[0].url"),
+        (10, "nodes[1].name"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            '[[nodes]]\nname = 5\nkind = "ollama"\nurl = "http://a"\n',
+            [(2, "nodes[0].name")],
+            id="bad-name-is-not-also-an-empty-name",
+        ),
+        pytest.param(
+            '[[nodes]]\nname = "p"\nkind = "llamacpp-pol"\nurl = "http://a"\n'
+            "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\n",
+            [(3, "nodes[0].kind")],
+            id="misspelt-kind-is-not-also-a-pool-on-the-wrong-kind",
+        ),
+        pytest.param(
+            '[[nodes]]\nname = "p"\nkind = "llamacpp-pool"\nurl = "http://a"\npool = "x"\n',
+            [(5, "nodes[0].pool")],
+            id="bad-pool-is-not-also-a-missing-pool",
+        ),
+        pytest.param(
+            "[[models]]\naliases = ['q']\n\n[[models]]\nname = 'q'\n",
+            [(1, "models[0].name")],
+            id="missing-name-is-not-also-empty-and-its-alias-does-not-clash",
+        ),
+        pytest.param(
+            "[router]\napi_keys_env = ['OK', 3, 'not a name']\n",
+            [(2, "router.api_keys_env[1]"), (2, "router.api_keys_env[2]")],
+            id="bad-array-item-and-the-next",
+        ),
+        pytest.param(
+            "nodes = [1, 2]\n",
+            [(1, "nodes[0]"), (1, "nodes[1]")],
+            id="array-items-that-are-not-tables",
+        ),
+    ],
+)
+def test_a_stand_in_for_a_bad_value_raises_no_problems_of_its_own(
+    tmp_path: Path, text: str, expected: list[tuple[int, str]]
+) -> None:
+    err = load_error(tmp_path, text)
+    assert [(p.line, p.key) for p in err.problems] == expected, str(err)
+
+
+def test_problems_are_bounded(tmp_path: Path) -> None:
+    err = load_error(tmp_path, "".join(f"k{i} = {i}\n" for i in range(80)))
+    assert len(err.problems) == 50
+    assert err.problems[0].key == "k0" and err.problems[-1].key == "k49"
 
 
 def test_missing_file_is_an_error_with_line_zero(tmp_path: Path) -> None:
@@ -373,6 +457,9 @@ def test_config_error_survives_pickling() -> None:
     err = ConfigError(Path("c.toml"), 3, "router.listen", "bad")
     again = pickle.loads(pickle.dumps(err))
     assert str(again) == str(err) == "c.toml:3: router.listen: bad"
+    several = ConfigError.of([err.problems[0], err.problems[0]._replace(line=5, key="")])
+    again = pickle.loads(pickle.dumps(several))
+    assert str(again) == str(several) == "c.toml:3: router.listen: bad\nc.toml:5: bad"
 
 
 # --- valid configs and defaults -----------------------------------------------------------
@@ -599,10 +686,11 @@ def test_corrupt_overrides_are_kept_aside_and_ignored(
 
 def test_strict_load_reports_the_line_and_keeps_the_file(tmp_path: Path) -> None:
     path = tmp_path / "overrides.toml"
-    path.write_text("pinned = ['a']\nstrategy = 'fastest'\n", encoding="utf-8")
+    path.write_text("pinned = ['a']\nstrategy = 'fastest'\ncolour = 1\n", encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_overrides(path, strict=True)
     assert (info.value.line, info.value.key) == (2, "strategy")
+    assert [p.key for p in info.value.problems] == ["strategy", "colour"]
     assert path.exists()
 
 
