@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmtui import __version__
-from lmtui.config import Config, ConfigError, load_config
+from lmtui.config import Config, ConfigError, key_strings, load_config
 from lmtui.config.paths import find_config, overrides_path, state_dir
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.engine.client import HttpEngineClient, InProcessClient
@@ -171,7 +171,8 @@ async def run_tui(
         async with engine:
             if demo is not None:
                 demo.route_traffic_via(engine.router_url)
-            await build_app(InProcessClient(engine, read_only=read_only)).run_async()
+            client = InProcessClient(engine, read_only=read_only)
+            await build_app(client, keymap=key_strings(cfg.keymap)).run_async()
             if demo is not None:
                 await demo.traffic.stop()
     return 0

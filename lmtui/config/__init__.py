@@ -18,13 +18,16 @@ The package, bottom up (each module imports only those above it)::
     locate     where each key of a TOML text is written (line numbers)
     errors     ConfigError
     schema     the msgspec structs, defaults, the HOST:PORT and port-range parsers
-    checks     what the schema cannot express; schema errors in plain words
+    keymap     the ids of the dashboard's bindings, the shape of a key
+    explain    schema errors in plain words, every one of them
+    checks     what the schema cannot express
     load       read_text, decode_toml, load_config
     overrides  the run-time overrides file (atomic writes)
     paths      where lmtui's files are, which config file to read
 """
 
-from lmtui.config.errors import ConfigError
+from lmtui.config.errors import ConfigError, ConfigProblem
+from lmtui.config.keymap import BINDING_IDS, key_strings
 from lmtui.config.load import decode_toml, load_config, read_text
 from lmtui.config.schema import (
     GB,
@@ -44,9 +47,11 @@ from lmtui.config.schema import (
 )
 
 __all__ = [
+    "BINDING_IDS",
     "GB",
     "Config",
     "ConfigError",
+    "ConfigProblem",
     "EffectiveSettings",
     "ModelConfig",
     "NodeConfig",
@@ -58,6 +63,7 @@ __all__ = [
     "SshConfig",
     "Strategy",
     "decode_toml",
+    "key_strings",
     "load_config",
     "parse_listen",
     "parse_port_range",

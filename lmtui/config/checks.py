@@ -1,7 +1,8 @@
 """Config validation beyond the schema: what msgspec's types and ranges cannot express.
 
 Unique names, URL shape, ``HOST:PORT``, port ranges, that ``*_env`` settings hold variable
-*names* (not secrets), and what a ``llamacpp-pool`` node needs. The schema's own errors
+*names* (not secrets), what a ``llamacpp-pool`` node needs, and that ``[keymap]`` remaps
+bindings that exist to keys shaped like keys. The schema's own errors
 are put in plain words by :mod:`lmtui.config.explain`.
 
 Each check returns :class:`~lmtui.config.explain.Problem` values (a key path and a
@@ -15,7 +16,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from lmtui.config.explain import Problem
+from lmtui.config.explain import Problem, did_you_mean
+from lmtui.config.keymap import BINDING_IDS, key_problem, split_keys
 from lmtui.config.locate import KeyPath
 from lmtui.config.schema import Config, parse_listen, parse_port_range
 from lmtui.core.model import NodeKind
@@ -107,6 +109,35 @@ def check_config(cfg: Config, lines: dict[KeyPath, int]) -> list[Problem]:
         problems.append(Problem(("router", "admin_token_env"), msg))
 
     problems += _check_model_names(cfg, lines)
+    problems += _check_keymap(cfg)
+    return problems
+
+
+def _check_keymap(cfg: Config) -> list[Problem]:
+    """Every ``[keymap]`` id names one of the dashboard's bindings; every key is a key."""
+    problems: list[Problem] = []
+    for binding, value in cfg.keymap.items():
+        at: KeyPath = ("keymap", binding)
+        if binding not in BINDING_IDS:
+            problems.append(
+                Problem(
+                    at,
+                    f"unknown binding '{binding}' in [keymap]"
+                    f"{did_you_mean(binding, list(BINDING_IDS))}"
+                    f" (bindings: {', '.join(BINDING_IDS)})",
+                )
+            )
+            continue
+        keys = split_keys(value)
+        if not keys:
+            problems.append(Problem(at, "give at least one key"))
+        for j, key in enumerate(keys):
+            if (msg := key_problem(key)) is not None:
+                # An array item has a line of its own; keys in one string share the key's
+                # (and "a,,b" is one empty key to mention, not one per comma).
+                problem = Problem((*at, j) if isinstance(value, list) else at, msg)
+                if problem not in problems:
+                    problems.append(problem)
     return problems
 
 

@@ -19,6 +19,7 @@ import contextlib
 import copy
 import difflib
 import re
+import typing
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import msgspec
@@ -43,7 +44,7 @@ class Problem(NamedTuple):
 # --- one error in plain words -----------------------------------------------------------
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
 _TYPE_NAMES = {
     "int": "an integer",
     "float": "a number",
@@ -57,11 +58,40 @@ _TYPE_NAMES = {
 }
 
 
-def _parse_msgspec_path(text: str) -> KeyPath:
+def _parse_msgspec_path(text: str, root: mi.Type, data: Any) -> KeyPath:
+    """``.nodes[1].ssh.port`` -> ``("nodes", 1, "ssh", "port")``.
+
+    msgspec does not name the key of a table value it rejects (``.pool.models[...]``), so
+    that step is found again: the first key whose value does not convert on its own.
+    """
     parts: list[str | int] = []
     for m in _PATH_PART.finditer(text):
-        parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        if m.group(1) is not None:
+            parts.append(m.group(1))
+        elif m.group(2) is not None:
+            parts.append(int(m.group(2)))
+        else:
+            key = _bad_dict_key(root, tuple(parts), data)
+            if key is None:
+                break  # the table is as close as it gets
+            parts.append(key)
     return tuple(parts)
+
+
+def _bad_dict_key(root: mi.Type, path: KeyPath, data: Any) -> str | None:
+    table, parent = _value_at(data, path), _type_at(root, path[:-1])
+    if not path or not isinstance(table, dict) or not isinstance(parent, mi.StructType):
+        return None
+    hints = {f.encode_name: f.type for f in msgspec.structs.fields(parent.cls)}
+    args = typing.get_args(hints.get(str(path[-1])))
+    if len(args) != 2:
+        return None
+    for key, value in table.items():
+        try:
+            msgspec.convert(value, args[1], strict=True)
+        except msgspec.ValidationError:
+            return str(key)
+    return None
 
 
 def _unwrap(t: mi.Type | None) -> mi.Type | None:
@@ -144,7 +174,7 @@ def explain_validation_error(err: msgspec.ValidationError, root: type, data: Any
 def _explain(err: msgspec.ValidationError, root_info: mi.Type, data: Any) -> tuple[Problem, _Kind]:
     m = _AT.match(str(err))
     raw = m.group("msg") if m else str(err)
-    path = _parse_msgspec_path(m.group("path") or "") if m else ()
+    path = _parse_msgspec_path(m.group("path") or "", root_info, data) if m else ()
     value = _value_at(data, path)
 
     if field := re.fullmatch(r"Object contains unknown field `(.+)`", raw):

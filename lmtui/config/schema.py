@@ -200,6 +200,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
     #: Per-model settings, one ``[[models]]`` table each; models not listed get defaults.
     models: list[ModelConfig] = msgspec.field(default_factory=list)
+    #: The dashboard's keys, remapped: binding id -> a key, comma-separated keys or an
+    #: array of keys, e.g. ``theme = "T"`` (see :mod:`lmtui.config.keymap` for the ids).
+    #: A remapped binding no longer answers to its default key.
+    keymap: dict[str, str | list[str]] = msgspec.field(default_factory=dict)
 
     def node(self, name: str) -> NodeConfig:
         """The node called ``name``; KeyError when there is none."""

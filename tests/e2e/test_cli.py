@@ -222,6 +222,32 @@ def test_the_demo_keeps_its_pins_and_requests_out_of_the_users_files(
     assert log is not None and log.retention_s is None
 
 
+async def test_the_dashboard_gets_the_configs_keymap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lmtui.tui.app
+    from lmtui import cli
+    from lmtui.config import load_config
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    given: dict[str, object] = {}
+
+    class App:
+        async def run_async(self) -> None:
+            pass
+
+    def build_app(client: object, **kw: object) -> App:
+        given.update(kw)
+        return App()
+
+    monkeypatch.setattr(lmtui.tui.app, "build_app", build_app)
+    path = tmp_path / "lmtui.toml"
+    path.write_text("[keymap]\ntheme = 'T'\nhelp = ['f1', 'h']\n")
+    assert await cli.run_tui(load_config(path), str(path), "off", read_only=True) == 0
+    assert given["keymap"] == {"theme": "T", "help": "f1,h"}
+
+
 def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
     with demo_serving_a_long_stream(tmp_path) as serve:
         serve.send_signal(signal.SIGTERM)  # drain: the stream may finish

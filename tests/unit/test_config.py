@@ -30,6 +30,7 @@ from lmtui.config import (
     PoolNodeConfig,
     RouterConfig,
     SshConfig,
+    key_strings,
     load_config,
     parse_listen,
 )
@@ -59,6 +60,15 @@ def load_error(tmp_path: Path, text: str) -> ConfigError:
         load_config(path)
     return info.value
 
+
+_POOL_OK = """
+[[nodes]]
+name = "p"
+kind = "llamacpp-pool"
+url = "http://127.0.0.1:8080"
+[nodes.pool]
+binary = "x"
+"""
 
 # --- errors: each kind names the right line, key and problem ------------------------------
 
@@ -276,6 +286,55 @@ ERROR_CASES = [
         "nodes[1].slots",
         "must be >= 1, got 0",
         id="array-of-inline-tables",
+    ),
+    pytest.param(
+        '[keymap]\ntheme = "T"\nthem = "x"\n',
+        3,
+        "keymap.them",
+        "unknown binding 'them' in [keymap]; did you mean 'theme'? (bindings: quit, help,",
+        id="keymap-unknown-binding",
+    ),
+    pytest.param(
+        '[keymap]\nquit = [\n  "q",\n  "ctrl q",\n]\n',
+        4,
+        "keymap.quit[1]",
+        "'ctrl q' is not a key; write a character",
+        id="keymap-bad-key-in-array",
+    ),
+    pytest.param(
+        '[keymap]\nhelp = "f1,ctl+h"\n',
+        2,
+        "keymap.help",
+        "'ctl+h': 'ctl' is not a modifier (one of: alt, ctrl,",
+        id="keymap-bad-modifier",
+    ),
+    pytest.param(
+        "[keymap]\nhelp = 'Escape'\n",
+        2,
+        "keymap.help",
+        "key names are lower case ('escape')",
+        id="keymap-capitalised-name",
+    ),
+    pytest.param(
+        "[keymap]\npin = []\n",
+        2,
+        "keymap.pin",
+        "give at least one key",
+        id="keymap-no-keys",
+    ),
+    pytest.param(
+        "[keymap]\nquit = 'q'\nload = 5\n",
+        3,
+        "keymap.load",
+        "expected a string or an array, got 5",
+        id="keymap-wrong-type-names-its-key",
+    ),
+    pytest.param(
+        _POOL_OK + "models = { a = '/m/a.gguf', b = 5 }\n",
+        7,
+        "nodes[0].pool.models.b",
+        "expected a string, got 5",
+        id="table-value-wrong-type-names-its-key",
     ),
     pytest.param(
         '[[nodes]]\nname = """tricky\n[[nodes]]\nname = "x"\n"""\nkind = "ollama"\n'
@@ -499,6 +558,22 @@ def test_valid_config_loads_with_defaults_filled(tmp_path: Path) -> None:
     assert cfg.resolve_model("other") == "other"
 
 
+def test_keymap_takes_a_key_comma_separated_keys_or_an_array(tmp_path: Path) -> None:
+    text = "[keymap]\ntheme = 'T'\nquit = 'q, ctrl+q'\nhelp = ['f1', '?']\nfilter = [',']\n"
+    with pytest.raises(ConfigError, match="write 'comma' for the , key"):
+        load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError, match="an empty key"):
+        load_config(write(tmp_path, text.replace("[',']", "'a,,b'")))
+    cfg = load_config(write(tmp_path, text.replace("','", "'comma'")))
+    assert key_strings(cfg.keymap) == {
+        "theme": "T",
+        "quit": "q,ctrl+q",
+        "help": "f1,?",
+        "filter": "comma",
+    }
+    assert load_config(write(tmp_path, "")).keymap == {}
+
+
 def test_integers_are_accepted_where_numbers_are_expected(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "[poll]\ninterval = 2\n"))
     assert cfg.poll.interval == 2.0
@@ -536,7 +611,7 @@ def test_example_config_documents_every_key() -> None:
         if field.encode_name not in written and field.encode_name not in ("ssh", "pool")
     ]
     assert missing == []
-    tables = {"[[nodes]]", "[nodes.ssh]", "[poll]", "[router]", "[pool]", "[[models]]"}
+    tables = {"[[nodes]]", "[nodes.ssh]", "[poll]", "[router]", "[pool]", "[[models]]", "[keymap]"}
     assert tables <= {line.strip() for line in text.splitlines()}
 
 
