@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmtui import __version__
 from lmtui.config import Config, ConfigError, key_strings, load_config
-from lmtui.config.paths import find_config, overrides_path, state_dir
+from lmtui.config.paths import find_config, overrides_path, state_dir, themes_dir
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.engine.client import HttpEngineClient, InProcessClient
 from lmtui.engine.control import CommandError
@@ -172,7 +172,8 @@ async def run_tui(
             if demo is not None:
                 demo.route_traffic_via(engine.router_url)
             client = InProcessClient(engine, read_only=read_only)
-            await build_app(client, keymap=key_strings(cfg.keymap)).run_async()
+            keymap = key_strings(cfg.keymap)
+            await build_app(client, theme_dirs=_theme_dirs(), keymap=keymap).run_async()
             if demo is not None:
                 await demo.traffic.stop()
     return 0
@@ -184,10 +185,17 @@ async def run_attached(url: str, *, read_only: bool) -> int:
     client = HttpEngineClient(url, token=os.environ.get("LMTUI_ADMIN_TOKEN"), read_only=read_only)
     try:
         await client.connect()
-        await build_app(client).run_async()
+        await build_app(client, theme_dirs=_theme_dirs()).run_async()
     finally:
         await client.aclose()
     return 0
+
+
+def _theme_dirs() -> tuple[Path, ...]:
+    """lmtui's own themes, then the user's folder (a missing one is skipped)."""
+    from lmtui.tui.themes import SHIPPED_THEMES_DIR
+
+    return (SHIPPED_THEMES_DIR, themes_dir())
 
 
 async def serve(config: Config | None, source: str, listen: str | None) -> int:

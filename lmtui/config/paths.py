@@ -2,9 +2,10 @@
 
 Every lookup of a user directory goes through the functions here, so tests patch one
 place (``monkeypatch.setattr(lmtui.config.paths, "config_dir", ...)``) and never read the
-developer's own config. Directories follow each platform's convention via platformdirs: on Linux
-``~/.config/lmtui`` (config), ``~/.local/state/lmtui`` (state: the overrides file) and
-``~/.local/share/lmtui`` (data: the request log); XDG_* variables are honoured there.
+developer's own config. Directories follow each platform's convention via platformdirs: on
+Linux ``~/.config/lmtui`` (config, and the user's ``themes`` folder),
+``~/.local/state/lmtui`` (state: the overrides file) and ``~/.local/share/lmtui`` (data:
+the request log); XDG_* variables are honoured there.
 """
 
 from __future__ import annotations
@@ -21,11 +22,18 @@ APP_NAME = "lmtui"
 CONFIG_ENV = "LMTUI_CONFIG"
 CONFIG_FILE = "config.toml"
 OVERRIDES_FILE = "overrides.toml"
+THEMES_DIR = "themes"
 
 
 def config_dir() -> Path:
     """Directory of the user's ``config.toml`` (read, never written by lmtui)."""
     return platformdirs.user_config_path(APP_NAME)
+
+
+def themes_dir() -> Path:
+    """The user's own themes, ``config_dir()/themes`` (one Textual theme per ``*.toml``);
+    the dashboard loads them after lmtui's, and a missing folder is fine."""
+    return config_dir() / THEMES_DIR
 
 
 def state_dir() -> Path:

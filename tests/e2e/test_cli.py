@@ -222,15 +222,19 @@ def test_the_demo_keeps_its_pins_and_requests_out_of_the_users_files(
     assert log is not None and log.retention_s is None
 
 
-async def test_the_dashboard_gets_the_configs_keymap(
+async def test_the_dashboard_gets_the_configs_keymap_and_the_users_themes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import lmtui.config.paths
     import lmtui.tui.app
     from lmtui import cli
     from lmtui.config import load_config
+    from lmtui.tui.themes import SHIPPED_THEMES_DIR
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    home = tmp_path / "config-home"
+    monkeypatch.setattr(lmtui.config.paths, "config_dir", lambda: home)
     given: dict[str, object] = {}
 
     class App:
@@ -246,6 +250,13 @@ async def test_the_dashboard_gets_the_configs_keymap(
     path.write_text("[keymap]\ntheme = 'T'\nhelp = ['f1', 'h']\n")
     assert await cli.run_tui(load_config(path), str(path), "off", read_only=True) == 0
     assert given["keymap"] == {"theme": "T", "help": "f1,h"}
+    # lmtui's themes, then the user's (tests/tui/test_themes.py: they join the cycle).
+    assert given["theme_dirs"] == (SHIPPED_THEMES_DIR, home / "themes")
+    # The demo cluster and an attached dashboard get the user's themes too.
+    given.clear()
+    assert await cli.run_tui(None, "demo", "off", read_only=True) == 0
+    assert given["theme_dirs"] == (SHIPPED_THEMES_DIR, home / "themes")
+    assert given["keymap"] == {}
 
 
 def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:

@@ -707,6 +707,7 @@ def test_directories_follow_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         == tmp_path / "XDG_STATE_HOME" / "lmtui" / "overrides.toml"
     )
     assert lmtui.config.paths.data_dir() == tmp_path / "XDG_DATA_HOME" / "lmtui"
+    assert lmtui.config.paths.themes_dir() == tmp_path / "XDG_CONFIG_HOME" / "lmtui" / "themes"
 
 
 # --- overrides -------------------------------------------------------------------------------
