@@ -9,8 +9,9 @@ a file with three mistakes is reported with three messages, not one per attempt.
 Setting a value aside means: an unknown key is dropped; a bad value of a setting with a
 default is dropped (the default stands in); a bad or missing required value, or a bad
 array item, is replaced by a placeholder of the right type. What stands in for the user's
-value is marked *tainted*, so that the checks that run afterwards on the converted value
-do not report problems of the stand-in (an empty placeholder name, say) as the user's.
+value is marked *tainted* (for a required value or a whole table, the entry it belongs
+to), so that the checks that run afterwards on the converted value do not report problems
+of the stand-in (an empty placeholder name, say) as the user's.
 """
 
 from __future__ import annotations
