@@ -4,8 +4,8 @@
           [--read-only] [--debug]
     lmtui sim --config FILE [--time-scale X]
 
-Errors a user can meet (a broken config, a port in use) print one clear line and exit 2;
-a traceback only with ``--debug``.
+Errors a user can meet (a broken config, a port in use) print one clear line (a broken
+config one per problem in it) and exit 2; a traceback only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmtui import __version__
-from lmtui.config import Config, ConfigError, load_config
+from lmtui.config import Config, ConfigError, key_strings, load_config
+from lmtui.config.paths import find_config, overrides_path, state_dir, themes_dir
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.engine.client import HttpEngineClient, InProcessClient
 from lmtui.engine.commands import CommandError
 from lmtui.engine.engine import Engine, EngineError
 from lmtui.engine.reqlog import default_path as default_log_path
-from lmtui.paths import find_config, overrides_path, state_dir
 
 if TYPE_CHECKING:
     from lmtui.demo import Demo
@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, EngineError, CommandError) as e:
         if args.debug:
             raise
-        print(f"lmtui: {e}", file=sys.stderr)
+        # A broken config lists every problem in it, one per line.
+        for line in str(e).splitlines():
+            print(f"lmtui: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -169,7 +171,9 @@ async def run_tui(
         async with engine:
             if demo is not None:
                 demo.route_traffic_via(engine.router_url)
-            await build_app(InProcessClient(engine, read_only=read_only)).run_async()
+            client = InProcessClient(engine, read_only=read_only)
+            keymap = key_strings(cfg.keymap)
+            await build_app(client, theme_dirs=_theme_dirs(), keymap=keymap).run_async()
             if demo is not None:
                 await demo.traffic.stop()
     return 0
@@ -181,10 +185,17 @@ async def run_attached(url: str, *, read_only: bool) -> int:
     client = HttpEngineClient(url, token=os.environ.get("LMTUI_ADMIN_TOKEN"), read_only=read_only)
     try:
         await client.connect()
-        await build_app(client).run_async()
+        await build_app(client, theme_dirs=_theme_dirs()).run_async()
     finally:
         await client.aclose()
     return 0
+
+
+def _theme_dirs() -> tuple[Path, ...]:
+    """lmtui's own themes, then the user's folder (a missing one is skipped)."""
+    from lmtui.tui.themes import SHIPPED_THEMES_DIR
+
+    return (SHIPPED_THEMES_DIR, themes_dir())
 
 
 async def serve(config: Config | None, source: str, listen: str | None) -> int:

@@ -118,7 +118,7 @@ class LlamaCppPoolBackend(Backend):
             state_dir = self.cfg.state_dir or REMOTE_STATE_DIR
         else:
             shell = LocalShell(timeout=max(10.0, timeout))
-            # Backends may not import lmtui.paths (layering); this is its state_dir().
+            # Backends may not import lmtui.config.paths (layering); this is its state_dir().
             state_dir = self.cfg.state_dir or str(platformdirs.user_state_path("lmtui") / "pool")
         self.procs = ProcessHost(shell, state_dir, node.name)
         self.servers: dict[int, Server] = {}  # by port

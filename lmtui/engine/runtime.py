@@ -18,12 +18,12 @@ from pathlib import Path
 from types import MappingProxyType
 
 from lmtui.config import GB, Config, Overrides
+from lmtui.config.overrides import load_overrides, save_overrides
 from lmtui.core.health import HealthPolicy
 from lmtui.core.model import Node
 from lmtui.core.scheduler import SchedulerSettings, Strategy
 from lmtui.core.state import FoldContext, NodeSettings
 from lmtui.engine.settings import scheduler_settings
-from lmtui.overrides import load_overrides, save_overrides
 
 
 class RunState:

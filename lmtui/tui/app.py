@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from textual.app import ComposeResult
@@ -47,7 +47,9 @@ class LmtuiApp(ControlsApp):
     # Start on the node table: the filter input must not take the keys (q, t, ?) at start.
     AUTO_FOCUS = "#nodes"
 
-    # Each binding has an id so users can remap it from config with ``App.set_keymap``.
+    # Each binding has an id so users can remap it: ``[keymap]`` in the config (its ids are
+    # lmtui.config.keymap.BINDING_IDS, checked against these by tests/tui/test_keymap.py),
+    # which ``build_app`` hands to ``App.set_keymap``.
     BINDINGS = [
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave lmtui"),
         Binding("question_mark", "help", "Help", id="help", tooltip="List the keys"),
@@ -62,10 +64,13 @@ class LmtuiApp(ControlsApp):
         *,
         clock: Callable[[], float] = time.time,
         theme_dirs: Sequence[Path] = (),
+        keymap: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.client = client
         self.clock = clock
+        if keymap:
+            self.set_keymap(keymap)
         loaded = load_themes(*theme_dirs)
         for theme in loaded.themes:
             self.register_theme(theme)
@@ -182,10 +187,14 @@ def build_app(
     *,
     clock: Callable[[], float] = time.time,
     theme_dirs: Sequence[Path] = (SHIPPED_THEMES_DIR,),
+    keymap: Mapping[str, str] | None = None,
 ) -> LmtuiApp:
     """The one way to make the app: the CLI, the tests and the snapshot tests all use it.
 
     ``clock`` gives "now" for the relative cells (tests freeze it); ``theme_dirs`` are
-    searched for ``*.toml`` themes, lmtui's own first (the CLI adds the user's folder).
+    searched for ``*.toml`` themes, lmtui's own first (the CLI adds the user's folder,
+    ``lmtui.config.paths.themes_dir()``, after it); ``keymap`` (binding id ->
+    comma-separated keys, as ``lmtui.config.key_strings`` makes it from ``[keymap]``)
+    remaps the bindings with ``App.set_keymap``.
     """
-    return LmtuiApp(client, clock=clock, theme_dirs=theme_dirs)
+    return LmtuiApp(client, clock=clock, theme_dirs=theme_dirs, keymap=keymap)

@@ -1,5 +1,8 @@
 """Themes shipped with lmtui and themes users drop into a folder, one TOML file each.
 
+The user's folder is ``lmtui.config.paths.themes_dir()`` (``~/.config/lmtui/themes`` on
+Linux); the CLI loads it after lmtui's own, so a user's theme joins the ``t`` cycle.
+
 A theme file holds the fields of ``textual.theme.Theme``::
 
     name = "lmtui-night"

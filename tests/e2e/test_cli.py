@@ -82,6 +82,28 @@ def test_a_broken_config_names_file_line_and_key_and_exits_2(tmp_path: Path) -> 
     assert "Traceback" not in p.stderr
 
 
+def test_every_problem_of_a_broken_config_is_one_line_of_its_own(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(
+        '[[nodes]]\nname = "a"\nkind = "ollama"\nurl = "http://127.0.0.1:1"\nslots = -1\n'
+        '[nodes.ssh]\nport = 70000\n\n[router]\ncolour = "red"\n'
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "lmtui", "--serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2
+    lines = p.stderr.splitlines()
+    assert [line.split(": ")[2] for line in lines] == [
+        "nodes[0].slots",
+        "nodes[0].ssh.port",
+        "router.colour",
+    ], p.stderr
+    assert all(line.startswith(f"lmtui: {cfg}:") for line in lines)
+
+
 def test_serve_routes_to_nodes_started_by_lmtui_sim(tmp_path: Path) -> None:
     sim_cfg = tmp_path / "sim.toml"
     sim_cfg.write_text(SIM_TOML)
@@ -198,6 +220,43 @@ def test_the_demo_keeps_its_pins_and_requests_out_of_the_users_files(
     keep_all = Config(nodes=[node], router=RouterConfig(request_log_days=0))
     log = cli._engine(keep_all, "lmtui.toml", None).request_log
     assert log is not None and log.retention_s is None
+
+
+async def test_the_dashboard_gets_the_configs_keymap_and_the_users_themes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lmtui.config.paths
+    import lmtui.tui.app
+    from lmtui import cli
+    from lmtui.config import load_config
+    from lmtui.tui.themes import SHIPPED_THEMES_DIR
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    home = tmp_path / "config-home"
+    monkeypatch.setattr(lmtui.config.paths, "config_dir", lambda: home)
+    given: dict[str, object] = {}
+
+    class App:
+        async def run_async(self) -> None:
+            pass
+
+    def build_app(client: object, **kw: object) -> App:
+        given.update(kw)
+        return App()
+
+    monkeypatch.setattr(lmtui.tui.app, "build_app", build_app)
+    path = tmp_path / "lmtui.toml"
+    path.write_text("[keymap]\ntheme = 'T'\nhelp = ['f1', 'h']\n")
+    assert await cli.run_tui(load_config(path), str(path), "off", read_only=True) == 0
+    assert given["keymap"] == {"theme": "T", "help": "f1,h"}
+    # lmtui's themes, then the user's (tests/tui/test_themes.py: they join the cycle).
+    assert given["theme_dirs"] == (SHIPPED_THEMES_DIR, home / "themes")
+    # The demo cluster and an attached dashboard get the user's themes too.
+    given.clear()
+    assert await cli.run_tui(None, "demo", "off", read_only=True) == 0
+    assert given["theme_dirs"] == (SHIPPED_THEMES_DIR, home / "themes")
+    assert given["keymap"] == {}
 
 
 def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:

@@ -12,11 +12,11 @@ import pytest
 from _routing import MSG, client, eventually, routed
 
 from lmtui.config import ModelConfig, PoolConfig, RouterConfig
+from lmtui.config.overrides import load_overrides
 from lmtui.core.model import NodeKind
 from lmtui.engine.client import EngineClient, HttpEngineClient, InProcessClient
 from lmtui.engine.commands import CommandError
 from lmtui.engine.engine import Engine
-from lmtui.overrides import load_overrides
 from lmtui.sim import SimCluster, SimModel, SimNodeSpec
 
 MODELS = [SimModel("m1", 10.0), SimModel("m2", 10.0), SimModel("m3", 10.0)]
@@ -150,7 +150,7 @@ def test_a_config_pin_unpinned_at_run_time_stays_unpinned_after_a_restart(
     from it (they used to add the config's pins back on top, so the model stayed pinned —
     never evicted, reloaded by the pool manager — until the next pin command)."""
     from lmtui.config import Config, NodeConfig, Overrides
-    from lmtui.overrides import save_overrides
+    from lmtui.config.overrides import save_overrides
 
     path = tmp_path / "overrides.toml"
     save_overrides(path, Overrides(unpinned=["m1"]))

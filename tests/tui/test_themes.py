@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import lmtui.config.paths
+from lmtui import cli
 from lmtui.tui.app import build_app
 from lmtui.tui.themes import SHIPPED_THEMES_DIR, load_themes, theme_from_toml
 
@@ -64,3 +66,24 @@ async def test_app_registers_themes_and_reports_broken_once(tmp_path: Path) -> N
         messages = [n.message for n in app._notifications]
         assert len(messages) == 1 and "broken.toml" in messages[0]
         assert app.theme == "textual-dark"  # the default stays in use
+
+
+async def test_a_theme_in_the_users_folder_joins_the_cycle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lmtui.config.paths, "config_dir", lambda: tmp_path)
+    assert cli._theme_dirs() == (SHIPPED_THEMES_DIR, tmp_path / "themes")
+    # No folder yet: lmtui's own themes only, and nothing to report.
+    snap, events = fixed_cluster()
+    app = build_app(FakeClient(snap, events), theme_dirs=cli._theme_dirs())
+    assert "mine" not in app.available_themes and app.theme_errors == []
+    (tmp_path / "themes").mkdir()
+    (tmp_path / "themes" / "mine.toml").write_text('name = "mine"\nprimary = "#336699"\n')
+    app = build_app(FakeClient(snap, events), clock=lambda: FIXED_NOW, theme_dirs=cli._theme_dirs())
+    async with app.run_test(size=(120, 30)) as pilot:
+        seen = {app.theme}
+        for _ in range(len(app.available_themes)):
+            await pilot.press("t")
+            seen.add(app.theme)
+        assert {"mine", "lmtui-night", "lmtui-day"} <= seen
+        assert app.theme_errors == []

@@ -17,9 +17,8 @@ import tomli_w
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lmtui.overrides
-import lmtui.paths
-from lmtui._toml_locate import key_lines
+import lmtui.config.overrides
+import lmtui.config.paths
 from lmtui.config import (
     Config,
     ConfigError,
@@ -31,11 +30,13 @@ from lmtui.config import (
     PoolNodeConfig,
     RouterConfig,
     SshConfig,
+    key_strings,
     load_config,
     parse_listen,
 )
+from lmtui.config.locate import key_lines
+from lmtui.config.overrides import corrupt_path, load_overrides, save_overrides
 from lmtui.core.model import NodeKind
-from lmtui.overrides import corrupt_path, load_overrides, save_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,6 +60,15 @@ def load_error(tmp_path: Path, text: str) -> ConfigError:
         load_config(path)
     return info.value
 
+
+_POOL_OK = """
+[[nodes]]
+name = "p"
+kind = "llamacpp-pool"
+url = "http://127.0.0.1:8080"
+[nodes.pool]
+binary = "x"
+"""
 
 # --- errors: each kind names the right line, key and problem ------------------------------
 
@@ -278,6 +288,55 @@ ERROR_CASES = [
         id="array-of-inline-tables",
     ),
     pytest.param(
+        '[keymap]\ntheme = "T"\nthem = "x"\n',
+        3,
+        "keymap.them",
+        "unknown binding 'them' in [keymap]; did you mean 'theme'? (bindings: quit, help,",
+        id="keymap-unknown-binding",
+    ),
+    pytest.param(
+        '[keymap]\nquit = [\n  "q",\n  "ctrl q",\n]\n',
+        4,
+        "keymap.quit[1]",
+        "'ctrl q' is not a key; write a character",
+        id="keymap-bad-key-in-array",
+    ),
+    pytest.param(
+        '[keymap]\nhelp = "f1,ctl+h"\n',
+        2,
+        "keymap.help",
+        "'ctl+h': 'ctl' is not a modifier (one of: alt, ctrl,",
+        id="keymap-bad-modifier",
+    ),
+    pytest.param(
+        "[keymap]\nhelp = 'Escape'\n",
+        2,
+        "keymap.help",
+        "key names are lower case ('escape')",
+        id="keymap-capitalised-name",
+    ),
+    pytest.param(
+        "[keymap]\npin = []\n",
+        2,
+        "keymap.pin",
+        "give at least one key",
+        id="keymap-no-keys",
+    ),
+    pytest.param(
+        "[keymap]\nquit = 'q'\nload = 5\n",
+        3,
+        "keymap.load",
+        "expected a string or an array, got 5",
+        id="keymap-wrong-type-names-its-key",
+    ),
+    pytest.param(
+        _POOL_OK + "models = { a = '/m/a.gguf', b = 5 }\n",
+        7,
+        "nodes[0].pool.models.b",
+        "expected a string, got 5",
+        id="table-value-wrong-type-names-its-key",
+    ),
+    pytest.param(
         '[[nodes]]\nname = """tricky\n[[nodes]]\nname = "x"\n"""\nkind = "ollama"\n'
         'url = "http://a"\n\n[[nodes]]\nname = "b"\nkind = "ollama"\nurl = "http//b"\n',
         12,
@@ -328,7 +387,8 @@ def test_long_value_in_env_name_is_treated_as_a_secret(tmp_path: Path) -> None:
 
 
 def test_toml_syntax_error_uses_tomllib_line(tmp_path: Path) -> None:
-    err = load_error(tmp_path, '[router]\nlisten = "127.0.0.1:4000"\nqueue_depth = \n')
+    err = load_error(tmp_path, '[router]\nlisten = "127.0.0.1:4000"\nqueue_depth = \ncolour = 1\n')
+    assert len(err.problems) == 1  # parsing cannot go on, so nothing past it is known
     assert err.line == 3
     assert err.key == ""
     assert err.message.startswith("invalid TOML: Invalid value")
@@ -341,7 +401,36 @@ def test_duplicate_key_is_a_syntax_error_on_its_line(tmp_path: Path) -> None:
     assert "Cannot overwrite a value" in err.message
 
 
-def test_several_problems_report_the_first_in_the_file(tmp_path: Path) -> None:
+def test_every_problem_in_the_file_is_reported_at_once_in_file_order(tmp_path: Path) -> None:
+    # Schema problems (an unknown key, a range) and checks (a port) alike, written out of
+    # the order msgspec or the checks meet them.
+    text = (
+        NODE_A
+        + "slots = -1\n"
+        + '\n[router]\nlisten = "127.0.0.1:99999"\ncolour = "red"\n'
+        + "\n[poll]\ninterval = 0\n"
+    )
+    err = load_error(tmp_path, text)
+    path = tmp_path / "config.toml"
+    assert [(p.line, p.key) for p in err.problems] == [
+        (5, "nodes[0].slots"),
+        (8, "router.listen"),
+        (9, "router.colour"),
+        (12, "poll.interval"),
+    ]
+    lines = str(err).splitlines()
+    assert lines[0] == f"{path}:5: nodes[0].slots: must be >= 1, got -1"
+    assert lines[1] == (
+        f"{path}:8: router.listen: '127.0.0.1:99999': port 99999 is out of range (1-65535)"
+    )
+    assert lines[2].startswith(f"{path}:9: router.colour: unknown key 'colour' in [router] (")
+    assert lines[3] == f"{path}:12: poll.interval: must be > 0, got 0"
+    assert len(lines) == 4
+    # The first problem is also the error's own line, key and message.
+    assert (err.line, err.key, err.message) == err.problems[0][1:]
+
+
+def test_several_problems_of_the_checks_are_all_reported(tmp_path: Path) -> None:
     text = (
         '[router]\nlisten = "nope"\n\n'
         '[[nodes]]\nname = "a"\nkind = "ollama"\nurl = "ftp://a"\n'
@@ -349,6 +438,60 @@ def test_several_problems_report_the_first_in_the_file(tmp_path: Path) -> None:
     )
     err = load_error(tmp_path, text)
     assert (err.line, err.key) == (2, "router.listen")
+    assert [(p.line, p.key) for p in err.problems] == [
+        (2, "router.listen"),
+        (7, "nodes[0].url"),
+        (10, "nodes[1].name"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            '[[nodes]]\nname = 5\nkind = "ollama"\nurl = "http://a"\n',
+            [(2, "nodes[0].name")],
+            id="bad-name-is-not-also-an-empty-name",
+        ),
+        pytest.param(
+            '[[nodes]]\nname = "p"\nkind = "llamacpp-pol"\nurl = "http://a"\n'
+            "[nodes.pool]\nbinary = 'x'\nmodels_dir = '/m'\n",
+            [(3, "nodes[0].kind")],
+            id="misspelt-kind-is-not-also-a-pool-on-the-wrong-kind",
+        ),
+        pytest.param(
+            '[[nodes]]\nname = "p"\nkind = "llamacpp-pool"\nurl = "http://a"\npool = "x"\n',
+            [(5, "nodes[0].pool")],
+            id="bad-pool-is-not-also-a-missing-pool",
+        ),
+        pytest.param(
+            "[[models]]\naliases = ['q']\n\n[[models]]\nname = 'q'\n",
+            [(1, "models[0].name")],
+            id="missing-name-is-not-also-empty-and-its-alias-does-not-clash",
+        ),
+        pytest.param(
+            "[router]\napi_keys_env = ['OK', 3, 'not a name']\n",
+            [(2, "router.api_keys_env[1]"), (2, "router.api_keys_env[2]")],
+            id="bad-array-item-and-the-next",
+        ),
+        pytest.param(
+            "nodes = [1, 2]\n",
+            [(1, "nodes[0]"), (1, "nodes[1]")],
+            id="array-items-that-are-not-tables",
+        ),
+    ],
+)
+def test_a_stand_in_for_a_bad_value_raises_no_problems_of_its_own(
+    tmp_path: Path, text: str, expected: list[tuple[int, str]]
+) -> None:
+    err = load_error(tmp_path, text)
+    assert [(p.line, p.key) for p in err.problems] == expected, str(err)
+
+
+def test_problems_are_bounded(tmp_path: Path) -> None:
+    err = load_error(tmp_path, "".join(f"k{i} = {i}\n" for i in range(80)))
+    assert len(err.problems) == 50
+    assert err.problems[0].key == "k0" and err.problems[-1].key == "k49"
 
 
 def test_missing_file_is_an_error_with_line_zero(tmp_path: Path) -> None:
@@ -373,6 +516,9 @@ def test_config_error_survives_pickling() -> None:
     err = ConfigError(Path("c.toml"), 3, "router.listen", "bad")
     again = pickle.loads(pickle.dumps(err))
     assert str(again) == str(err) == "c.toml:3: router.listen: bad"
+    several = ConfigError.of([err.problems[0], err.problems[0]._replace(line=5, key="")])
+    again = pickle.loads(pickle.dumps(several))
+    assert str(again) == str(several) == "c.toml:3: router.listen: bad\nc.toml:5: bad"
 
 
 # --- valid configs and defaults -----------------------------------------------------------
@@ -412,6 +558,22 @@ def test_valid_config_loads_with_defaults_filled(tmp_path: Path) -> None:
     assert cfg.resolve_model("other") == "other"
 
 
+def test_keymap_takes_a_key_comma_separated_keys_or_an_array(tmp_path: Path) -> None:
+    text = "[keymap]\ntheme = 'T'\nquit = 'q, ctrl+q'\nhelp = ['f1', '?']\nfilter = [',']\n"
+    with pytest.raises(ConfigError, match="write 'comma' for the , key"):
+        load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError, match="an empty key"):
+        load_config(write(tmp_path, text.replace("[',']", "'a,,b'")))
+    cfg = load_config(write(tmp_path, text.replace("','", "'comma'")))
+    assert key_strings(cfg.keymap) == {
+        "theme": "T",
+        "quit": "q,ctrl+q",
+        "help": "f1,?",
+        "filter": "comma",
+    }
+    assert load_config(write(tmp_path, "")).keymap == {}
+
+
 def test_integers_are_accepted_where_numbers_are_expected(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "[poll]\ninterval = 2\n"))
     assert cfg.poll.interval == 2.0
@@ -449,7 +611,7 @@ def test_example_config_documents_every_key() -> None:
         if field.encode_name not in written and field.encode_name not in ("ssh", "pool")
     ]
     assert missing == []
-    tables = {"[[nodes]]", "[nodes.ssh]", "[poll]", "[router]", "[pool]", "[[models]]"}
+    tables = {"[[nodes]]", "[nodes.ssh]", "[poll]", "[router]", "[pool]", "[[models]]", "[keymap]"}
     assert tables <= {line.strip() for line in text.splitlines()}
 
 
@@ -502,7 +664,7 @@ def test_locator_handles_quoted_keys_and_comments() -> None:
 def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     home.mkdir()
-    monkeypatch.setattr(lmtui.paths, "config_dir", lambda: home)
+    monkeypatch.setattr(lmtui.config.paths, "config_dir", lambda: home)
     monkeypatch.delenv("LMTUI_CONFIG", raising=False)
     return home
 
@@ -513,14 +675,14 @@ def test_find_config_prefers_cli_then_env_then_default(
     default = write(config_home, "")
     env_file = write(tmp_path, "", "env.toml")
     cli_file = write(tmp_path, "", "cli.toml")
-    assert lmtui.paths.find_config(None) == default
+    assert lmtui.config.paths.find_config(None) == default
     monkeypatch.setenv("LMTUI_CONFIG", str(env_file))
-    assert lmtui.paths.find_config(None) == env_file
-    assert lmtui.paths.find_config(cli_file) == cli_file
+    assert lmtui.config.paths.find_config(None) == env_file
+    assert lmtui.config.paths.find_config(cli_file) == cli_file
 
 
 def test_find_config_without_any_file_is_none(config_home: Path) -> None:
-    assert lmtui.paths.find_config(None) is None
+    assert lmtui.config.paths.find_config(None) is None
 
 
 def test_explicit_config_that_does_not_exist_is_an_error(
@@ -528,20 +690,24 @@ def test_explicit_config_that_does_not_exist_is_an_error(
 ) -> None:
     write(config_home, "")  # a default exists, but must not be used as a fallback
     with pytest.raises(ConfigError, match=r"not found \(given with --config\)") as info:
-        lmtui.paths.find_config(tmp_path / "typo.toml")
+        lmtui.config.paths.find_config(tmp_path / "typo.toml")
     assert info.value.line == 0
     monkeypatch.setenv("LMTUI_CONFIG", str(tmp_path / "typo.toml"))
     with pytest.raises(ConfigError, match="named by LMTUI_CONFIG"):
-        lmtui.paths.find_config(None)
+        lmtui.config.paths.find_config(None)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG layout is Linux's")
 def test_directories_follow_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME"):
         monkeypatch.setenv(var, str(tmp_path / var))
-    assert lmtui.paths.config_dir() == tmp_path / "XDG_CONFIG_HOME" / "lmtui"
-    assert lmtui.paths.overrides_path() == tmp_path / "XDG_STATE_HOME" / "lmtui" / "overrides.toml"
-    assert lmtui.paths.data_dir() == tmp_path / "XDG_DATA_HOME" / "lmtui"
+    assert lmtui.config.paths.config_dir() == tmp_path / "XDG_CONFIG_HOME" / "lmtui"
+    assert (
+        lmtui.config.paths.overrides_path()
+        == tmp_path / "XDG_STATE_HOME" / "lmtui" / "overrides.toml"
+    )
+    assert lmtui.config.paths.data_dir() == tmp_path / "XDG_DATA_HOME" / "lmtui"
+    assert lmtui.config.paths.themes_dir() == tmp_path / "XDG_CONFIG_HOME" / "lmtui" / "themes"
 
 
 # --- overrides -------------------------------------------------------------------------------
@@ -584,7 +750,7 @@ def test_corrupt_overrides_are_kept_aside_and_ignored(
 ) -> None:
     path = tmp_path / "overrides.toml"
     path.write_text(text, encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="lmtui.overrides"):
+    with caplog.at_level(logging.WARNING, logger="lmtui.config.overrides"):
         assert load_overrides(path) == Overrides()
     assert not path.exists()
     assert corrupt_path(path).read_text(encoding="utf-8") == text
@@ -596,10 +762,11 @@ def test_corrupt_overrides_are_kept_aside_and_ignored(
 
 def test_strict_load_reports_the_line_and_keeps_the_file(tmp_path: Path) -> None:
     path = tmp_path / "overrides.toml"
-    path.write_text("pinned = ['a']\nstrategy = 'fastest'\n", encoding="utf-8")
+    path.write_text("pinned = ['a']\nstrategy = 'fastest'\ncolour = 1\n", encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_overrides(path, strict=True)
     assert (info.value.line, info.value.key) == (2, "strategy")
+    assert [p.key for p in info.value.problems] == ["strategy", "colour"]
     assert path.exists()
 
 
@@ -649,7 +816,7 @@ def test_failed_write_leaves_previous_file_intact(
     def crash(src: object, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(lmtui.overrides.os, "replace", crash)
+    monkeypatch.setattr(lmtui.config.overrides.os, "replace", crash)
     with pytest.raises(OSError, match="No space left"):
         save_overrides(path, Overrides(pinned=["other"] * 1000))
     monkeypatch.undo()
@@ -660,7 +827,7 @@ def test_failed_write_leaves_previous_file_intact(
 _CRASHING_WRITER = """
 import os, sys
 from pathlib import Path
-import lmtui.overrides as o
+import lmtui.config.overrides as o
 
 def die_after_partial_write(fd):
     # Power cut: half the new text reached the temp file, then the process is gone.

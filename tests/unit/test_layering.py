@@ -70,31 +70,55 @@ def test_core_imports_nothing_from_other_layers_and_no_io() -> None:
             )
 
 
+#: Backends read the schema; where lmtui keeps its files and its overrides is the engine's.
+_ENGINE_ONLY_CONFIG = ("lmtui.config.paths", "lmtui.config.overrides")
+
+
 @pytest.mark.parametrize(
-    "layer,allowed",
+    "layer,allowed,denied",
     [
-        ("sim", ("lmtui.core", "lmtui.sim")),
-        ("backends", ("lmtui.core", "lmtui.config", "lmtui.backends")),
-        (
-            "engine",
-            (
-                "lmtui.core",
-                "lmtui.config",
-                "lmtui.backends",
-                "lmtui.engine",
-                "lmtui.paths",
-                "lmtui.overrides",
-            ),
-        ),
+        ("sim", ("lmtui.core", "lmtui.sim"), ()),
+        ("config", ("lmtui.core", "lmtui.config"), ()),
+        ("backends", ("lmtui.core", "lmtui.config", "lmtui.backends"), _ENGINE_ONLY_CONFIG),
+        ("engine", ("lmtui.core", "lmtui.config", "lmtui.backends", "lmtui.engine"), ()),
     ],
 )
-def test_layers_import_only_downwards(layer: str, allowed: tuple[str, ...]) -> None:
+def test_layers_import_only_downwards(
+    layer: str, allowed: tuple[str, ...], denied: tuple[str, ...]
+) -> None:
     """``tui`` may import everything below it, so the rule for it is that nothing below
     imports it (``test_nothing_below_imports_the_tui``)."""
     for path in sorted((PKG / layer).rglob("*.py")):
         for mod in imports_of(path):
             if mod.startswith("lmtui."):
-                assert mod.startswith(allowed), f"{path.relative_to(PKG.parent)} imports {mod}"
+                ok = mod.startswith(allowed) and not mod.startswith(denied)
+                assert ok, f"{path.relative_to(PKG.parent)} imports {mod}"
+
+
+def test_config_modules_import_each_other_without_a_circle() -> None:
+    """The config package is layered inside too: the schema knows nothing of the checks or
+    the loader, and no module imports the package's ``__init__`` (which imports them all)."""
+    names = {p.stem for p in (PKG / "config").glob("*.py")} - {"__init__"}
+    graph = {
+        name: {
+            mod.removeprefix("lmtui.config.")
+            for mod in imports_of(PKG / "config" / f"{name}.py")
+            if mod == "lmtui.config" or mod.startswith("lmtui.config.")
+        }
+        for name in names
+    }
+    for name, deps in graph.items():
+        assert "lmtui.config" not in deps, f"lmtui/config/{name}.py imports the package itself"
+    assert graph["schema"].isdisjoint({"checks", "load", "overrides", "paths"}), graph["schema"]
+    assert "load" not in graph["checks"], graph["checks"]
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        assert name not in trail, f"import circle: {' -> '.join((*trail, name))}"
+        for dep in graph.get(name, ()):
+            visit(dep, (*trail, name))
+
+    for name in sorted(names):
+        visit(name, ())
 
 
 def test_nothing_below_imports_the_tui() -> None:
@@ -146,3 +170,11 @@ def test_the_engine_pulls_in_nothing_that_imports_it() -> None:
     below = _reach(graph, "lmtui.engine.engine")
     assert "lmtui.engine.control" in below  # the test looks at the real graph
     assert not [m for m in below if "lmtui.engine.engine" in graph[m]]
+
+
+def test_no_module_imports_itself_back() -> None:
+    """No import circles anywhere in lmtui (engine ↔ control ↔ control_api and
+    config ↔ _config_checks were two)."""
+    graph = _module_graph()
+    circles = sorted(m for m in graph if m in _reach(graph, m))
+    assert circles == []

@@ -20,7 +20,9 @@ from pathlib import Path
 import msgspec
 import tomli_w
 
-from lmtui.config import ConfigError, Overrides, decode_toml, read_text
+from lmtui.config.errors import ConfigError
+from lmtui.config.load import decode_toml, read_text
+from lmtui.config.schema import Overrides
 
 log = logging.getLogger(__name__)
 

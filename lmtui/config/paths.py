@@ -1,10 +1,11 @@
 """Where lmtui keeps its files, and which config file to read.
 
-Every lookup of a user directory goes through the functions here, so tests patch one place
-(``monkeypatch.setattr(lmtui.paths, "config_dir", ...)``) and never read the developer's
-own config. Directories follow each platform's convention via platformdirs: on Linux
-``~/.config/lmtui`` (config), ``~/.local/state/lmtui`` (state: the overrides file) and
-``~/.local/share/lmtui`` (data: the request log); XDG_* variables are honoured there.
+Every lookup of a user directory goes through the functions here, so tests patch one
+place (``monkeypatch.setattr(lmtui.config.paths, "config_dir", ...)``) and never read the
+developer's own config. Directories follow each platform's convention via platformdirs: on
+Linux ``~/.config/lmtui`` (config, and the user's ``themes`` folder),
+``~/.local/state/lmtui`` (state: the overrides file) and ``~/.local/share/lmtui`` (data:
+the request log); XDG_* variables are honoured there.
 """
 
 from __future__ import annotations
@@ -14,18 +15,25 @@ from pathlib import Path
 
 import platformdirs
 
-from lmtui.config import ConfigError
+from lmtui.config.errors import ConfigError
 
 APP_NAME = "lmtui"
 #: Environment variable naming the config file, checked after ``--config``.
 CONFIG_ENV = "LMTUI_CONFIG"
 CONFIG_FILE = "config.toml"
 OVERRIDES_FILE = "overrides.toml"
+THEMES_DIR = "themes"
 
 
 def config_dir() -> Path:
     """Directory of the user's ``config.toml`` (read, never written by lmtui)."""
     return platformdirs.user_config_path(APP_NAME)
+
+
+def themes_dir() -> Path:
+    """The user's own themes, ``config_dir()/themes`` (one Textual theme per ``*.toml``);
+    the dashboard loads them after lmtui's, and a missing folder is fine."""
+    return config_dir() / THEMES_DIR
 
 
 def state_dir() -> Path:

@@ -1,175 +1,26 @@
-"""Config validation beyond the schema, and plain-words explanations of schema errors.
+"""Config validation beyond the schema: what msgspec's types and ranges cannot express.
 
-msgspec checks types, ranges and unknown keys; this module turns its terse messages
-("Expected `int` >= 1 - at `$.router.queue_depth`") into sentences a user can act on, and
-checks what a schema cannot express: unique names, URL shape, ``HOST:PORT``, and that
-``*_env`` settings hold variable *names*, not secrets.
+Unique names, URL shape, ``HOST:PORT``, port ranges, that ``*_env`` settings hold variable
+*names* (not secrets), what a ``llamacpp-pool`` node needs, and that ``[keymap]`` remaps
+bindings that exist to keys shaped like keys. The schema's own errors
+are put in plain words by :mod:`lmtui.config.explain`.
 
-Each check returns :class:`Problem` values (a key path and a message). ``lmtui.config``
-turns the first one, in file order, into a ``ConfigError`` with the line of that key. This
-module imports the config classes only for type checking, so ``lmtui.config`` can import it.
+Each check returns :class:`~lmtui.config.explain.Problem` values (a key path and a
+message), all of them; :mod:`lmtui.config.load` turns them into one ``ConfigError`` with
+the line of each key. This module builds on the schema and is imported by the loader,
+never the other way round.
 """
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 import re
-from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
-import msgspec
-import msgspec.inspect as mi
-
-from lmtui._toml_locate import KeyPath
+from lmtui.config.explain import Problem, did_you_mean
+from lmtui.config.keymap import BINDING_IDS, key_problem, split_keys
+from lmtui.config.locate import KeyPath
+from lmtui.config.schema import Config, parse_listen, parse_port_range
 from lmtui.core.model import NodeKind
-
-if TYPE_CHECKING:
-    from lmtui.config import Config
-
-
-class Problem(NamedTuple):
-    """One thing wrong with a config: where (a key path) and what, in plain words."""
-
-    path: KeyPath
-    message: str
-
-
-# --- schema errors ---------------------------------------------------------------------
-
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-_TYPE_NAMES = {
-    "int": "an integer",
-    "float": "a number",
-    "str": "a string",
-    "bool": "true or false",
-    "array": "an array",
-    "object": "a table",
-    "datetime": "a date-time",
-    "date": "a date",
-    "time": "a time",
-}
-
-
-def _parse_msgspec_path(text: str) -> KeyPath:
-    parts: list[str | int] = []
-    for m in _PATH_PART.finditer(text):
-        parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
-    return tuple(parts)
-
-
-def _unwrap(t: mi.Type | None) -> mi.Type | None:
-    """``X | None`` -> ``X``: TOML has no null, so the None branch never explains anything."""
-    if isinstance(t, mi.UnionType):
-        rest = [u for u in t.types if not isinstance(u, mi.NoneType)]
-        return rest[0] if len(rest) == 1 else t
-    return t
-
-
-def _type_at(root: mi.Type, path: KeyPath) -> mi.Type | None:
-    t: mi.Type | None = root
-    for part in path:
-        t = _unwrap(t)
-        if isinstance(part, int):
-            t = t.item_type if isinstance(t, mi.ListType) else None
-        elif isinstance(t, mi.StructType):
-            t = next((f.type for f in t.fields if f.encode_name == part), None)
-        else:
-            t = None
-    return _unwrap(t)
-
-
-def _choices(t: mi.Type | None) -> list[str]:
-    if isinstance(t, mi.EnumType):
-        return [str(m.value) for m in t.cls]
-    if isinstance(t, mi.LiteralType):
-        return [str(v) for v in t.values]
-    return []
-
-
-def where(path: KeyPath) -> str:
-    """Where the table at ``path`` is, as written: ``in [[nodes]]``, ``in [nodes.ssh]``."""
-    names = ".".join(p for p in path if isinstance(p, str))
-    if not names:
-        return "at the top level"
-    return f"in [[{names}]]" if isinstance(path[-1], int) else f"in [{names}]"
-
-
-def _describe_type(spec: str) -> str:
-    words = [_TYPE_NAMES.get(t.strip(), t.strip()) for t in spec.split("|") if t.strip() != "null"]
-    return " or ".join(words)
-
-
-def _value_at(data: Any, path: KeyPath) -> Any:
-    for part in path:
-        try:
-            data = data[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return data
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def explain_validation_error(err: msgspec.ValidationError, root: type, data: Any) -> Problem:
-    """Turn a msgspec error from ``convert(data, root)`` into a path and a plain message."""
-    m = _AT.match(str(err))
-    raw = m.group("msg") if m else str(err)
-    path = _parse_msgspec_path(m.group("path") or "") if m else ()
-    root_info = mi.type_info(root)
-    value = _value_at(data, path)
-
-    if field := re.fullmatch(r"Object contains unknown field `(.+)`", raw):
-        name = field.group(1)
-        t = _type_at(root_info, path)
-        valid = [f.encode_name for f in t.fields] if isinstance(t, mi.StructType) else []
-        return Problem(
-            (*path, name),
-            f"unknown key '{name}' {where(path)}{_did_you_mean(name, valid)}"
-            f" (valid keys: {', '.join(valid)})",
-        )
-    if field := re.fullmatch(r"Object missing required field `(.+)`", raw):
-        name = field.group(1)
-        choices = _choices(_type_at(root_info, (*path, name)))
-        hint = f" (one of: {', '.join(choices)})" if choices else ""
-        return Problem((*path, name), f"missing required key '{name}' {where(path)}{hint}")
-    if enum := re.fullmatch(r"Invalid enum value (.+)", raw):
-        given = enum.group(1)
-        choices = _choices(_type_at(root_info, path))
-        return Problem(
-            path,
-            f"{given} is not allowed here{_did_you_mean(given.strip(chr(39)), choices)}"
-            f" (choose one of: {', '.join(choices)})",
-        )
-    if wrong := re.fullmatch(r"Expected `(.+?)`, got `(.+?)`", raw):
-        expected, got = _describe_type(wrong.group(1)), wrong.group(2)
-        message = f"expected {expected}, got {_shown(value)}"
-        if got == "object" and wrong.group(1) == "array" and path and isinstance(path[-1], str):
-            # The classic slip: [nodes] where [[nodes]] (one entry per node) was meant.
-            message += f"; write [[{path[-1]}]] (double brackets) for each entry"
-        elif got == "str" and expected in ("an integer", "a number", "true or false"):
-            message += " (remove the quotes)"
-        return Problem(path, message)
-    if bound := re.fullmatch(r"Expected `(.+?)` (>=|<=|>|<) (\S+)", raw):
-        limit = bound.group(3)
-        with contextlib.suppress(ValueError):
-            limit = f"{float(limit):g}"  # "0.0" reads better as "0"
-        return Problem(path, f"must be {bound.group(2)} {limit}, got {_shown(value)}")
-    return Problem(path, raw[:1].lower() + raw[1:])
-
 
 # --- checks a schema cannot express ----------------------------------------------------
 
@@ -203,44 +54,6 @@ def url_problem(url: str) -> str | None:
     if parts.query or parts.fragment:
         return f"{url!r} has a query or fragment; give the server's base URL, e.g. http://host:port"
     return None
-
-
-def parse_listen(listen: str, *, any_port: bool = False) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (IPv6 as ``[::1]:4000``); raise ValueError saying what is wrong.
-
-    The one parser of listen addresses, for ``[router] listen`` and ``--listen`` alike.
-    ``any_port`` admits port 0 (the OS picks one: tests and benchmarks that read the bound
-    port back); a configured router needs a port its bot can be told.
-    """
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not host:
-        raise ValueError(
-            f"{listen!r} is not HOST:PORT (e.g. '127.0.0.1:4000', or '0.0.0.0:4000' to accept"
-            " connections from other machines)"
-        )
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{listen!r}: write an IPv6 address in brackets, e.g. '[::1]:4000'")
-    if not port_text.isascii() or not port_text.isdigit():
-        raise ValueError(f"{listen!r}: port {port_text!r} is not a number")
-    port = int(port_text)
-    if not (0 if any_port else 1) <= port <= 65535:
-        raise ValueError(f"{listen!r}: port {port} is out of range (1-65535)")
-    return host, port
-
-
-def parse_port_range(text: str) -> tuple[int, int]:
-    """``"41000-41099"`` -> (41000, 41099); ValueError when malformed, empty or out of range."""
-    first, sep, last = text.partition("-")
-    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
-        raise ValueError(f"{text!r} is not a port range FIRST-LAST, e.g. '41000-41099'")
-    lo, hi = int(first), int(last)
-    if not 1 <= lo <= 65535 or not 1 <= hi <= 65535:
-        raise ValueError(f"{text!r}: ports must be within 1-65535")
-    if lo > hi:
-        raise ValueError(f"{text!r} is empty: the first port is above the last")
-    return lo, hi
 
 
 def env_name_problem(value: str) -> str | None:
@@ -296,6 +109,35 @@ def check_config(cfg: Config, lines: dict[KeyPath, int]) -> list[Problem]:
         problems.append(Problem(("router", "admin_token_env"), msg))
 
     problems += _check_model_names(cfg, lines)
+    problems += _check_keymap(cfg)
+    return problems
+
+
+def _check_keymap(cfg: Config) -> list[Problem]:
+    """Every ``[keymap]`` id names one of the dashboard's bindings; every key is a key."""
+    problems: list[Problem] = []
+    for binding, value in cfg.keymap.items():
+        at: KeyPath = ("keymap", binding)
+        if binding not in BINDING_IDS:
+            problems.append(
+                Problem(
+                    at,
+                    f"unknown binding '{binding}' in [keymap]"
+                    f"{did_you_mean(binding, list(BINDING_IDS))}"
+                    f" (bindings: {', '.join(BINDING_IDS)})",
+                )
+            )
+            continue
+        keys = split_keys(value)
+        if not keys:
+            problems.append(Problem(at, "give at least one key"))
+        for j, key in enumerate(keys):
+            if (msg := key_problem(key)) is not None:
+                # An array item has a line of its own; keys in one string share the key's
+                # (and "a,,b" is one empty key to mention, not one per comma).
+                problem = Problem((*at, j) if isinstance(value, list) else at, msg)
+                if problem not in problems:
+                    problems.append(problem)
     return problems
 
 

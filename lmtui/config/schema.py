@@ -1,33 +1,20 @@
-"""Configuration: the TOML schema, strict validation with line-precise errors, the overrides file.
+"""The config schema: what ``config.toml`` and ``overrides.toml`` may hold, with defaults.
 
-The user's ``config.toml`` is read, never written. Run-time changes (pins, strategy, drained
-nodes) go to ``overrides.toml`` in the state directory (read and written atomically by
-:mod:`lmtui.overrides`) and are layered over the config by :meth:`Config.apply_overrides`.
+One msgspec struct per table, strict (unknown keys are errors), with a docstring on every
+field; ``config.example.toml`` documents the same keys for users. The formats of the
+string-valued settings that are parsed again later (``HOST:PORT``, port ranges) have their
+one parser here too, so the schema, the checks and ``--listen`` agree.
 
-Every problem a user can meet while loading raises :class:`ConfigError`, whose ``str()`` is
-a complete message in the compiler style ``file:line: key: what is wrong``::
-
-    config.toml:14: nodes[2].url: 'htp://x' is not a valid URL (expected http:// or https://)
-
-Array indexes in keys count from 0, as in the TOML data model (``nodes[0]`` is the first
-``[[nodes]]``); the line number points at the entry itself.
+This module imports nothing else from :mod:`lmtui.config`: the checks
+(:mod:`lmtui.config.checks`) and the loader (:mod:`lmtui.config.load`) build on it.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import tomllib
-from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from typing import Annotated, Literal
 
 import msgspec
 
-from lmtui._config_checks import check_config, explain_validation_error
-from lmtui._config_checks import parse_listen as parse_listen
-from lmtui._config_checks import parse_port_range as parse_port_range
-from lmtui._toml_locate import KeyPath, format_path, key_lines, line_of
 from lmtui.core.model import NodeKind
 
 GB = 1024**3
@@ -35,34 +22,8 @@ GB = 1024**3
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-#: The router's routing strategies (see ARCHITECTURE.md, "Strategies").
+#: The router's routing strategies (see docs/architecture.md, "Strategies").
 Strategy = Literal["efficiency", "spread", "replicas"]
-
-_T = TypeVar("_T")
-
-
-class ConfigError(Exception):
-    """A config or overrides file cannot be used; ``str()`` says where and why.
-
-    ``line`` is 1-based; 0 means the problem concerns the file as a whole (missing,
-    unreadable). ``key`` is the dotted path of the offending key, or "" when there is none.
-    The CLI prints ``str(err)`` and exits with :attr:`exit_code`, without a traceback.
-    """
-
-    #: Process exit status for a configuration error (2, as for command-line misuse).
-    exit_code = 2
-
-    def __init__(self, path: Path | str, line: int, key: str, message: str) -> None:
-        super().__init__(path, line, key, message)
-        self.path = Path(path)
-        self.line = line
-        self.key = key
-        self.message = message
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line > 0 else str(self.path)
-        key = f" {self.key}:" if self.key else ""
-        return f"{where}:{key} {self.message}"
 
 
 class SshConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -239,6 +200,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
     #: Per-model settings, one ``[[models]]`` table each; models not listed get defaults.
     models: list[ModelConfig] = msgspec.field(default_factory=list)
+    #: The dashboard's keys, remapped: binding id -> a key, comma-separated keys or an
+    #: array of keys, e.g. ``theme = "T"`` (see :mod:`lmtui.config.keymap` for the ids).
+    #: A remapped binding no longer answers to its default key.
+    keymap: dict[str, str | list[str]] = msgspec.field(default_factory=dict)
 
     def node(self, name: str) -> NodeConfig:
         """The node called ``name``; KeyError when there is none."""
@@ -336,87 +301,42 @@ class EffectiveSettings(msgspec.Struct, frozen=True, kw_only=True):
     drained: frozenset[str]
 
 
-# --- loading -------------------------------------------------------------------------------
-
-_TOML_POSITION = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)$")
+# --- value formats ------------------------------------------------------------------------
 
 
-def read_text(path: Path) -> str:
-    """The UTF-8 text of ``path``; ConfigError (line 0) when missing or unreadable."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(path, 0, "", "file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(path, 0, "", "is a directory, not a file") from None
-    except OSError as exc:
-        raise ConfigError(path, 0, "", f"cannot read: {exc.strerror or exc}") from None
-    try:
-        # Editors on Windows may prepend a BOM; TOML itself does not allow one.
-        return raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(path, line, "", "not valid UTF-8 text") from None
+def parse_listen(listen: str, *, any_port: bool = False) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (IPv6 as ``[::1]:4000``); raise ValueError saying what is wrong.
 
-
-def decode_toml(path: Path, text: str, schema: type[_T]) -> tuple[_T, dict[KeyPath, int]]:
-    """Parse ``text`` as TOML into the msgspec ``schema``, strictly.
-
-    Returns the value and the line of every key. Any failure raises a ConfigError with the
-    line of the offending key (or tomllib's line for a syntax error).
+    The one parser of listen addresses, for ``[router] listen`` and ``--listen`` alike.
+    ``any_port`` admits port 0 (the OS picks one: tests and benchmarks that read the bound
+    port back); a configured router needs a port its bot can be told.
     """
-    try:
-        data: dict[str, Any] = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        m = _TOML_POSITION.search(message)
-        line = text.count("\n") + (0 if text.endswith("\n") else 1)
-        if m is not None:
-            message = message[: m.start()]
-            if m.group(1):
-                line = int(m.group(1))
-                message += f" (column {m.group(2)})"
-        raise ConfigError(path, line, "", f"invalid TOML: {message}") from None
-    lines = key_lines(text)
-    try:
-        return msgspec.convert(data, schema, strict=True), lines
-    except msgspec.ValidationError as exc:
-        problem = explain_validation_error(exc, schema, data)
-        raise _error_at(path, lines, problem.path, problem.message) from None
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host:
+        raise ValueError(
+            f"{listen!r} is not HOST:PORT (e.g. '127.0.0.1:4000', or '0.0.0.0:4000' to accept"
+            " connections from other machines)"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{listen!r}: write an IPv6 address in brackets, e.g. '[::1]:4000'")
+    if not port_text.isascii() or not port_text.isdigit():
+        raise ValueError(f"{listen!r}: port {port_text!r} is not a number")
+    port = int(port_text)
+    if not (0 if any_port else 1) <= port <= 65535:
+        raise ValueError(f"{listen!r}: port {port} is out of range (1-65535)")
+    return host, port
 
 
-def _error_at(path: Path, lines: dict[KeyPath, int], key: KeyPath, message: str) -> ConfigError:
-    return ConfigError(path, line_of(lines, key), format_path(key), message)
-
-
-def _fill_defaults(cfg: Config) -> None:
-    """Defaults that depend on other settings, resolved once here rather than by each user."""
-    for node in cfg.nodes:
-        if node.ssh is None:
-            continue
-        if node.ssh.host is None:
-            node.ssh.host = urlsplit(node.url).hostname
-        # Users write "~/.ssh/..."; expand it once here so every consumer gets a real path.
-        if node.ssh.key_file is not None:
-            node.ssh.key_file = os.path.expanduser(node.ssh.key_file)
-        if node.ssh.known_hosts is not None:
-            node.ssh.known_hosts = os.path.expanduser(node.ssh.known_hosts)
-
-
-def load_config(path: Path | str) -> Config:
-    """Read and validate ``path``; raise :class:`ConfigError` naming file, line and key.
-
-    Beyond the schema (types, ranges, unknown keys) this checks unique node names, unique
-    model names and aliases, URLs, ``router.listen`` and environment variable names. When
-    several such problems exist, the first one in the file is reported. SSH hosts default
-    to the host of the node's URL.
-    """
-    path = Path(path)
-    text = read_text(path)
-    cfg, lines = decode_toml(path, text, Config)
-    problems = check_config(cfg, lines)
-    if problems:
-        first = min(problems, key=lambda p: line_of(lines, p.path))
-        raise _error_at(path, lines, first.path, first.message)
-    _fill_defaults(cfg)
-    return cfg
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``"41000-41099"`` -> (41000, 41099); ValueError when malformed, empty or out of range."""
+    first, sep, last = text.partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        raise ValueError(f"{text!r} is not a port range FIRST-LAST, e.g. '41000-41099'")
+    lo, hi = int(first), int(last)
+    if not 1 <= lo <= 65535 or not 1 <= hi <= 65535:
+        raise ValueError(f"{text!r}: ports must be within 1-65535")
+    if lo > hi:
+        raise ValueError(f"{text!r} is empty: the first port is above the last")
+    return lo, hi
