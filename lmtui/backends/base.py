@@ -25,9 +25,9 @@ from urllib.parse import urlencode
 import aiohttp
 import msgspec
 
-from lmtui.backends.http1 import UpstreamError, UpstreamPool
 from lmtui.config import NodeConfig
 from lmtui.core.model import NodeKind, NodeObservation
+from lmtui.http import UpstreamError, UpstreamPool
 
 
 class BackendError(Exception):
@@ -64,7 +64,7 @@ class Backend:
     ~420 µs of client CPU against ~30 µs for aiohttp (h11 and anyio are pure Python), and one
     shared httpx pool scans every pooled connection per request: polling 200 nodes a second
     took a third of a core. Plain-HTTP nodes go one step further, through the router's lean
-    keep-alive client (``http1.UpstreamPool``): measured with bench/poll_scale.py in one
+    keep-alive client (``lmtui.http.UpstreamPool``): measured with bench/poll_scale.py in one
     sitting, 200 nodes cost 0.106 of a core through aiohttp and 0.057 through it. ``https``
     nodes keep the aiohttp session.
     """

@@ -1,4 +1,5 @@
-"""The import rule of ARCHITECTURE.md: tui → engine → backends → core; sim → core at most."""
+"""The import rule of ARCHITECTURE.md: tui → engine → backends → core; sim → core at most;
+``http`` (lmtui's HTTP to nodes) is beside core, below backends and engine."""
 
 import ast
 import json
@@ -16,6 +17,7 @@ HEADLESS = [
     "lmtui.core.state",
     "lmtui.core.health",
     "lmtui.config",
+    "lmtui.http",
     "lmtui.backends",
     "lmtui.engine.store",
     "lmtui.engine.poller",
@@ -58,6 +60,7 @@ def test_core_imports_nothing_from_other_layers_and_no_io() -> None:
         "socket",
         "sqlite3",
         "lmtui.config",
+        "lmtui.http",
         "lmtui.backends",
         "lmtui.engine",
         "lmtui.sim",
@@ -74,12 +77,14 @@ def test_core_imports_nothing_from_other_layers_and_no_io() -> None:
     "layer,allowed",
     [
         ("sim", ("lmtui.core", "lmtui.sim")),
-        ("backends", ("lmtui.core", "lmtui.config", "lmtui.backends")),
+        ("http", ("lmtui.core", "lmtui.http")),
+        ("backends", ("lmtui.core", "lmtui.config", "lmtui.http", "lmtui.backends")),
         (
             "engine",
             (
                 "lmtui.core",
                 "lmtui.config",
+                "lmtui.http",
                 "lmtui.backends",
                 "lmtui.engine",
                 "lmtui.paths",
@@ -104,4 +109,3 @@ def test_nothing_below_imports_the_tui() -> None:
             continue
         for mod in imports_of(path):
             assert not mod.startswith("lmtui.tui"), f"lmtui/{rel} imports {mod}"
-

@@ -10,8 +10,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from lmtui.backends.http1 import UpstreamError, UpstreamPool
-from lmtui.engine.upstream_tls import TlsUpstreamPool, pool_for
+from lmtui.http import TlsUpstreamPool, UpstreamError, UpstreamPool, pool_for
 
 
 async def test_pool_for_picks_by_scheme() -> None:

@@ -1,6 +1,6 @@
 """The router's upstream for ``https://`` nodes: aiohttp behind ``UpstreamPool``'s interface.
 
-The lean client in ``lmtui/backends/http1.py`` speaks plain HTTP only (local LLM servers
+The lean client in ``http1.py`` speaks plain HTTP only (local LLM servers
 almost always do). A node behind TLS goes through ``aiohttp.ClientSession`` instead,
 wrapped so that the router has one code path: the same ``request``, ``read``,
 ``next_chunk`` and ``release``, and the same ``UpstreamError``.
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from lmtui.backends.http1 import UpstreamError, UpstreamPool
+from lmtui.http.http1 import UpstreamError
 
 
 class TlsResponse:
@@ -86,10 +86,3 @@ class TlsUpstreamPool:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def pool_for(base_url: str, **kw: float | int | None) -> UpstreamPool | TlsUpstreamPool:
-    """The lean pool for ``http://`` nodes, the aiohttp one for ``https://``."""
-    if base_url.startswith("https://"):
-        return TlsUpstreamPool(base_url, **kw)  # type: ignore[arg-type]
-    return UpstreamPool(base_url, **kw)  # type: ignore[arg-type]
