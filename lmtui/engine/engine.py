@@ -16,11 +16,10 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
 from lmtui.backends import backend_for
-from lmtui.backends.base import Backend, new_pool, new_session
+from lmtui.backends.base import Backend
 from lmtui.config import GB, Config, NodeConfig, Overrides
 from lmtui.config import parse_listen as parse_config_listen
 from lmtui.core.events import Event, EventKind, Level
@@ -35,7 +34,7 @@ from lmtui.engine.front import FrontServer
 from lmtui.engine.metrics import Metrics
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
 from lmtui.engine.reqlog import RequestLog, RequestRecord
-from lmtui.engine.router import Outcome, Router, node_api_keys
+from lmtui.engine.router import Outcome, Router
 from lmtui.engine.settings import model_catalogue, scheduler_settings
 from lmtui.engine.store import Store
 from lmtui.overrides import load_overrides
@@ -134,11 +133,10 @@ class Engine:
             else None
         )
         self.controller = Controller(self, overrides, overrides_path)
-        # Backends get the engine's one aiohttp session when it starts (a session belongs to
-        # a running event loop; an Engine may be built before there is one).
-        self.http: aiohttp.ClientSession | None = None
+        # Each backend is built with its node's key and keep-alive pool; a pool needs a
+        # running loop only from its first request on, so an Engine may be built before one.
         self.backends: dict[str, Backend] = {
-            n.name: backend_for(n, None, timeout=config.poll.timeout) for n in config.nodes
+            n.name: backend_for(n, timeout=config.poll.timeout) for n in config.nodes
         }
         readers = {n.name: r for n in config.nodes if (r := memory_reader_for(n)) is not None}
         self.poller = Poller(
@@ -163,10 +161,6 @@ class Engine:
         if self._started:
             return
         self._started = True
-        self.http = new_session()
-        for backend in self.backends.values():
-            backend.client = self.http
-            backend.pool = new_pool(backend.base_url, connect_timeout=self.config.poll.timeout)
         self.dispatcher = Dispatcher(
             self.store,
             self.backends,
@@ -253,7 +247,7 @@ class Engine:
         self.router = Router(
             self.dispatcher,
             {n.name: n.url for n in self.config.nodes},
-            node_api_keys({n.name: n.api_key_env for n in self.config.nodes}),
+            {name: b.api_key for name, b in self.backends.items()},
             api_keys=api_keys,
             queue_timeout_s=self.config.router.queue_timeout,
             max_body_bytes=self.config.router.max_body_bytes,
@@ -341,12 +335,7 @@ class Engine:
             await self.request_log.stop()
         for b in self.backends.values():
             await b.aclose()
-            if b.pool is not None:
-                await b.pool.close()
-                b.pool = None
-        if self.http is not None:
-            await self.http.close()
-            self.http = None
+            await b.pool.close()
 
     async def __aenter__(self) -> Engine:
         await self.start()

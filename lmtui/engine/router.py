@@ -34,7 +34,6 @@ import contextlib
 import hmac
 import itertools
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -602,8 +601,3 @@ def _type_of(status: int) -> str:
 
 def _outcome_of(e: DispatchError) -> str:
     return {404: "not_found", 429: "rejected_429", 504: "timeout_504"}.get(e.status, "error")
-
-
-def node_api_keys(envs: dict[str, str | None]) -> dict[str, str | None]:
-    """Resolve each node's ``api_key_env`` to its value (None when unset)."""
-    return {n: (os.environ.get(e) if e else None) for n, e in envs.items()}

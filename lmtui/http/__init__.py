@@ -7,7 +7,8 @@
   the same interface, so nothing outside this package changes.
 - ``tls.py``: the same interface over aiohttp for ``https://`` nodes
   (:class:`TlsUpstreamPool`, :class:`TlsResponse`).
-- :func:`pool_for`: the one place that chooses between them, by scheme.
+- :func:`pool_for`: the one place that chooses between them, by scheme. The router and the
+  polls both get their pools from it, with their own limits.
 
 Both pools raise one exception, :class:`UpstreamError`; its ``before_response`` says
 whether the answer's head had arrived, i.e. whether another replica may still be tried.
