@@ -5,7 +5,7 @@ server on uvloop with no logic of lmtui's:
 
 - **aiohttp**: ``aiohttp.ClientSession`` configured as the router configures it
   (``TCPConnector(limit=256)``, ``auto_decompress=False``, no User-Agent);
-- **lean**: :class:`lmtui.backends.http1.UpstreamPool`.
+- **lean**: :class:`lmtui.http.UpstreamPool`.
 
 Routes: ``POST /v1/chat/completions`` reads the body, forwards it, and answers with the
 upstream's status, content type and whole body; ``POST /stream/v1/chat/completions`` does the
@@ -91,7 +91,7 @@ def serve(variant: str, port: int, upstream: str) -> None:
 
             app.on_cleanup.append(close_session)
         else:
-            from lmtui.backends.http1 import UpstreamPool
+            from lmtui.http import UpstreamPool
 
             pool = UpstreamPool(upstream, max_connections=256)
 

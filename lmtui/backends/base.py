@@ -16,18 +16,16 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from json import loads as json_loads
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
-import aiohttp
 import msgspec
 
-from lmtui.backends.http1 import UpstreamError, UpstreamPool
 from lmtui.config import NodeConfig
 from lmtui.core.model import NodeKind, NodeObservation
+from lmtui.http import Pool, UpstreamError, pool_for
 
 
 class BackendError(Exception):
@@ -56,35 +54,33 @@ class NotSupported(BackendError):
 class Backend:
     """Base class of every node adapter.
 
-    Subclasses set ``kind`` and implement :meth:`poll`. They use the shared ``aiohttp`` session
-    given to them (one per engine, connection pooling across polls) and the helpers below,
-    which turn transport errors and unusable answers into :class:`BackendError`.
+    Subclasses set ``kind`` and implement :meth:`poll`. They talk to the node through the
+    keep-alive pool they are built with (:func:`poll_pool`) and the helpers below, which
+    turn transport errors and unusable answers into :class:`BackendError`.
 
     Why not httpx for polling: measured on this project's 2-core machines, one httpx GET cost
     ~420 µs of client CPU against ~30 µs for aiohttp (h11 and anyio are pure Python), and one
     shared httpx pool scans every pooled connection per request: polling 200 nodes a second
     took a third of a core. Plain-HTTP nodes go one step further, through the router's lean
-    keep-alive client (``http1.UpstreamPool``): measured with bench/poll_scale.py in one
+    keep-alive client (``lmtui.http.UpstreamPool``): measured with bench/poll_scale.py in one
     sitting, 200 nodes cost 0.106 of a core through aiohttp and 0.057 through it. ``https``
-    nodes keep the aiohttp session.
+    nodes go through aiohttp behind the same interface (``lmtui.http.TlsUpstreamPool``).
     """
 
     kind: ClassVar[NodeKind]
     #: Whether this kind of node can load and unload models at all.
     supports_load: ClassVar[bool] = False
 
-    def __init__(
-        self, node: NodeConfig, client: aiohttp.ClientSession | None, *, timeout: float = 3.0
-    ):
+    def __init__(self, node: NodeConfig, pool: Pool, *, api_key: str | None, timeout: float = 3.0):
         self.node = node
-        self.client = client
-        #: The lean keep-alive pool the engine gives plain-HTTP nodes (about half the CPU of
-        #: an aiohttp request per poll); without one, requests go through ``client``.
-        self.pool: UpstreamPool | None = None
+        #: Keep-alive connections to the node (it opens them on first use; the engine
+        #: closes it on stop).
+        self.pool = pool
+        #: The value of the node's ``api_key_env``, read once by ``registry.node_api_key``.
+        self.api_key = api_key
         self.timeout = timeout
         self.base_url = node.url.rstrip("/")
-        key = os.environ.get(node.api_key_env) if node.api_key_env else None
-        self.headers: dict[str, str] = {"Authorization": f"Bearer {key}"} if key else {}
+        self.headers: dict[str, str] = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     @property
     def can_load(self) -> bool:
@@ -114,7 +110,7 @@ class Backend:
         raise NotSupported(f"{self.kind} nodes run no processes of lmtui's")
 
     async def aclose(self) -> None:
-        """Release resources the backend holds of its own (the shared client is not closed)."""
+        """Release resources the backend holds of its own (``pool`` is the engine's to close)."""
 
     # --- helpers for subclasses -------------------------------------------------------
 
@@ -128,35 +124,6 @@ class Backend:
         timeout: float | None = None,
     ) -> Reply:
         """One HTTP request; transport failures become :class:`BackendUnreachable`."""
-        if self.pool is not None:
-            return await self._request_lean(method, path, json, params, timeout)
-        if self.client is None:
-            raise BackendUnreachable("the engine has not started its HTTP session")
-        t = aiohttp.ClientTimeout(total=timeout if timeout is not None else self.timeout)
-        try:
-            async with self.client.request(
-                method,
-                self.base_url + path,
-                json=json,
-                params=params,
-                headers=self.headers,
-                timeout=t,
-            ) as r:
-                return Reply(r.status, await r.read())
-        except TimeoutError as e:
-            raise BackendUnreachable(f"{method} {path}: timed out") from e
-        except (aiohttp.ClientError, OSError) as e:
-            raise BackendUnreachable(f"{method} {path}: {type(e).__name__}: {e}") from e
-
-    async def _request_lean(
-        self,
-        method: str,
-        path: str,
-        json: Any,
-        params: dict[str, str] | None,
-        timeout: float | None,
-    ) -> Reply:
-        assert self.pool is not None
         target = f"{path}?{urlencode(params)}" if params else path
         headers = self.headers
         body = b""
@@ -179,13 +146,11 @@ class Backend:
 _encode_json = msgspec.json.Encoder().encode
 
 
-def new_pool(base_url: str, *, connect_timeout: float) -> UpstreamPool | None:
-    """The lean pool for a plain-HTTP node (None for https: those keep the aiohttp session).
-    Few connections: a poll runs at most a handful of requests at once (a llama.cpp router:
-    1 + 2 per loaded model), and one slow node must not hoard sockets."""
-    if not base_url.startswith("http://"):
-        return None
-    return UpstreamPool(
+def poll_pool(base_url: str, *, connect_timeout: float) -> Pool:
+    """The pool a backend polls and commands its node through (lean for ``http://``, aiohttp
+    for ``https://``). Few connections: a poll runs at most a handful of requests at once (a
+    llama.cpp router: 1 + 2 per loaded model), and one slow node must not hoard sockets."""
+    return pool_for(
         base_url, max_connections=16, connect_timeout=connect_timeout, read_timeout=None
     )  # each call is bounded by its own total timeout
 
@@ -206,19 +171,6 @@ class Reply:
     def json(self) -> Any:
         """The body as JSON; ``ValueError`` when it is not."""
         return json_loads(self.content)
-
-
-def new_session() -> aiohttp.ClientSession:
-    """The HTTP session the engine polls and commands every node with (call in a running
-    loop). Keep-alive connections are reused across polls; per-host limits keep one slow
-    node from taking every connection."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=0, limit_per_host=32, keepalive_timeout=30, ttl_dns_cache=300
-        ),
-        skip_auto_headers=("User-Agent",),
-        auto_decompress=True,
-    )
 
 
 def monotonic() -> float:

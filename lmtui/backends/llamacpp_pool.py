@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -39,7 +38,7 @@ from lmtui.backends.base import (
     BackendBadResponse,
     BackendError,
     monotonic,
-    new_pool,
+    poll_pool,
 )
 from lmtui.backends.llamacpp import LlamaCppBackend
 from lmtui.backends.pool_process import ProcessHost
@@ -55,6 +54,7 @@ from lmtui.core.model import (
     NodeKind,
     NodeObservation,
 )
+from lmtui.http import Pool
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,10 @@ class LlamaCppPoolBackend(Backend):
     kind = NodeKind.LLAMACPP_POOL
     supports_load = True
 
-    def __init__(self, node: NodeConfig, client: Any, *, timeout: float = 3.0) -> None:
-        super().__init__(node, client, timeout=timeout)
+    def __init__(
+        self, node: NodeConfig, pool: Pool, *, api_key: str | None, timeout: float = 3.0
+    ) -> None:
+        super().__init__(node, pool, api_key=api_key, timeout=timeout)
         if node.pool is None:
             raise ValueError(f"node {node.name!r}: a llamacpp-pool node needs [nodes.pool]")
         self.cfg: PoolNodeConfig = node.pool
@@ -127,7 +129,6 @@ class LlamaCppPoolBackend(Backend):
         self._adopted = False
         self._closing: set[asyncio.Task[None]] = set()
         self._poll_lock = asyncio.Lock()
-        self._key = os.environ.get(node.api_key_env) if node.api_key_env else None
 
     # --- polling ------------------------------------------------------------------------
 
@@ -238,7 +239,7 @@ class LlamaCppPoolBackend(Backend):
                 marker=uuid.uuid4().hex,
                 started=srv.started,
             )
-            srv.pid = await self.procs.start(spec, self._key)
+            srv.pid = await self.procs.start(spec, self.api_key)
             await self._wait_ready(srv, t0 + self.cfg.start_timeout)
         except BaseException as e:
             why = str(e) if isinstance(e, BackendError | ValueError) else type(e).__name__
@@ -289,8 +290,12 @@ class LlamaCppPoolBackend(Backend):
         shown = f"[{self.host}]" if ":" in self.host else self.host
         url = f"http://{shown}:{port}"
         node = msgspec.structs.replace(self.node, kind=NodeKind.LLAMACPP, url=url, pool=None)
-        reader = LlamaCppBackend(node, self.client, timeout=self.timeout)
-        reader.pool = new_pool(url, connect_timeout=self.timeout)
+        reader = LlamaCppBackend(
+            node,
+            poll_pool(url, connect_timeout=self.timeout),
+            api_key=self.api_key,
+            timeout=self.timeout,
+        )
         return Server(
             model=entry.name,
             path=entry.path,
@@ -367,11 +372,10 @@ class LlamaCppPoolBackend(Backend):
     def _forget(self, srv: Server) -> None:
         if self.servers.get(srv.port) is srv:
             del self.servers[srv.port]
-        if srv.reader.pool is not None:
-            pool, srv.reader.pool = srv.reader.pool, None
-            task = asyncio.get_running_loop().create_task(pool.close())
-            self._closing.add(task)  # held until done: a loose task may be collected
-            task.add_done_callback(self._closing.discard)
+        # The reader goes with the server (closing its pool twice does no harm).
+        task = asyncio.get_running_loop().create_task(srv.reader.pool.close())
+        self._closing.add(task)  # held until done: a loose task may be collected
+        task.add_done_callback(self._closing.discard)
 
     async def _lost(self, srv: Server) -> None:
         """A ready server died by itself: log why (its last lines) and forget it."""

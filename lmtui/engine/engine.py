@@ -18,11 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
 from lmtui.backends import backend_for
-from lmtui.backends.base import Backend, new_pool, new_session
+from lmtui.backends.base import Backend
 from lmtui.config import Config, NodeConfig
 from lmtui.config import parse_listen as parse_config_listen
 from lmtui.core.events import Event, EventKind, Level
@@ -33,7 +32,7 @@ from lmtui.engine.front import FrontServer
 from lmtui.engine.metrics import Metrics
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
 from lmtui.engine.reqlog import RequestLog, RequestRecord
-from lmtui.engine.router import Outcome, Router, node_api_keys
+from lmtui.engine.router import Outcome, Router
 from lmtui.engine.runtime import RunState
 from lmtui.engine.settings import model_catalogue, no_load_nodes
 from lmtui.engine.store import Store
@@ -99,11 +98,10 @@ class Engine:
             if request_log is not None
             else None
         )
-        # Backends get the engine's one aiohttp session when it starts (a session belongs to
-        # a running event loop; an Engine may be built before there is one).
-        self.http: aiohttp.ClientSession | None = None
+        # Each backend is built with its node's key and keep-alive pool; a pool needs a
+        # running loop only from its first request on, so an Engine may be built before one.
         self.backends: dict[str, Backend] = {
-            n.name: backend_for(n, None, timeout=config.poll.timeout) for n in config.nodes
+            n.name: backend_for(n, timeout=config.poll.timeout) for n in config.nodes
         }
         readers = {n.name: r for n in config.nodes if (r := memory_reader_for(n)) is not None}
         self.poller = Poller(
@@ -144,10 +142,6 @@ class Engine:
         if self._started:
             return
         self._started = True
-        self.http = new_session()
-        for backend in self.backends.values():
-            backend.client = self.http
-            backend.pool = new_pool(backend.base_url, connect_timeout=self.config.poll.timeout)
         if self.request_log is not None:
             await self.request_log.start()
         await self.poller.start()
@@ -212,7 +206,7 @@ class Engine:
         self.router = Router(
             self.dispatcher,
             {n.name: n.url for n in self.config.nodes},
-            node_api_keys({n.name: n.api_key_env for n in self.config.nodes}),
+            {name: b.api_key for name, b in self.backends.items()},
             api_keys=api_keys,
             queue_timeout_s=self.config.router.queue_timeout,
             max_body_bytes=self.config.router.max_body_bytes,
@@ -303,12 +297,7 @@ class Engine:
             await self.request_log.stop()
         for b in self.backends.values():
             await b.aclose()
-            if b.pool is not None:
-                await b.pool.close()
-                b.pool = None
-        if self.http is not None:
-            await self.http.close()
-            self.http = None
+            await b.pool.close()
 
     async def __aenter__(self) -> Engine:
         await self.start()

@@ -7,7 +7,7 @@ keep-alive pool to the node, and pass the answer back — chunk by chunk for SSE
 
 Why this stack, measured for this project on a 2-core machine: ``httpx`` as the proxy client
 was 5–13× slower in requests/s than ``aiohttp.ClientSession``, and the lean HTTP/1.1 client of
-``lmtui/backends/http1.py`` is ~2× faster again (a bare proxy: ~10.5k → ~22k req/s at 32 clients,
+``lmtui/http/http1.py`` is ~2× faster again (a bare proxy: ~10.5k → ~22k req/s at 32 clients,
 ``bench/upstream_client.py``), so plain-HTTP nodes use it and ``https`` nodes aiohttp. On the
 server side, raw ASGI on uvicorn+uvloop was no faster than ``aiohttp.web``, but a bare
 asyncio protocol was: the bot's plain requests arrive through the fast front of
@@ -34,7 +34,6 @@ import contextlib
 import hmac
 import itertools
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,14 +41,13 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
-from lmtui.backends.http1 import UpstreamError, UpstreamPool, UpstreamResponse
 from lmtui.core.events import EventKind, Level
 from lmtui.core.model import Health
 from lmtui.core.scheduler import RequestInfo
 from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease
 from lmtui.engine.errors import JSON_HEADERS, UNAUTHORIZED, error_body, error_response
 from lmtui.engine.exchange import AiohttpExchange, Exchange
-from lmtui.engine.upstream_tls import TlsResponse, TlsUpstreamPool, pool_for
+from lmtui.http import Pool, Response, UpstreamError, pool_for
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +207,7 @@ class Router:
         self.resolve = resolve
         self.on_done = on_done
         self.clock = clock
-        self._pools: dict[str, UpstreamPool | TlsUpstreamPool] = {}
+        self._pools: dict[str, Pool] = {}
         self._headers: dict[str, dict[str, str]] = {}
         self._ids = itertools.count(1)
 
@@ -407,7 +405,7 @@ class Router:
     async def _exchange(
         self,
         ex: Exchange,
-        pool: UpstreamPool | TlsUpstreamPool,
+        pool: Pool,
         lease: Lease,
         path: str,
         body: bytes,
@@ -487,7 +485,7 @@ class Router:
     async def _pipe(
         self,
         ex: Exchange,
-        up: UpstreamResponse | TlsResponse,
+        up: Response,
         t_send: float,
         out: Outcome,
         att: _Attempt,
@@ -566,7 +564,7 @@ class Router:
             self._headers[node] = h
         return h
 
-    def _pool(self, node: str, url: str | None = None) -> UpstreamPool | TlsUpstreamPool:
+    def _pool(self, node: str, url: str | None = None) -> Pool:
         """The keep-alive pool for a node, or for an instance served at its own URL (a
         pool node's spawned servers, one port each)."""
         p = self._pools.get(url or node)
@@ -602,8 +600,3 @@ def _type_of(status: int) -> str:
 
 def _outcome_of(e: DispatchError) -> str:
     return {404: "not_found", 429: "rejected_429", 504: "timeout_504"}.get(e.status, "error")
-
-
-def node_api_keys(envs: dict[str, str | None]) -> dict[str, str | None]:
-    """Resolve each node's ``api_key_env`` to its value (None when unset)."""
-    return {n: (os.environ.get(e) if e else None) for n, e in envs.items()}

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 
 from lmtui.backends import Backend, backend_for
-from lmtui.backends.base import new_pool
+from lmtui.backends.base import poll_pool
 from lmtui.config import NodeConfig
 from lmtui.core.model import NodeObservation
+from lmtui.http import Pool, TlsResponse, TlsUpstreamPool
 from lmtui.sim import SimCluster
 
 #: Payloads captured from real servers (the project's own copy; see its README).
@@ -35,27 +35,33 @@ def llama_payload() -> Callable[[str], Any]:
     return load
 
 
+class RecordingTlsPool(TlsUpstreamPool):
+    """The aiohttp pool ``https`` nodes get, recording the path of every request it sends
+    (without the query)."""
+
+    def __init__(self, base_url: str, sent: list[str], **kw: Any) -> None:
+        super().__init__(base_url, **kw)
+        self.sent = sent
+
+    async def request(
+        self, method: str, path: str, body: bytes, headers: Mapping[str, str]
+    ) -> TlsResponse:
+        self.sent.append(path.partition("?")[0])
+        return await super().request(method, path, body, headers)
+
+
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The adapters' session, as the engine makes it; records every request path it sends."""
-    sent: list[str] = []
-
-    async def record(_s: object, _ctx: object, params: aiohttp.TraceRequestStartParams) -> None:
-        sent.append(params.url.path)
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(record)
-    async with aiohttp.ClientSession(trace_configs=[trace]) as s:
-        s.sent = sent  # type: ignore[attr-defined]
-        yield s
+def sent() -> list[str]:
+    """The paths the adapters built with ``lean=False`` sent."""
+    return []
 
 
 @pytest.fixture
-async def http(session: aiohttp.ClientSession) -> AsyncIterator[httpx.AsyncClient]:
+async def http(sent: list[str]) -> AsyncIterator[httpx.AsyncClient]:
     """A separate client for tests to talk to the simulator themselves. ``http.sent`` is the
-    list of paths the adapters sent."""
+    list of paths the adapters sent through the aiohttp pool."""
     async with httpx.AsyncClient() as client:
-        client.sent = session.sent  # type: ignore[attr-defined]
+        client.sent = sent  # type: ignore[attr-defined]
         yield client
 
 
@@ -64,30 +70,33 @@ PollUntil = Callable[..., Awaitable[NodeObservation]]
 
 
 @pytest.fixture
-async def make_backend(session: aiohttp.ClientSession) -> AsyncIterator[MakeBackend]:
+async def make_backend(sent: list[str]) -> AsyncIterator[MakeBackend]:
     """Build the adapter for a simulated node from a NodeConfig, as the engine does: with
-    the lean keep-alive pool for plain HTTP, or with ``lean=False`` through the aiohttp
-    session alone (whose request paths ``http.sent`` records).
+    the lean keep-alive pool for plain HTTP, or with ``lean=False`` through the aiohttp pool
+    that ``https`` nodes get (whose request paths ``http.sent`` records).
 
     ``make_backend(cluster, name, timeout=2.0, lean=True, **node_config_fields)``.
     """
-    pools = []
+    pools: list[Pool] = []
 
     def make(
         cluster: SimCluster, name: str, *, timeout: float = 2.0, lean: bool = True, **config: Any
     ) -> Backend:
         node = cluster.node(name)
         cfg = NodeConfig(name=name, kind=node.spec.kind, url=cluster.url(name), **config)
-        backend = backend_for(cfg, session, timeout=timeout)
-        if lean:
-            backend.pool = new_pool(backend.base_url, connect_timeout=timeout)
-            pools.append(backend.pool)
-        return backend
+        pool: Pool = (
+            poll_pool(cfg.url, connect_timeout=timeout)
+            if lean
+            else RecordingTlsPool(
+                cfg.url, sent, max_connections=16, connect_timeout=timeout, read_timeout=None
+            )
+        )
+        pools.append(pool)
+        return backend_for(cfg, timeout=timeout, pool=pool)
 
     yield make
     for pool in pools:
-        if pool is not None:
-            await pool.close()
+        await pool.close()
 
 
 async def _poll_until(

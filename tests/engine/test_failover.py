@@ -21,6 +21,7 @@ from lmtui.core.model import Health, InstanceObservation, Node, NodeKind, NodeOb
 from lmtui.core.scheduler import RequestInfo, SchedulerSettings
 from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.store import Store
+from lmtui.http import UpstreamPool
 
 
 async def test_requests_on_a_frozen_node_are_served_by_the_other_replica() -> None:
@@ -107,7 +108,11 @@ class Refusing(Backend):
     supports_load = True
 
     def __init__(self, store: Store, refusals: int) -> None:
-        super().__init__(NodeConfig(name="n", kind=NodeKind.LLAMACPP, url="http://n"), None)
+        super().__init__(
+            NodeConfig(name="n", kind=NodeKind.LLAMACPP, url="http://n"),
+            UpstreamPool("http://n"),  # never used: this node is scripted
+            api_key=None,
+        )
         self.store = store
         self.refusals = refusals
         self.loads = 0

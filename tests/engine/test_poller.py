@@ -8,6 +8,7 @@ from lmtui.core.health import HealthPolicy
 from lmtui.core.model import Health, InstanceObservation, Node, NodeKind, NodeObservation
 from lmtui.engine.poller import Poller
 from lmtui.engine.store import Store
+from lmtui.http import UpstreamPool
 
 
 class Scripted(Backend):
@@ -18,7 +19,8 @@ class Scripted(Backend):
     def __init__(self, name: str, delay: float = 0.0) -> None:
         super().__init__(
             NodeConfig(name=name, kind=NodeKind.LLAMACPP, url="http://127.0.0.1:1"),
-            None,
+            UpstreamPool("http://127.0.0.1:1"),  # never used: polls are scripted
+            api_key=None,
         )
         self.delay = delay
         self.failing = False

@@ -16,6 +16,7 @@ import msgspec
 import psutil
 import pytest
 
+from lmtui.backends import backend_for
 from lmtui.backends.base import BackendBadResponse
 from lmtui.backends.llamacpp_pool import LlamaCppPoolBackend
 from lmtui.config import Config, NodeConfig, PollConfig, PoolConfig, PoolNodeConfig
@@ -46,6 +47,13 @@ def free_range(n: int = 8) -> str:
         if ok:
             return f"{first}-{first + n - 1}"
     raise RuntimeError("no free port range")
+
+
+def pool_backend(node: NodeConfig) -> LlamaCppPoolBackend:
+    """The adapter as the engine builds it: its pool, and its node's key from the environment."""
+    backend = backend_for(node, timeout=3.0)
+    assert isinstance(backend, LlamaCppPoolBackend)
+    return backend
 
 
 def running(pid: int) -> bool:
@@ -149,7 +157,7 @@ async def test_the_engine_starts_routes_to_and_stops_a_server(
 async def test_a_failed_start_raises_with_the_log_and_leaves_nothing(
     tmp_path: Path, models: Path
 ) -> None:
-    backend = LlamaCppPoolBackend(pool_node(tmp_path, models, args=["--fake-exit"]), None)
+    backend = pool_backend(pool_node(tmp_path, models, args=["--fake-exit"]))
     try:
         async with asyncio.timeout(STEP_S):
             await backend.poll(0.0)
@@ -172,7 +180,7 @@ async def test_a_taken_port_is_skipped(tmp_path: Path, models: Path, pids: list[
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", first))
         squatter.listen()
-        backend = LlamaCppPoolBackend(pool_node(tmp_path, models, ports=ports), None)
+        backend = pool_backend(pool_node(tmp_path, models, ports=ports))
         try:
             async with asyncio.timeout(STEP_S):
                 await backend.poll(0.0)
@@ -186,7 +194,7 @@ async def test_a_server_that_ignores_sigterm_is_killed(
     tmp_path: Path, models: Path, pids: list[int]
 ) -> None:
     node = pool_node(tmp_path, models, args=["--fake-ignore-term"], stop_grace=0.3)
-    backend = LlamaCppPoolBackend(node, None)
+    backend = pool_backend(node)
     try:
         async with asyncio.timeout(STEP_S):
             await backend.poll(0.0)
@@ -204,7 +212,7 @@ async def test_after_a_crash_servers_are_adopted_or_stopped(
     tmp_path: Path, models: Path, pids: list[int]
 ) -> None:
     node = pool_node(tmp_path, models)
-    first = LlamaCppPoolBackend(node, None)
+    first = pool_backend(node)
     async with asyncio.timeout(STEP_S):
         await first.poll(0.0)
         a = await first.load("alpha")
@@ -228,7 +236,7 @@ async def test_after_a_crash_servers_are_adopted_or_stopped(
                 "marker": "x",
             }
             (tmp_path / "state" / "pool-1.json").write_bytes(msgspec.json.encode(stale))
-            second = LlamaCppPoolBackend(node, None)
+            second = pool_backend(node)
             try:
                 # Two first polls at once (the loop's and a refresh): one adoption.
                 obs, again = await asyncio.gather(second.poll(1.0), second.poll(1.0))
@@ -256,7 +264,7 @@ async def test_after_a_crash_servers_are_adopted_or_stopped(
 
 
 async def test_a_server_that_dies_disappears(tmp_path: Path, models: Path) -> None:
-    backend = LlamaCppPoolBackend(pool_node(tmp_path, models), None)
+    backend = pool_backend(pool_node(tmp_path, models))
     try:
         async with asyncio.timeout(STEP_S):
             await backend.poll(0.0)
@@ -278,7 +286,7 @@ async def test_the_api_key_reaches_the_server_by_environment(
 ) -> None:
     monkeypatch.setenv("LMTUI_TEST_POOL_KEY", "s3cret-key")
     node = msgspec.structs.replace(pool_node(tmp_path, models), api_key_env="LMTUI_TEST_POOL_KEY")
-    backend = LlamaCppPoolBackend(node, None)
+    backend = pool_backend(node)
     try:
         async with asyncio.timeout(STEP_S):
             await backend.poll(0.0)
@@ -299,7 +307,7 @@ async def test_the_api_key_reaches_the_server_by_environment(
 async def test_replicas_of_one_model_run_on_their_own_ports(
     tmp_path: Path, models: Path, pids: list[int]
 ) -> None:
-    backend = LlamaCppPoolBackend(pool_node(tmp_path, models), None)
+    backend = pool_backend(pool_node(tmp_path, models))
     try:
         async with asyncio.timeout(STEP_S):
             await backend.poll(0.0)
@@ -321,7 +329,7 @@ async def test_a_start_past_its_timeout_fails_and_is_killed(
     tmp_path: Path, models: Path, pids: list[int]
 ) -> None:
     node = pool_node(tmp_path, models, args=["--fake-delay", "30"], start_timeout=0.5)
-    backend = LlamaCppPoolBackend(node, None)
+    backend = pool_backend(node)
     try:
         async with asyncio.timeout(STEP_S):
             await backend.poll(0.0)

@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import httpx
 import psutil
 import pytest
@@ -22,12 +21,16 @@ from lmtui.backends.base import BackendBadResponse, LoadDeferred
 from lmtui.backends.llamacpp import LlamaCppBackend
 from lmtui.config import NodeConfig
 from lmtui.core.model import InstanceState, NodeKind
+from lmtui.http import Pool
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+async def pools() -> AsyncIterator[list[Pool]]:
+    """The adapters' keep-alive pools, closed after the test."""
+    made: list[Pool] = []
+    yield made
+    for pool in made:
+        await pool.close()
 
 
 def router(tmp_path: Path, build: LlamaBuild, servers: list[LlamaServer]) -> LlamaServer:
@@ -39,9 +42,10 @@ def router(tmp_path: Path, build: LlamaBuild, servers: list[LlamaServer]) -> Lla
     return server.start()
 
 
-def adapter(server: LlamaServer, session: aiohttp.ClientSession) -> LlamaCppBackend:
+def adapter(server: LlamaServer, pools: list[Pool]) -> LlamaCppBackend:
     cfg = NodeConfig(name="real", kind=NodeKind.LLAMACPP, url=server.url)
-    backend = backend_for(cfg, session, timeout=10.0)
+    backend = backend_for(cfg, timeout=10.0)
+    pools.append(backend.pool)
     assert isinstance(backend, LlamaCppBackend)
     return backend
 
@@ -50,9 +54,9 @@ async def test_router_limit_and_a_load_that_returns_once_loaded(
     tmp_path: Path,
     llama_build: LlamaBuild,
     llama_servers: list[LlamaServer],
-    session: aiohttp.ClientSession,
+    pools: list[Pool],
 ) -> None:
-    backend = adapter(router(tmp_path, llama_build, llama_servers), session)
+    backend = adapter(router(tmp_path, llama_build, llama_servers), pools)
     obs = await backend.poll(time.time())
     assert obs.max_instances == 1 and obs.instances == ()
     assert await backend.load("ulysses") == "ulysses"
@@ -79,10 +83,10 @@ async def test_router_load_at_the_limit_while_busy_is_deferred(
     tmp_path: Path,
     llama_build: LlamaBuild,
     llama_servers: list[LlamaServer],
-    session: aiohttp.ClientSession,
+    pools: list[Pool],
 ) -> None:
     server = router(tmp_path, llama_build, llama_servers)
-    backend = adapter(server, session)
+    backend = adapter(server, pools)
     await backend.poll(time.time())
     await backend.load("ulysses")
     assert server.proc is not None
@@ -112,13 +116,13 @@ async def test_single_server_started_with_a_path_names_the_model_by_its_file(
     tmp_path: Path,
     llama_build: LlamaBuild,
     llama_servers: list[LlamaServer],
-    session: aiohttp.ClientSession,
+    pools: list[Pool],
 ) -> None:
     d = models_dir(tmp_path, llama_build, ["Gemma-Small"])
     server = LlamaServer(llama_build, ["-m", str(d / "Gemma-Small.gguf")], tmp_path / "log")
     llama_servers.append(server)
     server.start()
-    obs = await adapter(server, session).poll(time.time())
+    obs = await adapter(server, pools).poll(time.time())
     assert [i.model for i in obs.instances or ()] == ["Gemma-Small"]
 
 
@@ -126,13 +130,13 @@ async def test_router_load_of_a_broken_model_fails_with_the_routers_reason(
     tmp_path: Path,
     llama_build: LlamaBuild,
     llama_servers: list[LlamaServer],
-    session: aiohttp.ClientSession,
+    pools: list[Pool],
 ) -> None:
     d = models_dir(tmp_path, llama_build, ["ulysses"])
     (d / "broken.gguf").write_bytes(b"not a gguf file")
     server = LlamaServer(llama_build, ["--models-dir", str(d)], tmp_path / "log")
     llama_servers.append(server)
-    backend = adapter(server.start(), session)
+    backend = adapter(server.start(), pools)
     await backend.poll(time.time())
     # The router accepts the load, its model process exits, /models says failed.
     with pytest.raises(BackendBadResponse, match=r"broken.*failed"):
@@ -146,13 +150,13 @@ async def test_router_sleeping_model_keeps_its_slots_and_is_not_woken_by_polls(
     tmp_path: Path,
     llama_build: LlamaBuild,
     llama_servers: list[LlamaServer],
-    session: aiohttp.ClientSession,
+    pools: list[Pool],
 ) -> None:
     d = models_dir(tmp_path, llama_build, ["ulysses"])
     args = ["--models-dir", str(d), "--sleep-idle-seconds", "1", "-np", "3", "-c", "3072"]
     server = LlamaServer(llama_build, args, tmp_path / "log")
     llama_servers.append(server)
-    backend = adapter(server.start(), session)
+    backend = adapter(server.start(), pools)
     await backend.poll(time.time())
     await backend.load("ulysses")
 
@@ -176,12 +180,12 @@ async def test_polls_during_an_unload_do_not_load_the_model_again(
     tmp_path: Path,
     llama_build: LlamaBuild,
     llama_servers: list[LlamaServer],
-    session: aiohttp.ClientSession,
+    pools: list[Pool],
 ) -> None:
     """A real router answers ``/slots?model=X`` of a model it is stopping by loading X again.
     Polls that overlap an eviction (the engine polls right after it) must not do that."""
     server = router(tmp_path, llama_build, llama_servers)
-    backend = adapter(server, session)
+    backend = adapter(server, pools)
     await backend.poll(time.time())
     await backend.load("ulysses")
     stop = asyncio.Event()

@@ -312,12 +312,14 @@ async def test_the_api_key_reaches_a_real_server_through_its_environment(
 ) -> None:
     """This build documents ``--api-key`` as env ``LLAMA_API_KEY`` (not ``LLAMA_ARG_API_KEY``):
     the server must refuse a keyless /props, and lmtui's own polls must carry the key."""
+    from lmtui.backends import backend_for
     from lmtui.backends.llamacpp_pool import LlamaCppPoolBackend
 
     monkeypatch.setenv("LMTUI_TEST_POOL_KEY", "real-s3cret")
     ssh = ssh_config(request.getfixturevalue("sshd_server"), tmp_path) if where == "ssh" else None
     node = pool_node(tmp_path, llama_build, ssh=ssh, api_key_env="LMTUI_TEST_POOL_KEY")
-    backend = LlamaCppPoolBackend(node, None)
+    backend = backend_for(node, timeout=3.0)
+    assert isinstance(backend, LlamaCppPoolBackend)
     try:
         async with asyncio.timeout(2 * STEP_S):
             await backend.poll(0.0)
@@ -344,11 +346,13 @@ async def test_an_ssh_pool_node_is_healthy_exactly_while_its_host_answers(
     """The backend alone, no poll loop: sshd is stopped only between commands (stopping it
     kills its sessions, and one killed inside the login shell's rc files can leave locks
     behind, e.g. pyenv's rehash lock, which then stalls every later login for 60 s)."""
+    from lmtui.backends import backend_for
     from lmtui.backends.base import BackendUnreachable
     from lmtui.backends.llamacpp_pool import LlamaCppPoolBackend
 
     node = pool_node(tmp_path, llama_build, ssh=ssh_config(sshd_server, tmp_path), memory_gb=8)
-    backend = LlamaCppPoolBackend(node, None, timeout=5.0)
+    backend = backend_for(node, timeout=5.0)
+    assert isinstance(backend, LlamaCppPoolBackend)
     try:
         async with asyncio.timeout(STEP_S):
             obs = await backend.poll(0.0)  # no server: still a good poll

@@ -1,4 +1,5 @@
-"""The import rule of docs/architecture.md: tui → engine → backends → core; sim → core at most."""
+"""The import rule of docs/architecture.md: tui → engine → backends → http → core; config
+below backends and engine; sim → core at most; and no import circles anywhere."""
 
 import ast
 import json
@@ -16,6 +17,7 @@ HEADLESS = [
     "lmtui.core.state",
     "lmtui.core.health",
     "lmtui.config",
+    "lmtui.http",
     "lmtui.backends",
     "lmtui.engine.store",
     "lmtui.engine.poller",
@@ -58,6 +60,7 @@ def test_core_imports_nothing_from_other_layers_and_no_io() -> None:
         "socket",
         "sqlite3",
         "lmtui.config",
+        "lmtui.http",
         "lmtui.backends",
         "lmtui.engine",
         "lmtui.sim",
@@ -79,8 +82,17 @@ _ENGINE_ONLY_CONFIG = ("lmtui.config.paths", "lmtui.config.overrides")
     [
         ("sim", ("lmtui.core", "lmtui.sim"), ()),
         ("config", ("lmtui.core", "lmtui.config"), ()),
-        ("backends", ("lmtui.core", "lmtui.config", "lmtui.backends"), _ENGINE_ONLY_CONFIG),
-        ("engine", ("lmtui.core", "lmtui.config", "lmtui.backends", "lmtui.engine"), ()),
+        ("http", ("lmtui.core", "lmtui.http"), ()),
+        (
+            "backends",
+            ("lmtui.core", "lmtui.config", "lmtui.http", "lmtui.backends"),
+            _ENGINE_ONLY_CONFIG,
+        ),
+        (
+            "engine",
+            ("lmtui.core", "lmtui.config", "lmtui.http", "lmtui.backends", "lmtui.engine"),
+            (),
+        ),
     ],
 )
 def test_layers_import_only_downwards(

@@ -1,9 +1,10 @@
-"""The router's upstream for ``https://`` nodes: aiohttp behind ``UpstreamPool``'s interface.
+"""lmtui's upstream for ``https://`` nodes: aiohttp behind ``UpstreamPool``'s interface.
 
-The lean client in ``lmtui/backends/http1.py`` speaks plain HTTP only (local LLM servers
-almost always do). A node behind TLS goes through ``aiohttp.ClientSession`` instead,
-wrapped so that the router has one code path: the same ``request``, ``read``,
-``next_chunk`` and ``release``, and the same ``UpstreamError``.
+The lean client in ``http1.py`` speaks plain HTTP only (local LLM servers almost always
+do). A node behind TLS goes through ``aiohttp.ClientSession`` instead, wrapped so that the
+router and the polls have one code path: the same ``request``, ``read``, ``next_chunk`` and
+``release``, and the same ``UpstreamError``. Like the lean client, it sends the request
+target as given (no re-quoting) and asks for no compression.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import aiohttp
+from yarl import URL
 
-from lmtui.backends.http1 import UpstreamError, UpstreamPool
+from lmtui.http.http1 import UpstreamError
 
 
 class TlsResponse:
@@ -66,8 +68,9 @@ class TlsUpstreamPool:
         self, method: str, path: str, body: bytes, headers: Mapping[str, str]
     ) -> TlsResponse:
         if self._session is None:
-            # No Accept-Encoding: the router passes bodies through as they come, and the
-            # client never asked for a compressed one.
+            # Made on first use: a session belongs to the running loop, and a pool may be
+            # built before there is one. No Accept-Encoding: the router passes bodies
+            # through as they come, and its client never asked for a compressed one.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._limit),
                 timeout=self._timeout,
@@ -75,8 +78,13 @@ class TlsUpstreamPool:
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
         try:
+            # No body at all rather than an empty one: aiohttp would add "Content-Length: 0"
+            # and an octet-stream Content-Type to a GET.
             resp = await self._session.request(
-                method, self.base_url + path, data=body, headers=dict(headers)
+                method,
+                URL(self.base_url + path, encoded=True),
+                data=body or None,
+                headers=dict(headers),
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise UpstreamError(f"{type(e).__name__}: {e}", before_response=True) from e
@@ -86,10 +94,3 @@ class TlsUpstreamPool:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def pool_for(base_url: str, **kw: float | int | None) -> UpstreamPool | TlsUpstreamPool:
-    """The lean pool for ``http://`` nodes, the aiohttp one for ``https://``."""
-    if base_url.startswith("https://"):
-        return TlsUpstreamPool(base_url, **kw)  # type: ignore[arg-type]
-    return UpstreamPool(base_url, **kw)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from lmtui.backends.http1 import UpstreamError, UpstreamPool
+from lmtui.http import UpstreamError, UpstreamPool
 
 JSON = {"Content-Type": "application/json"}
 #: Every test body runs under this bound, so a bug shows as a failure, never as a hang.

@@ -20,8 +20,9 @@ Shape::
 
 Exceptions: :class:`UpstreamError` for everything that goes wrong on the wire (connection
 refused or reset, timeouts, a malformed answer); ``before_response`` says whether the answer's
-head had arrived, i.e. whether another replica may still be tried. Plain ``http`` only: for
-``https`` nodes keep using aiohttp.
+head had arrived, i.e. whether another replica may still be tried. Plain ``http`` only:
+``https`` nodes go through ``tls.py`` (aiohttp behind this interface); ``lmtui.http.pool_for``
+chooses between the two.
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from lmtui.backends.http1 import UpstreamError, UpstreamPool
-from lmtui.engine.upstream_tls import TlsUpstreamPool, pool_for
+from lmtui.http import TlsUpstreamPool, UpstreamError, UpstreamPool, pool_for
 
 
 async def test_pool_for_picks_by_scheme() -> None:
@@ -61,3 +60,34 @@ async def test_read_stream_and_errors_over_aiohttp() -> None:
         await refused.request("POST", "/whole", b"{}", {})
     assert ei.value.before_response
     await refused.close()
+
+
+async def test_a_get_goes_without_a_body_and_its_target_as_given() -> None:
+    """What the polls send to an https node: like the lean pool, no empty body (aiohttp would
+    add Content-Length: 0 and an octet-stream type to a GET) and no re-quoted query."""
+    seen: dict[str, object] = {}
+
+    async def echo(r: web.Request) -> web.Response:
+        seen.update(target=r.raw_path, headers=dict(r.headers))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/props", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    pool = TlsUpstreamPool(f"http://127.0.0.1:{port}")
+    try:
+        r = await pool.request("GET", "/props?model=org%2Fm", b"", {"Authorization": "Bearer k"})
+        await r.read()
+        r.release()
+    finally:
+        await pool.close()
+        await runner.cleanup()
+    assert seen["target"] == "/props?model=org%2Fm"
+    headers = seen["headers"]
+    assert isinstance(headers, dict)
+    assert headers["Authorization"] == "Bearer k"
+    assert not {"Content-Length", "Content-Type", "Accept-Encoding"} & set(headers)
