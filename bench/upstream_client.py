@@ -114,7 +114,7 @@ def serve(variant: str, port: int, upstream: str) -> None:
                         headers={"Content-Type": r.headers.get("content-type", "text/plain")},
                     )
                     await resp.prepare(request)
-                    async for chunk in r.iter_chunks():
+                    while (chunk := await r.next_chunk()) is not None:
                         await resp.write(chunk)
                     await resp.write_eof()
                     return resp

@@ -15,7 +15,7 @@ Shape::
 
     pool = UpstreamPool("http://10.0.0.5:1234")
     resp = await pool.request("POST", "/v1/chat/completions", body, headers)
-    data = await resp.read()                 # or: async for piece in resp.iter_chunks()
+    data = await resp.read()                 # or: piece = await resp.next_chunk() until None
     resp.release()
 
 Exceptions: :class:`UpstreamError` for everything that goes wrong on the wire (connection
@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -118,10 +118,6 @@ class UpstreamResponse:
         self._size = 0
         return data
 
-    def iter_chunks(self) -> AsyncIterator[bytes]:
-        """The body in pieces as they arrive (what arrived meanwhile is joined into one)."""
-        return _Chunks(self)
-
     async def next_chunk(self) -> bytes | None:
         """The body bytes that arrived since the last call, or None at the end."""
         while True:
@@ -181,24 +177,6 @@ class UpstreamResponse:
             self._waiter = None
             if timer is not None:
                 timer.cancel()
-
-
-class _Chunks:
-    """``async for`` over a response body; a class, as async generators cost more per item."""
-
-    __slots__ = ("_resp",)
-
-    def __init__(self, resp: UpstreamResponse) -> None:
-        self._resp = resp
-
-    def __aiter__(self) -> _Chunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        data = await self._resp.next_chunk()
-        if data is None:
-            raise StopAsyncIteration
-        return data
 
 
 class UpstreamPool:
@@ -400,7 +378,7 @@ class UpstreamError(Exception):
     """The node could not be reached or broke the protocol or the connection.
 
     ``before_response`` is True when no answer head had arrived: the request may be sent to
-    another replica. After the head it is False (the error comes from ``read``/``iter_chunks``).
+    another replica. After the head it is False (the error comes from ``read``/``next_chunk``).
     """
 
     def __init__(self, message: str, *, before_response: bool) -> None:

@@ -164,7 +164,7 @@ async def test_chunked_body_is_decoded_and_large_bodies_survive_back_pressure() 
             # The same, consumed piece by piece by a reader slower than the socket.
             r = await pool.request("POST", "/s", b"{}", JSON)
             got = []
-            async for piece in r.iter_chunks():
+            while (piece := await r.next_chunk()) is not None:
                 got.append(piece)
                 await asyncio.sleep(0)
             assert b"".join(got) == b"".join(pieces)
@@ -191,10 +191,10 @@ async def test_stream_pieces_arrive_before_the_end() -> None:
     async with asyncio.timeout(LIMIT_S), aiohttp_server(app) as url:
         pool = UpstreamPool(url)
         r = await pool.request("POST", "/s", b"{}", JSON)
-        it = r.iter_chunks()
-        assert await it.__anext__() == b"data: first\n\n"
+        assert await r.next_chunk() == b"data: first\n\n"
         first_seen.set()
-        assert [p async for p in it] == [b"data: second\n\n"]
+        assert await r.next_chunk() == b"data: second\n\n"
+        assert await r.next_chunk() is None
         r.release()
         await pool.close()
 
@@ -392,7 +392,7 @@ async def test_body_cut_mid_way_is_an_error() -> None:
         r = await pool.request("POST", "/", b"{}", JSON)
         got = []
         with pytest.raises(UpstreamError):
-            async for piece in r.iter_chunks():
+            while (piece := await r.next_chunk()) is not None:
                 got.append(piece)
         assert b"".join(got) == b"data: one\n\ndata: tw"
         await pool.close()
