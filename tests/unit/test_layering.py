@@ -1,4 +1,5 @@
-"""The import rule of ARCHITECTURE.md: tui → engine → backends → core; sim → core at most."""
+"""The import rule of ARCHITECTURE.md: tui → engine → backends → core; sim → core at most;
+replay → core and config, synchronous and offline."""
 
 import ast
 import json
@@ -22,6 +23,7 @@ HEADLESS = [
     "lmtui.engine.engine",
     "lmtui.engine.client",
     "lmtui.sim",
+    "lmtui.replay",
 ]
 
 
@@ -74,6 +76,9 @@ def test_core_imports_nothing_from_other_layers_and_no_io() -> None:
     "layer,allowed",
     [
         ("sim", ("lmtui.core", "lmtui.sim")),
+        # The replay drives the pure core in virtual time; its cluster may come from the
+        # config. Never the engine (a replay must not depend on the running system).
+        ("replay", ("lmtui.core", "lmtui.config", "lmtui.replay")),
         ("backends", ("lmtui.core", "lmtui.config", "lmtui.backends")),
         (
             "engine",
@@ -105,3 +110,19 @@ def test_nothing_below_imports_the_tui() -> None:
         for mod in imports_of(path):
             assert not mod.startswith("lmtui.tui"), f"lmtui/{rel} imports {mod}"
 
+
+def test_replay_is_synchronous_and_offline() -> None:
+    """Virtual time, no event loop: nothing of asyncio, sockets or HTTP clients."""
+    banned = ("asyncio", "socket", "httpx", "aiohttp", "asyncssh", "textual", "uvloop")
+    for path in sorted((PKG / "replay").rglob("*.py")):
+        for mod in imports_of(path):
+            assert not any(mod == b or mod.startswith(b + ".") for b in banned), (
+                f"{path.relative_to(PKG.parent)} imports {mod}"
+            )
+    code = (
+        "import json, sys, lmtui.replay.cli\n"
+        "bad = ('asyncio', 'socket', 'lmtui.engine', 'lmtui.backends', 'lmtui.sim', 'lmtui.tui')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(bad))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
