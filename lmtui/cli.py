@@ -3,6 +3,9 @@
     lmtui [--config FILE] [--demo] [--serve] [--listen HOST:PORT] [--connect URL]
           [--read-only] [--debug]
     lmtui sim --config FILE [--time-scale X]
+    lmtui replay TRACE.csv [--cluster FILE | --nodes GB,…] [--policy P …] [--strategy S]
+                 [--service busy|instant] [--rate-scale X] [--seed N] [--json]
+    lmtui export-log [--db PATH] [--since WHEN] > log.csv
 
 Errors a user can meet (a broken config, a port in use) print one clear line (a broken
 config one per problem in it) and exit 2; a traceback only with ``--debug``.
@@ -43,7 +46,10 @@ def parser() -> argparse.ArgumentParser:
         "With no config found it runs the built-in demo cluster.",
         epilog="Config is found by --config, then $LMTUI_CONFIG, then "
         "~/.config/lmtui/config.toml (see config.example.toml). "
-        "Subcommand: 'lmtui sim --config FILE' runs simulated nodes on loopback.",
+        "Subcommands: 'lmtui sim --config FILE' runs simulated nodes on loopback; "
+        "'lmtui replay TRACE.csv' replays a request trace through the scheduler and "
+        "eviction in virtual time (see 'lmtui replay --help'); 'lmtui export-log' writes "
+        "the request log as a CSV trace for it.",
     )
     p.add_argument("--config", type=Path, metavar="FILE", help="config file (TOML)")
     p.add_argument(
@@ -87,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         from lmtui.sim.cli import main as sim_main
 
         return sim_main(argv[1:])
+    if argv[:1] == ["replay"]:
+        from lmtui.replay.cli import main as replay_main
+
+        return replay_main(argv[1:])
+    if argv[:1] == ["export-log"]:
+        from lmtui.engine.reqlog import RequestRecord
+        from lmtui.replay.cli import export_main
+
+        return export_main(argv[1:], default_db=default_log_path(), columns=RequestRecord._fields)
     p = parser()
     args = p.parse_args(argv)
     if args.connect and (args.serve or args.demo or args.config):

@@ -13,6 +13,10 @@ Two policies order the candidates:
   or from how long it has been idle; the reload time from its size. Large, rarely used
   models go first; small hot ones stay.
 
+A caller may also pass its own ``order`` (a sort key per candidate, smallest evicted first),
+which replaces the policy's: ``lmtui replay`` ranks by each model's next use in the trace for
+its clairvoyant reference, through the same candidates and the same plan-trimming as above.
+
 Either way the plan takes candidates in order until enough is freed, then drops any it took
 that turned out unnecessary (a small LRU instance taken before one big one that alone
 suffices), because every eviction costs somebody a reload.
@@ -26,7 +30,7 @@ so it is taken only where a place is needed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,6 +38,9 @@ from lmtui.core.model import GiB, Instance, InstanceKey, InstanceState, Snapshot
 from lmtui.core.units import fmt_bytes
 
 EvictionPolicy = Literal["lru", "cost"]
+#: A caller's own eviction order: ``order(instance, now)`` is a candidate's sort key, the
+#: smallest evicted first. It replaces the policy's order (see the module docstring).
+EvictionOrder = Callable[[Instance, float], float]
 
 #: ``low`` idles out first; ``high`` is never evicted to make room for a lower one.
 PRIORITY_RANK: Mapping[str, int] = {"low": 0, "normal": 1, "high": 2}
@@ -200,6 +207,7 @@ def plan_eviction(
     keep_model: str | None = None,
     cost: CostModel = CostModel(),
     need_count: int = 0,
+    order: EvictionOrder | None = None,
 ) -> EvictionPlan | None:
     """Plan which instances on ``node`` to unload to free at least ``need_bytes`` and at
     least ``need_count`` places under the node's instance limit.
@@ -208,7 +216,7 @@ def plan_eviction(
     with an unknown size are chosen only to free a place (for bytes, evicting them might
     free nothing we can count). ``keep_model`` protects replicas of the model being loaded
     (evicting one to load another would be pointless). ``request_rate`` is requests per
-    second per model.
+    second per model. ``order``, when given, replaces the policy's order of candidates.
     """
     need_bytes = max(need_bytes, 0)
     if need_bytes == 0 and need_count <= 0:
@@ -230,7 +238,11 @@ def plan_eviction(
         )
         is None
     ]
-    if policy == "cost":
+    if order is not None:
+        ordered = sorted(candidates, key=lambda i: (order(i, now), i.key))
+        taken = _take_until(ordered, need_bytes, need_count)
+        how = "the caller's order"
+    elif policy == "cost":
         costs = {i.key: _expected_reload_cost(i, now, rates, prios, cost) for i in candidates}
         ordered = sorted(candidates, key=lambda i: (costs[i.key] / (i.size_bytes or 1), i.key))
         taken = _take_until(ordered, need_bytes, need_count)

@@ -24,6 +24,7 @@ from types import MappingProxyType
 
 from lmtui.core.eviction import (
     CostModel,
+    EvictionOrder,
     EvictionPolicy,
     holds_place,
     permanent_instances,
@@ -60,6 +61,9 @@ class PoolSettings:
     #: Nodes whose backend cannot load models (``Backend.can_load`` is false).
     no_load_nodes: frozenset[str] = frozenset()
     cost: CostModel = field(default_factory=CostModel)
+    #: An eviction order that replaces ``eviction_policy``'s (see ``plan_eviction``): the
+    #: replay's clairvoyant reference. None in the engine.
+    eviction_order: EvictionOrder | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +255,7 @@ def place(
             keep_model=model,
             cost=pool.cost,
             need_count=need_places,
+            order=pool.eviction_order,
         )
         if plan is not None:
             return Placement(n.name, fp, plan.evict, plan.reason)

@@ -281,3 +281,25 @@ def test_permanent_count_is_pinned_and_higher_priority() -> None:
     snap = mk_snap(mk_inst("p", pinned=True), mk_inst("h"), mk_inst("n"))
     assert permanent_count(snap, "n1", priorities={"h": "high"}) == 2
     assert permanent_count(snap, "n1", priorities={"h": "high"}, requester_priority="high") == 1
+
+
+@pytest.mark.parametrize("policy", ["lru", "cost"])
+def test_a_callers_order_replaces_the_policys(policy: str) -> None:
+    # LRU would take "old"; the caller's order (the replay's clairvoyant reference says
+    # "new" is needed furthest ahead) takes "new", and still never a busy one.
+    snap = mk_snap(
+        mk_inst("old", 8, last_used=NOW - 3000),
+        mk_inst("new", 8, last_used=NOW - 10),
+        mk_inst("busy", 8, last_used=NOW - 9000, in_flight=1),
+    )
+    rank = {"old": 2.0, "new": 1.0, "busy": 0.0}
+    plan = plan_eviction(
+        snap,
+        "n1",
+        8 * GiB,
+        NOW,
+        policy,
+        order=lambda i, now: rank[i.model],  # type: ignore[arg-type]
+    )
+    assert plan is not None and plan.evict == (("n1", "new"),)
+    assert "the caller's order" in plan.reason

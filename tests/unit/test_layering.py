@@ -1,5 +1,6 @@
 """The import rule of docs/architecture.md: tui → engine → backends → http → core; config
-below backends and engine; sim → core at most; and no import circles anywhere."""
+below backends and engine; sim → core at most; replay → core and config, synchronous and
+offline; and no import circles anywhere."""
 
 import ast
 import json
@@ -24,6 +25,7 @@ HEADLESS = [
     "lmtui.engine.engine",
     "lmtui.engine.client",
     "lmtui.sim",
+    "lmtui.replay",
 ]
 
 
@@ -81,6 +83,9 @@ _ENGINE_ONLY_CONFIG = ("lmtui.config.paths", "lmtui.config.overrides")
     "layer,allowed,denied",
     [
         ("sim", ("lmtui.core", "lmtui.sim"), ()),
+        # The replay drives the pure core in virtual time; its cluster may come from the
+        # config. Never the engine (a replay must not depend on the running system).
+        ("replay", ("lmtui.core", "lmtui.config", "lmtui.replay"), ()),
         ("config", ("lmtui.core", "lmtui.config"), ()),
         ("http", ("lmtui.core", "lmtui.http"), ()),
         (
@@ -190,3 +195,20 @@ def test_no_module_imports_itself_back() -> None:
     graph = _module_graph()
     circles = sorted(m for m in graph if m in _reach(graph, m))
     assert circles == []
+
+
+def test_replay_is_synchronous_and_offline() -> None:
+    """Virtual time, no event loop: nothing of asyncio, sockets or HTTP clients."""
+    banned = ("asyncio", "socket", "httpx", "aiohttp", "asyncssh", "textual", "uvloop")
+    for path in sorted((PKG / "replay").rglob("*.py")):
+        for mod in imports_of(path):
+            assert not any(mod == b or mod.startswith(b + ".") for b in banned), (
+                f"{path.relative_to(PKG.parent)} imports {mod}"
+            )
+    code = (
+        "import json, sys, lmtui.replay.cli\n"
+        "bad = ('asyncio', 'socket', 'lmtui.engine', 'lmtui.backends', 'lmtui.sim', 'lmtui.tui')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(bad))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

@@ -189,6 +189,18 @@ def test_evicts_on_the_best_node_when_nothing_fits() -> None:
     assert isinstance(p, NoPlacement) and p.may_fit_later
 
 
+def test_placement_plans_with_the_pools_eviction_order() -> None:
+    snap = mk_snap(
+        [mk_node("a", 16)],
+        [mk_inst("a", "old", 8, last_used=1.0), mk_inst("a", "new", 8, last_used=2.0)],
+    )
+    pool = PoolSettings(
+        min_residency_s=0.0, eviction_order=lambda i, now: 0.0 if i.model == "new" else 1.0
+    )
+    p = place(snap, "m", NOW, pool)
+    assert isinstance(p, Placement) and p.evict == (("a", "new@a"),)
+
+
 def test_busy_or_young_means_later_pinned_means_never() -> None:
     cat = (AvailableModel("m", 10 * GiB),)
     busy = mk_snap([mk_node("a", 16, available=cat)], [mk_inst("a", "x", 12, in_flight=2)])
