@@ -96,8 +96,10 @@ class ControlApi:
                 command = decoder.decode(raw if raw.strip() else b"{}")
             except msgspec.ValidationError as e:
                 return error_response(400, f"{kind.name}: {e}", "invalid_request_error")
-            except msgspec.DecodeError as e:
-                return error_response(400, f"invalid JSON: {e}", "invalid_request_error")
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+                # Bad UTF-8 in a string and nesting past the stack are the client's, too.
+                why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+                return error_response(400, f"invalid JSON: {why}", "invalid_request_error")
             try:
                 result = await self.controller.execute(command)
             except CommandError as e:

@@ -1,7 +1,7 @@
 """The OpenAI-compatible router: one address for the whole cluster.
 
 Hot path, per request: check the bearer key, read the body (size-limited), decode only
-``model`` / ``stream`` / ``user`` / ``ttl`` with msgspec, get a lease from the dispatcher,
+``model`` / ``stream`` / ``user`` with msgspec, get a lease from the dispatcher,
 forward the original bytes (re-encoded only when the model name must be rewritten) over a
 keep-alive pool to the node, and pass the answer back — chunk by chunk for SSE.
 
@@ -37,6 +37,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import msgspec
 from aiohttp import web
@@ -64,13 +65,20 @@ WATCHDOG_EVERY_S = 0.25
 STALLED_STREAM_S = 2.0
 
 
-class _Head(msgspec.Struct):
-    """The only fields the router reads from a request body; the rest passes untouched."""
+#: The longest model name or ``user`` a request may give: both reach events, metrics, logs
+#: and the request log, so a longer one is a 400 that says so.
+MAX_NAME = 256
+_Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
 
-    model: str | None = None
-    stream: bool = False
-    user: str | None = None
-    ttl: float | None = None
+
+class _Head(msgspec.Struct):
+    """The only fields the router reads from a request body; the rest passes untouched
+    (whatever their types: an unknown field is the server's business, not lmtui's)."""
+
+    model: _Name | None = None
+    #: ``null`` is allowed, as the OpenAI API allows it: no stream.
+    stream: bool | None = None
+    user: _Name | None = None
 
 
 class _Counts(msgspec.Struct):
@@ -274,33 +282,27 @@ class Router:
         try:
             head = _decode_head(body)
         except msgspec.ValidationError as e:  # a subclass of DecodeError: check it first
-            return await ex.send(
-                400,
-                error_body(f"Invalid request: {e}", "invalid_request_error", "invalid_request"),
-                JSON_HEADERS,
+            return await self._bad_request(
+                ex, t0, f"Invalid request: {e}", "invalid_request", param=None
             )
-        except msgspec.DecodeError as e:
-            return await ex.send(
-                400,
-                error_body(
-                    f"The request body is not valid JSON: {e}",
-                    "invalid_request_error",
-                    "invalid_json",
-                ),
-                JSON_HEADERS,
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+            # msgspec raises the last two for bad UTF-8 inside a string and for nesting
+            # deeper than the interpreter's stack: what the client sent, never a 500.
+            what = (
+                "nested too deeply"
+                if isinstance(e, RecursionError)
+                else f"not valid UTF-8 ({e.reason})"
+                if isinstance(e, UnicodeDecodeError)
+                else f"not valid JSON: {e}"
+            )
+            return await self._bad_request(
+                ex, t0, f"The request body is {what}", "invalid_json", param=None
             )
         if not head.model:
-            return await ex.send(
-                400,
-                error_body(
-                    "you must provide a model parameter",
-                    "invalid_request_error",
-                    "missing_model",
-                    param="model",
-                ),
-                JSON_HEADERS,
+            return await self._bad_request(
+                ex, t0, "you must provide a model parameter", "missing_model", param="model"
             )
-        out = Outcome(model=self.resolve(head.model), stream=head.stream, user=head.user)
+        out = Outcome(model=self.resolve(head.model), stream=bool(head.stream), user=head.user)
         try:
             await self._serve(ex, path, body, head, out)
         except asyncio.CancelledError:
@@ -308,6 +310,19 @@ class Router:
             raise
         finally:
             if self.on_done is not None:
+                self.on_done(out, t0, self.clock())
+
+    async def _bad_request(
+        self, ex: Exchange, t0: float, message: str, code: str, *, param: str | None
+    ) -> None:
+        """Answer 400 and count it (as ``bad_request``, under no model a client chose)."""
+        try:
+            await ex.send(
+                400, error_body(message, "invalid_request_error", code, param=param), JSON_HEADERS
+            )
+        finally:
+            if self.on_done is not None:
+                out = Outcome(model="", status=400, outcome="bad_request")
                 self.on_done(out, t0, self.clock())
 
     @property

@@ -301,6 +301,10 @@ async def test_the_api_decodes_bodies_into_the_command_structs() -> None:
             )
             r = await h.post(f"{url}/unload", json={"node": "a", "instance_id": 7})
             assert r.status_code == 400 and "`$.instance_id`" in r.json()["error"]["message"]
+            r = await h.post(f"{url}/pin", content=b'{"model": "m\xff"}')
+            assert r.status_code == 400 and "utf-8" in r.json()["error"]["message"]
+            r = await h.post(f"{url}/pin", content=b'{"x": ' + b"[" * 1000 + b"]" * 1000 + b"}")
+            assert r.status_code == 400 and "nested" in r.json()["error"]["message"]
             r = await h.post(f"{url}/rebalance", content=b"")  # no body: the defaults
             assert r.status_code == 200 and r.json()["applied"] is False
             assert r.json()["message"].startswith("nothing to do")

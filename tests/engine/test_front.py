@@ -396,3 +396,41 @@ async def test_a_bug_in_the_router_is_a_500_and_the_connection_survives(
         assert status == 500 and json.loads(body)["error"]["code"] == "internal_error"
         await c.send(post())
         assert (await c.response())[0] == 200
+
+
+async def test_what_a_client_sends_is_a_400_on_both_paths_never_a_500() -> None:
+    """Bad UTF-8 inside the model string and JSON nested 1,000 deep were 500s with a
+    traceback; a 300-character model name reached events and metrics whole. Each is a 400
+    that says why, the same on the fast front and through aiohttp, and counted."""
+    bad = [
+        (b'{"model": "m\xff\xfe1", "messages": []}', "not valid UTF-8"),
+        (b'{"model": "m1", "x": ' + b"[" * 1000 + b"]" * 1000 + b"}", "nested too deeply"),
+        (json.dumps({"model": "m" * 300, "messages": []}).encode(), "length <= 256"),
+        (json.dumps({"model": "m1", "user": "u" * 300}).encode(), "$.user"),
+    ]
+    async with routed([lms()]) as (_c, engine):
+        url = f"{engine.router_url}/v1/chat/completions"
+        async with httpx.AsyncClient() as h:
+            for body, why in bad:
+                ctype = {"Content-Type": "application/json"}
+                fast = await h.post(url, content=body, headers=ctype)
+                slow = await h.post(url + "?via=aiohttp", content=body, headers=ctype)
+                assert fast.status_code == slow.status_code == 400, (body[:40], fast.text)
+                assert fast.json() == slow.json()
+                assert why in fast.json()["error"]["message"]
+            metrics = (await h.get(f"{engine.router_url}/metrics")).text
+        assert 'lmtui_requests_total{model="unknown",node="",outcome="bad_request"} 8.0' in metrics
+        assert not any("m" * 300 in e.message for e in engine.store.events)
+
+
+async def test_stream_null_and_unknown_fields_of_any_type_are_accepted() -> None:
+    """The OpenAI API allows ``"stream": null``; a field lmtui does not read (``ttl`` as
+    a string here) is the server's business, whatever its type."""
+    async with routed([lms()]) as (_c, engine):
+        url = f"{engine.router_url}/v1/chat/completions"
+        async with httpx.AsyncClient() as h:
+            for extra in ({"stream": None}, {"ttl": "5m"}, {"foo": {"bar": [1, "x"]}}):
+                body = {"model": "m1", "messages": [], "max_tokens": 2, **extra}
+                r = await h.post(url, json=body)
+                assert r.status_code == 200, (extra, r.text)
+                assert r.json()["choices"]
