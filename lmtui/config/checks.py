@@ -107,6 +107,20 @@ def check_config(cfg: Config, lines: dict[KeyPath, int]) -> list[Problem]:
         msg := env_name_problem(cfg.router.admin_token_env)
     ):
         problems.append(Problem(("router", "admin_token_env"), msg))
+    if cfg.router.metrics_token_env is not None and (
+        msg := env_name_problem(cfg.router.metrics_token_env)
+    ):
+        problems.append(Problem(("router", "metrics_token_env"), msg))
+    for j, origin in enumerate(cfg.router.allowed_origins):
+        scheme, sep, rest = origin.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest or "/" in rest.rstrip("/"):
+            problems.append(
+                Problem(
+                    ("router", "allowed_origins", j),
+                    f"{origin!r} is not an origin: write scheme://host[:port], "
+                    'e.g. "https://chat.example.com"',
+                )
+            )
 
     problems += _check_model_names(cfg, lines)
     problems += _check_keymap(cfg)

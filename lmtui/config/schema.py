@@ -131,6 +131,13 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     api_keys_env: list[str] = msgspec.field(default_factory=list)
     #: Environment variable holding the control-API admin token.
     admin_token_env: str | None = None
+    #: Environment variable holding a token that may read /metrics (any API key may too).
+    metrics_token_env: str | None = None
+    #: Host names (beside IP addresses and localhost) a request may be sent to on a path
+    #: that needs no key: the defence against DNS rebinding.
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    #: Origins ("https://app.example") whose web pages may send requests; others get 403.
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
     #: Requests that may wait per model before new ones get 429.
     queue_depth: PositiveInt = 256
     #: Seconds a request may wait in lmtui's queue (and for a load) before 504.

@@ -10,6 +10,7 @@ choices (pins, strategy, drained nodes) are the controller's ``RunState``
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import logging
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from lmtui.backends import backend_for
 from lmtui.backends.base import Backend
@@ -28,7 +30,9 @@ from lmtui.core.events import Event, EventKind, Level
 from lmtui.engine.control import Controller
 from lmtui.engine.control_api import ControlApi
 from lmtui.engine.dispatch import Dispatcher
+from lmtui.engine.errors import UNAUTHORIZED, error_response
 from lmtui.engine.front import FrontServer
+from lmtui.engine.guard import BrowserGuard
 from lmtui.engine.metrics import Metrics
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
 from lmtui.engine.reqlog import RequestLog, RequestRecord
@@ -132,6 +136,8 @@ class Engine:
         )
         self.router: Router | None = None
         self._runner: web.AppRunner | None = None
+        #: Bearer keys that may read /metrics (none: it is open, as on a keyless loopback).
+        self._metrics_keys: list[bytes] = []
         self.front: FrontServer | None = None
         self._listener: asyncio.Server | None = None
         #: The router's base URL once it listens ("http://127.0.0.1:4000").
@@ -203,6 +209,12 @@ class Engine:
                 "may only bind a loopback address. Set [router] api_keys_env, or listen on "
                 "127.0.0.1."
             )
+        rc = self.config.router
+        token = env_secret(rc.admin_token_env, "[router] admin_token_env")
+        metrics_token = env_secret(rc.metrics_token_env, "[router] metrics_token_env")
+        guard = BrowserGuard(allowed_hosts=rc.allowed_hosts, allowed_origins=rc.allowed_origins)
+        # /metrics: any API key or the metrics token, when either is configured.
+        self._metrics_keys = [k.encode() for k in (*api_keys, metrics_token) if k]
         self.router = Router(
             self.dispatcher,
             {n.name: n.url for n in self.config.nodes},
@@ -214,6 +226,7 @@ class Engine:
             resolve=self.resolve_model,
             on_done=self._request_done,
             clock=self.clock,
+            guard=guard,
             first_byte_timeout_s=self.config.router.first_byte_timeout,
             node_first_byte_s={
                 n.name: n.first_byte_timeout
@@ -226,10 +239,35 @@ class Engine:
                 if m.first_byte_timeout is not None
             },
         )
-        app = web.Application(client_max_size=self.config.router.max_body_bytes)
+        # Which paths need a key decides whether the Host rule applies (guard.py).
+        keyed = {"/lmtui/": token is not None, "/metrics": bool(self._metrics_keys)}
+
+        @web.middleware
+        async def browser_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+            # The same rules the fast front applies to the requests it serves itself.
+            path = request.path
+            refusal = guard.check(
+                request.method,
+                request.headers.get("Host"),
+                request.headers.get("Origin"),
+                request.headers.get("Content-Type"),
+                keyed=keyed["/lmtui/"]
+                if path.startswith("/lmtui/")
+                else keyed["/metrics"]
+                if path == "/metrics"
+                else bool(api_keys),
+            )
+            if refusal is not None:
+                status, message, code = refusal
+                type_ = "permission_error" if status == 403 else "invalid_request_error"
+                return error_response(status, message, type_, code)
+            return await handler(request)
+
+        app = web.Application(
+            client_max_size=self.config.router.max_body_bytes, middlewares=[browser_guard]
+        )
         self.router.add_routes(app)
         app.router.add_get("/metrics", self._metrics)
-        token = env_secret(self.config.router.admin_token_env, "[router] admin_token_env")
         # Without an admin token the control API is open only on a loopback bind.
         ControlApi(
             self.controller,
@@ -266,7 +304,15 @@ class Engine:
         """The model an alias (or a model name) refers to."""
         return self.dispatcher.settings.aliases.get(name, name)
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self._metrics_keys:
+            auth = request.headers.get("Authorization", "")
+            given = auth[7:].encode() if auth[:7].lower() == "bearer " else b""
+            ok = False
+            for key in self._metrics_keys:  # every key compared: the time tells nothing
+                ok |= hmac.compare_digest(given, key)
+            if not ok:
+                return error_response(401, *UNAUTHORIZED)
         body, ctype = self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": ctype})
 

@@ -58,7 +58,8 @@ IDLE_TIMEOUT_S = 75.0
 _PASS_ON = (b"transfer-encoding", b"expect", b"upgrade")
 _REASONS = {
     200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
-    404: b"Not Found", 413: b"Payload Too Large", 429: b"Too Many Requests",
+    404: b"Not Found", 413: b"Payload Too Large", 415: b"Unsupported Media Type",
+    429: b"Too Many Requests",
     500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }  # fmt: skip
@@ -223,6 +224,7 @@ class FastFront(asyncio.Protocol):
         length = -1
         auth = ""
         close = False
+        host = origin = ctype = None
         for line in rest.split(b"\r\n") if rest else ():
             name, sep, value = line.partition(b":")
             if not sep or not name or name.rstrip() != name or name[:1] in b" \t":
@@ -235,6 +237,14 @@ class FastFront(asyncio.Protocol):
                 length = int(value)
             elif name == b"authorization":
                 auth = value.strip().decode("latin-1")
+            elif name == b"host":
+                if host is not None:  # two Host headers: aiohttp's parser judges it
+                    return self._hand_on()
+                host = value.strip().decode("latin-1")
+            elif name == b"origin":
+                origin = value.strip().decode("latin-1")
+            elif name == b"content-type":
+                ctype = value.strip().decode("latin-1")
             elif name == b"connection":
                 close = b"close" in value.lower()
             elif name in _PASS_ON:
@@ -260,17 +270,31 @@ class FastFront(asyncio.Protocol):
         body = bytes(buf[end + 4 : total])
         del buf[:total]
         self.close_when_done |= close
-        self._start(self._serve(path, body, auth))
+        self._start(self._serve(path, body, auth, host, origin, ctype))
 
     def _start(self, coro: object) -> None:
         self.task = self.loop.create_task(coro)  # type: ignore[arg-type]
         self.task.add_done_callback(self._done)
 
-    async def _serve(self, path: str, body: bytes, auth: str) -> None:
+    async def _serve(
+        self,
+        path: str,
+        body: bytes,
+        auth: str,
+        host: str | None,
+        origin: str | None,
+        ctype: str | None,
+    ) -> None:
         self.server.served += 1
         t0 = self.router.clock()
         reply = _Reply(self)
         try:
+            refusal = self.router.refusal("POST", host, origin, ctype)
+            if refusal is not None:
+                status, message, code = refusal
+                type_ = "permission_error" if status == 403 else "invalid_request_error"
+                await reply.send(status, error_body(message, type_, code), JSON_HEADERS)
+                return
             if not self.router.authorized(auth):
                 await reply.send(401, error_body(*UNAUTHORIZED), JSON_HEADERS)
                 return

@@ -48,6 +48,7 @@ from lmtui.core.scheduler import RequestInfo
 from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease
 from lmtui.engine.errors import JSON_HEADERS, UNAUTHORIZED, error_body, error_response
 from lmtui.engine.exchange import AiohttpExchange, Exchange
+from lmtui.engine.guard import BrowserGuard, Refusal
 from lmtui.http import Pool, Response, UpstreamError, pool_for
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,12 @@ class Router:
         first_byte_timeout_s: float = 300.0,
         node_first_byte_s: dict[str, float] | None = None,
         model_first_byte_s: dict[str, float] | None = None,
+        guard: BrowserGuard | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        #: The CSRF / DNS-rebinding rules (``guard.py``), checked by the fast front; the
+        #: aiohttp paths check the same in the engine's middleware.
+        self.guard = guard or BrowserGuard()
         self.first_byte_timeout_s = first_byte_timeout_s
         self.node_first_byte_s = node_first_byte_s or {}
         self.model_first_byte_s = model_first_byte_s or {}
@@ -254,6 +259,12 @@ class Router:
         for key in self.api_keys:
             ok |= hmac.compare_digest(token, key)
         return ok
+
+    def refusal(
+        self, method: str, host: str | None, origin: str | None, content_type: str | None
+    ) -> Refusal | None:
+        """Why a request to ``/v1`` is refused before its key is looked at (``guard.py``)."""
+        return self.guard.check(method, host, origin, content_type, keyed=bool(self.api_keys))
 
     def _check_auth(self, request: web.Request) -> web.Response | None:
         if self.authorized(request.headers.get("Authorization", "")):

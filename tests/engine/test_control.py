@@ -19,6 +19,7 @@ from lmtui.engine.commands import CommandError
 from lmtui.engine.engine import Engine
 from lmtui.sim import SimCluster, SimModel, SimNodeSpec
 
+JSON = {"Content-Type": "application/json"}
 MODELS = [SimModel("m1", 10.0), SimModel("m2", 10.0), SimModel("m3", 10.0)]
 
 
@@ -214,7 +215,12 @@ async def test_control_api_needs_the_admin_token(monkeypatch: pytest.MonkeyPatch
             r = await h.get(f"{url}/state", headers={"Authorization": "Bearer admin-secret"})
             assert r.status_code == 200 and r.json()["snapshot"]["nodes"][0]["name"] == "a"
             r = await h.post(
-                f"{url}/drain", content=b"[1]", headers={"Authorization": "Bearer admin-secret"}
+                f"{url}/drain",
+                content=b"[1]",
+                headers={
+                    "Authorization": "Bearer admin-secret",
+                    "Content-Type": "application/json",
+                },
             )
             assert r.status_code == 400
 
@@ -301,11 +307,12 @@ async def test_the_api_decodes_bodies_into_the_command_structs() -> None:
             )
             r = await h.post(f"{url}/unload", json={"node": "a", "instance_id": 7})
             assert r.status_code == 400 and "`$.instance_id`" in r.json()["error"]["message"]
-            r = await h.post(f"{url}/pin", content=b'{"model": "m\xff"}')
+            r = await h.post(f"{url}/pin", content=b'{"model": "m\xff"}', headers=JSON)
             assert r.status_code == 400 and "utf-8" in r.json()["error"]["message"]
-            r = await h.post(f"{url}/pin", content=b'{"x": ' + b"[" * 1000 + b"]" * 1000 + b"}")
+            deep = b'{"x": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+            r = await h.post(f"{url}/pin", content=deep, headers=JSON)
             assert r.status_code == 400 and "nested" in r.json()["error"]["message"]
-            r = await h.post(f"{url}/rebalance", content=b"")  # no body: the defaults
+            r = await h.post(f"{url}/rebalance", content=b"", headers=JSON)  # the defaults
             assert r.status_code == 200 and r.json()["applied"] is False
             assert r.json()["message"].startswith("nothing to do")
 
