@@ -32,6 +32,7 @@ from lmtui.engine.codec import encode, event_to_builtins, plan_to_builtins, snap
 from lmtui.engine.commands import COMMANDS, Command, CommandError, openapi
 from lmtui.engine.control import Controller
 from lmtui.engine.errors import error_response
+from lmtui.engine.guard import AuthFailures
 from lmtui.engine.store import Store
 
 PREFIX = "/lmtui/v1"
@@ -48,8 +49,10 @@ class ControlApi:
         token: str | None,
         enabled: bool,
         source: str = "",
+        auth_failures: AuthFailures | None = None,
     ) -> None:
         self.controller = controller
+        self.auth_failures = auth_failures or AuthFailures()
         self.store = store
         self.token = token.encode() if token else None
         self.enabled = enabled
@@ -80,6 +83,7 @@ class ControlApi:
         given = auth[7:].encode() if auth[:7].lower() == "bearer " else b""
         if hmac.compare_digest(given, self.token):
             return None
+        self.auth_failures.record(request.remote, "control")
         return error_response(
             401, "missing or wrong admin token", "invalid_request_error", "invalid_admin_token"
         )

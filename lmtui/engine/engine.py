@@ -32,7 +32,7 @@ from lmtui.engine.control_api import ControlApi
 from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.errors import UNAUTHORIZED, error_response
 from lmtui.engine.front import FrontServer
-from lmtui.engine.guard import BrowserGuard
+from lmtui.engine.guard import AuthFailures, BrowserGuard
 from lmtui.engine.metrics import Metrics
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
 from lmtui.engine.reqlog import RequestLog, RequestRecord
@@ -138,6 +138,8 @@ class Engine:
         self._runner: web.AppRunner | None = None
         #: Bearer keys that may read /metrics (none: it is open, as on a keyless loopback).
         self._metrics_keys: list[bytes] = []
+        #: Refused keys and tokens, on every path: counted, logged once a minute per address.
+        self._auth_failures = AuthFailures(self.metrics.auth_failure)
         self.front: FrontServer | None = None
         self._listener: asyncio.Server | None = None
         #: The router's base URL once it listens ("http://127.0.0.1:4000").
@@ -227,6 +229,7 @@ class Engine:
             on_done=self._request_done,
             clock=self.clock,
             guard=guard,
+            auth_failures=self._auth_failures,
             first_byte_timeout_s=self.config.router.first_byte_timeout,
             node_first_byte_s={
                 n.name: n.first_byte_timeout
@@ -275,6 +278,7 @@ class Engine:
             token=token,
             enabled=token is not None or is_loopback(host),
             source=self.source,
+            auth_failures=self._auth_failures,
         ).add_routes(app)
         # handler_cancellation: a client that disconnects cancels its handler, so a queued
         # request leaves the queue at once and frees its place.
@@ -312,6 +316,7 @@ class Engine:
             for key in self._metrics_keys:  # every key compared: the time tells nothing
                 ok |= hmac.compare_digest(given, key)
             if not ok:
+                self._auth_failures.record(request.remote, "metrics")
                 return error_response(401, *UNAUTHORIZED)
         body, ctype = self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": ctype})

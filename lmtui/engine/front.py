@@ -296,6 +296,8 @@ class FastFront(asyncio.Protocol):
                 await reply.send(status, error_body(message, type_, code), JSON_HEADERS)
                 return
             if not self.router.authorized(auth):
+                peer = self.transport.get_extra_info("peername")
+                self.router.auth_failures.record(str(peer[0]) if peer else None, "v1")
                 await reply.send(401, error_body(*UNAUTHORIZED), JSON_HEADERS)
                 return
             await self.router.proxy(reply, path, body, t0)

@@ -17,6 +17,8 @@ Three rules, the same on the fast front and on aiohttp's paths:
    ``[router] allowed_hosts``: a rebinding page's requests carry its own name. 403. With
    keys, a page cannot present them, so any name is fine (a LAN hostname, a proxy).
 
+Failed authentications on any path are counted and logged here too (``AuthFailures``).
+
 Clients that are not browsers (the ``openai`` SDKs, ``requests``' ``json=``, the dashboard)
 send JSON and no ``Origin``, and are not affected.
 """
@@ -24,7 +26,13 @@ send JSON and no ``Origin``, and are not affected.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+log = logging.getLogger(__name__)
 
 #: (status, message, error code) of a refusal.
 Refusal = tuple[int, str, str]
@@ -114,3 +122,45 @@ def _shown(value: str | None) -> str:
     if value is None:
         return "(none)"
     return repr(value[:100] + ("…" if len(value) > 100 else ""))
+
+
+#: Addresses whose failures are remembered for the once-a-minute log line.
+MAX_FAILING_ADDRESSES = 1024
+
+
+class AuthFailures:
+    """Failed authentications: counted (``lmtui_auth_failures_total{path}``) and logged at
+    most once per address per minute, with how many there were — never with the secret
+    that was presented. ``where`` is ``v1``, ``control`` or ``metrics``."""
+
+    def __init__(
+        self,
+        count: Callable[[str], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        every_s: float = 60.0,
+    ) -> None:
+        self.count = count
+        self.clock = clock
+        self.every_s = every_s
+        #: address → (when it was last logged, failures since).
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def record(self, address: str | None, where: str) -> None:
+        if self.count is not None:
+            self.count(where)
+        addr = (address or "unknown")[:64]
+        now = self.clock()
+        logged, since = self._seen.pop(addr, (-math.inf, 0))
+        since += 1
+        if now - logged >= self.every_s:
+            log.warning(
+                "authentication failed from %s on %s (%d time(s) since the last report)",
+                addr,
+                where,
+                since,
+            )
+            logged, since = now, 0
+        self._seen[addr] = (logged, since)
+        while len(self._seen) > MAX_FAILING_ADDRESSES:
+            self._seen.popitem(last=False)

@@ -314,6 +314,12 @@ class Metrics:
         self._evictions = Counter(
             "lmtui_evictions", "Instances evicted", ["model", "node", "reason"], registry=reg
         )
+        self._auth_failures = Counter(
+            "lmtui_auth_failures",
+            "Requests refused for a missing or wrong key or token",
+            ["path"],
+            registry=reg,
+        )
         reg.register(
             _HotCollector(
                 [self._requests, self._queue_wait, self._ttft, self._duration, self._routes]
@@ -398,6 +404,10 @@ class Metrics:
         """Count an instance lmtui evicted; ``reason``: ``make_room`` (for a load),
         ``idle_ttl`` (the pool manager), ``operator`` (the evict command)."""
         self._evictions.labels(self._model_label(model), node, reason).inc()
+
+    def auth_failure(self, where: str) -> None:
+        """Count a refused key or token; ``where``: ``v1``, ``control`` or ``metrics``."""
+        self._auth_failures.labels(where).inc()
 
     def route(self, model: str, node: str, reason: str) -> None:
         """Count a routing decision; ``reason``: ``direct`` (a slot was free at once) or

@@ -48,7 +48,7 @@ from lmtui.core.scheduler import RequestInfo
 from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease
 from lmtui.engine.errors import JSON_HEADERS, UNAUTHORIZED, error_body, error_response
 from lmtui.engine.exchange import AiohttpExchange, Exchange
-from lmtui.engine.guard import BrowserGuard, Refusal
+from lmtui.engine.guard import AuthFailures, BrowserGuard, Refusal
 from lmtui.http import Pool, Response, UpstreamError, pool_for
 
 log = logging.getLogger(__name__)
@@ -201,11 +201,13 @@ class Router:
         node_first_byte_s: dict[str, float] | None = None,
         model_first_byte_s: dict[str, float] | None = None,
         guard: BrowserGuard | None = None,
+        auth_failures: AuthFailures | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         #: The CSRF / DNS-rebinding rules (``guard.py``), checked by the fast front; the
         #: aiohttp paths check the same in the engine's middleware.
         self.guard = guard or BrowserGuard()
+        self.auth_failures = auth_failures or AuthFailures()
         self.first_byte_timeout_s = first_byte_timeout_s
         self.node_first_byte_s = node_first_byte_s or {}
         self.model_first_byte_s = model_first_byte_s or {}
@@ -269,6 +271,7 @@ class Router:
     def _check_auth(self, request: web.Request) -> web.Response | None:
         if self.authorized(request.headers.get("Authorization", "")):
             return None
+        self.auth_failures.record(request.remote, "v1")
         return error_response(401, *UNAUTHORIZED)
 
     async def proxy_aiohttp(self, request: web.Request, path: str) -> web.StreamResponse:

@@ -136,3 +136,33 @@ async def test_metrics_need_a_key_once_keys_are_configured(
             for key in ("k1", "m1-token"):
                 r = await h.get(url, headers={"Authorization": f"Bearer {key}"})
                 assert r.status_code == 200 and "lmtui_in_flight" in r.text
+
+
+async def test_failed_authentications_are_counted_and_logged_once_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """500 wrong keys in 0.2 s used to leave no trace in any log, metric or row."""
+    monkeypatch.setenv("LMTUI_KEY", "right-key")
+    monkeypatch.setenv("LMTUI_ADMIN", "admin-token")
+    router = RouterConfig(api_keys_env=["LMTUI_KEY"], admin_token_env="LMTUI_ADMIN")
+    async with routed([lms()], router=router) as (_c, engine):
+        base = engine.router_url
+        wrong = {"Authorization": "Bearer wrong-secret", "Content-Type": "application/json"}
+        async with httpx.AsyncClient() as h:
+            for _ in range(20):  # the fast front
+                r = await h.post(f"{base}/v1/chat/completions", content=BODY, headers=wrong)
+                assert r.status_code == 401
+            for _ in range(5):  # aiohttp's path, the control API, /metrics
+                assert (await h.get(f"{base}/v1/models", headers=wrong)).status_code == 401
+                assert (await h.get(f"{base}/lmtui/v1/state", headers=wrong)).status_code == 401
+                assert (await h.get(f"{base}/metrics", headers=wrong)).status_code == 401
+            ok = {"Authorization": "Bearer right-key"}
+            text = (await h.get(f"{base}/metrics", headers=ok)).text
+        assert 'lmtui_auth_failures_total{path="v1"} 25.0' in text
+        assert 'lmtui_auth_failures_total{path="control"} 5.0' in text
+        assert 'lmtui_auth_failures_total{path="metrics"} 5.0' in text
+        lines = [
+            r.getMessage() for r in caplog.records if "authentication failed" in r.getMessage()
+        ]
+        assert len(lines) == 1 and "127.0.0.1" in lines[0]  # one address, one minute
+        assert not any("wrong-secret" in r.getMessage() for r in caplog.records)
