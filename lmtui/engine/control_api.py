@@ -59,6 +59,16 @@ class ControlApi:
         #: Where the cluster description came from, for an attached UI's header.
         self.source = source
         self._openapi = encode(openapi(PREFIX))
+        #: Set when lmtui stops: every event stream ends at once, so a watcher (an attached
+        #: dashboard) does not hold the shutdown for the whole drain bound.
+        self._closing = False
+        self._wakes: set[asyncio.Event] = set()
+
+    def close(self) -> None:
+        """End every event stream now (lmtui is stopping); new ones end at once too."""
+        self._closing = True
+        for wake in self._wakes:
+            wake.set()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(f"{PREFIX}/state", self.state)
@@ -181,9 +191,10 @@ class ControlApi:
 
         store = self.store
         unsubscribe = store.subscribe(on_change)
+        self._wakes.add(wake)
         try:
             seen = -1
-            while True:
+            while not self._closing:
                 # Cleared before the writes: an event that arrives while they are under way
                 # wakes the next round at once instead of waiting for the keep-alive.
                 wake.clear()
@@ -204,10 +215,14 @@ class ControlApi:
                         await wake.wait()
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
+                if self._closing:
+                    break
                 # Coalesce bursts: at most ~20 snapshot messages a second per watcher.
                 await asyncio.sleep(0.05)
+            await resp.write_eof()  # lmtui is stopping: the stream ends cleanly
         except ConnectionResetError:
             pass  # the watcher left; a cancellation (lmtui stopping) propagates
         finally:
+            self._wakes.discard(wake)
             unsubscribe()
         return resp

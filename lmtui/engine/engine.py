@@ -141,6 +141,7 @@ class Engine:
         #: Refused keys and tokens, on every path: counted, logged once a minute per address.
         self._auth_failures = AuthFailures(self.metrics.auth_failure)
         self.front: FrontServer | None = None
+        self.control_api: ControlApi | None = None
         self._listener: asyncio.Server | None = None
         #: The router's base URL once it listens ("http://127.0.0.1:4000").
         self.router_url: str | None = None
@@ -272,14 +273,15 @@ class Engine:
         self.router.add_routes(app)
         app.router.add_get("/metrics", self._metrics)
         # Without an admin token the control API is open only on a loopback bind.
-        ControlApi(
+        self.control_api = ControlApi(
             self.controller,
             self.store,
             token=token,
             enabled=token is not None or is_loopback(host),
             source=self.source,
             auth_failures=self._auth_failures,
-        ).add_routes(app)
+        )
+        self.control_api.add_routes(app)
         # handler_cancellation: a client that disconnects cancels its handler, so a queued
         # request leaves the queue at once and frees its place.
         self._runner = web.AppRunner(
@@ -332,6 +334,10 @@ class Engine:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        # Event streams never end by themselves: end them, or they hold the drain below for
+        # its whole bound (an attached dashboard kept SIGTERM waiting ~20 s).
+        if self.control_api is not None:
+            self.control_api.close()
         # Both servers drain at once: requests on fast connections and on aiohttp's.
         drains = []
         if self.front is not None:

@@ -336,3 +336,30 @@ async def test_every_command_has_an_endpoint_a_description_and_an_execute_branch
                 await engine.controller.execute(kind(**fields))
             except CommandError as e:
                 assert "unknown command" not in e.message
+
+
+async def test_stopping_ends_every_event_stream_instead_of_waiting_the_drain_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attached dashboard (``--connect``) follows /lmtui/v1/events, which never ends by
+    itself: SIGTERM used to wait the whole drain bound for it (~20 s). With the bound at
+    60 s here, stopping must not come anywhere near it."""
+    import lmtui.engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SHUTDOWN_DRAIN_S", 60.0)
+    async with routed([spec("a", ["m1"])]) as (_c, engine):
+        c = HttpEngineClient(engine.router_url or "")
+        await c.connect()
+        updates = 0
+
+        async def follow() -> None:
+            nonlocal updates
+            async for _ in c.watch():
+                updates += 1
+
+        watcher = asyncio.create_task(follow())
+        await eventually(lambda: updates > 0)
+        async with asyncio.timeout(20):
+            await engine.stop()
+            await watcher  # the stream ended cleanly: the watcher's loop is over
+        await c.aclose()
