@@ -3,7 +3,7 @@
 Runs ``lmtui replay`` (in process, the same scenario as the command) on the Azure
 conversation trace for seeds 1-5 in three settings: ``instant`` (eviction quality alone),
 ``busy`` at the trace's rate and ``busy`` at a quarter of it. For each seed it prints cold
-loads and reload seconds of ``lru``, ``cost`` and the reference, as ratios to the
+loads and reload seconds of ``lru``, ``cost``, ``gdsf`` and the reference, as ratios to the
 reference, queue wait p50/p99 and stalls; then the means over seeds and the replay speed.
 
     .venv/bin/python bench/replay.py [TRACE.csv] [--seeds 1 2 3 4 5] [--json]
@@ -31,7 +31,7 @@ SETTINGS = {
     "busy": ["--service", "busy"],
     "busy ×0.25": ["--service", "busy", "--rate-scale", "0.25"],
 }
-POLICIES = ("lru", "cost")
+POLICIES = ("lru", "cost", "gdsf")
 
 
 def one(trace: Path, seed: int, extra: list[str]) -> dict[str, Any]:

@@ -166,8 +166,9 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     #: Memory kept free on every node for the OS and other programs, in GB.
     reserved_gb: NonNegFloat = 8.0
-    #: How to choose what to evict: least recently used, or weighing reload cost.
-    eviction: Literal["lru", "cost"] = "lru"
+    #: How to choose what to evict: least recently used (``lru``), weighing reload cost
+    #: (``cost``), or request rate × reload time / size (``gdsf``).
+    eviction: Literal["lru", "cost", "gdsf"] = "lru"
     #: Unload an unpinned model idle this many seconds (0 = never).
     idle_ttl: NonNegFloat = 0.0
     #: Never evict a model loaded less than this many seconds ago (against thrashing).

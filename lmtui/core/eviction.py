@@ -5,13 +5,24 @@ has no request in flight, no busy slot and nothing queued inside the server, is 
 is not of a higher priority than the model that needs the room, and has been resident for at
 least ``min_residency_s`` (so two models fighting over one node cannot thrash it).
 
-Two policies order the candidates:
+Three policies order the candidates:
 
 - ``lru``: ``low`` priority first, then least recently used first.
 - ``cost``: the expected reload time we would pay, per byte freed. The chance that a model
   is asked for again within a horizon comes from its request rate (when the engine knows it)
   or from how long it has been idle; the reload time from its size. Large, rarely used
   models go first; small hot ones stay.
+- ``gdsf``: GreedyDual-Size-Frequency. A candidate's value is its request rate × the
+  seconds a reload of it would take on that node / its size: the reload seconds per second
+  that each byte it holds saves. The lowest value goes first; ties (no rate known, e.g. a
+  model not asked for since lmtui started) go as ``lru`` orders them, so with no history
+  at all ``gdsf`` is ``lru``. The rate is a decayed count (``lmtui.core.demand``),
+  which is where GDSF's inflation clock went: GDSF ages old popularity by raising a clock
+  ``L`` on every eviction and giving each access the current ``L``; a decayed count gives
+  each request a weight that grows with the time it came (``exp(t / tau)``, relative to
+  now), which is the same aging driven by time instead of by evictions, and keeps no
+  per-instance state (LRFU, Lee et al. 2001, is the same idea without sizes). A model
+  asked for often stays even when big; one asked for once an hour goes first.
 
 A caller may also pass its own ``order`` (a sort key per candidate, smallest evicted first),
 which replaces the policy's: ``lmtui replay`` ranks by each model's next use in the trace for
@@ -37,7 +48,7 @@ from typing import Any, Literal
 from lmtui.core.model import GiB, Instance, InstanceKey, InstanceState, Snapshot
 from lmtui.core.units import fmt_bytes
 
-EvictionPolicy = Literal["lru", "cost"]
+EvictionPolicy = Literal["lru", "cost", "gdsf"]
 #: A caller's own eviction order: ``order(instance, now)`` is a candidate's sort key, the
 #: smallest evicted first. It replaces the policy's order (see the module docstring).
 EvictionOrder = Callable[[Instance, float], float]
@@ -64,6 +75,10 @@ class CostModel:
         return self.load_fixed_s + size_bytes / self.load_bytes_per_s
 
 
+#: Measured seconds the last load of a model took on a node, by ``(node, model)``.
+LoadSeconds = Mapping[tuple[str, str], float]
+
+
 @dataclass(frozen=True, slots=True)
 class EvictionPlan:
     """Instances to unload on ``node``, freeing ``frees_bytes`` in total."""
@@ -72,6 +87,10 @@ class EvictionPlan:
     evict: tuple[InstanceKey, ...]
     frees_bytes: int
     reason: str
+    #: What the plan is expected to cost, comparable across nodes (``gdsf``: reload
+    #: seconds per second the victims' requests will cause); None when the policy has no
+    #: such measure (``lru``, a caller's order).
+    loss: float | None = None
 
 
 def is_pinned(inst: Instance, pinned: frozenset[str] | set[str]) -> bool:
@@ -170,6 +189,22 @@ def _expected_reload_cost(
     return weight * p_needed * cost.reload_s(size)
 
 
+def _frequency_value(
+    inst: Instance,
+    request_rate: Mapping[str, float],
+    priorities: Mapping[str, str],
+    cost: CostModel,
+    load_s: LoadSeconds,
+) -> float:
+    """GDSF's value of keeping ``inst``: rate × reload seconds / size (see the docstring)."""
+    size = inst.size_bytes or 0
+    reload = load_s.get((inst.node, inst.model)) if load_s else None
+    if reload is None:
+        reload = cost.reload_s(size)
+    weight = _PRIORITY_WEIGHT.get(priorities.get(inst.model, "normal"), 1.0)
+    return weight * request_rate.get(inst.model, 0.0) * reload / max(size, 1)
+
+
 def _take_until(ordered: list[Instance], need: int, count: int = 0) -> list[Instance] | None:
     """Take from ``ordered`` until ``need`` bytes and ``count`` instances are freed, then
     drop the superfluous (from the most valuable, taken last, to the least)."""
@@ -208,6 +243,7 @@ def plan_eviction(
     cost: CostModel = CostModel(),
     need_count: int = 0,
     order: EvictionOrder | None = None,
+    load_s: LoadSeconds | None = None,
 ) -> EvictionPlan | None:
     """Plan which instances on ``node`` to unload to free at least ``need_bytes`` and at
     least ``need_count`` places under the node's instance limit.
@@ -216,11 +252,14 @@ def plan_eviction(
     with an unknown size are chosen only to free a place (for bytes, evicting them might
     free nothing we can count). ``keep_model`` protects replicas of the model being loaded
     (evicting one to load another would be pointless). ``request_rate`` is requests per
-    second per model. ``order``, when given, replaces the policy's order of candidates.
+    second per model; ``load_s`` the measured seconds of a model's last load on a node,
+    which ``gdsf`` prefers to the cost model's estimate. ``order``, when given, replaces the
+    policy's order of candidates.
     """
     need_bytes = max(need_bytes, 0)
     if need_bytes == 0 and need_count <= 0:
         return EvictionPlan(node, (), 0, f"fits on {node} without eviction")
+    loss: float | None = None
     prios = priorities or {}
     rates = request_rate or {}
     candidates = [
@@ -253,6 +292,21 @@ def plan_eviction(
             if taken is None or costs[best.key] < sum(costs[i.key] for i in taken):
                 taken = [best]
         how = "lowest expected reload cost"
+    elif policy == "gdsf":
+        value = {i.key: _frequency_value(i, rates, prios, cost, load_s or {}) for i in candidates}
+        ordered = sorted(
+            candidates,
+            key=lambda i: (
+                value[i.key],
+                PRIORITY_RANK.get(prios.get(i.model, "normal"), 1),
+                _last_activity(i),
+                i.key,
+            ),
+        )
+        taken = _take_until(ordered, need_bytes, need_count)
+        how = "least requested per byte"
+        if taken is not None:
+            loss = sum(value[i.key] * (i.size_bytes or 0) for i in taken)
     else:
         ordered = sorted(
             candidates,
@@ -269,4 +323,4 @@ def plan_eviction(
     )
     if need_count > 0:
         reason += f", and {need_count} place(s) under the node's instance limit"
-    return EvictionPlan(node, tuple(i.key for i in taken), frees, reason)
+    return EvictionPlan(node, tuple(i.key for i in taken), frees, reason, loss)

@@ -8,7 +8,9 @@ components that act on it — the dispatcher's settings and strategy, the store'
 drained flags — and saved to the overrides file, never to the user's config.
 
 The pool manager is the same planner on a timer: it reloads pinned models that disappeared,
-keeps ``min_replicas``, and unloads models idle past ``[pool] idle_ttl``.
+keeps ``min_replicas``, and unloads models idle past ``[pool] idle_ttl``. Each tick it also
+puts the models' request rates (``Demand``, ``engine/demand.py``) into the dispatcher's
+settings, for the ``cost`` and ``gdsf`` eviction policies.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from lmtui.core.rebalance import RebalancePlan, plan_rebalance
 from lmtui.core.scheduler import Load, Strategy
 from lmtui.engine import commands as cmd
 from lmtui.engine.commands import CommandError, Result
+from lmtui.engine.demand import Demand
 from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.poller import Poller
-from lmtui.engine.runtime import RunState, with_no_load_nodes
+from lmtui.engine.runtime import RunState, with_no_load_nodes, with_request_rate
 from lmtui.engine.settings import no_load_nodes
 from lmtui.engine.store import Store
 
@@ -54,6 +57,8 @@ class Controller:
         #: The run-time choices; this controller is the only one that changes them.
         self.state = state
         self.clock = clock
+        #: How often each model is asked for; the pool manager pushes its rates every tick.
+        self.demand = Demand()
         self._task: asyncio.Task[None] | None = None
 
     # -- the one entry point ------------------------------------------------------------------
@@ -111,7 +116,8 @@ class Controller:
     def _changed(self) -> None:
         """The run-time state changed: push what derives from it, then save it."""
         d = self.dispatcher
-        d.settings = self.state.scheduler_settings(d.settings.pool.no_load_nodes)
+        settings = self.state.scheduler_settings(d.settings.pool.no_load_nodes)
+        d.settings = with_request_rate(settings, d.settings.pool.request_rate)
         d.strategy = self.state.strategy
         if self.store.ctx.pinned != self.state.pinned:
             self.store.set_pinned(self.state.pinned, self.clock())
@@ -278,6 +284,8 @@ class Controller:
     async def _loop(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
+            d = self.dispatcher
+            d.settings = with_request_rate(d.settings, self.demand.rates(self.clock()))
             # Act only on a picture where every node has answered at least once: before
             # that, "loaded nowhere" may just mean "not polled yet".
             if any(n.last_poll_at is None for n in self.store.snapshot.nodes.values()):

@@ -153,6 +153,7 @@ class Engine:
         self._started = True
         if self.request_log is not None:
             await self.request_log.start()
+            await self.controller.demand.seed(self.request_log, self.clock())
         await self.poller.start()
         self.controller.start(max(1.0, 2 * self.config.poll.interval))
         if self.listen is not None:
@@ -169,6 +170,7 @@ class Engine:
                 )
 
     def _request_done(self, out: Outcome, t0: float, t1: float) -> None:
+        self.controller.demand.request_done(out.model, out.outcome, t0)
         if out.node is not None:
             # Usage when the answer had it; else a stream's data events, one per token less
             # the closing event with the finish reason.

@@ -1,6 +1,7 @@
 """The request log: one SQLite row per request the router finished.
 
-It feeds the UI's history, popularity for preloading, and replay. The router calls
+It feeds the UI's history, popularity for preloading, the demand the ``gdsf`` eviction
+policy weighs (seeded from :meth:`RequestLog.demand` at start), and replay. The router calls
 ``record()`` once per request on the event loop, so that call only encodes the row (msgspec,
 ~0.2 µs) and appends it to an in-memory deque; a background task writes the pending rows in
 one transaction every ``flush_interval_s`` (or as soon as ``batch`` rows are pending) on a
@@ -328,6 +329,24 @@ class RequestLog:
             (since, *_NOT_DEMAND),
         )
         return {str(model): n for model, n in rows if isinstance(n, int)}
+
+    async def demand(self, since: float, bucket_s: float = 60.0) -> list[tuple[str, float, int]]:
+        """Requests per model since ``since`` in buckets of ``bucket_s`` seconds, as
+        ``(model, bucket middle, count)``, oldest first: counts with times, so that a decay
+        can be applied (``lmtui.core.demand``), in rows bounded by models × buckets rather
+        than by requests. Unknown-model and malformed requests are not counted.
+        """
+        await self.flush()
+        rows = await self._query(
+            "SELECT model, CAST((at - ?) / ? AS INTEGER) AS b, COUNT(*) FROM requests"
+            " WHERE at >= ? AND outcome NOT IN (?, ?) GROUP BY model, b ORDER BY b, model",
+            (since, bucket_s, since, *_NOT_DEMAND),
+        )
+        return [
+            (str(model), since + (b + 0.5) * bucket_s, n)
+            for model, b, n in rows
+            if isinstance(b, int) and isinstance(n, int)
+        ]
 
     async def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         if self._executor is None:

@@ -13,6 +13,7 @@ Each change is saved to the overrides file (never to the user's config) as it is
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -129,3 +130,8 @@ def with_no_load_nodes(settings: SchedulerSettings, nodes: frozenset[str]) -> Sc
     if nodes == settings.pool.no_load_nodes:
         return settings
     return replace(settings, pool=replace(settings.pool, no_load_nodes=nodes))
+
+
+def with_request_rate(settings: SchedulerSettings, rates: Mapping[str, float]) -> SchedulerSettings:
+    """``settings`` with ``rates`` as the models' request rates (the pool manager's demand)."""
+    return replace(settings, pool=replace(settings.pool, request_rate=rates))

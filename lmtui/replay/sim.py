@@ -16,6 +16,13 @@ a decision, the loop does:
   room (busy, loading or too recently loaded instances hold it) is *stalled* until an event
   may have made room: an instance going idle, a load finishing, a residency running out.
 
+Demand, as in the engine: every request is counted in a ``DemandRates``
+(``lmtui.core.demand``, the engine's object) at its arrival, and every ``RATE_TICK_S`` of
+virtual time the decayed rates, with each model's measured load seconds per node, are put
+into the pool settings, as the pool manager does every tick; the ``cost`` and ``gdsf``
+policies read them. (The engine counts a request when it ends, under its arrival time: a
+few seconds later, against a half-life of minutes.)
+
 As in the engine, the heads are offered again when something changed for them; models
 stalled for room are offered again after any event that can make room. Everything is
 deterministic: no clock, no hash order, ties broken by the core's seeded rotation.
@@ -27,10 +34,11 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, get_args
 
+from lmtui.core.demand import DemandRates
 from lmtui.core.eviction import EvictionOrder, EvictionPolicy, is_pinned
 from lmtui.core.model import (
     Health,
@@ -69,6 +77,9 @@ POLICIES: tuple[str, ...] = get_args(EvictionPolicy)
 #: A wake-up lands this much after a residency ends, so that float rounding of
 #: ``first_seen + min_residency`` never leaves the instance a hair too young.
 _EPS = 1e-6
+#: How often the rates are pushed into the settings: the engine's pool manager tick with
+#: the default 1 s poll interval (``max(1, 2 × [poll] interval)``).
+RATE_TICK_S = 2.0
 
 Progress = Callable[[int, int], None]
 
@@ -144,10 +155,12 @@ def _node(spec: NodeSpec) -> Node:
 class Replay:
     """One replay of ``requests`` (each with a model) on ``scenario`` with one policy.
 
-    ``policy`` names the core's eviction policy (``lru``, ``cost``); ``order`` replaces its
-    ranking (the clairvoyant reference), with ``policy`` then only a label. ``audit`` checks
-    after every load that the plan kept the node within its budget and unloaded only idle,
-    unpinned instances (for tests; it costs a scan per load).
+    ``policy`` names the core's eviction policy (``lru``, ``cost``, ``gdsf``); ``order``
+    replaces its ranking (the clairvoyant reference), with ``policy`` then only a label.
+    ``audit`` checks after every load that the plan kept the node within its budget and
+    unloaded only idle, unpinned instances (for tests; it costs a scan per load).
+    ``half_life_s`` replaces the demand's default half-life
+    (``lmtui.core.demand.HALF_LIFE_S``), for tuning.
     """
 
     def __init__(
@@ -159,6 +172,7 @@ class Replay:
         order: EvictionOrder | None = None,
         audit: bool = False,
         progress: Progress | None = None,
+        half_life_s: float | None = None,
     ) -> None:
         self.sc = scenario
         self.reqs = requests
@@ -208,6 +222,9 @@ class Replay:
         self._version = 0
         #: See :meth:`_pump_stalled`; tests turn it off to check it changes nothing.
         self.skip_bigger = True
+        self.demand = DemandRates(half_life_s) if half_life_s else DemandRates()
+        self.load_s: dict[tuple[str, str], float] = {}
+        self.next_tick = -math.inf
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -259,6 +276,8 @@ class Replay:
 
     def _advance(self, t: float) -> None:
         self.now = t
+        if t >= self.next_tick:
+            self._tick(math.floor(t / RATE_TICK_S) * RATE_TICK_S)
         if self.timeout is not None:
             deadline = self.queue.next_deadline()
             if deadline is not None and deadline <= t:
@@ -266,6 +285,16 @@ class Replay:
                     _i, _enq = self.waiting.pop(rid)
                     self.result.expired += 1
                     self._sync_depth(self.reqs[_i].model or "")
+
+    def _tick(self, at: float) -> None:
+        """The pool manager's tick at ``at``: the rates and load times into the settings."""
+        self.next_tick = at + RATE_TICK_S
+        pool = replace(
+            self.settings.pool,
+            request_rate=self.demand.rates(at),
+            load_s=MappingProxyType(dict(self.load_s)),
+        )
+        self.settings = replace(self.settings, pool=pool)
 
     def _push(self, t: float, kind: int, arg: Any) -> None:
         self.seq += 1
@@ -306,6 +335,7 @@ class Replay:
     def _arrive(self, i: int) -> None:
         req = self.reqs[i]
         model = req.model or ""
+        self.demand.note(model, req.at)
         if self.loaded.get(model):
             self.result.hits += 1
         rid = str(i)
@@ -471,7 +501,8 @@ class Replay:
 
     def _loaded(self, key: tuple[str, str]) -> None:
         node, model = key
-        del self.pending[key]
+        size = self.pending.pop(key)
+        self.load_s[key] = self.specs[node].load_s(size)  # what the engine would measure
         self.pending_keys = frozenset(self.pending)
         m = self.models[model]
         slots = UNLIMITED_SLOTS if self.instant else (m.slots or self.specs[node].slots)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lmtui.core.demand import DemandRates
 from lmtui.core.eviction import (
     eviction_blocker,
     permanent_bytes,
@@ -88,7 +89,7 @@ def test_cannot_free_enough_returns_none() -> None:
     assert plan_eviction(snap, "n1", 9 * GiB, NOW, "cost") is None
 
 
-@pytest.mark.parametrize("policy", ["lru", "cost"])
+@pytest.mark.parametrize("policy", ["lru", "cost", "gdsf"])
 @pytest.mark.parametrize(
     "blocked",
     [
@@ -215,7 +216,7 @@ inst_st = st.builds(
 @given(
     st.lists(inst_st, max_size=8, unique_by=lambda i: i.key),
     st.integers(1, 60),
-    st.sampled_from(["lru", "cost"]),
+    st.sampled_from(["lru", "cost", "gdsf"]),
 )
 def test_plans_only_free_idle_unpinned_instances_on_the_node(
     instances: list[Instance], need_gb: int, policy: str
@@ -239,7 +240,7 @@ def test_plans_only_free_idle_unpinned_instances_on_the_node(
     assert plan.frees_bytes == sum(i.size_bytes or 0 for i in chosen) >= need_gb * GiB
 
 
-@pytest.mark.parametrize("policy", ["lru", "cost"])
+@pytest.mark.parametrize("policy", ["lru", "cost", "gdsf"])
 def test_a_place_under_the_instance_limit_is_freed_with_no_bytes_needed(policy: str) -> None:
     snap = mk_snap(
         mk_inst("old", 2, last_used=NOW - 3000),
@@ -283,7 +284,7 @@ def test_permanent_count_is_pinned_and_higher_priority() -> None:
     assert permanent_count(snap, "n1", priorities={"h": "high"}, requester_priority="high") == 1
 
 
-@pytest.mark.parametrize("policy", ["lru", "cost"])
+@pytest.mark.parametrize("policy", ["lru", "cost", "gdsf"])
 def test_a_callers_order_replaces_the_policys(policy: str) -> None:
     # LRU would take "old"; the caller's order (the replay's clairvoyant reference says
     # "new" is needed furthest ahead) takes "new", and still never a busy one.
@@ -303,3 +304,109 @@ def test_a_callers_order_replaces_the_policys(policy: str) -> None:
     )
     assert plan is not None and plan.evict == (("n1", "new"),)
     assert "the caller's order" in plan.reason
+
+
+# -- gdsf: request rate × reload seconds / size --------------------------------------------
+
+
+def test_gdsf_keeps_a_frequently_used_small_model_over_a_rarely_used_big_one() -> None:
+    # The small one was used longest ago, so LRU would take it; by value per byte it is
+    # worth keeping: 1 request/s against one every ~17 minutes.
+    snap = mk_snap(
+        mk_inst("small-hot", 4, last_used=NOW - 600),
+        mk_inst("big-rare", 30, last_used=NOW - 5),
+        total_gb=64,
+    )
+    rates = {"small-hot": 1.0, "big-rare": 0.001}
+    plan = plan_eviction(snap, "n1", 3 * GiB, NOW, "gdsf", request_rate=rates)
+    assert plan is not None and plan.evict == (("n1", "big-rare"),)
+    assert "least requested per byte" in plan.reason
+    assert plan.loss == pytest.approx(0.001 * (3.0 + 30))  # rate × reload seconds
+    lru = plan_eviction(snap, "n1", 3 * GiB, NOW, "lru")
+    assert lru is not None and lru.evict == (("n1", "small-hot"),)
+
+
+def test_gdsf_prefers_measured_load_seconds_to_the_estimate() -> None:
+    # Same size, same rate: the one that reloads fast on this node goes.
+    snap = mk_snap(mk_inst("slow", 8, last_used=NOW), mk_inst("fast", 8, last_used=NOW))
+    rates = {"slow": 0.1, "fast": 0.1}
+    load_s = {("n1", "slow"): 60.0, ("n1", "fast"): 2.0}
+    plan = plan_eviction(snap, "n1", 6 * GiB, NOW, "gdsf", request_rate=rates, load_s=load_s)
+    assert plan is not None and plan.evict == (("n1", "fast"),)
+
+
+def test_gdsf_without_history_is_lru() -> None:
+    snap = mk_snap(
+        mk_inst("recent", last_used=NOW - 10),
+        mk_inst("oldest", last_used=NOW - 3000),
+        mk_inst("low", last_used=NOW, first_seen=0.0),
+        mk_inst("older", last_used=NOW - 2000),
+    )
+    prios = {"low": "low"}
+    for need in (3, 6, 10):
+        g = plan_eviction(snap, "n1", need * GiB, NOW, "gdsf", priorities=prios)
+        lru = plan_eviction(snap, "n1", need * GiB, NOW, "lru", priorities=prios)
+        assert g is not None and lru is not None and g.evict == lru.evict
+
+
+def test_an_aged_popular_model_eventually_goes() -> None:
+    """Popular two hours ago, nothing since: its decayed rate falls below that of a model
+    asked for now and then, and gdsf takes it (it kept it while it was popular)."""
+    demand = DemandRates(half_life_s=600)
+    snap = mk_snap(mk_inst("was-hot", 8, last_used=599.0), mk_inst("steady", 8, last_used=7080.0))
+
+    def victim(now: float) -> str:
+        plan = plan_eviction(snap, "n1", 6 * GiB, now, "gdsf", request_rate=demand.rates(now))
+        assert plan is not None
+        return snap.instances[plan.evict[0]].model
+
+    for k in range(600):  # one request a second for ten minutes
+        demand.note("was-hot", k)
+    for k in range(0, 7200, 120):  # one every two minutes, all along
+        demand.note("steady", k)
+        if k == 600:
+            assert victim(600.0) == "steady"
+    assert victim(7200.0) == "was-hot"
+
+
+def test_gdsf_is_deterministic() -> None:
+    insts = [mk_inst(f"m{i}", 4 + i % 3, last_used=NOW - i) for i in range(8)]
+    rates = {f"m{i}": 0.01 * (i % 4) for i in range(8)}
+    plans = {
+        plan_eviction(mk_snap(*order), "n1", 9 * GiB, NOW, "gdsf", request_rate=rates)
+        for order in (insts, list(reversed(insts)))
+    }
+    assert len(plans) == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(inst_st, max_size=8, unique_by=lambda i: i.key),
+    st.integers(1, 40),
+    st.dictionaries(st.sampled_from([f"m{i}" for i in range(31)]), st.floats(0, 10)),
+    st.sampled_from(["low", "normal", "high"]),
+)
+def test_gdsf_never_takes_busy_pinned_young_or_higher_priority(
+    instances: list[Instance], need_gb: int, rates: dict[str, float], requester: str
+) -> None:
+    prios = {i.model: ("high" if k % 3 == 0 else "low") for k, i in enumerate(instances)}
+    snap = mk_snap(*instances)
+    plan = plan_eviction(
+        snap,
+        "n1",
+        need_gb * GiB,
+        NOW,
+        "gdsf",
+        min_residency_s=60,
+        priorities=prios,
+        request_rate=rates,
+        requester_priority=requester,
+    )
+    if plan is None:
+        return
+    rank = {"low": 0, "normal": 1, "high": 2}
+    for key in plan.evict:
+        i = snap.instances[key]
+        assert i.node == "n1" and i.busy == 0 and not i.pinned
+        assert i.first_seen is None or NOW - i.first_seen >= 60
+        assert rank[prios[i.model]] <= rank[requester]

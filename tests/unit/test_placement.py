@@ -234,7 +234,7 @@ def limited(name: str, limit: int, total_gb: float | None = 64, **kw: object) ->
     return evolve(mk_node(name, total_gb, **kw), max_instances=limit)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("policy", ["lru", "cost"])
+@pytest.mark.parametrize("policy", ["lru", "cost", "gdsf"])
 def test_a_node_at_its_instance_limit_evicts_even_with_memory_to_spare(policy: str) -> None:
     snap = mk_snap(
         [limited("a", 2)],
@@ -325,7 +325,7 @@ _inst_flags = st.fixed_dictionaries(
     limit=st.integers(1, 4),
     total_gb=st.sampled_from([16.0, 32.0, 64.0]),
     need_gb=st.sampled_from([2.0, 8.0, 20.0]),
-    policy=st.sampled_from(["lru", "cost"]),
+    policy=st.sampled_from(["lru", "cost", "gdsf"]),
 )
 def test_a_placement_satisfies_memory_and_count_and_never_evicts_the_untouchable(
     insts: list[dict[str, object]], limit: int, total_gb: float, need_gb: float, policy: str
@@ -372,3 +372,27 @@ def test_a_placement_satisfies_memory_and_count_and_never_evicts_the_untouchable
     kept = [i for i in instances if i.instance_id not in evicted]
     assert len(kept) + 1 <= limit
     assert sum((i.size_bytes or 0) for i in kept) + need_gb * GiB <= total_gb * GiB
+
+
+def test_gdsf_evicts_on_the_node_where_it_costs_least() -> None:
+    # "roomy" has the most free memory but holds only a model asked for all the time;
+    # "tight" holds one nobody asks for. gdsf plans on both and takes the cheaper plan;
+    # lru takes the first node that can make room.
+    snap = mk_snap(
+        [mk_node("roomy", 40), mk_node("tight", 24)],
+        [mk_inst("roomy", "hot", 30, last_used=0.0), mk_inst("tight", "rare", 20, last_used=NOW)],
+    )
+    rates = MappingProxyType({"hot": 2.0, "rare": 0.001})
+    big = MappingProxyType({"new": 16 * GiB})  # roomy has 10 GiB free, tight 4
+    gdsf = place(
+        snap,
+        "new",
+        NOW,
+        PoolSettings(
+            min_residency_s=0.0, eviction_policy="gdsf", request_rate=rates, size_overrides=big
+        ),
+    )
+    assert isinstance(gdsf, Placement)
+    assert (gdsf.node, gdsf.evict) == ("tight", (("tight", "rare@tight"),))
+    lru = place(snap, "new", NOW, PoolSettings(min_residency_s=0.0, size_overrides=big))
+    assert isinstance(lru, Placement) and lru.node == "roomy"

@@ -214,7 +214,7 @@ def test_replay_is_deterministic_for_a_seed() -> None:
     first = compare(trace, sc)
     second = compare(trace, sc)
     assert without_speed(first) == without_speed(second)
-    assert set(first["policies"]) == {"lru", "cost"}
+    assert set(first["policies"]) == {"lru", "cost", "gdsf"}
     assert json.dumps(without_speed(first))  # plain data
 
 
@@ -250,7 +250,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Scenario, list[TraceRequest]]:
 
 
 @settings(max_examples=120, deadline=None)
-@given(scenarios(), st.sampled_from(["lru", "cost", "furthest", "furthest_size"]))
+@given(scenarios(), st.sampled_from(["lru", "cost", "gdsf", "furthest", "furthest_size"]))
 def test_plans_stay_within_budget_and_unload_only_idle_unpinned_instances(
     case: tuple[Scenario, list[TraceRequest]], policy: str
 ) -> None:
@@ -270,7 +270,7 @@ def test_plans_stay_within_budget_and_unload_only_idle_unpinned_instances(
 
 
 @settings(max_examples=60, deadline=None)
-@given(scenarios(), st.sampled_from(["lru", "cost"]))
+@given(scenarios(), st.sampled_from(["lru", "cost", "gdsf"]))
 def test_not_asking_bigger_stalled_models_changes_no_decision(
     case: tuple[Scenario, list[TraceRequest]], policy: str
 ) -> None:
@@ -292,7 +292,7 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and err == ""  # no progress when stderr is not a terminal
     rep = json.loads(out)
     assert set(rep) >= {"policies", "reference", "scenario"}
-    assert set(rep["policies"]) == {"lru", "cost"}
+    assert set(rep["policies"]) == {"lru", "cost", "gdsf"}
     for f in (*rep["policies"].values(), rep["reference"]):
         assert {"cold_loads", "reload_s", "hit_ratio", "wait_p50_s", "wait_p99_s"} <= set(f)
         assert set(f["nodes"]) == {"mac-512", "mac-192", "mac-64"}
