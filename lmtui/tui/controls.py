@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from rich.text import Text
 from textual.app import App
 from textual.binding import Binding
-from textual.widgets import DataTable
 
 from lmtui.core.model import Instance, Node, Snapshot
 from lmtui.core.rebalance import RebalancePlan
@@ -85,13 +84,8 @@ class ControlsApp(App[None]):
 
     # -- what the cursor is on -------------------------------------------------------------
 
-    def _cursor_key(self, table: DataTable[Text]) -> str | None:
-        if table.row_count == 0:
-            return None
-        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
-
     def selected_instance(self) -> Instance | None:
-        key = self._cursor_key(self.query_one(ModelTable))
+        key = self.query_one(ModelTable).cursor_key
         if key is None or self.snapshot is None:
             return None
         for inst in self.snapshot.instances.values():
@@ -105,7 +99,7 @@ class ControlsApp(App[None]):
             return None
         nodes = self.query_one(NodeTable)
         if self.focused is nodes:
-            key = self._cursor_key(nodes)
+            key = nodes.cursor_key
             return self.snapshot.nodes.get(key) if key else None
         inst = self.selected_instance()
         return self.snapshot.nodes.get(inst.node) if inst else None
@@ -175,7 +169,7 @@ class ControlsApp(App[None]):
     def _selected_waiting_model(self) -> str | None:
         """The model of the model table's row under the cursor when it is a model with
         requests waiting and no instance (``~queued/<model>``)."""
-        key = self._cursor_key(self.query_one(ModelTable))
+        key = self.query_one(ModelTable).cursor_key
         prefix = waiting_row_key("")
         return key[len(prefix) :] if key is not None and key.startswith(prefix) else None
 

@@ -4,6 +4,7 @@ destructive, and is gone in read-only mode."""
 from __future__ import annotations
 
 from dataclasses import replace
+from types import MappingProxyType
 
 from textual.widgets import OptionList
 
@@ -12,8 +13,9 @@ from lmtui.core.rebalance import PlanStep, RebalancePlan
 from lmtui.tui.app import build_app
 from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen
 from lmtui.tui.widgets.model_table import ModelTable
+from lmtui.tui.widgets.node_table import NodeTable
 
-from .fakes import FIXED_NOW, FakeClient, fixed_cluster
+from .fakes import FIXED_NOW, FakeClient, fixed_cluster, instance, next_version
 from .test_app import SIZE, started, until
 
 
@@ -142,3 +144,51 @@ async def test_read_only_hides_and_refuses_every_command() -> None:
         await pilot.pause(0.1)
         assert client.commands == []
         assert not isinstance(app.screen, (ConfirmScreen, ChoiceScreen))
+
+
+async def test_the_cursor_follows_its_model_when_rows_come_and_go_above_it() -> None:
+    app, client = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        models = app.query_one(ModelTable)
+        models.focus()
+        await pilot.press("down")  # row 1: llama3.1:8b on gpu-box
+        assert models.cursor_key == "gpu-box/llama3.1:8b"
+
+        # Two loads sort in above it: by position the cursor would now be on aaa-model.
+        snap = client.snapshot()
+        above = [instance("old-mini", "aaa-model"), instance("gpu-box", "gemma-2b")]
+        client.push(next_version(snap, instances=[*snap.instances.values(), *above]))
+        await until(pilot, lambda: app.shown_version == snap.version + 1)
+        assert models.shown_keys.index("gpu-box/llama3.1:8b") == 3
+        assert models.cursor_key == "gpu-box/llama3.1:8b"
+
+        # An unload above it: by position the cursor would slide onto the next row.
+        snap = client.snapshot()
+        kept = [i for i in snap.instances.values() if i.model not in ("aaa-model", "gemma-2b")]
+        client.push(next_version(snap, instances=kept))
+        await until(pilot, lambda: app.shown_version == snap.version + 1)
+        assert models.shown_keys.index("gpu-box/llama3.1:8b") == 1
+        assert models.cursor_key == "gpu-box/llama3.1:8b"
+
+        await pilot.press("p")
+        await until(pilot, lambda: client.commands == [("pin", "llama3.1:8b")])
+
+
+async def test_the_cursor_follows_its_node_when_a_node_above_it_goes() -> None:
+    app, client = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        nodes = app.query_one(NodeTable)
+        await pilot.press("down")  # gpu-box
+        assert nodes.cursor_key == "gpu-box"
+        snap = client.snapshot()
+        rest = {k: n for k, n in snap.nodes.items() if k != "mac-studio"}
+        client.push(replace(snap, version=snap.version + 1, nodes=MappingProxyType(rest)))
+        await until(pilot, lambda: app.shown_version == snap.version + 1)
+        assert nodes.shown_keys == ["gpu-box", "old-mini"]
+        assert nodes.cursor_key == "gpu-box"
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: client.commands == [("drain", "gpu-box")])
