@@ -10,6 +10,7 @@ from textual.widgets import OptionList
 
 from lmtui.core.model import AvailableModel, GiB
 from lmtui.core.rebalance import PlanStep, RebalancePlan
+from lmtui.engine import commands as cmd
 from lmtui.tui.app import build_app
 from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen
 from lmtui.tui.widgets.model_table import ModelTable
@@ -140,10 +141,98 @@ async def test_read_only_hides_and_refuses_every_command() -> None:
             if app.check_action(b.binding.action, ()) is not False
         }
         assert not shown & {"load", "unload", "pin", "evict", "drain", "strategy", "rebalance"}
-        await pilot.press("d", "l", "s", "r")
+        await pilot.press("d", "l", "s", "r", "d")
         await pilot.pause(0.1)
         assert client.commands == []
         assert not isinstance(app.screen, (ConfirmScreen, ChoiceScreen))
+        # Not silently: each key says it is refused, once (the second d adds no copy).
+        told = [(n.message, n.severity) for n in app._notifications]
+        assert told == [
+            (f"{what}: lmtui is read-only (--read-only)", "warning")
+            for what in ("Drain", "Load", "Strategy", "Rebalance")
+        ]
+
+
+async def test_read_only_says_nothing_for_keys_that_are_not_commands() -> None:
+    app, client = app_for(read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        await pilot.press("down", "x")
+        await pilot.press("slash", "p")  # text in the filter, not the pin key
+        await pilot.pause(0.1)
+        assert app.query_one(ModelTable).filter == "p"
+        assert list(app._notifications) == []
+
+
+async def test_a_refused_command_shows_the_engines_reason_as_an_error() -> None:
+    app, client = app_for()
+
+    async def refuse(command: cmd.Command) -> cmd.Result:
+        raise cmd.CommandError("gemma-3-12b on mac-studio is loading; try again", 409)
+
+    client._send = refuse  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        app.query_one(ModelTable).focus()
+        await pilot.pause()
+        await pilot.press("p")
+        await until(pilot, lambda: bool(app._notifications))
+        [note] = app._notifications
+        assert (note.message, note.severity) == (
+            "gemma-3-12b on mac-studio is loading; try again",
+            "error",
+        )
+
+
+async def test_an_unexpected_failure_is_an_error_notice_and_the_dashboard_stays() -> None:
+    app, client = app_for()
+
+    async def broken(command: cmd.Command) -> cmd.Result:
+        raise ConnectionResetError("peer went away")
+
+    client._send = broken  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        app.query_one(ModelTable).focus()
+        await pilot.pause()
+        await pilot.press("p")
+        await until(pilot, lambda: bool(app._notifications))
+        [note] = app._notifications
+        assert note.severity == "error"
+        assert note.message == "ConnectionResetError: peer went away"
+        assert app.is_running
+
+
+async def test_success_says_what_the_engine_answered() -> None:
+    app, client = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        app.query_one(ModelTable).focus()
+        await pilot.pause()
+        await pilot.press("p")
+        await until(pilot, lambda: bool(app._notifications))
+        [note] = app._notifications
+        assert (note.message, note.severity) == ("pin gemma-3-12b", "information")
+
+
+async def test_a_rebalance_with_nothing_left_to_do_does_not_claim_to_rebalance() -> None:
+    app, client = app_for()
+    shown = RebalancePlan(
+        steps=(PlanStep("load", "gpu-box", "gemma-3-12b", "pinned", 8 * GiB),), loads_bytes=8 * GiB
+    )
+
+    async def rebalance(*, apply: bool = False) -> RebalancePlan:
+        return RebalancePlan() if apply else shown  # the cluster caught up meanwhile
+
+    client.rebalance = rebalance  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: bool(app._notifications))
+        [note] = app._notifications
+        assert note.message.startswith("nothing to do")
 
 
 async def test_the_cursor_follows_its_model_when_rows_come_and_go_above_it() -> None:
