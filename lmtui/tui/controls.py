@@ -24,7 +24,7 @@ from lmtui.core.units import fmt_bytes
 from lmtui.engine.client import EngineClient
 from lmtui.engine.commands import CommandError
 from lmtui.tui.render import instance_row_key, waiting_row_key
-from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen
+from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen, ForceScreen
 from lmtui.tui.widgets.model_table import ModelTable
 from lmtui.tui.widgets.node_table import NodeTable
 
@@ -180,12 +180,20 @@ class ControlsApp(App[None]):
 
         self.run_worker(run(), group="command")
 
-    def _confirm(self, title: str, body: str | Text, command: Callable[[], Awaitable[str]]) -> None:
+    def _confirm(
+        self,
+        title: str,
+        body: str | Text,
+        command: Callable[[], Awaitable[str]],
+        *,
+        force: bool = False,
+    ) -> None:
         def answered(yes: bool | None) -> None:
             if yes:
                 self._run(command)
 
-        self.push_screen(ConfirmScreen(title, body), answered)
+        screen = ForceScreen(title, body) if force else ConfirmScreen(title, body)
+        self.push_screen(screen, answered)
 
     def _need(self, what: str) -> None:
         self.notify(f"put the cursor on {what} first", severity="warning", timeout=3)
@@ -232,13 +240,25 @@ class ControlsApp(App[None]):
         return key[len(prefix) :] if key is not None and key.startswith(prefix) else None
 
     def action_unload(self) -> None:
+        """Unload the instance under the cursor. One with requests in flight is refused by
+        the engine unless forced, so its dialog says so and forcing has its own key."""
         inst = self.selected_instance()
         if inst is None:
             return self._need("a model")
-        busy = f" It has {inst.in_flight} request(s) in flight." if inst.in_flight else ""
+        frees = f"Frees {fmt_bytes(inst.size_bytes)}."
+        if inst.in_flight:
+            self._confirm(
+                f"Force {inst.model} off {inst.node}?",
+                f"It has {inst.in_flight} request(s) in flight; forcing unloads it anyway "
+                f"and cuts them off. {frees}\nTo let them finish, drain the node (d) and "
+                "unload it once it is idle.",
+                lambda: self.client.unload(inst.node, inst.instance_id, force=True),
+                force=True,
+            )
+            return
         self._confirm(
             f"Unload {inst.model} from {inst.node}?",
-            f"Frees {fmt_bytes(inst.size_bytes)}.{busy}",
+            frees,
             lambda: self.client.unload(inst.node, inst.instance_id),
         )
 
@@ -246,9 +266,13 @@ class ControlsApp(App[None]):
         inst = self.selected_instance()
         if inst is None:
             return self._need("a model")
+        if inst.pinned:
+            # The engine refuses it; asking first and refusing after would waste a yes.
+            self.notify(f"{inst.model} is pinned; unpin it first (p)", severity="error", timeout=5)
+            return
         self._confirm(
             f"Evict {inst.model} from {inst.node}?",
-            f"Frees {fmt_bytes(inst.size_bytes)}; refused if it is busy or pinned.",
+            f"Frees {fmt_bytes(inst.size_bytes)}; refused if it is busy.",
             lambda: self.client.evict(inst.node, inst.instance_id),
         )
 
@@ -263,7 +287,11 @@ class ControlsApp(App[None]):
         if node is None:
             return self._need("a node")
         if node.drained:
-            self._run(lambda: self.client.drain(node.name, False))
+            self._confirm(
+                f"Undrain {node.name}?",
+                "It is back in rotation: new requests and loads go there again.",
+                lambda: self.client.drain(node.name, False),
+            )
             return
         self._confirm(
             f"Drain {node.name}?",

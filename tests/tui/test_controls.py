@@ -12,7 +12,7 @@ from lmtui.core.model import AvailableModel, GiB
 from lmtui.core.rebalance import PlanStep, RebalancePlan
 from lmtui.engine import commands as cmd
 from lmtui.tui.app import build_app
-from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen
+from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen, ForceScreen
 from lmtui.tui.widgets.model_table import ModelTable
 from lmtui.tui.widgets.node_table import NodeTable
 
@@ -281,3 +281,89 @@ async def test_the_cursor_follows_its_node_when_a_node_above_it_goes() -> None:
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
         await until(pilot, lambda: client.commands == [("drain", "gpu-box")])
+
+
+def busy_app():  # type: ignore[no-untyped-def]
+    """The fixed cluster with two requests in flight on gemma-3-12b (row 0 of the models)."""
+    app, client = app_for()
+    snap = client.snapshot()
+    key = ("mac-studio", "gemma-3-12b")
+    busy = replace(snap.instances[key], in_flight=2, slots_busy=2)
+    client._snap = replace(snap, instances={**snap.instances, key: busy})
+    return app, client
+
+
+async def test_unloading_a_busy_instance_says_so_and_needs_f_to_force() -> None:
+    app, client = busy_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        app.query_one(ModelTable).focus()
+        await pilot.pause()
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, ForceScreen))
+        body = str(app.screen.query_one("#confirm-body").render())
+        assert "2 request(s) in flight" in body
+        # The yes of every other dialog does not force.
+        await pilot.press("y", "enter")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, ForceScreen) and client.sent == []
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, ForceScreen))
+        assert client.sent == []
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, ForceScreen))
+        await pilot.press("f")
+        await until(pilot, lambda: bool(client.sent))
+        assert client.sent == [cmd.Unload(node="mac-studio", instance_id="gemma-3-12b", force=True)]
+
+
+async def test_unloading_an_idle_instance_does_not_force() -> None:
+    app, client = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        app.query_one(ModelTable).focus()
+        await pilot.pause()
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: bool(client.sent))
+        assert client.sent == [cmd.Unload(node="mac-studio", instance_id="gemma-3-12b")]
+
+
+async def test_undrain_asks_first_too() -> None:
+    app, client = app_for()
+    snap = client.snapshot()
+    mac = replace(snap.nodes["mac-studio"], drained=True)
+    client._snap = replace(snap, nodes={**snap.nodes, "mac-studio": mac})
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "Undrain mac-studio" in app.screen.title_text
+        await pilot.press("n")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert client.commands == []
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: client.commands == [("undrain", "mac-studio")])
+
+
+async def test_evicting_a_pinned_model_is_refused_at_once_without_a_dialog() -> None:
+    app, client = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        models = app.query_one(ModelTable)
+        models.focus()
+        await pilot.pause()
+        await pilot.press("end", "ctrl+end")  # the last row: qwen3-30b-a3b, pinned
+        assert models.cursor_key == "mac-studio/qwen3-30b-a3b"
+        await pilot.press("e")
+        await until(pilot, lambda: bool(app._notifications))
+        assert not isinstance(app.screen, ConfirmScreen)
+        [note] = app._notifications
+        assert (note.message, note.severity) == (
+            "qwen3-30b-a3b is pinned; unpin it first (p)",
+            "error",
+        )
+        assert client.commands == []
