@@ -27,7 +27,7 @@ from lmtui.tui.themes import SHIPPED_THEMES_DIR, load_themes
 from lmtui.tui.widgets.event_log import EventLog
 from lmtui.tui.widgets.filter_bar import FilterBar
 from lmtui.tui.widgets.header import ClusterHeader
-from lmtui.tui.widgets.help import HelpScreen, KeyHelp
+from lmtui.tui.widgets.help import HelpScreen, KeyHelp, other_keys
 from lmtui.tui.widgets.model_table import ModelTable
 from lmtui.tui.widgets.node_table import NodeTable
 
@@ -157,16 +157,22 @@ class LmtuiApp(ControlsApp):
     # -- actions ---------------------------------------------------------------------------
 
     def action_help(self) -> None:
-        """Show the keys as they are bound now, so a remap shows up here too."""
+        """Show every key as it is bound now, so a remap shows up here too: the commands,
+        then moving around and the dialogs (``help.other_keys``)."""
         if isinstance(self.screen, HelpScreen):
             return
         keys: list[KeyHelp] = []
+        others: list[Binding] = []  # the screen's and the app's keys that have no id
         for active in self.active_bindings.values():
             b = active.binding
-            if b.id is None or b.id.startswith(("help.", "filter.")):
+            if b.id is None:
+                if active.node in (self, self.screen):
+                    others.append(b)
+                continue
+            if b.id.startswith(("help.", "filter.")):
                 continue
             keys.append((self.get_key_display(b), b.description, b.tooltip))
-        self.push_screen(HelpScreen(keys))
+        self.push_screen(HelpScreen(keys, other_keys(others, self.get_key_display)))
 
     def action_cycle_theme(self) -> None:
         """Switch to the next registered theme, in name order, wrapping around."""

@@ -1,20 +1,21 @@
 """Operator commands by keystroke: load, unload, pin, evict, drain, strategy, rebalance.
 
 Each command acts on what the cursor is on: the model table's row (an instance) or the node
-table's row (a node). Commands go to the engine only through ``EngineClient``; its answer
-(or its reason for refusing) is shown as a notification, and the change itself arrives like
-any other through the next snapshot. Destructive commands ask first, and every command is
-hidden and refused in read-only mode.
+table's row (a node). Commands go to the engine only through ``EngineClient``; its answer is
+shown as a notification, its reason for refusing (or any other failure) as an error one, and
+the change itself arrives like any other through the next snapshot. Destructive commands ask
+first. In read-only mode every command is hidden, and its key says so instead of running it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 from rich.text import Text
+from textual import events
 from textual.app import App
 from textual.binding import Binding
-from textual.widgets import DataTable
 
 from lmtui.core.model import Instance, Node, Snapshot
 from lmtui.core.rebalance import RebalancePlan
@@ -23,12 +24,15 @@ from lmtui.core.units import fmt_bytes
 from lmtui.engine.client import EngineClient
 from lmtui.engine.commands import CommandError
 from lmtui.tui.render import instance_row_key, waiting_row_key
-from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen
+from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen, ForceScreen
 from lmtui.tui.widgets.model_table import ModelTable
 from lmtui.tui.widgets.node_table import NodeTable
 
 #: Actions that change the cluster: hidden and refused with --read-only.
 COMMANDS = frozenset({"load", "unload", "pin", "evict", "drain", "strategy", "rebalance"})
+#: Seconds a "read-only" notice stays up; the same key pressed again meanwhile adds no second
+#: copy of it (holding a key down would otherwise stack a toast per repeat).
+READ_ONLY_NOTICE_S = 3.0
 
 BINDINGS = [
     Binding(
@@ -83,15 +87,17 @@ class ControlsApp(App[None]):
     client: EngineClient
     snapshot: Snapshot | None
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: True while ``_command_bound_to`` asks which binding a key has (check_action).
+        self._probing = False
+        #: When each refused command last said "read-only" (``time.monotonic``).
+        self._read_only_told: dict[str, float] = {}
+
     # -- what the cursor is on -------------------------------------------------------------
 
-    def _cursor_key(self, table: DataTable[Text]) -> str | None:
-        if table.row_count == 0:
-            return None
-        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
-
     def selected_instance(self) -> Instance | None:
-        key = self._cursor_key(self.query_one(ModelTable))
+        key = self.query_one(ModelTable).cursor_key
         if key is None or self.snapshot is None:
             return None
         for inst in self.snapshot.instances.values():
@@ -105,7 +111,7 @@ class ControlsApp(App[None]):
             return None
         nodes = self.query_one(NodeTable)
         if self.focused is nodes:
-            key = self._cursor_key(nodes)
+            key = nodes.cursor_key
             return self.snapshot.nodes.get(key) if key else None
         inst = self.selected_instance()
         return self.snapshot.nodes.get(inst.node) if inst else None
@@ -113,27 +119,81 @@ class ControlsApp(App[None]):
     # -- plumbing ----------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # A command in read-only mode is hidden from the footer and the help, and not run.
-        return not (action in COMMANDS and self.client.read_only)
+        # A command in read-only mode is hidden from the footer and the help, and not run
+        # (on_key says why instead).
+        return self._probing or not (action in COMMANDS and self.client.read_only)
+
+    def _command_bound_to(self, key: str) -> Binding | None:
+        """The command binding ``key`` would run on this screen, were lmtui not read-only.
+
+        Textual resolves it, so a remapped key, a key a focused input takes as text and a
+        modal dialog (which hides the app's bindings) all count as they do for running it.
+        """
+        self._probing = True
+        try:
+            active = self.screen.active_bindings.get(key)
+        finally:
+            self._probing = False
+        if active is None or active.binding.action not in COMMANDS:
+            return None
+        return active.binding
+
+    def on_key(self, event: events.Key) -> None:
+        """In read-only mode, a command key says it is refused rather than nothing at all."""
+        if not self.client.read_only:
+            return
+        binding = self._command_bound_to(event.key)
+        if binding is None:
+            return
+        now = time.monotonic()
+        last = self._read_only_told.get(binding.action)
+        if last is not None and now - last < READ_ONLY_NOTICE_S:
+            return
+        self._read_only_told[binding.action] = now
+        self.notify(
+            f"{binding.description}: lmtui is read-only (--read-only)",
+            severity="warning",
+            timeout=READ_ONLY_NOTICE_S,
+        )
+
+    def _failed(self, error: Exception) -> None:
+        """A command that did not happen: the engine's reason, as an error notification.
+
+        Anything else a command raises (a bug, a broken connection the client did not wrap)
+        is shown the same way, by type and message, rather than ending the dashboard.
+        """
+        if isinstance(error, CommandError):
+            message = error.message
+        else:
+            message = f"{type(error).__name__}: {error}"
+        self.notify(message, severity="error", timeout=8)
 
     def _run(self, command: Callable[[], Awaitable[str]]) -> None:
         async def run() -> None:
             try:
                 message = await command()
-            except CommandError as e:
-                self.notify(e.message, severity="error", timeout=8)
+            except Exception as e:
+                self._failed(e)
                 return
-            if message:
+            if message:  # the engine's own words for what it did
                 self.notify(message, timeout=4)
 
         self.run_worker(run(), group="command")
 
-    def _confirm(self, title: str, body: str | Text, command: Callable[[], Awaitable[str]]) -> None:
+    def _confirm(
+        self,
+        title: str,
+        body: str | Text,
+        command: Callable[[], Awaitable[str]],
+        *,
+        force: bool = False,
+    ) -> None:
         def answered(yes: bool | None) -> None:
             if yes:
                 self._run(command)
 
-        self.push_screen(ConfirmScreen(title, body), answered)
+        screen = ForceScreen(title, body) if force else ConfirmScreen(title, body)
+        self.push_screen(screen, answered)
 
     def _need(self, what: str) -> None:
         self.notify(f"put the cursor on {what} first", severity="warning", timeout=3)
@@ -175,18 +235,30 @@ class ControlsApp(App[None]):
     def _selected_waiting_model(self) -> str | None:
         """The model of the model table's row under the cursor when it is a model with
         requests waiting and no instance (``~queued/<model>``)."""
-        key = self._cursor_key(self.query_one(ModelTable))
+        key = self.query_one(ModelTable).cursor_key
         prefix = waiting_row_key("")
         return key[len(prefix) :] if key is not None and key.startswith(prefix) else None
 
     def action_unload(self) -> None:
+        """Unload the instance under the cursor. One with requests in flight is refused by
+        the engine unless forced, so its dialog says so and forcing has its own key."""
         inst = self.selected_instance()
         if inst is None:
             return self._need("a model")
-        busy = f" It has {inst.in_flight} request(s) in flight." if inst.in_flight else ""
+        frees = f"Frees {fmt_bytes(inst.size_bytes)}."
+        if inst.in_flight:
+            self._confirm(
+                f"Force {inst.model} off {inst.node}?",
+                f"It has {inst.in_flight} request(s) in flight; forcing unloads it anyway "
+                f"and cuts them off. {frees}\nTo let them finish, drain the node (d) and "
+                "unload it once it is idle.",
+                lambda: self.client.unload(inst.node, inst.instance_id, force=True),
+                force=True,
+            )
+            return
         self._confirm(
             f"Unload {inst.model} from {inst.node}?",
-            f"Frees {fmt_bytes(inst.size_bytes)}.{busy}",
+            frees,
             lambda: self.client.unload(inst.node, inst.instance_id),
         )
 
@@ -194,9 +266,13 @@ class ControlsApp(App[None]):
         inst = self.selected_instance()
         if inst is None:
             return self._need("a model")
+        if inst.pinned:
+            # The engine refuses it; asking first and refusing after would waste a yes.
+            self.notify(f"{inst.model} is pinned; unpin it first (p)", severity="error", timeout=5)
+            return
         self._confirm(
             f"Evict {inst.model} from {inst.node}?",
-            f"Frees {fmt_bytes(inst.size_bytes)}; refused if it is busy or pinned.",
+            f"Frees {fmt_bytes(inst.size_bytes)}; refused if it is busy.",
             lambda: self.client.evict(inst.node, inst.instance_id),
         )
 
@@ -211,7 +287,11 @@ class ControlsApp(App[None]):
         if node is None:
             return self._need("a node")
         if node.drained:
-            self._run(lambda: self.client.drain(node.name, False))
+            self._confirm(
+                f"Undrain {node.name}?",
+                "It is back in rotation: new requests and loads go there again.",
+                lambda: self.client.drain(node.name, False),
+            )
             return
         self._confirm(
             f"Drain {node.name}?",
@@ -223,8 +303,8 @@ class ControlsApp(App[None]):
         async def ask() -> None:
             try:
                 current = await self.client.strategy()
-            except CommandError as e:
-                self.notify(e.message, severity="error")
+            except Exception as e:
+                self._failed(e)
                 return
 
             def picked(name: str | None) -> None:
@@ -240,16 +320,18 @@ class ControlsApp(App[None]):
         async def plan_then_confirm() -> None:
             try:
                 plan = await self.client.rebalance(apply=False)
-            except CommandError as e:
-                self.notify(e.message, severity="error")
+            except Exception as e:
+                self._failed(e)
                 return
             if plan.empty:
                 self.notify(plan.summary(), timeout=4)
                 return
 
             async def apply() -> str:
+                # The engine plans again when it applies: say what it carried out, which
+                # may be nothing if the cluster changed since the plan above was shown.
                 done = await self.client.rebalance(apply=True)
-                return f"rebalancing: {done.summary()}"
+                return f"rebalancing: {done.summary()}" if not done.empty else done.summary()
 
             self._confirm("Carry out this rebalance plan?", plan_text(plan), apply)
 

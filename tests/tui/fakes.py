@@ -49,6 +49,8 @@ class FakeClient(EngineClient):
         self.source = source
         self.read_only = read_only
         self.commands: list[tuple[object, ...]] = []
+        #: The command structs themselves, for what the tuples leave out (``force``).
+        self.sent: list[cmd.Command] = []
 
     def snapshot(self) -> Snapshot:
         return self._snap
@@ -85,6 +87,7 @@ class FakeClient(EngineClient):
         # ("load", model, node), ("unload", node, instance_id), ("pin", model), ...
         fields = [getattr(command, f) for f in command.__struct_fields__ if f != "force"]
         self.commands.append((command.name, *fields))
+        self.sent.append(command)
         plan = RebalancePlan() if isinstance(command, cmd.Rebalance) else None
         return Result(f"{command.name} {' '.join(map(str, fields))}", plan)
 

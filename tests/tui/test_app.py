@@ -230,6 +230,36 @@ async def test_help_lists_the_keys_and_closes() -> None:
         await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
 
 
+async def test_help_lists_the_keys_for_moving_around_and_in_dialogs() -> None:
+    app, client = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen)
+        sections = {
+            title: {d: k.split() for k, d, _ in rows} for title, rows in help_screen.sections
+        }
+        moving = sections["Moving around"]
+        assert {"↑", "↓", "pgup", "pgdn"} <= set(moving["Move"])
+        assert moving["Focus"] == ["tab", "shift+tab"]
+        assert moving["Palette"] == ["^p"]
+        dialogs = sections["In dialogs and the filter"]
+        assert dialogs["Yes"] == ["y", "⏎"] and dialogs["Force"] == ["f"]
+        assert "esc" in dialogs["Close"]
+        # Taken from the bindings, so none of the table's keys is left out (enter on a row
+        # does nothing in lmtui and is listed only where it does something).
+        listed = {key for rows in sections.values() for keys in rows.values() for key in keys}
+        table = app.query_one(NodeTable)
+        for active in app.active_bindings.values():
+            if active.node is table and active.binding.action != "select_cursor":
+                assert app.get_key_display(active.binding) in listed
+        assert "Keys" in str(help_screen.query_one("#help-title", Static).render())
+        text = str(help_screen.query_one("#help-keys", Static).render())
+        assert "Moving around" in text and "tab shift+tab" in text
+
+
 async def test_remapped_key_works_and_shows_in_help() -> None:
     app, client = make_app()
     async with app.run_test(size=SIZE) as pilot:

@@ -1,4 +1,5 @@
-"""Modal dialogs for operator commands: confirm a dangerous action, pick one of a list."""
+"""Modal dialogs for operator commands: confirm a dangerous action (or force one, with a key
+of its own), pick one of a list."""
 
 from __future__ import annotations
 
@@ -24,7 +25,28 @@ _CSS = """
 """
 
 
-class ConfirmScreen(ModalScreen[bool]):
+class _AskScreen(ModalScreen[bool]):
+    """A question with a title, a body and a hint naming the keys; subclasses bind them."""
+
+    HINT = ""
+
+    def __init__(self, title: str, body: str | Text = "", *, id: str) -> None:
+        super().__init__(id=id)
+        self.title_text = title
+        self.body = body
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(Text(self.title_text, style="bold"), classes="title")
+            if self.body:
+                yield Static(self.body, id="confirm-body")
+            yield Static(self.HINT, classes="hint")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class ConfirmScreen(_AskScreen):
     """Ask before a destructive command: ``y``/``enter`` confirms, ``n``/``escape`` cancels."""
 
     DEFAULT_CSS = (
@@ -38,21 +60,31 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("y,enter", "answer(True)", "Yes", id="confirm.yes"),
         Binding("n,escape", "answer(False)", "No", id="confirm.no"),
     ]
+    HINT = "y / enter: do it    n / escape: cancel"
 
     def __init__(self, title: str, body: str | Text = "") -> None:
-        super().__init__(id="confirm")
-        self.title_text = title
-        self.body = body
+        super().__init__(title, body, id="confirm")
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(Text(self.title_text, style="bold"), classes="title")
-            if self.body:
-                yield Static(self.body, id="confirm-body")
-            yield Static("y / enter: do it    n / escape: cancel", classes="hint")
 
-    def action_answer(self, yes: bool) -> None:
-        self.dismiss(yes)
+class ForceScreen(_AskScreen):
+    """Ask before cutting off running requests: only ``f`` confirms, so the ``y``/``enter``
+    that answers every other dialog cannot force by habit; ``n``/``escape`` cancels."""
+
+    DEFAULT_CSS = (
+        _CSS.format(name="ForceScreen")
+        + """
+    ForceScreen > Vertical { border: round $error; }
+    """
+    )
+
+    BINDINGS = [
+        Binding("f", "answer(True)", "Force", id="force.yes"),
+        Binding("n,escape", "answer(False)", "No", id="force.no"),
+    ]
+    HINT = "f: force it    n / escape: cancel"
+
+    def __init__(self, title: str, body: str | Text = "") -> None:
+        super().__init__(title, body, id="force")
 
 
 class ChoiceScreen(ModalScreen[str | None]):

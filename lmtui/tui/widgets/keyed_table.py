@@ -2,9 +2,14 @@
 
 ``sync(rows)`` diffs the wanted rows against what the table shows: it removes rows whose key
 is gone, calls ``update_cell`` only for cells whose content changed, and adds new rows. It
-never clears the table, so the cursor, the scroll position and the row order a user is
-looking at survive every poll, and the redraw cost scales with what changed, not with the
-size of the cluster.
+never clears the table, so the scroll position and the row order a user is looking at
+survive every poll, and the redraw cost scales with what changed, not with the size of the
+cluster.
+
+The cursor follows its row's key, not its position: a DataTable keeps the cursor's index,
+so a row added or removed above it (the demo's traffic loads and unloads every few seconds)
+would slide another row under it, and the next ``p`` or ``u`` would act on that one. Only
+when its own row goes does the cursor stay where it was, on the row that took its place.
 """
 
 from __future__ import annotations
@@ -42,6 +47,13 @@ class KeyedTable(DataTable[Text]):
         """Row keys in display order."""
         return [str(row.key.value) for row in self.ordered_rows]
 
+    @property
+    def cursor_key(self) -> str | None:
+        """The key of the row under the cursor, or None when the table is empty."""
+        if self.row_count == 0:
+            return None
+        return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+
     def shown_row(self, key: str) -> Cells:
         """The cells a row shows now (raises ``KeyError`` for an absent row)."""
         return self._shown[key]
@@ -49,11 +61,12 @@ class KeyedTable(DataTable[Text]):
     def sync(self, rows: Mapping[str, Cells]) -> bool:
         """Make the table show exactly ``rows``; return whether rows were added.
 
-        Rows are added at the bottom in the mapping's order; callers that want a sorted
-        table call ``sort`` when this returns True (a sort reorders rows, it does not
-        rebuild them).
+        Rows are added at the bottom in the mapping's order, then ``order`` runs (a sorted
+        table overrides it; only an added row can break the order: updates keep keys,
+        removals keep order). The cursor then goes back to the row it was on.
         """
         self._ensure_columns()
+        cursor_key = self.cursor_key
         removed = changed = 0
         columns = [key for key, _ in self._column_spec]
         # Batch so that one poll is one repaint however many cells it touched.
@@ -77,5 +90,17 @@ class KeyedTable(DataTable[Text]):
             for key in added:
                 self.add_row(*rows[key], key=key)
                 self._shown[key] = rows[key]
+            if added:
+                self.order()
+            if (
+                cursor_key is not None
+                and cursor_key in self._shown
+                and self.cursor_key != cursor_key
+            ):
+                self.move_cursor(row=self.get_row_index(cursor_key))
         self.last_sync_stats = (len(added), changed, removed)
         return bool(added)
+
+    def order(self) -> None:
+        """Put the rows in display order after rows were added; the default keeps the order
+        they were added in. A sort reorders rows, it does not rebuild them."""

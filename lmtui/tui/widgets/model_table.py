@@ -61,6 +61,8 @@ class ModelTable(KeyedTable):
         for model, n in depth.items():
             if n and model not in served and needle in model.casefold():
                 rows[waiting_row_key(model)] = waiting_row(model, n)
-        if self.sync(rows):
-            # Only an added row can break the order: updates keep keys, removals keep order.
-            self.sort("model", "node", key=_sort_key)
+        self.sync(rows)
+
+    def order(self) -> None:
+        """By model, then node."""
+        self.sort("model", "node", key=_sort_key)
