@@ -103,13 +103,17 @@ def _loop_time() -> float:
 _decode_usage = msgspec.json.Decoder(_Usage).decode
 
 
-def _usage_into(out: Outcome, payload: bytes) -> None:
+def _usage_into(out: Outcome, payload: bytes) -> bool:
+    """Read the token counts into ``out``; False when ``payload`` is not JSON at all."""
     try:
         u = _decode_usage(payload).usage
-    except msgspec.DecodeError:
-        return
+    except msgspec.ValidationError:
+        return True  # JSON, with a ``usage`` of another shape: not ours to judge
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return False
     if u is not None:
         out.tokens_in, out.tokens_out = u.prompt_tokens, u.completion_tokens
+    return True
 
 
 def _stream_usage_into(out: Outcome, tail: bytes) -> None:
@@ -464,8 +468,14 @@ class Router:
                     raise _RetryElsewhere(str(e)) from e
                 self._attempts.discard(att)  # the whole answer is here: nothing to watch
                 out.ttft_s = self.clock() - t_send
-                if up.status == 200:
-                    _usage_into(out, data)
+                if (
+                    up.status == 200
+                    and not _usage_into(out, data)
+                    and ctype.startswith("application/json")
+                ):
+                    # A 200 a client cannot parse is a failed answer: served elsewhere, or
+                    # a 502 that says so — never passed on as a success.
+                    raise _RetryElsewhere("HTTP 200 with a body that is not valid JSON")
                 if ex.streaming:  # the client already got SSE comments: stay SSE
                     return await ex.end(b"data: " + data + b"\n\ndata: [DONE]\n\n")
                 return await ex.send(up.status, data, {"Content-Type": ctype})

@@ -251,3 +251,23 @@ async def test_a_slot_granted_while_progress_is_sent_is_never_leaked(
         assert store.snapshot.instances[("n", "m")].in_flight == 0
     finally:
         d.close()
+
+
+async def test_a_200_whose_json_does_not_parse_is_never_passed_on_as_a_success() -> None:
+    """A node that answers 200 with a body cut mid-object used to reach the client as a
+    200. It is a failed answer: served by another replica, or a 502 that says why."""
+    async with routed(
+        [lms("a", ["m1"]), lms("b", ["m1"])], router=RouterConfig(queue_timeout=3)
+    ) as (cluster, engine):
+        cluster.node("a").faults.malformed_json = True
+        body = {"model": "m1", "messages": MSG, "max_tokens": 2}
+        async with httpx.AsyncClient(base_url=engine.router_url or "") as h:
+            for _ in range(4):  # whichever replica each one is sent to first
+                r = await h.post("/v1/chat/completions", json=body)
+                assert r.status_code == 200 and r.json()["choices"], r.text
+            cluster.node("b").faults.malformed_json = True
+            r = await h.post("/v1/chat/completions", json=body)
+        # 502 when the attempt fails, 503 once the polls (garbage too) mark both down.
+        assert r.status_code in (502, 503), r.text
+        assert "error" in r.json()
+        assert any("not valid JSON" in e.message for e in engine.store.events)
