@@ -30,7 +30,7 @@ from lmtui.core.events import Event, EventKind, Level
 from lmtui.engine.control import Controller
 from lmtui.engine.control_api import ControlApi
 from lmtui.engine.dispatch import Dispatcher
-from lmtui.engine.errors import UNAUTHORIZED, error_response
+from lmtui.engine.errors import UNAUTHORIZED, error_response, quiet_client_errors
 from lmtui.engine.front import FrontServer
 from lmtui.engine.guard import AuthFailures, BrowserGuard
 from lmtui.engine.metrics import Metrics
@@ -207,6 +207,7 @@ class Engine:
 
     async def _serve(self, listen: str) -> None:
         host, port = parse_listen(listen)
+        quiet_client_errors()  # a malformed request is the client's: no traceback in the log
         api_keys = router_api_keys(self.config)
         if not api_keys and not is_loopback(host):
             raise EngineError(

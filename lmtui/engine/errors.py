@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 _encode = msgspec.json.Encoder().encode
 
@@ -42,3 +45,32 @@ UNAUTHORIZED = (
     "invalid_request_error",
     "invalid_api_key",
 )
+
+
+class _ClientErrorsAreDebug(logging.Filter):
+    """aiohttp logs every request its parser rejects as an ERROR with a traceback (~12
+    lines, from anything a client can send). Such a record becomes one DEBUG line: the
+    error's kind and first line, bounded — the client got its 400 already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            text = (exc.message or str(exc)).strip()
+            first = text.splitlines()[0] if text else ""
+            said = record.getMessage()
+            record.msg = "%s; rejected: %s %s"
+            record.args = (said, f"{exc.code} {type(exc).__name__}", first[:200])
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_FILTER = _ClientErrorsAreDebug()
+
+
+def quiet_client_errors() -> None:
+    """Install the filter on aiohttp's server logger (once; idempotent)."""
+    logger = logging.getLogger("aiohttp.server")
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)

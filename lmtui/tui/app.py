@@ -17,6 +17,7 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.widgets import Footer
 
 from lmtui.core.model import Snapshot
@@ -142,10 +143,17 @@ class LmtuiApp(ControlsApp):
         """Hand ``snapshot`` down to the header and the tables, in one repaint."""
         self.snapshot = snapshot
         now = self.clock()
+        try:
+            header = self.query_one(ClusterHeader)
+            nodes, models = self.query_one(NodeTable), self.query_one(ModelTable)
+        except NoMatches:
+            # The app is closing and its widgets are gone: the clock tick or an update that
+            # raced the teardown has nothing left to show (it used to raise, at random).
+            return
         with self.batch_update():
-            self.query_one(ClusterHeader).show(snapshot)
-            self.query_one(NodeTable).show(snapshot, now)
-            self.query_one(ModelTable).show(snapshot, now)
+            header.show(snapshot)
+            nodes.show(snapshot, now)
+            models.show(snapshot, now)
         self.shown_version = snapshot.version
 
     def _tick(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -439,3 +440,18 @@ async def test_stream_null_and_unknown_fields_of_any_type_are_accepted() -> None
                 r = await h.post(url, json=body)
                 assert r.status_code == 200, (extra, r.text)
                 assert r.json()["choices"]
+
+
+async def test_a_request_aiohttp_rejects_is_one_debug_line_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every malformed request aiohttp's parser refused used to log a 12-line traceback at
+    ERROR: anything a client can send must cost the log one line, at debug level."""
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    async with routed([lms()]) as (_c, engine), conn(engine) as c:
+        await c.send(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nBad\x01Name: x\r\n\r\n")
+        assert (await c.response())[0] == 400
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert records and all(r.levelno == logging.DEBUG and not r.exc_info for r in records)
+    assert all("\n" not in r.getMessage() for r in records)
+    assert "BadHttpMessage" in records[0].getMessage()
