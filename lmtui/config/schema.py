@@ -144,6 +144,9 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     queue_timeout: PositiveFloat = 300.0
     #: Largest request body accepted, in bytes (413 above it).
     max_body_bytes: PositiveInt = 16 * 1024 * 1024
+    #: Seconds an idle keep-alive connection (or a request that never completes) stays
+    #: open, on every path.
+    idle_timeout: PositiveFloat = 75.0
     #: Seconds a request sent to a node may wait for its first byte before lmtui gives up
     #: on that node and serves it elsewhere (or queues it again). A request that is not
     #: streamed gets its first byte with the whole answer, so this also bounds how long a

@@ -287,14 +287,20 @@ class Engine:
         self.control_api.add_routes(app)
         # handler_cancellation: a client that disconnects cancels its handler, so a queued
         # request leaves the queue at once and frees its place.
+        # keepalive_timeout: aiohttp's own default is an hour, so every connection handed to
+        # it (GET /v1/models, the control API) stayed open that long when idle.
         self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_DRAIN_S
+            app,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=SHUTDOWN_DRAIN_S,
+            keepalive_timeout=rc.idle_timeout,
         )
         await self._runner.setup()
         # The socket is the fast front's (front.py): it serves the bot's plain requests and
         # hands every other connection to the aiohttp app above.
         assert self._runner.server is not None
-        self.front = FrontServer(self.router, self._runner.server)
+        self.front = FrontServer(self.router, self._runner.server, idle_timeout_s=rc.idle_timeout)
         try:
             self._listener = await asyncio.get_running_loop().create_server(
                 self.front, host, port, reuse_address=True

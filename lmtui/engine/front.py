@@ -53,7 +53,8 @@ HOT_PATHS = {
 }
 #: A request head larger than this goes to aiohttp, which answers it (431 or 400).
 MAX_HEAD = 64 * 1024
-#: Idle keep-alive connections (and requests that never complete) are closed after this.
+#: Idle keep-alive connections (and requests that never complete) are closed after this,
+#: unless ``[router] idle_timeout`` says otherwise.
 IDLE_TIMEOUT_S = 75.0
 _PASS_ON = (b"transfer-encoding", b"expect", b"upgrade")
 _REASONS = {
@@ -92,8 +93,17 @@ def _head(status: int, headers: Mapping[str, str], extra: bytes) -> bytes:
 class FrontServer:
     """The protocol factory for the listening socket, and the connections it made."""
 
-    def __init__(self, router: Router, fallback: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        router: Router,
+        fallback: Callable[[], asyncio.Protocol],
+        *,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+    ) -> None:
         self.router = router
+        #: Idle keep-alive connections (and requests that never complete) close after this;
+        #: ``[router] idle_timeout``, the same bound aiohttp's side is given.
+        self.idle_timeout_s = idle_timeout_s
         #: Makes an ``aiohttp.web`` protocol (``AppRunner.server``) for a handed-on connection.
         self.fallback = fallback
         self.connections: set[FastFront] = set()
@@ -365,18 +375,18 @@ class FastFront(asyncio.Protocol):
         ``_idle_since``; when the timer fires it closes the connection if it has been idle
         long enough, else sleeps again until it would have been."""
         self._idle_since = self.loop.time()
-        self._idle = self.loop.call_later(IDLE_TIMEOUT_S, self._on_idle)
+        self._idle = self.loop.call_later(self.server.idle_timeout_s, self._on_idle)
 
     def _on_idle(self) -> None:
         self._idle = None
         if self._lost:
             return
-        left = self._idle_since + IDLE_TIMEOUT_S - self.loop.time()
+        left = self._idle_since + self.server.idle_timeout_s - self.loop.time()
         if self.task is None and left <= 0:
             self.transport.close()
             return
         # Busy, or active since the timer was set: look again when it could be idle.
-        delay = IDLE_TIMEOUT_S if self.task is not None else left
+        delay = self.server.idle_timeout_s if self.task is not None else left
         self._idle = self.loop.call_later(delay, self._on_idle)
 
     # -- writing ------------------------------------------------------------------------

@@ -288,16 +288,22 @@ async def test_a_client_that_leaves_mid_request_frees_its_slot() -> None:
         )
 
 
-async def test_idle_connections_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(front, "IDLE_TIMEOUT_S", 0.2)
-    async with routed([lms()]) as (_c, engine), conn(engine) as c:
-        await c.send(post())
-        assert (await c.response())[0] == 200
-        assert await c.closed()
+async def test_idle_connections_are_closed() -> None:
+    async with routed([lms()], router=RouterConfig(idle_timeout=0.2)) as (_c, engine):
+        async with conn(engine) as c:
+            await c.send(post())
+            assert (await c.response())[0] == 200
+            assert await c.closed()
         # A request that never completes is closed as well.
         async with conn(engine) as c2:
             await c2.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             assert await c2.closed()
+        # And so is a connection handed to aiohttp (its own default was an hour: 2,000
+        # connections idle after one GET /v1/models were all still open after 85 s).
+        async with conn(engine) as c3:
+            await c3.send(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert (await c3.response())[0] == 200
+            assert await c3.closed()
 
 
 async def test_the_openai_client_and_httpx_get_the_same_answers_on_both_paths() -> None:
