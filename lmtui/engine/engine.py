@@ -234,6 +234,7 @@ class Engine:
             clock=self.clock,
             guard=guard,
             auth_failures=self._auth_failures,
+            body_timeout_s=rc.idle_timeout,
             first_byte_timeout_s=self.config.router.first_byte_timeout,
             node_first_byte_s={
                 n.name: n.first_byte_timeout
@@ -295,6 +296,10 @@ class Engine:
             handler_cancellation=True,
             shutdown_timeout=SHUTDOWN_DRAIN_S,
             keepalive_timeout=rc.idle_timeout,
+            # After an answer to a request whose body was not read (a 408, a 413), aiohttp
+            # reads on for this long so the client can finish sending and see the answer,
+            # then closes; its default, 10 s, kept a dribbling client around for that long.
+            lingering_time=2.0,
         )
         await self._runner.setup()
         # The socket is the fast front's (front.py): it serves the bot's plain requests and

@@ -206,12 +206,15 @@ class Router:
         model_first_byte_s: dict[str, float] | None = None,
         guard: BrowserGuard | None = None,
         auth_failures: AuthFailures | None = None,
+        body_timeout_s: float = 75.0,
     ) -> None:
         self.dispatcher = dispatcher
         #: The CSRF / DNS-rebinding rules (``guard.py``), checked by the fast front; the
         #: aiohttp paths check the same in the engine's middleware.
         self.guard = guard or BrowserGuard()
         self.auth_failures = auth_failures or AuthFailures()
+        #: Longest a request body may take to arrive on aiohttp's path (``idle_timeout``).
+        self.body_timeout_s = body_timeout_s
         self.first_byte_timeout_s = first_byte_timeout_s
         self.node_first_byte_s = node_first_byte_s or {}
         self.model_first_byte_s = model_first_byte_s or {}
@@ -287,9 +290,21 @@ class Router:
         if (request.content_length or 0) > self.max_body_bytes:
             return error_response(413, *self.too_large)
         try:
-            body = await request.read()
+            # A body that dribbles in (a chunked head with no chunks, a byte every few
+            # seconds) is given as long as an idle connection, not forever.
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, *self.too_large)
+        except TimeoutError:
+            resp = error_response(
+                408,
+                f"the request body did not arrive within {self.body_timeout_s:g} s",
+                "invalid_request_error",
+                "request_timeout",
+            )
+            resp.force_close()
+            return resp
         ex = AiohttpExchange(request)
         await self.proxy(ex, path, body, t0)
         assert ex.response is not None, "the router always answers"

@@ -298,6 +298,15 @@ async def test_idle_connections_are_closed() -> None:
         async with conn(engine) as c2:
             await c2.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             assert await c2.closed()
+        # A chunked body (aiohttp's path) that never comes: a 408, and the connection
+        # closes, instead of waiting forever.
+        async with conn(engine) as c4:
+            await c4.send(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            assert (await c4.response())[0] == 408
+            assert await c4.closed()
         # And so is a connection handed to aiohttp (its own default was an hour: 2,000
         # connections idle after one GET /v1/models were all still open after 85 s).
         async with conn(engine) as c3:
