@@ -147,6 +147,9 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Seconds an idle keep-alive connection (or a request that never completes) stays
     #: open, on every path.
     idle_timeout: PositiveFloat = 75.0
+    #: Largest answer lmtui reads whole from a node (not streamed), in bytes; a larger one
+    #: is a failed answer (another replica, or 502).
+    max_answer_bytes: PositiveInt = 64 * 1024 * 1024
     #: Seconds a request sent to a node may wait for its first byte before lmtui gives up
     #: on that node and serves it elsewhere (or queues it again). A request that is not
     #: streamed gets its first byte with the whole answer, so this also bounds how long a

@@ -235,6 +235,7 @@ class Engine:
             guard=guard,
             auth_failures=self._auth_failures,
             body_timeout_s=rc.idle_timeout,
+            max_answer_bytes=rc.max_answer_bytes,
             first_byte_timeout_s=self.config.router.first_byte_timeout,
             node_first_byte_s={
                 n.name: n.first_byte_timeout

@@ -207,6 +207,7 @@ class Router:
         guard: BrowserGuard | None = None,
         auth_failures: AuthFailures | None = None,
         body_timeout_s: float = 75.0,
+        max_answer_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.dispatcher = dispatcher
         #: The CSRF / DNS-rebinding rules (``guard.py``), checked by the fast front; the
@@ -215,6 +216,8 @@ class Router:
         self.auth_failures = auth_failures or AuthFailures()
         #: Longest a request body may take to arrive on aiohttp's path (``idle_timeout``).
         self.body_timeout_s = body_timeout_s
+        #: Largest non-streamed answer read from a node (``[router] max_answer_bytes``).
+        self.max_answer_bytes = max_answer_bytes
         self.first_byte_timeout_s = first_byte_timeout_s
         self.node_first_byte_s = node_first_byte_s or {}
         self.model_first_byte_s = model_first_byte_s or {}
@@ -478,7 +481,9 @@ class Router:
             ctype = up.headers.get("content-type", "application/json")
             if not ctype.startswith("text/event-stream"):
                 try:
-                    data = await up.read()
+                    # Bounded: a node that answers hundreds of MiB (a bug, a wrong server)
+                    # must not take lmtui's memory with it.
+                    data = await up.read(self.max_answer_bytes)
                 except UpstreamError as e:
                     raise _RetryElsewhere(str(e)) from e
                 self._attempts.discard(att)  # the whole answer is here: nothing to watch

@@ -105,10 +105,18 @@ class UpstreamResponse:
 
     # -- the caller's side -----------------------------------------------------------------
 
-    async def read(self) -> bytes:
-        """The whole body (chunked encoding removed); :class:`UpstreamError` if it breaks off."""
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        """The whole body (chunked encoding removed); :class:`UpstreamError` if it breaks off
+        or grows past ``max_bytes`` (the connection is then closed, not reused)."""
         self._whole = True
-        while not self._done:
+        while True:
+            if max_bytes is not None and self._size > max_bytes:
+                self._chunks.clear()
+                self._size = 0
+                self.release()
+                raise UpstreamError(f"body larger than {max_bytes} bytes", before_response=False)
+            if self._done:
+                break
             await self._wait()
         if self._exc is not None:
             raise self._exc

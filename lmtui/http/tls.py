@@ -25,9 +25,22 @@ class TlsResponse:
         self.status = resp.status
         self.headers = {k.lower(): v for k, v in resp.headers.items()}
 
-    async def read(self) -> bytes:
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        """The whole body; ``UpstreamError`` if it breaks off or grows past ``max_bytes``."""
         try:
-            return await self._resp.read()
+            if max_bytes is None:
+                return await self._resp.read()
+            parts: list[bytes] = []
+            size = 0
+            async for piece in self._resp.content.iter_any():
+                size += len(piece)
+                if size > max_bytes:
+                    self._resp.close()
+                    raise UpstreamError(
+                        f"body larger than {max_bytes} bytes", before_response=False
+                    )
+                parts.append(piece)
+            return b"".join(parts)
         except (aiohttp.ClientError, TimeoutError) as e:
             raise UpstreamError(f"{type(e).__name__}: {e}", before_response=False) from e
 

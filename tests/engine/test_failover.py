@@ -271,3 +271,19 @@ async def test_a_200_whose_json_does_not_parse_is_never_passed_on_as_a_success()
         assert r.status_code in (502, 503), r.text
         assert "error" in r.json()
         assert any("not valid JSON" in e.message for e in engine.store.events)
+
+
+async def test_an_answer_past_max_answer_bytes_is_a_failed_answer() -> None:
+    """The router reads a non-streamed answer whole: past ``[router] max_answer_bytes`` it
+    stops reading and serves the request elsewhere, or answers 502 — memory stays bounded."""
+    async with routed([lms("a", ["m1"])], router=RouterConfig(max_answer_bytes=64)) as (
+        _cluster,
+        engine,
+    ):
+        async with httpx.AsyncClient(base_url=engine.router_url or "") as h:
+            r = await h.post(
+                "/v1/chat/completions", json={"model": "m1", "messages": MSG, "max_tokens": 2}
+            )
+        # 502 after the last attempt; 503 when the retry finds no other replica to try.
+        assert r.status_code in (502, 503), r.text
+        assert any("larger than 64 bytes" in e.message for e in engine.store.events)

@@ -482,3 +482,39 @@ async def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="line break"):
         await pool.request("GET", "/", b"", {"X-A": "1\r\nX-Injected: 2"})
     await pool.close()
+
+
+async def test_a_body_past_the_bound_is_refused_and_its_connection_not_reused() -> None:
+    """A 300 MiB non-streamed answer took lmtui to 648 MiB: ``read(max_bytes)`` stops at
+    the bound, whether the body has a length or is chunked."""
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        if request.query.get("chunked"):
+            resp = web.StreamResponse()
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            for _ in range(64):
+                await resp.write(b"x" * 65536)
+            await resp.write_eof()
+            return resp
+        return web.Response(body=b"x" * (4 * 1024 * 1024))
+
+    async def small(_request: web.Request) -> web.Response:
+        return web.Response(body=b"ok")
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    app.router.add_get("/small", small)
+    async with asyncio.timeout(LIMIT_S), aiohttp_server(app) as url:
+        pool = UpstreamPool(url)
+        try:
+            for target in ("/big", "/big?chunked=1"):
+                r = await pool.request("GET", target, b"", {})
+                with pytest.raises(UpstreamError, match="larger than 1048576"):
+                    await r.read(1024 * 1024)
+                r.release()
+            r = await pool.request("GET", "/small", b"", {})
+            assert await r.read(1024 * 1024) == b"ok"  # a fresh connection, the right bytes
+            r.release()
+        finally:
+            await pool.close()
