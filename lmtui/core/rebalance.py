@@ -142,6 +142,8 @@ def plan_rebalance(
         for inst in sorted(snapshot.instances.values(), key=lambda i: i.key):
             if inst.key in removed or not _idle(inst) or inst.pinned or inst.model in pool.pinned:
                 continue
+            if inst.node in pool.no_unload_nodes:
+                continue  # the backend cannot unload (an ``openai`` node): never plan it
             prio = pool.priorities.get(inst.model, "normal")
             if prio == "high":
                 continue

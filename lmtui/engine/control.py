@@ -33,7 +33,7 @@ from lmtui.engine.demand import Demand
 from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.poller import Poller
 from lmtui.engine.runtime import RunState, with_no_load_nodes, with_request_rate
-from lmtui.engine.settings import no_load_nodes
+from lmtui.engine.settings import no_load_nodes, no_unload_nodes
 from lmtui.engine.store import Store
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ class Controller:
     def _changed(self) -> None:
         """The run-time state changed: push what derives from it, then save it."""
         d = self.dispatcher
-        settings = self.state.scheduler_settings(d.settings.pool.no_load_nodes)
+        pool = d.settings.pool
+        settings = self.state.scheduler_settings(pool.no_load_nodes, pool.no_unload_nodes)
         d.settings = with_request_rate(settings, d.settings.pool.request_rate)
         d.strategy = self.state.strategy
         if self.store.ctx.pinned != self.state.pinned:
@@ -221,6 +222,7 @@ class Controller:
         return f"strategy: {strategy.value}"
 
     def plan(self) -> RebalancePlan:
+        self._refresh_capabilities()  # never plan a step a backend cannot carry out
         d = self.dispatcher
         return plan_rebalance(
             self.store.snapshot,
@@ -266,9 +268,12 @@ class Controller:
     # -- the pool manager ---------------------------------------------------------------------
 
     def _refresh_capabilities(self) -> None:
-        """A llama.cpp node is known to be single-model (unable to load) only once polled."""
+        """A llama.cpp node is known to be single-model (unable to load or unload) only once
+        polled; the engine starts the settings with what it knew before the first poll."""
         d = self.dispatcher
-        d.settings = with_no_load_nodes(d.settings, no_load_nodes(d.backends))
+        d.settings = with_no_load_nodes(
+            d.settings, no_load_nodes(d.backends), no_unload_nodes(d.backends)
+        )
 
     def start(self, interval_s: float) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -291,7 +296,6 @@ class Controller:
             if any(n.last_poll_at is None for n in self.store.snapshot.nodes.values()):
                 continue
             try:
-                self._refresh_capabilities()
                 plan = self.plan()
                 if not plan.empty:
                     await self._carry_out(plan)

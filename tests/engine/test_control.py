@@ -363,3 +363,24 @@ async def test_stopping_ends_every_event_stream_instead_of_waiting_the_drain_out
             await engine.stop()
             await watcher  # the stream ended cleanly: the watcher's loop is over
         await c.aclose()
+
+
+async def test_an_openai_node_is_never_asked_to_unload_an_idle_model() -> None:
+    """An OpenAI-compatible server (vLLM) cannot unload: an idle TTL plans nothing there,
+    so neither ``r`` nor the pool manager tries (it used to retry the refusal forever)."""
+    vllm = SimNodeSpec(
+        name="v", kind=NodeKind.OPENAI, memory_gb=64, models=MODELS, loaded=["m1"], parallel=2
+    )
+    async with routed(
+        [vllm, spec("a", ["m2"])], pool=PoolConfig(idle_ttl=0.2, min_residency=0, reserved_gb=0)
+    ) as (cluster, engine):
+        await engine.controller.stop()
+        await asyncio.sleep(0.3)  # both models idle past the TTL
+        await engine.poller.poll_once("a")
+        plan = await InProcessClient(engine).rebalance()
+        assert [(s.action, s.node, s.model) for s in plan.steps] == [("unload", "a", "m2")]
+        engine.controller.start(0.05)
+        await eventually(lambda: cluster.node("a").loaded_models() == [])
+        await asyncio.sleep(0.3)
+        assert cluster.node("v").loaded_models() == ["m1"]
+        assert not [e for e in engine.store.events if e.node == "v" and e.level.value == "error"]
