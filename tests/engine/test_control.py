@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -384,3 +385,55 @@ async def test_an_openai_node_is_never_asked_to_unload_an_idle_model() -> None:
         await asyncio.sleep(0.3)
         assert cluster.node("v").loaded_models() == ["m1"]
         assert not [e for e in engine.store.events if e.node == "v" and e.level.value == "error"]
+
+
+async def test_a_step_the_node_refuses_is_reported_once_not_every_tick() -> None:
+    """A node that refuses an idle-TTL unload and a pinned model's load: many pool-manager
+    ticks give one error event each; the retries wait 30 s, then longer, and stay quiet; a
+    retry that succeeds is carried out as usual."""
+    from lmtui.backends.base import BackendError
+
+    async with routed(
+        [spec("a", ["m1"])],
+        models=[ModelConfig(name="m3", pinned=True)],
+        pool=PoolConfig(idle_ttl=0.2, min_residency=0, reserved_gb=0),
+    ) as (cluster, engine):
+        ctl = engine.controller
+        await ctl.stop()
+        backend = engine.dispatcher.backends["a"]
+        real_unload = backend.unload
+        tries = {"load": 0, "unload": 0}
+        refuse = True
+
+        async def unload(model: str, instance_id: str) -> None:
+            tries["unload"] += 1
+            if refuse:
+                raise BackendError("HTTP 500: busy")
+            await real_unload(model, instance_id)
+
+        async def load(model: str, **kw: object) -> str:
+            tries["load"] += 1
+            raise BackendError("no such model file")
+
+        backend.unload = unload  # type: ignore[method-assign]
+        backend.load = load  # type: ignore[method-assign]
+        skew = 0.0
+        ctl.clock = lambda: time.time() + skew
+        await asyncio.sleep(0.3)  # m1 idle past the TTL
+
+        def errors() -> list[str]:
+            return [e.message for e in engine.store.events if e.level.value == "error"]
+
+        ctl.start(0.02)
+        await asyncio.sleep(0.6)  # ~30 ticks
+        assert tries == {"load": 1, "unload": 1}
+        assert len(errors()) == 2, errors()
+        assert any("tries again in 30s" in m for m in errors())
+        skew = 31.0  # past the first wait: tried again, quietly
+        await eventually(lambda: tries == {"load": 2, "unload": 2})
+        await asyncio.sleep(0.3)
+        assert tries == {"load": 2, "unload": 2} and len(errors()) == 2
+        refuse = False
+        skew = 31.0 + 61.0  # the wait doubled; this time the node lets go of m1
+        await eventually(lambda: cluster.node("a").loaded_models() == [])
+        assert len(errors()) == 2
