@@ -7,10 +7,15 @@ the current snapshot, records an event with its reason, and changes the run-time
 components that act on it — the dispatcher's settings and strategy, the store's pins and
 drained flags — and saved to the overrides file, never to the user's config.
 
-The pool manager is the same planner on a timer: it reloads pinned models that disappeared,
-keeps ``min_replicas``, and unloads models idle past ``[pool] idle_ttl``. Each tick it also
-puts the models' request rates (``Demand``, ``engine/demand.py``) into the dispatcher's
-settings, for the ``cost`` and ``gdsf`` eviction policies.
+The pool manager carries out the *upkeep* plan on a timer (``core/rebalance.py``): it reloads
+pinned models that disappeared, keeps ``min_replicas``, and unloads models idle past
+``[pool] idle_ttl``, each step an event. A step a node refuses is reported once and retried
+with a backoff (``core/retry.py``), quietly. *Proposals* (spread a hot model to an idle node,
+move models off a drained node: ``core/proposals.py``) are never automatic: ``rebalance``
+(``r``) shows them with the upkeep not yet done and carries them out only with ``apply``.
+Each tick the pool manager also puts the models' request rates (``Demand``,
+``engine/demand.py``) into the dispatcher's settings, for the ``cost`` and ``gdsf`` eviction
+policies.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from lmtui.config import Config
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.model import Health, Instance, InstanceKey
 from lmtui.core.placement import Placement, place, stable_seed
-from lmtui.core.rebalance import PlanStep, RebalancePlan, plan_rebalance
+from lmtui.core.rebalance import PlanStep, RebalancePlan, plan_rebalance, plan_upkeep
 from lmtui.core.retry import StepBackoff, StepKey
 from lmtui.core.scheduler import Load, Strategy
 from lmtui.engine import commands as cmd
@@ -228,9 +233,17 @@ class Controller:
         return f"strategy: {strategy.value}"
 
     def plan(self) -> RebalancePlan:
+        """What ``r`` shows: the upkeep not yet done, then the proposals."""
+        return self._plan(plan_rebalance)
+
+    def upkeep_plan(self) -> RebalancePlan:
+        """What the pool manager carries out by itself: pins, ``min_replicas``, idle TTL."""
+        return self._plan(plan_upkeep)
+
+    def _plan(self, planner: Callable[..., RebalancePlan]) -> RebalancePlan:
         self._refresh_capabilities()  # never plan a step a backend cannot carry out
         d = self.dispatcher
-        return plan_rebalance(
+        return planner(
             self.store.snapshot,
             d.settings,
             self.clock(),
@@ -239,6 +252,8 @@ class Controller:
         )
 
     async def rebalance(self, *, apply: bool = False) -> RebalancePlan:
+        """The plan ``r`` shows (upkeep not yet done and proposals), carried out with
+        ``apply``: the operator's confirmation is what proposals wait for."""
         plan = self.plan()
         if apply and not plan.empty:
             self._event(f"rebalance: {plan.summary()}")
@@ -357,7 +372,7 @@ class Controller:
             if any(n.last_poll_at is None for n in self.store.snapshot.nodes.values()):
                 continue
             try:
-                plan = self.plan()
+                plan = self.upkeep_plan()  # proposals wait for the operator (``r``)
                 if not plan.empty:
                     await self._carry_out(plan, automatic=True)
             except Exception:

@@ -437,3 +437,25 @@ async def test_a_step_the_node_refuses_is_reported_once_not_every_tick() -> None
         skew = 31.0 + 61.0  # the wait doubled; this time the node lets go of m1
         await eventually(lambda: cluster.node("a").loaded_models() == [])
         assert len(errors()) == 2
+
+
+async def test_proposals_wait_for_the_operator_while_upkeep_runs_by_itself() -> None:
+    """Moving a model off a drained node is proposed, not done: the pool manager's ticks
+    leave it; ``r`` shows it beside the codes; confirming carries it out."""
+    async with routed([spec("a", ["m1"]), spec("b", [])]) as (cluster, engine):
+        await engine.controller.stop()
+        engine.controller.start(0.02)  # the pool manager, ticking fast
+        c = InProcessClient(engine)
+        await c.drain("a")
+        await asyncio.sleep(0.4)  # ~20 pool-manager ticks
+        assert cluster.node("a").loaded_models() == ["m1"]
+        assert cluster.node("b").loaded_models() == []
+        plan = await c.rebalance()
+        assert [(s.action, s.node, s.code, s.proposed) for s in plan.steps] == [
+            ("load", "b", "drain_move", True),
+            ("unload", "a", "drain_move", True),
+        ]
+        assert "proposed" in plan.summary()
+        await c.rebalance(apply=True)
+        await eventually(lambda: cluster.node("b").loaded_models() == ["m1"])
+        await eventually(lambda: cluster.node("a").loaded_models() == [])
