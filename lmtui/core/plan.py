@@ -25,7 +25,8 @@ class PlanStep:
     instance_id: str | None = None
     #: Why, as a short fixed code for metrics: ``pinned`` and ``min_replicas`` (loads),
     #: ``make_room`` and ``idle_ttl`` (unloads) for upkeep; ``spread`` (a load) and
-    #: ``drain_move`` (a load elsewhere and the unload from a drained node) for proposals.
+    #: ``drain_move`` (a load elsewhere and the unload from a drained node) and
+    #: ``consolidate`` (unloads of a cold model's extra replicas) for proposals.
     code: str = ""
     #: A proposal: carried out only when the operator confirms, never by the pool manager.
     proposed: bool = False

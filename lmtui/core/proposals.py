@@ -11,6 +11,9 @@ reasons and cost, and confirms. Each is a ``PlanStep`` with ``proposed=True``:
 - ``spread``: a model with requests queued, or every replica's slots busy, gets one more
   replica on a node that serves nothing now and has the free memory for it, without
   evicting anything, up to ``[router] max_replicas``.
+- ``consolidate``: a cold model — several replicas, every one idle for ``COLD_S`` — keeps
+  the most recently used one (or ``min_replicas`` of them) and the others are unloaded,
+  freeing their memory for what is asked for.
 
 Proposals build on the upkeep plan given as ``after``: its loads count as pending and its
 unloads as gone, so the two never plan the same load twice. Like upkeep they never hold a
@@ -25,6 +28,11 @@ from lmtui.core.plan import PlanStep, RebalancePlan, eviction_steps, make_plan
 from lmtui.core.scheduler import SchedulerSettings
 
 _PRESENT = (InstanceState.LOADED, InstanceState.LOADING)
+
+#: A model whose every replica has been idle this long is cold: its extra replicas only hold
+#: memory. 10 minutes is the demand half-life (``core/demand.py``): a model not asked for in
+#: that long is unlikely to need several replicas in the next one.
+COLD_S = 600.0
 
 
 def _idle(inst: Instance) -> bool:
@@ -48,6 +56,7 @@ def plan_proposals(
     steps: list[PlanStep] = []
     _drain_moves(snapshot, settings, now, planned, removed, steps)
     _spreads(snapshot, settings, now, planned, removed, steps)
+    _consolidations(snapshot, settings, now, planned, removed, steps)
     return make_plan(steps, settings.pool)
 
 
@@ -176,3 +185,49 @@ def _spreads(
         )
         planned.add((p.node, model))
         unfit |= {p.node}
+
+
+def _consolidations(
+    snapshot: Snapshot,
+    settings: SchedulerSettings,
+    now: float,
+    planned: set[tuple[str, str]],
+    removed: set[InstanceKey],
+    steps: list[PlanStep],
+) -> None:
+    pool = settings.pool
+    for model in sorted({i.model for i in snapshot.instances.values()}):
+        if any(m == model for _, m in planned):
+            continue  # a load of it is on its way: not cold
+        replicas = [
+            i for i in snapshot.instances_of(model) if i.key not in removed and i.state in _PRESENT
+        ]
+        keep = max(1, settings.min_replicas.get(model, 0))
+        if len(replicas) <= keep or not all(_idle(i) for i in replicas):
+            continue
+
+        def last(i: Instance) -> float:
+            t = i.last_used if i.last_used is not None else i.first_seen
+            return t if t is not None else now
+
+        if any(now - last(i) < COLD_S for i in replicas):
+            continue
+        # Keep the most recently used, and those on nodes that cannot unload anyway.
+        ranked = sorted(replicas, key=lambda i: (i.node not in pool.no_unload_nodes, -last(i)))
+        for inst in ranked[keep:]:
+            if inst.node in pool.no_unload_nodes:
+                continue
+            removed.add(inst.key)
+            steps.append(
+                PlanStep(
+                    "unload",
+                    inst.node,
+                    model,
+                    f"{model} is cold (idle {now - last(inst):.0f}s on all "
+                    f"{len(replicas)} replicas); keep {keep}",
+                    inst.size_bytes or 0,
+                    inst.instance_id,
+                    "consolidate",
+                    proposed=True,
+                )
+            )

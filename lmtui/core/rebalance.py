@@ -8,8 +8,9 @@ A plan has two kinds of steps:
   ``min_replicas`` holds without traffic and idle models make room.
 - **proposals** (``plan_proposals`` in ``proposals.py``, ``PlanStep.proposed``): changes
   that are a judgement call — spread a hot model to an idle node, move models off a drained
-  node. Never automatic: ``r`` (``plan_rebalance``, upkeep not yet done plus proposals)
-  shows them and carries them out only when the operator confirms.
+  node, unload a cold model's extra replicas. Never automatic: ``r`` (``plan_rebalance``,
+  upkeep not yet done plus proposals) shows them and carries them out only when the
+  operator confirms.
 
 Each step says why. Loads come with the evictions their placement needs (as unload steps
 before them); unloads free memory; the plan's ``reload_seconds`` estimates the time to load

@@ -11,8 +11,9 @@ The pool manager carries out the *upkeep* plan on a timer (``core/rebalance.py``
 pinned models that disappeared, keeps ``min_replicas``, and unloads models idle past
 ``[pool] idle_ttl``, each step an event. A step a node refuses is reported once and retried
 with a backoff (``core/retry.py``), quietly. *Proposals* (spread a hot model to an idle node,
-move models off a drained node: ``core/proposals.py``) are never automatic: ``rebalance``
-(``r``) shows them with the upkeep not yet done and carries them out only with ``apply``.
+move models off a drained node, unload a cold model's extra replicas: ``core/proposals.py``)
+are never automatic: ``rebalance`` (``r``) shows them with the upkeep not yet done and
+carries them out only with ``apply``.
 Each tick the pool manager also puts the models' request rates (``Demand``,
 ``engine/demand.py``) into the dispatcher's settings, for the ``cost`` and ``gdsf`` eviction
 policies.

@@ -152,3 +152,23 @@ def test_proposals_do_not_repeat_an_upkeep_load() -> None:
     loads = [st for st in plan.steps if st.action == "load"]
     assert [(st.code, st.proposed) for st in loads] == [("min_replicas", False)]
     assert [(st.action, st.code) for st in plan.proposals] == [("unload", "drain_move")]
+
+
+def test_a_cold_models_extra_replicas_are_proposed_for_unloading() -> None:
+    recent = mk_inst("a", "m", last_used=NOW - 700)
+    older = mk_inst("b", "m", last_used=NOW - 900)
+    oldest = mk_inst("c", "m", last_used=NOW - 1_000)
+    snap = mk_snap([mk_node("a"), mk_node("b"), mk_node("c")], [recent, older, oldest])
+    plan = plan_proposals(snap, settings(), NOW)
+    assert [(st.action, st.node, st.code, st.proposed) for st in plan.steps] == [
+        ("unload", "b", "consolidate", True),
+        ("unload", "c", "consolidate", True),
+    ]
+    keep2 = SchedulerSettings(min_replicas=MappingProxyType({"m": 2}), pool=PoolSettings())
+    assert [st.node for st in plan_proposals(snap, keep2, NOW).steps] == ["c"]
+    # One replica used a minute ago: not cold.
+    warm = mk_snap([mk_node("a"), mk_node("b")], [mk_inst("a", "m", last_used=NOW - 60), older])
+    assert plan_proposals(warm, settings(), NOW).empty
+    # A replica on a node that cannot unload is the one kept.
+    stuck = settings(no_unload_nodes=frozenset({"c"}))
+    assert [st.node for st in plan_proposals(snap, stuck, NOW).steps] == ["a", "b"]
