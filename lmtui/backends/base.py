@@ -1,7 +1,7 @@
 """The backend interface: one small class per node kind, with optional capabilities.
 
 Every backend polls. Capabilities a kind may lack (load/unload, spawn) default to raising
-``NotSupported``; callers ask ``backend.can_load`` instead of testing the kind.
+``NotSupported``; callers ask ``backend.can_load`` / ``can_unload`` instead of testing the kind.
 
 Exceptions::
 
@@ -88,6 +88,13 @@ class Backend:
         return self.supports_load
 
     @property
+    def can_unload(self) -> bool:
+        """Whether this node can unload models now. Every kind that loads also unloads (a
+        llama.cpp server in single mode does neither), so it follows ``can_load``; a kind
+        that differs overrides it. The planner never proposes an unload where it is false."""
+        return self.can_load
+
+    @property
     def name(self) -> str:
         return self.node.name
 
@@ -102,6 +109,7 @@ class Backend:
         raise NotSupported(f"{self.kind} nodes cannot load models")
 
     async def unload(self, model: str, instance_id: str) -> None:
+        """Unload one instance. Raises NotSupported unless ``can_unload``."""
         raise NotSupported(f"{self.kind} nodes cannot unload models")
 
     async def processes(self) -> list[dict[str, Any]]:

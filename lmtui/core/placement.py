@@ -70,6 +70,9 @@ class PoolSettings:
     load_s: LoadSeconds = field(default_factory=lambda: MappingProxyType({}))
     #: Nodes whose backend cannot load models (``Backend.can_load`` is false).
     no_load_nodes: frozenset[str] = frozenset()
+    #: Nodes whose backend cannot unload models (``Backend.can_unload`` is false): no plan
+    #: evicts there, and idle models there never time out.
+    no_unload_nodes: frozenset[str] = frozenset()
     cost: CostModel = field(default_factory=CostModel)
     #: An eviction order that replaces ``eviction_policy``'s (see ``plan_eviction``): the
     #: replay's clairvoyant reference. None in the engine.
@@ -250,7 +253,7 @@ def place(
         if n.max_instances is not None and held + 1 > n.max_instances:
             continue  # pinned / higher-priority models hold every place, forever
         may_fit_later = True
-        if not allow_eviction:
+        if not allow_eviction or n.name in pool.no_unload_nodes:
             continue
         plan = plan_eviction(
             snapshot,

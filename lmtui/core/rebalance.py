@@ -1,64 +1,32 @@
-"""Rebalance plans: what the pool manager would load and unload, and what it costs.
+"""Rebalance plans: what to load and unload, why, and what it costs.
 
-A plan is computed, shown, and only then carried out (the UI asks to confirm). The pool
-manager also carries out the same plan on its own every few seconds, so pinned models come
-back after a manual unload, ``min_replicas`` holds without traffic, and idle models past
-their TTL make room.
+A plan has two kinds of steps:
+
+- **upkeep** (``plan_upkeep``): pinned models loaded nowhere, ``min_replicas`` shortfalls
+  and models idle past their TTL. The pool manager carries these out by itself every few
+  seconds, each step an event, so pinned models come back after a manual unload,
+  ``min_replicas`` holds without traffic and idle models make room.
+- **proposals** (``plan_proposals`` in ``proposals.py``, ``PlanStep.proposed``): changes
+  that are a judgement call — spread a hot model to an idle node, move models off a drained
+  node, unload a cold model's extra replicas. Never automatic: ``r`` (``plan_rebalance``,
+  upkeep not yet done plus proposals) shows them and carries them out only when the
+  operator confirms.
 
 Each step says why. Loads come with the evictions their placement needs (as unload steps
 before them); unloads free memory; the plan's ``reload_seconds`` estimates the time to load
-back what it unloads, the cost of being wrong.
+back what it unloads, the cost of being wrong. No plan holds a step a backend cannot carry
+out: loads skip ``no_load_nodes``, unloads and evictions ``no_unload_nodes``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from lmtui.core.model import Instance, InstanceKey, InstanceState, Snapshot
 from lmtui.core.placement import PendingLoads, Placement, place, stable_seed
+from lmtui.core.plan import PlanStep, RebalancePlan, eviction_steps, make_plan
+from lmtui.core.proposals import plan_proposals
 from lmtui.core.scheduler import SchedulerSettings, replica_deficits
-from lmtui.core.units import fmt_bytes
 
-
-@dataclass(frozen=True, slots=True)
-class PlanStep:
-    action: str  # "load" | "unload"
-    node: str
-    model: str
-    reason: str
-    bytes: int = 0
-    #: The instance an unload step removes.
-    instance_id: str | None = None
-    #: Why, as a short fixed code for metrics: ``pinned`` and ``min_replicas`` (loads),
-    #: ``make_room`` and ``idle_ttl`` (unloads).
-    code: str = ""
-
-    @property
-    def key(self) -> InstanceKey | None:
-        return (self.node, self.instance_id) if self.instance_id is not None else None
-
-
-@dataclass(frozen=True, slots=True)
-class RebalancePlan:
-    steps: tuple[PlanStep, ...] = ()
-    frees_bytes: int = 0
-    loads_bytes: int = 0
-    reload_seconds: float = 0.0
-
-    @property
-    def empty(self) -> bool:
-        return not self.steps
-
-    def summary(self) -> str:
-        if not self.steps:
-            return "nothing to do: the cluster already matches pins, replicas and TTLs"
-        loads = sum(1 for s in self.steps if s.action == "load")
-        unloads = len(self.steps) - loads
-        return (
-            f"{loads} load(s) ({fmt_bytes(self.loads_bytes)}), {unloads} unload(s) "
-            f"freeing {fmt_bytes(self.frees_bytes)}; reloading what is unloaded would "
-            f"take about {self.reload_seconds:.0f}s"
-        )
+__all__ = ["PlanStep", "RebalancePlan", "plan_rebalance", "plan_upkeep"]
 
 
 def _idle(inst: Instance) -> bool:
@@ -73,9 +41,29 @@ def plan_rebalance(
     idle_ttl_s: float = 0.0,
     pending_loads: PendingLoads = frozenset(),
 ) -> RebalancePlan:
-    """Loads for pinned models missing everywhere and for ``min_replicas`` shortfalls, and
-    unloads of unpinned instances idle longer than ``idle_ttl_s`` (0 = never; ``low``
-    priority models idle out at half the TTL)."""
+    """What ``r`` shows: the upkeep not yet done (``plan_upkeep``), then the proposals
+    (``plan_proposals``), which build on it (they see its loads as pending and its unloads
+    as gone)."""
+    upkeep = plan_upkeep(
+        snapshot, settings, now, idle_ttl_s=idle_ttl_s, pending_loads=pending_loads
+    )
+    proposals = plan_proposals(snapshot, settings, now, pending_loads=pending_loads, after=upkeep)
+    if not proposals.steps:
+        return upkeep
+    return make_plan(upkeep.steps + proposals.steps, settings.pool)
+
+
+def plan_upkeep(
+    snapshot: Snapshot,
+    settings: SchedulerSettings,
+    now: float,
+    *,
+    idle_ttl_s: float = 0.0,
+    pending_loads: PendingLoads = frozenset(),
+) -> RebalancePlan:
+    """What the pool manager does by itself: loads for pinned models missing everywhere and
+    for ``min_replicas`` shortfalls, and unloads of unpinned instances idle longer than
+    ``idle_ttl_s`` (0 = never; ``low`` priority models idle out at half the TTL)."""
     pool = settings.pool
     steps: list[PlanStep] = []
     planned = set(pending_loads)
@@ -89,20 +77,8 @@ def plan_rebalance(
         reason: str,
         code: str,
     ) -> None:
-        for key in evict:
-            inst = snapshot.instances[key]
-            removed.add(key)
-            steps.append(
-                PlanStep(
-                    "unload",
-                    inst.node,
-                    inst.model,
-                    f"make room for {model}",
-                    inst.size_bytes or 0,
-                    inst.instance_id,
-                    "make_room",
-                )
-            )
+        removed.update(evict)
+        steps.extend(eviction_steps(snapshot, evict, model))
         steps.append(PlanStep("load", node, model, reason, footprint, code=code))
         planned.add((node, model))
 
@@ -142,6 +118,8 @@ def plan_rebalance(
         for inst in sorted(snapshot.instances.values(), key=lambda i: i.key):
             if inst.key in removed or not _idle(inst) or inst.pinned or inst.model in pool.pinned:
                 continue
+            if inst.node in pool.no_unload_nodes:
+                continue  # the backend cannot unload (an ``openai`` node): never plan it
             prio = pool.priorities.get(inst.model, "normal")
             if prio == "high":
                 continue
@@ -169,10 +147,4 @@ def plan_rebalance(
                 )
             )
 
-    frees = sum(s.bytes for s in steps if s.action == "unload")
-    return RebalancePlan(
-        steps=tuple(steps),
-        frees_bytes=frees,
-        loads_bytes=sum(s.bytes for s in steps if s.action == "load"),
-        reload_seconds=sum(pool.cost.reload_s(s.bytes) for s in steps if s.action == "unload"),
-    )
+    return make_plan(steps, pool)

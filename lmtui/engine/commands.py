@@ -115,7 +115,10 @@ class SetStrategy(Command, frozen=True):
 
 
 class Rebalance(Command, frozen=True):
-    """The pool's rebalance plan; carried out only when ``apply`` is true."""
+    """The rebalance plan: upkeep the pool manager has not done yet (pins, min replicas,
+    idle TTL) and proposals it never makes by itself (spread a hot model to an idle node,
+    move models off a drained node, unload a cold model's extra replicas); carried out only
+    when ``apply`` is true."""
 
     name: ClassVar[str] = "rebalance"
     apply: bool = False

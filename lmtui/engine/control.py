@@ -7,10 +7,16 @@ the current snapshot, records an event with its reason, and changes the run-time
 components that act on it — the dispatcher's settings and strategy, the store's pins and
 drained flags — and saved to the overrides file, never to the user's config.
 
-The pool manager is the same planner on a timer: it reloads pinned models that disappeared,
-keeps ``min_replicas``, and unloads models idle past ``[pool] idle_ttl``. Each tick it also
-puts the models' request rates (``Demand``, ``engine/demand.py``) into the dispatcher's
-settings, for the ``cost`` and ``gdsf`` eviction policies.
+The pool manager carries out the *upkeep* plan on a timer (``core/rebalance.py``): it reloads
+pinned models that disappeared, keeps ``min_replicas``, and unloads models idle past
+``[pool] idle_ttl``, each step an event. A step a node refuses is reported once and retried
+with a backoff (``core/retry.py``), quietly. *Proposals* (spread a hot model to an idle node,
+move models off a drained node, unload a cold model's extra replicas: ``core/proposals.py``)
+are never automatic: ``rebalance`` (``r``) shows them with the upkeep not yet done and
+carries them out only with ``apply``.
+Each tick the pool manager also puts the models' request rates (``Demand``,
+``engine/demand.py``) into the dispatcher's settings, for the ``cost`` and ``gdsf`` eviction
+policies.
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from functools import partial
 
 from lmtui.backends.base import BackendError
 from lmtui.config import Config
 from lmtui.core.events import Event, EventKind, Level
-from lmtui.core.model import Instance, InstanceKey
+from lmtui.core.model import Health, Instance, InstanceKey
 from lmtui.core.placement import Placement, place, stable_seed
-from lmtui.core.rebalance import RebalancePlan, plan_rebalance
+from lmtui.core.rebalance import PlanStep, RebalancePlan, plan_rebalance, plan_upkeep
+from lmtui.core.retry import StepBackoff, StepKey
 from lmtui.core.scheduler import Load, Strategy
 from lmtui.engine import commands as cmd
 from lmtui.engine.commands import CommandError, Result
@@ -33,7 +41,7 @@ from lmtui.engine.demand import Demand
 from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.poller import Poller
 from lmtui.engine.runtime import RunState, with_no_load_nodes, with_request_rate
-from lmtui.engine.settings import no_load_nodes
+from lmtui.engine.settings import no_load_nodes, no_unload_nodes
 from lmtui.engine.store import Store
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,8 @@ class Controller:
         self.clock = clock
         #: How often each model is asked for; the pool manager pushes its rates every tick.
         self.demand = Demand()
+        #: Plan steps that failed, and when the pool manager may try each again.
+        self._backoff = StepBackoff()
         self._task: asyncio.Task[None] | None = None
 
     # -- the one entry point ------------------------------------------------------------------
@@ -116,7 +126,8 @@ class Controller:
     def _changed(self) -> None:
         """The run-time state changed: push what derives from it, then save it."""
         d = self.dispatcher
-        settings = self.state.scheduler_settings(d.settings.pool.no_load_nodes)
+        pool = d.settings.pool
+        settings = self.state.scheduler_settings(pool.no_load_nodes, pool.no_unload_nodes)
         d.settings = with_request_rate(settings, d.settings.pool.request_rate)
         d.strategy = self.state.strategy
         if self.store.ctx.pinned != self.state.pinned:
@@ -186,11 +197,13 @@ class Controller:
         )
         return f"evicted {inst.model} from {node}"
 
-    async def _unload(self, key: InstanceKey, reason: str, *, eviction: str | None = None) -> None:
+    async def _unload(
+        self, key: InstanceKey, reason: str, *, eviction: str | None = None, quiet: bool = False
+    ) -> None:
         inst = self.store.snapshot.instances[key]
         try:
             await self.dispatcher.unload_instance(
-                key, reason, kind=EventKind.UNLOAD, eviction=eviction
+                key, reason, kind=EventKind.UNLOAD, eviction=eviction, quiet=quiet
             )
         except BackendError as e:
             raise CommandError(f"unloading {inst.model} from {inst.node} failed: {e}", 502) from e
@@ -221,8 +234,17 @@ class Controller:
         return f"strategy: {strategy.value}"
 
     def plan(self) -> RebalancePlan:
+        """What ``r`` shows: the upkeep not yet done, then the proposals."""
+        return self._plan(plan_rebalance)
+
+    def upkeep_plan(self) -> RebalancePlan:
+        """What the pool manager carries out by itself: pins, ``min_replicas``, idle TTL."""
+        return self._plan(plan_upkeep)
+
+    def _plan(self, planner: Callable[..., RebalancePlan]) -> RebalancePlan:
+        self._refresh_capabilities()  # never plan a step a backend cannot carry out
         d = self.dispatcher
-        return plan_rebalance(
+        return planner(
             self.store.snapshot,
             d.settings,
             self.clock(),
@@ -231,44 +253,104 @@ class Controller:
         )
 
     async def rebalance(self, *, apply: bool = False) -> RebalancePlan:
+        """The plan ``r`` shows (upkeep not yet done and proposals), carried out with
+        ``apply``: the operator's confirmation is what proposals wait for."""
         plan = self.plan()
         if apply and not plan.empty:
             self._event(f"rebalance: {plan.summary()}")
-            await self._carry_out(plan)
+            await self._carry_out(plan, automatic=False)
         return plan
 
-    async def _carry_out(self, plan: RebalancePlan) -> None:
+    def _situation(self, step: PlanStep) -> Hashable:
+        """What a step's failure depends on: when it changes (the node is healthy again,
+        drained or undrained; the instance is a new one), a failure is news again."""
+        node = self.store.snapshot.nodes.get(step.node)
+        if node is None:
+            return None
+        return (node.health is Health.HEALTHY, node.drained, step.instance_id)
+
+    async def _carry_out(self, plan: RebalancePlan, *, automatic: bool) -> None:
+        """Carry out ``plan``'s steps in order. ``automatic`` (the pool manager): a step
+        that failed waits out its backoff (``core/retry.py``) and a failure already reported
+        is not reported again. The operator's confirmed plan tries every step and reports
+        every failure; both teach the backoff."""
         d = self.dispatcher
+        now = self.clock()
+        no_room: set[str] = set()  # nodes where a make-room unload did not happen
         for step in plan.steps:
+            key = (step.action, step.node, step.model)
+            situation = self._situation(step)
+            quiet = automatic and self._backoff.reported(key, situation)
+            if automatic and not self._backoff.due(key, now, situation):
+                if step.code == "make_room":
+                    no_room.add(step.node)
+                continue
             if step.action == "unload" and step.key is not None:
                 inst = self.store.snapshot.instances.get(step.key)
                 if inst is None or inst.busy:  # the plan went stale: skip, plan again later
+                    if step.code == "make_room":
+                        no_room.add(step.node)
                     continue
                 try:
                     await self._unload(
                         step.key,
                         f"unloading {step.model} from {step.node}: {step.reason}",
                         eviction=step.code or "rebalance",
+                        quiet=quiet,
                     )
                 except CommandError as e:
-                    self._event(
-                        e.message,
-                        node=step.node,
-                        model=step.model,
-                        kind=EventKind.ERROR,
-                        level=Level.ERROR,
-                    )
+                    if step.code == "make_room":
+                        no_room.add(step.node)
+                    self._step_failed(key, situation, e.message, quiet=quiet, automatic=automatic)
+                else:
+                    self._backoff.succeeded(key)
             elif step.action == "load":
-                d.start_load(
-                    Load(step.node, step.model, (), step.reason, step.bytes, step.code or "pool")
+                if step.node in no_room:
+                    continue  # without the room its evictions were to make, it cannot fit
+                task = d.start_load(
+                    Load(step.node, step.model, (), step.reason, step.bytes, step.code or "pool"),
+                    quiet=quiet,
                 )
+                task.add_done_callback(partial(self._load_done, key, situation))
+
+    def _step_failed(
+        self, key: StepKey, situation: Hashable, message: str, *, quiet: bool, automatic: bool
+    ) -> None:
+        self._backoff.failed(key, self.clock(), situation, message)
+        if quiet:
+            log.info("%s (already reported)", message)
+            return
+        if automatic:
+            f = self._backoff.get(key)
+            wait = f.delay_s if f is not None else 0.0
+            message += (
+                f"; the pool manager tries again in {wait:.0f}s, then less often, "
+                "without reporting it again"
+            )
+        _action, node, model = key
+        self._event(message, node=node, model=model, kind=EventKind.ERROR, level=Level.ERROR)
+
+    def _load_done(
+        self, key: StepKey, situation: Hashable, task: asyncio.Task[bool | None]
+    ) -> None:
+        """A load the plan started ended: the dispatcher reported it; teach the backoff."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        ok = task.result()
+        if ok:
+            self._backoff.succeeded(key)
+        elif ok is False:
+            self._backoff.failed(key, self.clock(), situation, "the node refused the load")
 
     # -- the pool manager ---------------------------------------------------------------------
 
     def _refresh_capabilities(self) -> None:
-        """A llama.cpp node is known to be single-model (unable to load) only once polled."""
+        """A llama.cpp node is known to be single-model (unable to load or unload) only once
+        polled; the engine starts the settings with what it knew before the first poll."""
         d = self.dispatcher
-        d.settings = with_no_load_nodes(d.settings, no_load_nodes(d.backends))
+        d.settings = with_no_load_nodes(
+            d.settings, no_load_nodes(d.backends), no_unload_nodes(d.backends)
+        )
 
     def start(self, interval_s: float) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -291,9 +373,8 @@ class Controller:
             if any(n.last_poll_at is None for n in self.store.snapshot.nodes.values()):
                 continue
             try:
-                self._refresh_capabilities()
-                plan = self.plan()
+                plan = self.upkeep_plan()  # proposals wait for the operator (``r``)
                 if not plan.empty:
-                    await self._carry_out(plan)
+                    await self._carry_out(plan, automatic=True)
             except Exception:
                 log.exception("pool manager step failed")

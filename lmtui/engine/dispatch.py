@@ -145,7 +145,7 @@ class Dispatcher:
         self.on_evict = on_evict
         self.on_route = on_route
         self._waiters: dict[str, _Waiter] = {}
-        self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._pending: dict[tuple[str, str], asyncio.Task[bool | None]] = {}
         self._load_failed: dict[tuple[str, str], float] = {}
         #: Loads a node refused for now (LoadDeferred): (node, model) → (retry at, refusals,
         #: refused at). Until then the scheduler sees them as pending, so requests wait.
@@ -363,27 +363,33 @@ class Dispatcher:
     def _sync_depth(self, model: str) -> None:
         self.store.set_queue_depth(model, self.queue.depth(model))
 
-    def start_load(self, d: Load) -> None:
+    def start_load(self, d: Load, *, quiet: bool = False) -> asyncio.Task[bool | None]:
+        """Start loading ``d.model`` on ``d.node`` (with its evictions), or join the load of
+        it already under way there. The task ends True once loaded, False when the node
+        refused the load, None when it did not happen (deferred, or an eviction before it
+        failed or went stale: those report themselves).
+        ``quiet``: a retry of a failure the pool manager already reported, whose start and
+        failure go to the log, not the events (its success is an event as always)."""
         key = (d.node, d.model)
-        if key in self._pending:
-            return
-        self._pending[key] = asyncio.get_running_loop().create_task(
-            self._run_load(d), name=f"load:{d.model}@{d.node}"
-        )
+        task = self._pending.get(key)
+        if task is None:
+            task = self._pending[key] = asyncio.get_running_loop().create_task(
+                self._run_load(d, quiet), name=f"load:{d.model}@{d.node}"
+            )
+        return task
 
-    async def _run_load(self, d: Load) -> None:
+    async def _run_load(self, d: Load, quiet: bool = False) -> bool | None:
         t0 = self.clock()
         ok = False
         self.store.own_load(d.node, d.model, True)
         try:
             if not await self._evict(d):
-                return
-            self.event(
-                EventKind.LOAD,
-                f"loading {d.model} on {d.node}: {d.reason}",
-                node=d.node,
-                model=d.model,
-            )
+                return None
+            message = f"loading {d.model} on {d.node}: {d.reason}"
+            if quiet:
+                log.info("%s (retrying a failure already reported)", message)
+            else:
+                self.event(EventKind.LOAD, message, node=d.node, model=d.model)
             t_load = self.clock()
             try:
                 # Returns once the node says the model is loaded (a router, a pool server
@@ -391,17 +397,17 @@ class Dispatcher:
                 await self.backends[d.node].load(d.model)
             except LoadDeferred as e:
                 self._defer(d.node, d.model, str(e))
-                return
+                return None
             except BackendError as e:
                 self._load_failed[(d.node, d.model)] = self.clock()
-                self.event(
-                    EventKind.ERROR,
-                    f"load of {d.model} on {d.node} failed: {e}",
-                    node=d.node,
-                    model=d.model,
-                    level=Level.ERROR,
-                )
-                return
+                message = f"load of {d.model} on {d.node} failed: {e}"
+                if quiet:
+                    log.info("%s (already reported)", message)
+                else:
+                    self.event(
+                        EventKind.ERROR, message, node=d.node, model=d.model, level=Level.ERROR
+                    )
+                return False
             ok = True
             self._load_failed.pop((d.node, d.model), None)
             self._deferred.pop((d.node, d.model), None)
@@ -413,6 +419,7 @@ class Dispatcher:
             )
             if self.refresh is not None:
                 await self.refresh(d.node)  # see the new instance now, not a poll later
+            return True
         finally:
             self.store.own_load(d.node, d.model, False)
             self._pending.pop((d.node, d.model), None)
@@ -427,14 +434,19 @@ class Dispatcher:
         *,
         kind: EventKind = EventKind.EVICT,
         eviction: str | None = None,
+        quiet: bool = False,
     ) -> None:
         """Unload one instance, telling why. It reads as ``unloading`` meanwhile, so nothing
         is routed to it; if the node refuses, it is ``loaded`` again and BackendError raised.
         ``eviction`` counts it as an eviction with that reason code (``make_room``,
-        ``idle_ttl``, ``operator``); an operator's plain unload is none."""
+        ``idle_ttl``, ``operator``); an operator's plain unload is none. ``quiet``: a retry
+        of a failure already reported, told to the log only."""
         inst = self.store.snapshot.instances[key]
         self.store.set_instance_state(key, InstanceState.UNLOADING)
-        self.event(kind, reason, node=inst.node, model=inst.model)
+        if quiet:
+            log.info("%s (retrying a failure already reported)", reason)
+        else:
+            self.event(kind, reason, node=inst.node, model=inst.model)
         try:
             await self.backends[inst.node].unload(inst.model, inst.instance_id)
         except BackendError:

@@ -81,10 +81,15 @@ class RunState:
 
     # -- what the core is given -----------------------------------------------------------
 
-    def scheduler_settings(self, no_load_nodes: frozenset[str]) -> SchedulerSettings:
-        """The dispatcher's and the planner's settings; ``no_load_nodes``: nodes whose
-        backends cannot load models (as far as they know now)."""
-        return scheduler_settings(self.config, no_load_nodes, self.pinned)
+    def scheduler_settings(
+        self, no_load_nodes: frozenset[str], no_unload_nodes: frozenset[str] = frozenset()
+    ) -> SchedulerSettings:
+        """The dispatcher's and the planner's settings; ``no_load_nodes`` /
+        ``no_unload_nodes``: nodes whose backends cannot load / unload models (as far as
+        they know now)."""
+        return scheduler_settings(
+            self.config, no_load_nodes, self.pinned, no_unload=no_unload_nodes
+        )
 
     def fold_context(self) -> FoldContext:
         """How the store folds observations (health policy, per-node and per-model
@@ -125,11 +130,19 @@ class RunState:
         ]
 
 
-def with_no_load_nodes(settings: SchedulerSettings, nodes: frozenset[str]) -> SchedulerSettings:
-    """``settings`` with ``nodes`` as the nodes that cannot load (unchanged when equal)."""
-    if nodes == settings.pool.no_load_nodes:
+def with_no_load_nodes(
+    settings: SchedulerSettings,
+    nodes: frozenset[str],
+    no_unload: frozenset[str] | None = None,
+) -> SchedulerSettings:
+    """``settings`` with ``nodes`` as the nodes that cannot load and ``no_unload`` (when
+    given) as those that cannot unload; unchanged when equal."""
+    pool = settings.pool
+    if no_unload is None:
+        no_unload = pool.no_unload_nodes
+    if nodes == pool.no_load_nodes and no_unload == pool.no_unload_nodes:
         return settings
-    return replace(settings, pool=replace(settings.pool, no_load_nodes=nodes))
+    return replace(settings, pool=replace(pool, no_load_nodes=nodes, no_unload_nodes=no_unload))
 
 
 def with_request_rate(settings: SchedulerSettings, rates: Mapping[str, float]) -> SchedulerSettings:

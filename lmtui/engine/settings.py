@@ -13,10 +13,16 @@ from lmtui.core.scheduler import SchedulerSettings
 
 
 def scheduler_settings(
-    config: Config, no_load: frozenset[str], pinned: frozenset[str] | None = None
+    config: Config,
+    no_load: frozenset[str],
+    pinned: frozenset[str] | None = None,
+    *,
+    no_unload: frozenset[str] = frozenset(),
 ) -> SchedulerSettings:
     """``pinned``: every pinned model (the config's and the operator's, less what was
-    unpinned: ``RunState.pinned``); None means the config's own pins."""
+    unpinned: ``RunState.pinned``); None means the config's own pins. ``no_load`` /
+    ``no_unload``: nodes whose backends cannot load / unload (``no_load_nodes``,
+    ``no_unload_nodes``)."""
     models = config.models
     if pinned is None:
         pinned = frozenset(m.name for m in models if m.pinned)
@@ -36,6 +42,7 @@ def scheduler_settings(
             priorities=MappingProxyType({m.name: m.priority for m in models}),
             min_residency_s=config.pool.min_residency,
             no_load_nodes=no_load,
+            no_unload_nodes=no_unload,
         ),
     )
 
@@ -43,6 +50,11 @@ def scheduler_settings(
 def no_load_nodes(backends: dict[str, Backend]) -> frozenset[str]:
     """Nodes that cannot load models (as far as their backends know now)."""
     return frozenset(n for n, b in backends.items() if not b.can_load)
+
+
+def no_unload_nodes(backends: dict[str, Backend]) -> frozenset[str]:
+    """Nodes that cannot unload models (an ``openai`` node, a single-model llama.cpp)."""
+    return frozenset(n for n, b in backends.items() if not b.can_unload)
 
 
 def model_catalogue(snap: Snapshot, config: Config) -> list[dict[str, Any]]:

@@ -54,7 +54,7 @@ from lmtui.core.model import (
 )
 from lmtui.core.placement import PoolSettings
 from lmtui.core.queue import Rejected, RequestQueue
-from lmtui.core.rebalance import plan_rebalance
+from lmtui.core.rebalance import plan_upkeep
 from lmtui.core.scheduler import (
     Load,
     Reject,
@@ -268,8 +268,8 @@ class Replay:
 
     def _preload(self) -> None:
         """What the pool manager loads before any traffic: pinned models (and, under the
-        ``replicas`` strategy, ``min_replicas``), from the core's rebalance plan."""
-        plan = plan_rebalance(self._snapshot(), self.settings, self.now)
+        ``replicas`` strategy, ``min_replicas``), from the core's upkeep plan."""
+        plan = plan_upkeep(self._snapshot(), self.settings, self.now)
         for step in plan.steps:
             if step.action == "load":
                 self._start_load(Load(step.node, step.model, (), step.reason, step.bytes))

@@ -156,6 +156,7 @@ async def test_whether_a_node_can_load_is_known_once_its_mode_is(
     await single.poll(time.time())
     await router.poll(time.time())
     assert not single.can_load and router.can_load
+    assert not single.can_unload and router.can_unload
 
 
 async def test_router_poll(cluster: SimCluster, make_backend: MakeBackend) -> None:

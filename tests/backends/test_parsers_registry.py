@@ -44,6 +44,7 @@ async def test_backend_for(kind: NodeKind, cls: type[Backend], can_load: bool) -
     backend = backend_for(node, timeout=1.5)
     assert type(backend) is cls
     assert backend.can_load is can_load
+    assert backend.can_unload is can_load  # an openai node can neither
     assert (backend.timeout, backend.base_url, backend.name) == (
         1.5,
         "http://127.0.0.1:9",

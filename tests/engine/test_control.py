@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -363,3 +364,98 @@ async def test_stopping_ends_every_event_stream_instead_of_waiting_the_drain_out
             await engine.stop()
             await watcher  # the stream ended cleanly: the watcher's loop is over
         await c.aclose()
+
+
+async def test_an_openai_node_is_never_asked_to_unload_an_idle_model() -> None:
+    """An OpenAI-compatible server (vLLM) cannot unload: an idle TTL plans nothing there,
+    so neither ``r`` nor the pool manager tries (it used to retry the refusal forever)."""
+    vllm = SimNodeSpec(
+        name="v", kind=NodeKind.OPENAI, memory_gb=64, models=MODELS, loaded=["m1"], parallel=2
+    )
+    async with routed(
+        [vllm, spec("a", ["m2"])], pool=PoolConfig(idle_ttl=0.2, min_residency=0, reserved_gb=0)
+    ) as (cluster, engine):
+        await engine.controller.stop()
+        await asyncio.sleep(0.3)  # both models idle past the TTL
+        await engine.poller.poll_once("a")
+        plan = await InProcessClient(engine).rebalance()
+        assert [(s.action, s.node, s.model) for s in plan.steps] == [("unload", "a", "m2")]
+        engine.controller.start(0.05)
+        await eventually(lambda: cluster.node("a").loaded_models() == [])
+        await asyncio.sleep(0.3)
+        assert cluster.node("v").loaded_models() == ["m1"]
+        assert not [e for e in engine.store.events if e.node == "v" and e.level.value == "error"]
+
+
+async def test_a_step_the_node_refuses_is_reported_once_not_every_tick() -> None:
+    """A node that refuses an idle-TTL unload and a pinned model's load: many pool-manager
+    ticks give one error event each; the retries wait 30 s, then longer, and stay quiet; a
+    retry that succeeds is carried out as usual."""
+    from lmtui.backends.base import BackendError
+
+    async with routed(
+        [spec("a", ["m1"])],
+        models=[ModelConfig(name="m3", pinned=True)],
+        pool=PoolConfig(idle_ttl=0.2, min_residency=0, reserved_gb=0),
+    ) as (cluster, engine):
+        ctl = engine.controller
+        await ctl.stop()
+        backend = engine.dispatcher.backends["a"]
+        real_unload = backend.unload
+        tries = {"load": 0, "unload": 0}
+        refuse = True
+
+        async def unload(model: str, instance_id: str) -> None:
+            tries["unload"] += 1
+            if refuse:
+                raise BackendError("HTTP 500: busy")
+            await real_unload(model, instance_id)
+
+        async def load(model: str, **kw: object) -> str:
+            tries["load"] += 1
+            raise BackendError("no such model file")
+
+        backend.unload = unload  # type: ignore[method-assign]
+        backend.load = load  # type: ignore[method-assign]
+        skew = 0.0
+        ctl.clock = lambda: time.time() + skew
+        await asyncio.sleep(0.3)  # m1 idle past the TTL
+
+        def errors() -> list[str]:
+            return [e.message for e in engine.store.events if e.level.value == "error"]
+
+        ctl.start(0.02)
+        await asyncio.sleep(0.6)  # ~30 ticks
+        assert tries == {"load": 1, "unload": 1}
+        assert len(errors()) == 2, errors()
+        assert any("tries again in 30s" in m for m in errors())
+        skew = 31.0  # past the first wait: tried again, quietly
+        await eventually(lambda: tries == {"load": 2, "unload": 2})
+        await asyncio.sleep(0.3)
+        assert tries == {"load": 2, "unload": 2} and len(errors()) == 2
+        refuse = False
+        skew = 31.0 + 61.0  # the wait doubled; this time the node lets go of m1
+        await eventually(lambda: cluster.node("a").loaded_models() == [])
+        assert len(errors()) == 2
+
+
+async def test_proposals_wait_for_the_operator_while_upkeep_runs_by_itself() -> None:
+    """Moving a model off a drained node is proposed, not done: the pool manager's ticks
+    leave it; ``r`` shows it beside the codes; confirming carries it out."""
+    async with routed([spec("a", ["m1"]), spec("b", [])]) as (cluster, engine):
+        await engine.controller.stop()
+        engine.controller.start(0.02)  # the pool manager, ticking fast
+        c = InProcessClient(engine)
+        await c.drain("a")
+        await asyncio.sleep(0.4)  # ~20 pool-manager ticks
+        assert cluster.node("a").loaded_models() == ["m1"]
+        assert cluster.node("b").loaded_models() == []
+        plan = await c.rebalance()
+        assert [(s.action, s.node, s.code, s.proposed) for s in plan.steps] == [
+            ("load", "b", "drain_move", True),
+            ("unload", "a", "drain_move", True),
+        ]
+        assert "proposed" in plan.summary()
+        await c.rebalance(apply=True)
+        await eventually(lambda: cluster.node("b").loaded_models() == ["m1"])
+        await eventually(lambda: cluster.node("a").loaded_models() == [])
