@@ -395,14 +395,16 @@ class Metrics:
     def load(self, model: str, node: str, reason: str, *, ok: bool, seconds: float) -> None:
         """Count a model load (``ok`` labels it ``"true"``/``"false"``) and time it.
         ``reason`` is who asked (``core.scheduler.Load.origin``): ``on_demand``, ``replica``,
-        ``min_replicas``, ``pinned``, ``operator``."""
+        ``min_replicas``, ``pinned``, ``operator``, or a confirmed proposal's ``spread`` /
+        ``drain_move``."""
         m = self._model_label(model)
         self._loads.labels(m, node, reason, "true" if ok else "false").inc()
         self._load_seconds.labels(m, node).observe(seconds)
 
     def eviction(self, model: str, node: str, reason: str) -> None:
         """Count an instance lmtui evicted; ``reason``: ``make_room`` (for a load),
-        ``idle_ttl`` (the pool manager), ``operator`` (the evict command)."""
+        ``idle_ttl`` (the pool manager), ``operator`` (the evict command), or a confirmed
+        proposal's ``drain_move`` / ``consolidate``."""
         self._evictions.labels(self._model_label(model), node, reason).inc()
 
     def auth_failure(self, where: str) -> None:
