@@ -18,6 +18,7 @@ from rich.text import Text
 from lmtui.core.events import Event, Level
 from lmtui.core.model import GiB, Health, Instance, InstanceState, Node, Snapshot
 from lmtui.core.units import fmt_bytes as fmt_bytes  # the one size format, used here
+from lmtui.tui.layout import ColumnPolicy
 
 Cells = tuple[Text, ...]
 
@@ -36,6 +37,22 @@ NODE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("error", "Last error"),
 )
 
+#: How the node table's columns give way on a narrow terminal (``layout.fit_columns``): at
+#: 80 columns Node, Status, Memory, In-flight and Queued stay (66 cells); the error is cut
+#: to fit before anything else goes, and Poll ms goes first.
+NODE_POLICY: dict[str, ColumnPolicy] = {
+    "name": ColumnPolicy(0, min_width=10),
+    "status": ColumnPolicy(1),
+    "memory": ColumnPolicy(2),
+    "in_flight": ColumnPolicy(3),
+    "queued": ColumnPolicy(4),
+    "error": ColumnPolicy(5, min_width=12),
+    "models": ColumnPolicy(6),
+    "tps": ColumnPolicy(7),
+    "kind": ColumnPolicy(8),
+    "latency": ColumnPolicy(9),
+}
+
 #: Column keys and labels of the model table, in display order.
 INSTANCE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("model", "Model"),
@@ -48,6 +65,20 @@ INSTANCE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("last_used", "Last used"),
     ("ttl", "TTL left"),
 )
+
+#: How the model table's columns give way: Model, Node, State, Slots and Queued always stay
+#: (a long model name is cut first), then Pinned and Size; TTL left goes first.
+INSTANCE_POLICY: dict[str, ColumnPolicy] = {
+    "model": ColumnPolicy(0, min_width=16),
+    "node": ColumnPolicy(1, min_width=10),
+    "state": ColumnPolicy(2, min_width=12),
+    "slots": ColumnPolicy(3),
+    "queued": ColumnPolicy(4),
+    "pinned": ColumnPolicy(5),
+    "size": ColumnPolicy(6),
+    "last_used": ColumnPolicy(7),
+    "ttl": ColumnPolicy(8),
+}
 
 HEALTH_STYLE: dict[Health, str] = {
     Health.HEALTHY: "bold green",

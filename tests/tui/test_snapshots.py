@@ -67,3 +67,9 @@ def test_help_modal(snap_compare: Any) -> None:
         await pilot.press("question_mark")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=help_open)
+
+
+def test_dashboard_at_80x24(snap_compare: Any) -> None:
+    """The smallest terminal we design for: low-priority columns give way, no scrollbar."""
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=shown)
