@@ -7,10 +7,11 @@ from dataclasses import replace
 import pytest
 
 from lmtui.tui.layout import ColumnPolicy, fit_columns
+from lmtui.tui.widgets.event_log import EventLog
 from lmtui.tui.widgets.model_table import ModelTable
 from lmtui.tui.widgets.node_table import NodeTable
 
-from .fakes import next_version
+from .fakes import instance, next_version
 from .test_app import make_app, started, until
 
 P = ColumnPolicy
@@ -92,3 +93,36 @@ async def test_a_poll_that_changes_no_width_does_not_rebuild() -> None:
         await until(pilot, lambda: app.shown_version == client.snapshot().version)
         assert models.rebuilds == before
         assert models.last_sync_stats[1] >= 1
+
+
+@pytest.mark.parametrize("size", [(160, 48), (120, 40), (80, 24)])
+async def test_tables_take_the_rows_they_need_and_the_log_the_rest(size: tuple[int, int]) -> None:
+    app, client = make_app()
+    async with app.run_test(size=size) as pilot:
+        await started(pilot, client)
+        await pilot.pause()
+        nodes, models = app.query_one(NodeTable), app.query_one(ModelTable)
+        events, body = app.query_one(EventLog), app.query_one("#body")
+        # Border, header, one line per row: no empty row under either table.
+        assert nodes.region.height == 1 + 1 + nodes.row_count
+        assert models.region.height == 1 + 1 + models.row_count
+        assert events.region.y == models.region.bottom
+        assert events.region.bottom == body.region.bottom
+
+
+async def test_a_long_model_table_stops_at_its_share_and_the_log_keeps_rows() -> None:
+    app, client = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(pilot, client)
+        snap = client.snapshot()
+        many = [instance("gpu-box", f"model-{i:02d}") for i in range(40)]
+        client.push(next_version(snap, instances=many))
+        await until(pilot, lambda: app.query_one(ModelTable).row_count >= 40)
+        await pilot.pause()
+        models, events = app.query_one(ModelTable), app.query_one(EventLog)
+        body = app.query_one("#body")
+        assert models.region.height <= body.region.height // 2
+        assert events.region.height >= 4
+        # The rows scroll; the scrollbar's room was kept, so still no horizontal one.
+        assert models.max_scroll_y > 0
+        assert models.virtual_size.width <= models.scrollable_content_region.width

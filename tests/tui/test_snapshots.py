@@ -73,3 +73,9 @@ def test_dashboard_at_80x24(snap_compare: Any) -> None:
     """The smallest terminal we design for: low-priority columns give way, no scrollbar."""
     app, shown = app_for("/home/me/.config/lmtui/config.toml")
     assert snap_compare(app, terminal_size=(80, 24), run_before=shown)
+
+
+def test_dashboard_at_160x48(snap_compare: Any) -> None:
+    """A tall terminal: the tables take their rows and the event log all the rest."""
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+    assert snap_compare(app, terminal_size=(160, 48), run_before=shown)
