@@ -322,8 +322,28 @@ def header_text(
     *,
     read_only: bool = False,
     groups: Mapping[str, Sequence[Instance]] | None = None,
+    strategy: str | None = None,
+    mode: str = "embedded",
 ) -> Text:
-    """The header line: cluster totals, then where the cluster description came from.
+    """The header on one line: ``header_totals``, a bar, then ``header_context``."""
+    out = header_totals(snapshot, groups=groups)
+    out.append(HEADER_BAR, style="dim")
+    out.append_text(header_context(source, read_only=read_only, strategy=strategy, mode=mode))
+    return out
+
+
+#: Between the totals and the context when they share a line.
+HEADER_BAR = "  │ "
+
+
+def header_totals(
+    snapshot: Snapshot,
+    *,
+    groups: Mapping[str, Sequence[Instance]] | None = None,
+    gap: str = "  ",
+) -> Text:
+    """Cluster totals: nodes healthy, memory, models, in-flight, queued, tokens per second,
+    ``gap`` apart (one space fits them in 80 columns, two read better when there is room).
 
     In-flight is the sum of the node table's column (so the two always agree), not
     ``ClusterTotals.in_flight``, which counts only requests that pass through lmtui.
@@ -335,17 +355,32 @@ def header_text(
     out = Text()
     out.append("nodes ", style="dim")
     out.append(f"{t.healthy}/{t.nodes} healthy", style=health_style)
-    out.append("  mem ", style="dim")
+    out.append(f"{gap}mem ", style="dim")
     out.append(f"{t.memory_used / GiB:.1f}/{t.memory_total / GiB:.1f} GB")
-    out.append("  models ", style="dim")
+    out.append(f"{gap}models ", style="dim")
     out.append(str(t.instances))
-    out.append("  in-flight ", style="dim")
+    out.append(f"{gap}in-flight ", style="dim")
     out.append(str(in_flight))
-    out.append("  queued ", style="dim")
+    out.append(f"{gap}queued ", style="dim")
     out.append(str(t.queued))
-    out.append("  tok/s ", style="dim")
+    out.append(f"{gap}tok/s ", style="dim")
     out.append(f"{t.tokens_per_second:.1f}")
-    out.append("  │ ", style="dim")
+    return out
+
+
+def header_context(
+    source: str, *, read_only: bool = False, strategy: str | None = None, mode: str = "embedded"
+) -> Text:
+    """What the dashboard is driving: the routing strategy in force (left out until it is
+    known), whether the engine runs in this process (``embedded``) or elsewhere
+    (``attached``), and where the cluster description came from."""
+    out = Text()
+    if strategy:
+        out.append("strategy ", style="dim")
+        out.append(strategy, style="bold")
+        out.append("  ")
+    out.append(mode, style="dim")
+    out.append("  ")
     out.append(source_label(source), style="dim")
     if read_only:
         out.append("  read-only", style="bold yellow")

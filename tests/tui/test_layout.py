@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from textual.widgets import Static
 
 from lmtui.tui.layout import ColumnPolicy, fit_columns
 from lmtui.tui.widgets.event_log import EventLog
+from lmtui.tui.widgets.header import ClusterHeader
 from lmtui.tui.widgets.model_table import ModelTable
 from lmtui.tui.widgets.node_table import NodeTable
 
@@ -126,3 +128,18 @@ async def test_a_long_model_table_stops_at_its_share_and_the_log_keeps_rows() ->
         # The rows scroll; the scrollbar's room was kept, so still no horizontal one.
         assert models.max_scroll_y > 0
         assert models.virtual_size.width <= models.scrollable_content_region.width
+
+
+async def test_header_gives_the_context_its_own_line_at_80_columns() -> None:
+    app, client = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(pilot, client)
+        header = app.query_one(ClusterHeader)
+        await until(pilot, lambda: "strategy efficiency" in header.totals_text)
+        assert header.line_count == 2
+        totals = str(app.query_one("#totals", Static).render())
+        assert totals.rstrip().endswith("tok/s 42.5")  # all of it, not cut
+        context = str(app.query_one("#context", Static).render())
+        assert context == "strategy efficiency  embedded  /etc/lmtui/config.toml"
+        await pilot.resize_terminal(160, 40)
+        await until(pilot, lambda: header.line_count == 1)

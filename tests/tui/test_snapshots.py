@@ -15,6 +15,7 @@ import pytest
 from textual.pilot import Pilot
 
 from lmtui.tui.app import LmtuiApp, build_app
+from lmtui.tui.widgets.header import ClusterHeader
 
 from .fakes import FIXED_NOW, FakeClient, fixed_cluster
 
@@ -38,7 +39,12 @@ def app_for(source: str) -> tuple[LmtuiApp, Callable[[Pilot[None]], Any]]:
 
     async def shown(pilot: Pilot[None]) -> None:
         async with asyncio.timeout(5):
-            while not (client.watching and app.shown_version == snap.version):
+            while not (
+                client.watching
+                and app.shown_version == snap.version
+                # The strategy comes from its own request, after the first update.
+                and "strategy" in app.query_one(ClusterHeader).totals_text
+            ):
                 await pilot.pause(0.01)
 
     return app, shown
