@@ -21,7 +21,7 @@ from textual.css.query import NoMatches
 from textual.widgets import Footer
 
 from lmtui.core.model import Snapshot
-from lmtui.engine.client import EngineClient, Update
+from lmtui.engine.client import EngineClient, HttpEngineClient, Update
 from lmtui.tui.controls import BINDINGS as CONTROL_BINDINGS
 from lmtui.tui.controls import ControlsApp
 from lmtui.tui.themes import SHIPPED_THEMES_DIR, load_themes
@@ -82,7 +82,9 @@ class LmtuiApp(ControlsApp):
         self.shown_version = -1
 
     def compose(self) -> ComposeResult:
-        yield ClusterHeader(self.client.source, read_only=self.client.read_only)
+        yield ClusterHeader(
+            self.client.source, read_only=self.client.read_only, mode=client_mode(self.client)
+        )
         with Vertical(id="body"):
             yield NodeTable()
             yield ModelTable()
@@ -135,9 +137,19 @@ class LmtuiApp(ControlsApp):
         if initial:
             # On a re-watch the backlog overlaps what the log shows: skip what is there.
             log.add_events(self.client.recent_events(), skip_seen=True)
+            # The strategy is not in a snapshot: ask at start and after a reconnect (an
+            # attached engine may have restarted, or another operator switched it).
+            self.run_worker(self._show_strategy(), group="strategy", exclusive=True)
         else:
             log.add_events(update.events)
         self.show_snapshot(update.snapshot)
+
+    async def _show_strategy(self) -> None:
+        try:
+            name = await self.client.strategy()
+        except Exception:
+            return  # the header leaves it out; the strategy picker reports the failure
+        self.query_one(ClusterHeader).show_strategy(name)
 
     def show_snapshot(self, snapshot: Snapshot) -> None:
         """Hand ``snapshot`` down to the header and the tables, in one repaint."""
@@ -194,6 +206,15 @@ class LmtuiApp(ControlsApp):
 
     def on_filter_bar_filter_changed(self, message: FilterBar.FilterChanged) -> None:
         self.query_one(ModelTable).set_filter(message.needle)
+
+
+def client_mode(client: EngineClient) -> str:
+    """``attached`` for a dashboard on a remote engine (``--connect``), else ``embedded``.
+
+    One type check here rather than a property of ``EngineClient``: the engine's module is
+    someone else's to change, and this is the only place that asks.
+    """
+    return "attached" if isinstance(client, HttpEngineClient) else "embedded"
 
 
 def build_app(

@@ -25,9 +25,12 @@ from lmtui.engine.client import EngineClient
 from lmtui.engine.commands import CommandError
 from lmtui.tui.render import instance_row_key, waiting_row_key
 from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen, ForceScreen
+from lmtui.tui.widgets.header import ClusterHeader
 from lmtui.tui.widgets.model_table import ModelTable
 from lmtui.tui.widgets.node_table import NodeTable
 
+#: After the strategy in force in the strategy picker.
+IN_FORCE = "  (in force)"
 #: Actions that change the cluster: hidden and refused with --read-only.
 COMMANDS = frozenset({"load", "unload", "pin", "evict", "drain", "strategy", "rebalance"})
 #: Seconds a "read-only" notice stays up; the same key pressed again meanwhile adds no second
@@ -309,9 +312,20 @@ class ControlsApp(App[None]):
 
             def picked(name: str | None) -> None:
                 if name and name != current:
-                    self._run(lambda: self.client.set_strategy(name))
 
-            choices = [(s.value, s.value) for s in Strategy]
+                    async def switch() -> str:
+                        message = await self.client.set_strategy(name)
+                        # Only once the engine took it: a refusal leaves the header as is.
+                        self.query_one(ClusterHeader).show_strategy(name)
+                        return message
+
+                    self._run(switch)
+
+            # The cursor starts on the strategy in force, and its label says so too (the
+            # cursor alone is gone as soon as it moves).
+            choices = [
+                (s.value, s.value + (IN_FORCE if s.value == current else "")) for s in Strategy
+            ]
             self.push_screen(ChoiceScreen("Routing strategy", choices, current), picked)
 
         self.run_worker(ask(), group="command")

@@ -18,6 +18,7 @@ from rich.text import Text
 from lmtui.core.events import Event, Level
 from lmtui.core.model import GiB, Health, Instance, InstanceState, Node, Snapshot
 from lmtui.core.units import fmt_bytes as fmt_bytes  # the one size format, used here
+from lmtui.tui.layout import ColumnPolicy
 
 Cells = tuple[Text, ...]
 
@@ -36,6 +37,22 @@ NODE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("error", "Last error"),
 )
 
+#: How the node table's columns give way on a narrow terminal (``layout.fit_columns``): at
+#: 80 columns Node, Status, Memory, In-flight and Queued stay (66 cells); the error is cut
+#: to fit before anything else goes, and Poll ms goes first.
+NODE_POLICY: dict[str, ColumnPolicy] = {
+    "name": ColumnPolicy(0, min_width=10),
+    "status": ColumnPolicy(1),
+    "memory": ColumnPolicy(2),
+    "in_flight": ColumnPolicy(3),
+    "queued": ColumnPolicy(4),
+    "error": ColumnPolicy(5, min_width=12),
+    "models": ColumnPolicy(6),
+    "tps": ColumnPolicy(7),
+    "kind": ColumnPolicy(8),
+    "latency": ColumnPolicy(9),
+}
+
 #: Column keys and labels of the model table, in display order.
 INSTANCE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("model", "Model"),
@@ -48,6 +65,20 @@ INSTANCE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("last_used", "Last used"),
     ("ttl", "TTL left"),
 )
+
+#: How the model table's columns give way: Model, Node, State, Slots and Queued always stay
+#: (a long model name is cut first), then Pinned and Size; TTL left goes first.
+INSTANCE_POLICY: dict[str, ColumnPolicy] = {
+    "model": ColumnPolicy(0, min_width=16),
+    "node": ColumnPolicy(1, min_width=10),
+    "state": ColumnPolicy(2, min_width=12),
+    "slots": ColumnPolicy(3),
+    "queued": ColumnPolicy(4),
+    "pinned": ColumnPolicy(5),
+    "size": ColumnPolicy(6),
+    "last_used": ColumnPolicy(7),
+    "ttl": ColumnPolicy(8),
+}
 
 HEALTH_STYLE: dict[Health, str] = {
     Health.HEALTHY: "bold green",
@@ -291,8 +322,28 @@ def header_text(
     *,
     read_only: bool = False,
     groups: Mapping[str, Sequence[Instance]] | None = None,
+    strategy: str | None = None,
+    mode: str = "embedded",
 ) -> Text:
-    """The header line: cluster totals, then where the cluster description came from.
+    """The header on one line: ``header_totals``, a bar, then ``header_context``."""
+    out = header_totals(snapshot, groups=groups)
+    out.append(HEADER_BAR, style="dim")
+    out.append_text(header_context(source, read_only=read_only, strategy=strategy, mode=mode))
+    return out
+
+
+#: Between the totals and the context when they share a line.
+HEADER_BAR = "  │ "
+
+
+def header_totals(
+    snapshot: Snapshot,
+    *,
+    groups: Mapping[str, Sequence[Instance]] | None = None,
+    gap: str = "  ",
+) -> Text:
+    """Cluster totals: nodes healthy, memory, models, in-flight, queued, tokens per second,
+    ``gap`` apart (one space fits them in 80 columns, two read better when there is room).
 
     In-flight is the sum of the node table's column (so the two always agree), not
     ``ClusterTotals.in_flight``, which counts only requests that pass through lmtui.
@@ -304,17 +355,32 @@ def header_text(
     out = Text()
     out.append("nodes ", style="dim")
     out.append(f"{t.healthy}/{t.nodes} healthy", style=health_style)
-    out.append("  mem ", style="dim")
+    out.append(f"{gap}mem ", style="dim")
     out.append(f"{t.memory_used / GiB:.1f}/{t.memory_total / GiB:.1f} GB")
-    out.append("  models ", style="dim")
+    out.append(f"{gap}models ", style="dim")
     out.append(str(t.instances))
-    out.append("  in-flight ", style="dim")
+    out.append(f"{gap}in-flight ", style="dim")
     out.append(str(in_flight))
-    out.append("  queued ", style="dim")
+    out.append(f"{gap}queued ", style="dim")
     out.append(str(t.queued))
-    out.append("  tok/s ", style="dim")
+    out.append(f"{gap}tok/s ", style="dim")
     out.append(f"{t.tokens_per_second:.1f}")
-    out.append("  │ ", style="dim")
+    return out
+
+
+def header_context(
+    source: str, *, read_only: bool = False, strategy: str | None = None, mode: str = "embedded"
+) -> Text:
+    """What the dashboard is driving: the routing strategy in force (left out until it is
+    known), whether the engine runs in this process (``embedded``) or elsewhere
+    (``attached``), and where the cluster description came from."""
+    out = Text()
+    if strategy:
+        out.append("strategy ", style="dim")
+        out.append(strategy, style="bold")
+        out.append("  ")
+    out.append(mode, style="dim")
+    out.append("  ")
     out.append(source_label(source), style="dim")
     if read_only:
         out.append("  read-only", style="bold yellow")

@@ -12,7 +12,8 @@ from textual.widgets import Static
 
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.model import Health
-from lmtui.tui.app import LmtuiApp, build_app
+from lmtui.engine.client import HttpEngineClient
+from lmtui.tui.app import LmtuiApp, build_app, client_mode
 from lmtui.tui.render import NODE_COLUMNS
 from lmtui.tui.widgets.event_log import EventLog
 from lmtui.tui.widgets.filter_bar import FilterBar
@@ -326,3 +327,14 @@ async def test_broken_update_stream_is_watched_again() -> None:
         assert str(app.query_one(NodeTable).get_cell("mac-studio", "status")) == "suspect"
         # The backlog fetched again on the second watch is not written twice.
         assert app.query_one(EventLog).count == 4
+
+
+async def test_a_dashboard_on_a_remote_engine_is_attached() -> None:
+    """The header says whether the engine runs here or the dashboard is attached to one."""
+    remote = HttpEngineClient("http://pool:8765")
+    try:
+        assert client_mode(remote) == "attached"
+    finally:
+        await remote.aclose()
+    snap, events = fixed_cluster()
+    assert client_mode(FakeClient(snap, events)) == "embedded"

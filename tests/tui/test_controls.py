@@ -13,6 +13,7 @@ from lmtui.core.rebalance import PlanStep, RebalancePlan
 from lmtui.engine import commands as cmd
 from lmtui.tui.app import build_app
 from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen, ForceScreen
+from lmtui.tui.widgets.header import ClusterHeader
 from lmtui.tui.widgets.model_table import ModelTable
 from lmtui.tui.widgets.node_table import NodeTable
 
@@ -105,8 +106,33 @@ async def test_strategy_is_chosen_from_a_list() -> None:
         await started(pilot, client)
         await pilot.press("s")
         await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        labels = [str(o.prompt) for o in app.screen.query_one(OptionList).options]
+        assert labels[0] == "efficiency  (in force)"
+        assert labels[1] == "spread"
+        header = app.query_one(ClusterHeader)
+        assert "strategy efficiency" in header.totals_text
         await pilot.press("down", "enter")  # from efficiency (current) to spread
         await until(pilot, lambda: client.commands == [("strategy", "spread")])
+        await until(pilot, lambda: "strategy spread" in header.totals_text)
+
+
+async def test_a_refused_strategy_leaves_the_header_as_it_was() -> None:
+    app, client = app_for()
+
+    async def refuse(command: cmd.Command) -> cmd.Result:
+        raise cmd.CommandError("strategy switching is off", 409)
+
+    client._send = refuse  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        header = app.query_one(ClusterHeader)
+        await until(pilot, lambda: "strategy efficiency" in header.totals_text)
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        await pilot.press("down", "enter")
+        await until(pilot, lambda: not isinstance(app.screen, ChoiceScreen))
+        await pilot.pause(0.1)
+        assert "strategy efficiency" in header.totals_text
 
 
 async def test_rebalance_shows_the_plan_before_applying_it() -> None:

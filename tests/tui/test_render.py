@@ -16,6 +16,7 @@ from lmtui.tui.render import (
     fmt_ago,
     fmt_bytes,
     fmt_duration,
+    header_context,
     header_text,
     instance_matches,
     instance_row,
@@ -234,6 +235,14 @@ def test_header_totals_and_source() -> None:
     assert text.endswith("config.toml")
     assert "demo cluster" in header_text(snap, "demo").plain
     assert "read-only" in header_text(snap, "x", read_only=True).plain
+
+
+def test_header_context_says_strategy_mode_and_source() -> None:
+    text = header_context("http://pool:8765", strategy="spread", mode="attached").plain
+    assert text == "strategy spread  attached  http://pool:8765"
+    # Not known yet (the engine has not answered): left out, not guessed.
+    assert header_context("demo").plain == "embedded  demo cluster"
+
     assert "no config found" in DEMO_BANNER
 
 

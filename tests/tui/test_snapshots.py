@@ -15,6 +15,7 @@ import pytest
 from textual.pilot import Pilot
 
 from lmtui.tui.app import LmtuiApp, build_app
+from lmtui.tui.widgets.header import ClusterHeader
 
 from .fakes import FIXED_NOW, FakeClient, fixed_cluster
 
@@ -38,7 +39,12 @@ def app_for(source: str) -> tuple[LmtuiApp, Callable[[Pilot[None]], Any]]:
 
     async def shown(pilot: Pilot[None]) -> None:
         async with asyncio.timeout(5):
-            while not (client.watching and app.shown_version == snap.version):
+            while not (
+                client.watching
+                and app.shown_version == snap.version
+                # The strategy comes from its own request, after the first update.
+                and "strategy" in app.query_one(ClusterHeader).totals_text
+            ):
                 await pilot.pause(0.01)
 
     return app, shown
@@ -67,3 +73,15 @@ def test_help_modal(snap_compare: Any) -> None:
         await pilot.press("question_mark")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=help_open)
+
+
+def test_dashboard_at_80x24(snap_compare: Any) -> None:
+    """The smallest terminal we design for: low-priority columns give way, no scrollbar."""
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=shown)
+
+
+def test_dashboard_at_160x48(snap_compare: Any) -> None:
+    """A tall terminal: the tables take their rows and the event log all the rest."""
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+    assert snap_compare(app, terminal_size=(160, 48), run_before=shown)

@@ -8,6 +8,7 @@ from rich.text import Text
 from lmtui.core.model import Snapshot
 from lmtui.tui.render import (
     INSTANCE_COLUMNS,
+    INSTANCE_POLICY,
     instance_matches,
     instance_row,
     instance_row_key,
@@ -26,7 +27,7 @@ class ModelTable(KeyedTable):
     """Loaded (and loading) instances across the cluster, filtered by a substring."""
 
     def __init__(self, *, id: str | None = "models") -> None:
-        super().__init__(INSTANCE_COLUMNS, id=id)
+        super().__init__(INSTANCE_COLUMNS, INSTANCE_POLICY, id=id)
         self.border_title = "Models"
         self._filter = ""
         self._snapshot: Snapshot | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lmtui.core.model import Snapshot
-from lmtui.tui.render import NODE_COLUMNS, instances_by_node, node_row
+from lmtui.tui.render import NODE_COLUMNS, NODE_POLICY, instances_by_node, node_row
 from lmtui.tui.widgets.keyed_table import KeyedTable
 
 
@@ -11,7 +11,7 @@ class NodeTable(KeyedTable):
     """Status, memory, load and errors of every node, updated in place each poll."""
 
     def __init__(self, *, id: str | None = "nodes") -> None:
-        super().__init__(NODE_COLUMNS, id=id)
+        super().__init__(NODE_COLUMNS, NODE_POLICY, id=id)
         self.border_title = "Nodes"
 
     def show(self, snapshot: Snapshot, now: float) -> None:
