@@ -73,14 +73,20 @@ BINDINGS = [
 
 
 def plan_text(plan: RebalancePlan) -> Text:
+    """The plan as the confirmation shows it: upkeep the pool manager has not done yet,
+    then the proposals it never carries out by itself, each step with its reason."""
     out = Text(plan.summary())
-    for step in plan.steps:
-        verb = "load  " if step.action == "load" else "unload"
-        out.append(
-            f"\n  {verb} {step.model} on {step.node} ({fmt_bytes(step.bytes)}): ",
-            style="bold" if step.action == "load" else "",
-        )
-        out.append(step.reason, style="dim")
+    for title, steps in (("upkeep", plan.upkeep), ("proposed", plan.proposals)):
+        if not steps:
+            continue
+        out.append(f"\n{title}:", style="italic")
+        for step in steps:
+            verb = "load  " if step.action == "load" else "unload"
+            out.append(
+                f"\n  {verb} {step.model} on {step.node} ({fmt_bytes(step.bytes)}): ",
+                style="bold" if step.action == "load" else "",
+            )
+            out.append(step.reason, style="dim")
     return out
 
 

@@ -138,7 +138,11 @@ async def test_a_refused_strategy_leaves_the_header_as_it_was() -> None:
 async def test_rebalance_shows_the_plan_before_applying_it() -> None:
     app, client = app_for()
     plan = RebalancePlan(
-        steps=(PlanStep("load", "gpu-box", "gemma-3-12b", "pinned", 8 * GiB),), loads_bytes=8 * GiB
+        steps=(
+            PlanStep("load", "gpu-box", "gemma-3-12b", "pinned", 8 * GiB),
+            PlanStep("load", "gpu-box", "qwen3-8b", "all replicas busy", 5 * GiB, proposed=True),
+        ),
+        loads_bytes=13 * GiB,
     )
 
     async def rebalance(*, apply: bool = False) -> RebalancePlan:
@@ -152,6 +156,9 @@ async def test_rebalance_shows_the_plan_before_applying_it() -> None:
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         body = str(app.screen.query_one("#confirm-body").render())
         assert "load" in body and "gemma-3-12b on gpu-box" in body
+        # Upkeep first, then what the pool manager never does by itself.
+        assert body.index("upkeep:") < body.index("gemma-3-12b") < body.index("proposed:")
+        assert body.index("proposed:") < body.index("qwen3-8b on gpu-box")
         assert client.commands == [("rebalance", False)]
         await pilot.press("y")
         await until(pilot, lambda: client.commands == [("rebalance", False), ("rebalance", True)])
