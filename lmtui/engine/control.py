@@ -210,11 +210,26 @@ class Controller:
         await self.poller.poll_once(inst.node)
 
     def _pin(self, model: str, pinned: bool) -> str:
+        if pinned and not self._known(model):
+            raise CommandError(
+                f"no model {model!r} is known: it is in no [[models]] entry, loaded nowhere "
+                "and offered by no node",
+                404,
+            )
         self.state.set_pinned(model, pinned)
         self._changed()
         verb = "pinned" if pinned else "unpinned"
         self._event(f"{model} {verb}", model=model)
         return f"{model} {verb}"
+
+    def _known(self, model: str) -> bool:
+        """Does the config or any node know ``model`` (so a pin of it can ever hold)?"""
+        if self.config.model(model) is not None:
+            return True
+        snap = self.store.snapshot
+        return any(True for _ in snap.instances_of(model)) or any(
+            a.key == model for n in snap.nodes.values() for a in n.available
+        )
 
     def _drain(self, node: str, drained: bool) -> None:
         self._node(node)

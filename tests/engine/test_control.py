@@ -79,6 +79,10 @@ async def test_commands_refuse_what_makes_no_sense(kind: str) -> None:
             await c.set_strategy("fastest")
         with pytest.raises(CommandError, match="no instance"):
             await c.evict("a", "m9")
+        # A pin of a model nobody knows could never hold: it used to answer "pinned".
+        with pytest.raises(CommandError, match="no model 'm9' is known") as e:
+            await c.pin("m9")
+        assert e.value.status == 404
         await c.pin("m1")
         with pytest.raises(CommandError, match="pinned"):
             await c.evict("a", "m1")
@@ -133,6 +137,7 @@ async def test_run_time_choices_persist_in_the_overrides_file(tmp_path: Path) ->
         )
         async with Engine(cfg, overrides_path=path) as engine:
             c = InProcessClient(engine)
+            await engine.poller.poll_once("a")  # m2 is known once the node has said so
             await c.pin("m2")
             await c.drain("a")
             await c.set_strategy("replicas")
