@@ -959,3 +959,34 @@ def test_pool_section_problems_name_line_and_key(
     assert (err.line, err.key) == (line, key), str(err)
     assert message in err.message
     assert isinstance(PoolNodeConfig(binary="b").port_range(), tuple)
+
+
+def test_allowed_origins_must_be_origins_and_the_router_limits_load(tmp_path: Path) -> None:
+    err = load_error(
+        tmp_path,
+        """
+        [router]
+        allowed_hosts = ["lmtui.lan"]
+        allowed_origins = ["https://chat.example", "chat.example", "https://a.b/path"]
+        idle_timeout = 30
+        max_answer_bytes = 1048576
+        """
+        + NODE_A,
+    )
+    text = str(err)
+    assert "allowed_origins[1]" in text and "allowed_origins[2]" in text
+    assert "allowed_origins[0]" not in text
+    cfg = load_config(
+        write(
+            tmp_path,
+            """
+            [router]
+            allowed_origins = ["https://chat.example"]
+            idle_timeout = 30
+            max_answer_bytes = 1048576
+            """
+            + NODE_A,
+        )
+    )
+    assert cfg.router.allowed_origins == ["https://chat.example"]
+    assert (cfg.router.idle_timeout, cfg.router.max_answer_bytes) == (30, 1048576)
