@@ -92,6 +92,26 @@ class QueueTimeout(DispatchError):
     code = "timeout"
 
 
+#: Failed requests in a row that open a replica's circuit: lmtui routes around it, whatever
+#: its polls say (a node can answer every request 500 behind a healthy ``/health``).
+CIRCUIT_FAILURES = 3
+#: How long a circuit first stays open; each failed trial after it doubles it, up to the max.
+CIRCUIT_OPEN_S = 5.0
+CIRCUIT_MAX_OPEN_S = 60.0
+
+
+@dataclass(slots=True)
+class _Circuit:
+    """Request outcomes of one replica that has failed lately (others have none)."""
+
+    failures: int = 0
+    #: Until when requests go around it (0: closed). Past it, one trial request may go.
+    open_until: float = 0.0
+    backoff: float = CIRCUIT_OPEN_S
+    #: A trial request is on it (half-open): the others still go around.
+    trial: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """One slot on one instance, held for the duration of one upstream request."""
@@ -151,6 +171,10 @@ class Dispatcher:
         #: refused at). Until then the scheduler sees them as pending, so requests wait.
         self._deferred: dict[tuple[str, str], tuple[float, int, float]] = {}
         self._affinity: OrderedDict[str, InstanceKey] = OrderedDict()
+        #: Replicas whose requests failed lately, for the circuit breaker (``report``).
+        self._circuits: dict[InstanceKey, _Circuit] = {}
+        #: Called with the node when a replica's circuit opens (a metric).
+        self.on_circuit_open: Callable[[str], None] | None = None
         self._ids = itertools.count(1)
         self._pump_scheduled = False
         self._unsubscribe = store.subscribe(self._on_change)
@@ -164,7 +188,7 @@ class Dispatcher:
         if req.request_id is None:
             req = replace(req, request_id=f"r{next(self._ids)}")
         now = self.clock()
-        if self._load_failed:
+        if self._load_failed or self._circuits:
             req = self._with_exclusions(req, now)
         d = self._decide(req, now)
         if isinstance(d, Route):
@@ -175,6 +199,50 @@ class Dispatcher:
         if isinstance(d, Load):
             self.start_load(d)
         return await self._wait(req, now, deadline, progress, d)
+
+    def report(self, key: InstanceKey, ok: bool | None) -> None:
+        """How a request on replica ``key`` went: a failure before or instead of an answer
+        (a 5xx, a reset, a first-byte timeout) counts towards opening its circuit; a
+        success closes it; None (the client left) says nothing, but ends a trial."""
+        c = self._circuits.get(key)
+        if ok is None:
+            if c is not None:
+                c.trial = False
+            return
+        if ok:
+            if c is not None:
+                del self._circuits[key]
+                if c.open_until:
+                    self.event(
+                        EventKind.NODE_HEALTH,
+                        f"{key[1]} on {key[0]} answers again: its circuit is closed",
+                        node=key[0],
+                    )
+            return
+        if c is None:
+            c = self._circuits[key] = _Circuit()
+        c.failures += 1
+        c.trial = False
+        now = self.clock()
+        if c.failures < CIRCUIT_FAILURES or now < c.open_until:
+            return
+        if c.open_until:  # the trial after an opening failed too: wait longer
+            c.backoff = min(c.backoff * 2, CIRCUIT_MAX_OPEN_S)
+        c.open_until = now + c.backoff
+        self.event(
+            EventKind.NODE_HEALTH,
+            f"{key[1]} on {key[0]} failed {c.failures} requests in a row: routing around it "
+            f"for {c.backoff:g}s, then one trial request",
+            node=key[0],
+            level=Level.WARNING,
+        )
+        if self.on_circuit_open is not None:
+            self.on_circuit_open(key[0])
+
+    def _open_circuits(self, now: float) -> frozenset[InstanceKey]:
+        return frozenset(
+            k for k, c in self._circuits.items() if c.trial or (c.open_until and now < c.open_until)
+        )
 
     def release(self, lease: Lease) -> None:
         """Give the slot back (the request ended, however it ended)."""
@@ -247,10 +315,17 @@ class Dispatcher:
             for (n, m), t in self._load_failed.items()
             if m == model and now - t < LOAD_FAILURE_COOLOFF_S
         }
-        return replace(req, avoid_nodes=req.avoid_nodes | bad) if bad else req
+        if bad:
+            req = replace(req, avoid_nodes=req.avoid_nodes | bad)
+        if self._circuits and (open_ := self._open_circuits(now)):
+            req = replace(req, exclude=req.exclude | open_)
+        return req
 
     def _grant(self, d: Route, req: RequestInfo, now: float, enqueued_at: float) -> Lease:
         node, model = d.instance_key[0], self.settings.aliases.get(req.model, req.model)
+        c = self._circuits.get(d.instance_key) if self._circuits else None
+        if c is not None and c.open_until and now >= c.open_until:
+            c.trial = True  # half-open: this request is the trial
         inst = self.store.add_in_flight(
             d.instance_key, +1, now, Event(now, EventKind.ROUTE, d.reason, node=node, model=model)
         )

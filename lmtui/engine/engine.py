@@ -131,6 +131,7 @@ class Engine:
             on_evict=self.metrics.eviction,
             on_route=self.metrics.route,
         )
+        self.dispatcher.on_circuit_open = self.metrics.circuit_open
         self.controller = Controller(
             self.store, self.dispatcher, self.poller, config, state, clock=clock
         )

@@ -314,6 +314,13 @@ class Metrics:
         self._evictions = Counter(
             "lmtui_evictions", "Instances evicted", ["model", "node", "reason"], registry=reg
         )
+        self._circuit_opens = Counter(
+            "lmtui_circuit_opens",
+            "Times a replica's circuit opened: its requests failed in a row, so lmtui routed "
+            "around it",
+            ["node"],
+            registry=reg,
+        )
         self._auth_failures = Counter(
             "lmtui_auth_failures",
             "Requests refused for a missing or wrong key or token",
@@ -406,6 +413,10 @@ class Metrics:
         ``idle_ttl`` (the pool manager), ``operator`` (the evict command), or a confirmed
         proposal's ``drain_move`` / ``consolidate``."""
         self._evictions.labels(self._model_label(model), node, reason).inc()
+
+    def circuit_open(self, node: str) -> None:
+        """Count a replica's circuit opening (requests failing on it in a row)."""
+        self._circuit_opens.labels(node).inc()
 
     def auth_failure(self, where: str) -> None:
         """Count a refused key or token; ``where``: ``v1``, ``control`` or ``metrics``."""

@@ -397,9 +397,13 @@ class Router:
                 out.status, out.outcome = e.status, _outcome_of(e)
                 return await self._fail(ex, e)
             out.node, out.queue_wait_s = lease.node, lease.queue_wait_s
+            ok: bool | None = None  # how the replica did, for its circuit (None: unknown)
             try:
-                return await self._forward(ex, lease, path, body, head, out)
+                await self._forward(ex, lease, path, body, head, out)
+                ok = out.status < 500
+                return None
             except _RetryElsewhere as e:
+                ok = False
                 last_error = str(e)
                 self.dispatcher.event(
                     EventKind.ERROR,
@@ -411,6 +415,7 @@ class Router:
                 )
                 exclude = exclude | {lease.key}
             finally:
+                self.dispatcher.report(lease.key, ok)
                 self.dispatcher.release(lease)
         out.status, out.outcome = 502, "upstream_error"
         err = DispatchError(f"every attempt failed before the first byte; last: {last_error}")

@@ -27,8 +27,12 @@ class Faults:
     drop_mid_stream: bool = False
     #: JSON endpoints answer invalid JSON with status 200.
     malformed_json: bool = False
+    #: Every POST (inference, loads) answers 500 while the GETs polls read stay fine: an
+    #: inference engine that broke behind a healthy ``/health``.
+    post_errors: bool = False
 
     def clear(self) -> None:
         """Switch every fault off (``down`` needs ``SimNode.set_down(False)`` as well)."""
         self.down = self.hang = self.drop_mid_stream = self.malformed_json = False
+        self.post_errors = False
         self.slow_s = self.error_rate = 0.0

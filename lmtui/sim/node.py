@@ -151,7 +151,9 @@ class SimNode:
         if f.slow_s > 0:
             await asyncio.sleep(f.slow_s)
         try:
-            if f.error_rate > 0 and self.rng.random() < f.error_rate:
+            if (f.error_rate > 0 and self.rng.random() < f.error_rate) or (
+                f.post_errors and request.method == "POST"
+            ):
                 raise SimHTTPError(500, self.server.error_body(500, "simulated server error"))
             self._check_auth(request)
             self.server.precheck(request)

@@ -287,3 +287,46 @@ async def test_an_answer_past_max_answer_bytes_is_a_failed_answer() -> None:
         # 502 after the last attempt; 503 when the retry finds no other replica to try.
         assert r.status_code in (502, 503), r.text
         assert any("larger than 64 bytes" in e.message for e in engine.store.events)
+
+
+async def test_a_replica_that_fails_every_request_behind_a_healthy_health_is_routed_around(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node answering every request 500 while its polls are fine stayed healthy and was
+    picked first forever. After CIRCUIT_FAILURES in a row its circuit opens: requests go to
+    the other replica; after the backoff one trial goes there, and a success closes it."""
+    import lmtui.engine.dispatch as dispatch
+
+    monkeypatch.setattr(dispatch, "CIRCUIT_OPEN_S", 0.3)
+    async with routed([lms("a", ["m1"]), lms("b", ["m1"])]) as (cluster, engine):
+        cluster.node("a").faults.post_errors = True
+        body = {"model": "m1", "messages": MSG, "max_tokens": 2}
+        async with httpx.AsyncClient(base_url=engine.router_url or "") as h:
+            for _ in range(12):  # each is served: by b at once, or after a's 500, by b
+                r = await h.post("/v1/chat/completions", json=body)
+                assert r.status_code == 200, r.text
+            assert engine.store.snapshot.nodes["a"].health is Health.HEALTHY  # polls: fine
+            opened = [e for e in engine.store.events if "routing around it" in e.message]
+            assert opened and opened[0].node == "a"
+            # While it is open, a's failures stop: no new "failed before the first byte".
+            before = sum(
+                "on a failed before the first byte" in e.message for e in engine.store.events
+            )
+            for _ in range(5):
+                assert (await h.post("/v1/chat/completions", json=body)).status_code == 200
+            after = sum(
+                "on a failed before the first byte" in e.message for e in engine.store.events
+            )
+            assert after - before <= 1  # at most one trial, if the backoff ran out meanwhile
+            # Mended: after the backoff a trial succeeds and the circuit closes.
+            cluster.node("a").faults.post_errors = False
+            # (A failed trial meanwhile doubled the backoff: wait for it to run out.)
+            d = engine.dispatcher
+            async with asyncio.timeout(10):
+                while d._open_circuits(engine.clock()):
+                    await asyncio.sleep(0.05)
+            for _ in range(6):
+                assert (await h.post("/v1/chat/completions", json=body)).status_code == 200
+            metrics = (await h.get("/metrics")).text
+        assert any("its circuit is closed" in e.message for e in engine.store.events)
+        assert 'lmtui_circuit_opens_total{node="a"}' in metrics
