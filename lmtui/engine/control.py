@@ -40,7 +40,7 @@ from lmtui.engine.commands import CommandError, Result
 from lmtui.engine.demand import Demand
 from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.poller import Poller
-from lmtui.engine.runtime import RunState, with_no_load_nodes, with_request_rate
+from lmtui.engine.runtime import RunState, with_no_load_nodes, with_pinned, with_request_rate
 from lmtui.engine.settings import no_load_nodes, no_unload_nodes
 from lmtui.engine.store import Store
 
@@ -126,9 +126,7 @@ class Controller:
     def _changed(self) -> None:
         """The run-time state changed: push what derives from it, then save it."""
         d = self.dispatcher
-        pool = d.settings.pool
-        settings = self.state.scheduler_settings(pool.no_load_nodes, pool.no_unload_nodes)
-        d.settings = with_request_rate(settings, d.settings.pool.request_rate)
+        d.settings = with_pinned(d.settings, self.state.pinned)
         d.strategy = self.state.strategy
         if self.store.ctx.pinned != self.state.pinned:
             self.store.set_pinned(self.state.pinned, self.clock())

@@ -49,6 +49,9 @@ class BrowserGuard:
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.allowed_origins = frozenset(o.lower().rstrip("/") for o in allowed_origins)
         self.scheme = scheme
+        #: Host headers already judged: a client sends the same one on every request, and
+        #: parsing an IP address per request is work the fast front need not repeat.
+        self._hosts: dict[str, bool] = {}
 
     def check(
         self,
@@ -85,6 +88,14 @@ class BrowserGuard:
     def host_allowed(self, host: str | None) -> bool:
         if not host:
             return False
+        known = self._hosts.get(host)
+        if known is None:
+            known = self._judge_host(host)
+            if len(self._hosts) < 256:  # bounded: the values are the client's choice
+                self._hosts[host] = known
+        return known
+
+    def _judge_host(self, host: str) -> bool:
         name = _hostname(host)
         if name == "localhost" or name in self.allowed_hosts:
             return True

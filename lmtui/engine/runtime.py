@@ -148,3 +148,12 @@ def with_no_load_nodes(
 def with_request_rate(settings: SchedulerSettings, rates: Mapping[str, float]) -> SchedulerSettings:
     """``settings`` with ``rates`` as the models' request rates (the pool manager's demand)."""
     return replace(settings, pool=replace(settings.pool, request_rate=rates))
+
+
+def with_pinned(settings: SchedulerSettings, pinned: frozenset[str]) -> SchedulerSettings:
+    """``settings`` with ``pinned`` as the pinned models: the one part of the scheduler's
+    settings a command changes (what the engine learnt — capabilities, request rates —
+    stays as it is)."""
+    if pinned == settings.pool.pinned:
+        return settings
+    return replace(settings, pool=replace(settings.pool, pinned=pinned))
