@@ -144,9 +144,18 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     queue_timeout: PositiveFloat = 300.0
     #: Largest request body accepted, in bytes (413 above it).
     max_body_bytes: PositiveInt = 16 * 1024 * 1024
-    #: Seconds an idle keep-alive connection (or a request that never completes) stays
-    #: open, on every path.
+    #: Seconds an idle keep-alive connection stays open, on every path.
     idle_timeout: PositiveFloat = 75.0
+    #: Seconds a request head may take to arrive from its first byte (408 after it).
+    head_timeout: PositiveFloat = 10.0
+    #: Seconds a request body may take to arrive after its head (408 after it).
+    body_timeout: PositiveFloat = 60.0
+    #: Client connections open at once, on every path; past it a new one gets a 503.
+    #: Lowered at start to what the process's descriptor limit allows.
+    max_connections: PositiveInt = 4096
+    #: Client connections open at once from one address (a proxy in front of lmtui counts
+    #: as one address).
+    max_connections_per_address: PositiveInt = 1024
     #: Largest answer lmtui reads whole from a node (not streamed), in bytes; a larger one
     #: is a failed answer (another replica, or 502).
     max_answer_bytes: PositiveInt = 64 * 1024 * 1024

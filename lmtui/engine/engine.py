@@ -31,15 +31,16 @@ from lmtui.engine.control import Controller
 from lmtui.engine.control_api import ControlApi
 from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.errors import UNAUTHORIZED, error_response, quiet_client_errors
-from lmtui.engine.front import FrontServer
 from lmtui.engine.guard import AuthFailures, BrowserGuard
 from lmtui.engine.metrics import Metrics
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
 from lmtui.engine.reqlog import RequestLog, RequestRecord
-from lmtui.engine.router import Outcome, Router
+from lmtui.engine.router import FAST_PATHS, Outcome, Router
 from lmtui.engine.runtime import RunState
 from lmtui.engine.settings import model_catalogue, no_load_nodes
 from lmtui.engine.store import Store
+from lmtui.http.front import FrontServer
+from lmtui.http.limits import ServerLimits, fd_bounded
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ class Engine:
             clock=self.clock,
             guard=guard,
             auth_failures=self._auth_failures,
-            body_timeout_s=rc.idle_timeout,
+            body_timeout_s=rc.body_timeout,
             max_answer_bytes=rc.max_answer_bytes,
             first_byte_timeout_s=self.config.router.first_byte_timeout,
             node_first_byte_s={
@@ -271,6 +272,22 @@ class Engine:
                 status, message, code = refusal
                 type_ = "permission_error" if status == 403 else "invalid_request_error"
                 return error_response(status, message, type_, code)
+            if request.body_exists and not path.startswith("/v1/"):
+                # Every body on aiohttp's paths arrives within [router] body_timeout (the
+                # router's own paths bound theirs themselves): a chunked head with no
+                # chunks to the control API was held open forever.
+                try:
+                    async with asyncio.timeout(rc.body_timeout):
+                        await request.read()  # kept: the handler's read() returns it
+                except TimeoutError:
+                    resp = error_response(
+                        408,
+                        f"the request body did not arrive within {rc.body_timeout:g} s",
+                        "invalid_request_error",
+                        "request_timeout",
+                    )
+                    resp.force_close()
+                    return resp
             return await handler(request)
 
         app = web.Application(
@@ -307,7 +324,14 @@ class Engine:
         # The socket is the fast front's (front.py): it serves the bot's plain requests and
         # hands every other connection to the aiohttp app above.
         assert self._runner.server is not None
-        self.front = FrontServer(self.router, self._runner.server, idle_timeout_s=rc.idle_timeout)
+        limits = ServerLimits(
+            idle_timeout=rc.idle_timeout,
+            head_timeout=rc.head_timeout,
+            body_timeout=rc.body_timeout,
+            max_connections=fd_bounded(rc.max_connections),
+            max_connections_per_address=rc.max_connections_per_address,
+        )
+        self.front = FrontServer(self.router, self._runner.server, FAST_PATHS, limits)
         try:
             self._listener = await asyncio.get_running_loop().create_server(
                 self.front, host, port, reuse_address=True

@@ -11,7 +11,8 @@ was 5–13× slower in requests/s than ``aiohttp.ClientSession``, and the lean H
 ``bench/upstream_client.py``), so plain-HTTP nodes use it and ``https`` nodes aiohttp. On the
 server side, raw ASGI on uvicorn+uvloop was no faster than ``aiohttp.web``, but a bare
 asyncio protocol was: the bot's plain requests arrive through the fast front of
-``front.py``, everything else through ``aiohttp.web``; both call :meth:`Router.proxy`. An
+``lmtui/http/front.py`` (:meth:`Router.serve`), everything else through ``aiohttp.web``;
+both call :meth:`Router.proxy`. An
 access log cost 19–37% of throughput, so there is none.
 
 Failover: a connection error or a 5xx before the first byte reaches the client is retried on
@@ -55,6 +56,16 @@ log = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_RESPONSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", **SSE_HEADERS}
+
+#: The requests the fast front serves itself (``lmtui/http/front.py``): request target →
+#: the path it is routed as. Everything else goes to aiohttp, where these are mounted too.
+FAST_PATHS = {
+    b"/v1/chat/completions": "/v1/chat/completions",
+    b"/v1/completions": "/v1/completions",
+    b"/v1/embeddings": "/v1/embeddings",
+}
+_ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error", 500: "server_error"}
+_ERROR_TYPES.update({503: "server_error", 429: "rate_limit_error"})
 
 #: Upstream attempts per request: the first try plus failovers before the first byte.
 MAX_ATTEMPTS = 3
@@ -277,6 +288,36 @@ class Router:
     ) -> Refusal | None:
         """Why a request to ``/v1`` is refused before its key is looked at (``guard.py``)."""
         return self.guard.check(method, host, origin, content_type, keyed=bool(self.api_keys))
+
+    async def serve(
+        self,
+        reply: Exchange,
+        path: str,
+        body: bytes,
+        auth: str,
+        host: str | None,
+        origin: str | None,
+        ctype: str | None,
+        peer: str | None,
+    ) -> None:
+        """The fast front's handler (``lmtui/http/front.py``): one complete request, its
+        head already parsed; the same checks, in the same order, as aiohttp's path."""
+        t0 = self.clock()
+        refusal = self.refusal("POST", host, origin, ctype)
+        if refusal is not None:
+            status, message, code = refusal
+            type_ = "permission_error" if status == 403 else "invalid_request_error"
+            await reply.send(status, error_body(message, type_, code), JSON_HEADERS)
+            return
+        if not self.authorized(auth):
+            self.auth_failures.record(peer, "v1")
+            await reply.send(401, error_body(*UNAUTHORIZED), JSON_HEADERS)
+            return
+        await self.proxy(reply, path, body, t0)
+
+    def error_body(self, status: int, message: str, code: str) -> bytes:
+        """The error JSON of an answer the fast front gives itself (408, 413, 500, 503)."""
+        return error_body(message, _ERROR_TYPES.get(status, "invalid_request_error"), code)
 
     def _check_auth(self, request: web.Request) -> web.Response | None:
         if self.authorized(request.headers.get("Authorization", "")):
