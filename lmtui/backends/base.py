@@ -88,6 +88,12 @@ class Backend:
         return self.supports_load
 
     @property
+    def no_load_reason(self) -> str | None:
+        """Why this node cannot load models now, in words for the operator; None when
+        ``can_load``. The poller puts it in every observation of the node."""
+        return None if self.can_load else f"{self.kind} nodes cannot load models"
+
+    @property
     def can_unload(self) -> bool:
         """Whether this node can unload models now. Every kind that loads also unloads (a
         llama.cpp server in single mode does neither), so it follows ``can_load``; a kind

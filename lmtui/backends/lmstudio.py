@@ -165,6 +165,20 @@ class LMStudioBackend(HttpBackend):
         #: Whether the fall back to v0 was logged (once per node).
         self._warned = False
 
+    @property
+    def can_load(self) -> bool:
+        """Loads need REST v1 (0.4+): a 0.3 server cannot load or unload over HTTP."""
+        return self.api != "v0"
+
+    @property
+    def no_load_reason(self) -> str | None:
+        if self.can_load:
+            return None
+        return (
+            "LM Studio before 0.4 has no REST load or unload: lmtui routes to the models "
+            "loaded there; upgrade LM Studio to load and unload from lmtui"
+        )
+
     async def poll(self, now: float) -> NodeObservation:
         """Read the models (and their loaded instances) over v1, or v0 on older servers."""
         started = monotonic()
@@ -276,7 +290,7 @@ class LMStudioBackend(HttpBackend):
         if self.api == "v0":
             raise NotSupported(
                 f"{self.name}: this LM Studio is older than 0.4 and has no REST {what}; "
-                f"use `lms {what}` over SSH (add an [nodes.ssh] section) or upgrade LM Studio"
+                f"run `lms {what}` on its host or upgrade LM Studio"
             )
 
     async def _post_v1(self, path: str, body: dict[str, Any]) -> Any:

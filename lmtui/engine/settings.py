@@ -65,6 +65,8 @@ def model_catalogue(snap: Snapshot, config: Config) -> list[dict[str, Any]]:
         if inst.state is InstanceState.LOADED:
             loaded.setdefault(inst.model, []).append(inst.node)
     for node in snap.nodes.values():
+        if node.no_load is not None:  # listed there, but lmtui cannot load it there
+            continue
         for a in node.available:
             available.setdefault(a.key, []).append(node.name)
     aliases = {m.name: m.aliases for m in config.models}
