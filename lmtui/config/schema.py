@@ -45,6 +45,11 @@ class SshConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     os: Literal["auto", "linux", "macos"] = "auto"
     #: Seconds to wait for the connection and for each command.
     timeout: PositiveFloat = 10.0
+    #: LM Studio nodes: the ``lms`` command on the host (LM Studio installs it in
+    #: ~/.lmstudio/bin, which a non-interactive SSH session's PATH often lacks). With it
+    #: lmtui reads ``lms ps`` (busy and queued truth, sizes, TTLs) and loads and unloads
+    #: through ``lms``, which also makes servers before 0.4 controllable. "" turns it off.
+    lms: str = "~/.lmstudio/bin/lms"
 
 
 class PoolNodeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
