@@ -165,6 +165,12 @@ class LMStudioBackend(HttpBackend):
         #: Whether the fall back to v0 was logged (once per node).
         self._warned = False
 
+    @property
+    def can_load(self) -> bool:
+        """Not on a server found to speak only REST v0 (before 0.4): it has no load or
+        unload over HTTP, so placement, plans and preloads leave it alone."""
+        return self.api != "v0"
+
     async def poll(self, now: float) -> NodeObservation:
         """Read the models (and their loaded instances) over v1, or v0 on older servers."""
         started = monotonic()
@@ -247,8 +253,9 @@ class LMStudioBackend(HttpBackend):
     ) -> str:
         """Load ``model`` over REST v1; return the new instance's id.
 
-        ``ttl`` is not sent: the v1 load endpoint documents no idle TTL, and lmtui's pool
-        manager unloads idle instances itself. (``lms load --ttl`` over SSH can do it.)
+        ``ttl`` is not sent: the v1 load endpoint documents no idle TTL (nor ``parallel``),
+        and an undocumented field may be refused; lmtui's pool manager unloads idle
+        instances itself (``core/lifetime.py``). ``lms load --ttl`` over SSH could.
         """
         await self._require_v1("load")
         body: dict[str, Any] = {"model": model}
