@@ -26,7 +26,7 @@ operator unloaded is not preloaded back for ``PRELOAD_HOLD_S`` unless asked for 
 **Lifetimes** (``core/lifetime.py``): where the node keeps a model's lifetime itself (Ollama
 ``keep_alive``) and reports an expiry sooner than lmtui wants (a pinned model, or one with a
 TTL), the lifetime is set again on the loaded model, at most once per
-``LIFETIME_REFRESH_S`` per instance.
+``LIFETIME_REFRESH_S`` per instance (or per half the time left, when that is shorter).
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ log = logging.getLogger(__name__)
 #: A model the operator unloaded or evicted is not preloaded back for this long, unless a
 #: request asks for it meanwhile (then it is simply in demand again).
 PRELOAD_HOLD_S = 600.0
-#: Set a node-held lifetime again at most this often per instance: a server that ignores it
-#: (or a client resetting it after every request) must not cause a call every tick.
+#: Set a node-held lifetime again at most this often per instance (or, when the node would
+#: unload it sooner, every half of the time left): a server that ignores it, or a client
+#: resetting it after every request, must not cause a call every tick.
 LIFETIME_REFRESH_S = 30.0
 
 
@@ -460,7 +461,9 @@ class Controller:
         for inst, ttl, why in lifetime_refreshes(
             snap.instances.values(), pool.lifetimes, pool.priorities, pool.pinned, now, nodes=nodes
         ):
-            if now - self._kept.get(inst.key, -math.inf) < LIFETIME_REFRESH_S:
+            # At most every LIFETIME_REFRESH_S, sooner when the node would unload it first.
+            left = inst.expires_at - now if inst.expires_at is not None else 0.0
+            if now - self._kept.get(inst.key, -math.inf) < min(LIFETIME_REFRESH_S, left / 2):
                 continue
             first = inst.key not in self._kept
             self._kept[inst.key] = now
