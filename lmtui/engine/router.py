@@ -76,6 +76,9 @@ _Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
 MAX_TTL_S = 365 * 86400.0
 
 
+_UNSET = msgspec.UNSET
+
+
 def request_ttl(value: object) -> float | None:
     """A request's ``ttl`` as lmtui honours it: seconds, a number in (0, a year]; any other
     value (LM Studio's is a number) is left to the server and ignored by lmtui."""
@@ -415,7 +418,7 @@ class Router:
                         rid,
                         bool(exclude),
                         exclude,
-                        ttl_s=request_ttl(head.ttl),
+                        ttl_s=None if head.ttl is _UNSET else request_ttl(head.ttl),
                     ),
                     deadline=deadline,
                     progress=progress,
@@ -460,7 +463,7 @@ class Router:
     ) -> None:
         # Rewritten only when it must be: an alias to the node's name, or a ``ttl`` a server
         # other than LM Studio would misread (or refuse, as OpenAI's API does).
-        strip_ttl = head.ttl is not msgspec.UNSET and lease.node not in self.ttl_nodes
+        strip_ttl = head.ttl is not _UNSET and lease.node not in self.ttl_nodes
         if head.model != lease.model or strip_ttl:
             doc = _json.decode(body)
             doc["model"] = lease.model
