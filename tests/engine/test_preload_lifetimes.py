@@ -193,20 +193,19 @@ async def test_a_pinned_model_stays_loaded_on_ollama_under_proxied_traffic(versi
 
 
 async def test_a_model_ttl_is_ollamas_keep_alive() -> None:
-    spec = ollama("o", [SimModel("t", 4.0)])
-    models = [ModelConfig(name="t", ttl=300)]
-    async with routed([spec], models=models, pool=PoolConfig(reserved_gb=0, min_residency=0)) as (
-        cluster,
-        engine,
-    ):
+    # At time scale 1 the simulated keep_alive is real seconds, as lmtui's TTLs are.
+    spec = ollama("o", [SimModel("t", 1.0)])
+    models = [ModelConfig(name="t", ttl=2)]
+    pool = PoolConfig(reserved_gb=0, min_residency=0)
+    async with routed([spec], models=models, pool=pool, time_scale=1.0) as (cluster, engine):
+        seen = events_of(engine)
         r = await client(engine).chat.completions.create(model="t", messages=MSG, max_tokens=2)
         assert r.choices
         inst = next(iter(cluster.node("o").state.instances.values()))
-        # Loaded with keep_alive "300s" (simulated: 3 s real here), so Ollama unloads it
-        # itself, long before lmtui's own upkeep would (300 s real).
-        assert inst.ttl_s == pytest.approx(300)
+        assert inst.ttl_s == pytest.approx(2)  # loaded with keep_alive "2s"
         await eventually(lambda: cluster.node("o").loaded_models() == [], 10)
-        assert engine.dispatcher.settings.pool.lifetimes.ttl_for("t") == 300
+        # Ollama's expiry matched the TTL: lmtui never had to set it again.
+        assert not any(e.message.startswith("lifetime:") for e in seen)
 
 
 async def test_a_request_ttl_loads_with_it_and_reaches_only_lm_studio(
