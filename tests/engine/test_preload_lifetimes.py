@@ -134,6 +134,24 @@ async def test_a_node_coming_back_gets_preloaded_and_an_operator_unload_is_respe
         assert "hot" in cluster.node("a").loaded_models()
 
 
+async def test_a_node_coming_back_is_preloaded() -> None:
+    models = [SimModel("m1", 10.0), SimModel("hot", 10.0)]
+    specs = [lms("a", 10, models, ["m1"]), lms("b", 32, models, [])]
+    async with routed(specs, pool=PoolConfig(reserved_gb=0)) as (cluster, engine):
+        await cluster.node("b").set_down(True)
+        await eventually(lambda: engine.store.snapshot.nodes["b"].health.value == "down", 10)
+        # Demand arrives while b is down and a is full: nothing can be preloaded...
+        now = time.time()
+        for k in range(40):
+            engine.controller.demand.request_done("hot", "ok", now - k)
+        await asyncio.sleep(2.5)  # two pool manager ticks
+        assert not any(True for _ in engine.store.snapshot.instances_of("hot"))
+        # ...until b comes back: that is when a preload pass runs.
+        await cluster.node("b").set_down(False)
+        await eventually(lambda: cluster.node("b").loaded_models() == ["hot"], 15)
+        assert cluster.node("a").loaded_models() == ["m1"]  # nothing evicted for it
+
+
 # -- frequency-aware eviction -------------------------------------------------------------
 
 
