@@ -118,6 +118,15 @@ class Backend:
         """Unload one instance. Raises NotSupported unless ``can_unload``."""
         raise NotSupported(f"{self.kind} nodes cannot unload models")
 
+    #: Whether the node itself unloads idle models after a lifetime lmtui can set again on
+    #: a loaded model (:meth:`set_lifetime`): Ollama's ``keep_alive``.
+    sets_lifetime: ClassVar[bool] = False
+
+    async def set_lifetime(self, model: str, instance_id: str, ttl: float | None) -> None:
+        """Make the node keep a loaded model ``ttl`` seconds after its last use (None: for
+        good), without reloading it. Raises NotSupported unless ``sets_lifetime``."""
+        raise NotSupported(f"{self.kind} nodes keep no lifetime lmtui can set")
+
     async def processes(self) -> list[dict[str, Any]]:
         """The server processes lmtui runs on this node, with their last log lines.
         Raises NotSupported unless the kind starts servers itself (``llamacpp-pool``)."""

@@ -317,7 +317,7 @@ class LMStudioBackend(HttpBackend):
         With ``lms`` over SSH the load goes through ``lms load`` (any version; it carries
         ``ttl`` and the node's ``slots`` as ``--parallel``). Over REST ``ttl`` is not sent:
         the v1 load endpoint documents no idle TTL, and lmtui's pool manager unloads idle
-        instances itself.
+        instances itself (``core/lifetime.py``).
         """
         if self.lms is not None and self.lms_ok:
             ident = self._new_id(model)

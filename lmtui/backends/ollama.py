@@ -130,7 +130,11 @@ def parse_generate_answer(body: bytes) -> dict[str, Any]:
 
 
 def keep_alive(ttl: float | None) -> str | int:
-    """``keep_alive`` for a load: ``"<ttl>s"``, or -1 (forever: lmtui's pool manages it)."""
+    """``keep_alive`` for a load: ``"<ttl>s"``, or -1 (forever: lmtui's pool manages it).
+
+    Never left out: a load without one gets ``OLLAMA_KEEP_ALIVE`` (5 minutes by default),
+    and since Ollama 0.1.49 that stays the model's lifetime under requests that carry none,
+    which is every request lmtui proxies (``/v1`` ignores a ``keep_alive`` field)."""
     if ttl is None or ttl < 0:
         return -1
     return f"{max(1, round(ttl))}s"
@@ -141,6 +145,7 @@ class OllamaBackend(HttpBackend):
 
     kind = NodeKind.OLLAMA
     supports_load = True
+    sets_lifetime = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -197,6 +202,12 @@ class OllamaBackend(HttpBackend):
             body["options"] = {"num_ctx": context_length}
         await self._generate(body)
         return model
+
+    async def set_lifetime(self, model: str, instance_id: str, ttl: float | None) -> None:
+        """Set a loaded model's lifetime again: the same call as a load (no prompt, a
+        ``keep_alive``), which on a model in memory only replaces its ``keep_alive`` and
+        restarts its timer (``useLoadedRunner`` in Ollama's scheduler)."""
+        await self._generate({"model": instance_id or model, "keep_alive": keep_alive(ttl)})
 
     async def unload(self, model: str, instance_id: str) -> None:
         """Unload ``model`` now (``keep_alive: 0``)."""

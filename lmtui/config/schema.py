@@ -189,10 +189,25 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: How to choose what to evict: least recently used (``lru``), weighing reload cost
     #: (``cost``), or request rate × reload time / size (``gdsf``).
     eviction: Literal["lru", "cost", "gdsf"] = "lru"
-    #: Unload an unpinned model idle this many seconds (0 = never).
+    #: Unload an unpinned model idle this many seconds (0 = never); ``low`` priority models
+    #: at half of it, ``high`` ones never (unless ``idle_ttl_by_priority`` says otherwise).
     idle_ttl: NonNegFloat = 0.0
+    #: Idle TTL in seconds per priority (0 = never), replacing the rule above for the
+    #: priorities named, e.g. ``{ low = 300, high = 7200 }``.
+    idle_ttl_by_priority: dict[Literal["low", "normal", "high"], NonNegFloat] = msgspec.field(
+        default_factory=dict
+    )
     #: Never evict a model loaded less than this many seconds ago (against thrashing).
     min_residency: NonNegFloat = 30.0
+    #: Load the most requested models onto free memory (never evicting anything for it): at
+    #: start, when a node comes back and after an eviction or unload frees room.
+    preload: bool = True
+    #: Only the first this many models of the demand ranking are preloaded (0 = none).
+    preload_max: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 8
+    #: Fraction of each node's (and host's) budget a preload leaves free.
+    preload_keep_free: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    #: Models asked for less often than this (decayed requests per hour) are not preloaded.
+    preload_min_rate: NonNegFloat = 1.0
 
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -216,6 +231,9 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Seconds a request for this model may wait for a node's first byte; overrides the
     #: node's and [router] first_byte_timeout.
     first_byte_timeout: PositiveFloat | None = None
+    #: Unload it when idle this many seconds (0 = never), whatever its priority says;
+    #: carried out by Ollama itself (``keep_alive``) and by lmtui everywhere.
+    ttl: NonNegFloat | None = None
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -60,6 +60,9 @@ class RequestInfo:
     exclude: frozenset[InstanceKey] = frozenset()
     #: Nodes not to load the model on, e.g. where a load of it failed moments ago.
     avoid_nodes: frozenset[str] = frozenset()
+    #: The request's own ``ttl`` (seconds): the idle TTL of a load it causes, as LM Studio's
+    #: JIT loading defines it (``core/lifetime.py``). None: the configured one.
+    ttl_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +75,11 @@ class Load:
     reason: str
     footprint_bytes: int = 0
     #: Who asked, as a short fixed code for metrics: ``on_demand`` (a request needs it),
-    #: ``replica`` (a busy model spreads), ``min_replicas``, ``pinned``, ``operator``.
+    #: ``replica`` (a busy model spreads), ``min_replicas``, ``pinned``, ``operator``,
+    #: ``preload``.
     origin: str = "on_demand"
+    #: The idle TTL a request asked for with its ``ttl`` (None: the configured one).
+    ttl_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

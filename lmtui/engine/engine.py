@@ -27,6 +27,7 @@ from lmtui.backends.base import Backend
 from lmtui.config import Config, NodeConfig
 from lmtui.config import parse_listen as parse_config_listen
 from lmtui.core.events import Event, EventKind, Level
+from lmtui.core.model import NodeKind
 from lmtui.engine.control import Controller
 from lmtui.engine.control_api import ControlApi
 from lmtui.engine.dispatch import Dispatcher
@@ -136,6 +137,8 @@ class Engine:
         self.controller = Controller(
             self.store, self.dispatcher, self.poller, config, state, clock=clock
         )
+        # An eviction or an unload frees room: counted, and the pool manager may preload.
+        self.dispatcher.on_evict = self._evicted
         self.router: Router | None = None
         self._runner: web.AppRunner | None = None
         #: Bearer keys that may read /metrics (none: it is open, as on a keyless loopback).
@@ -170,6 +173,10 @@ class Engine:
                         self.clock(), EventKind.ERROR, f"router not started: {e}", level=Level.ERROR
                     )
                 )
+
+    def _evicted(self, model: str, node: str, reason: str) -> None:
+        self.metrics.eviction(model, node, reason)
+        self.controller.room_freed(node)
 
     def _request_done(self, out: Outcome, t0: float, t1: float) -> None:
         self.controller.demand.request_done(out.model, out.outcome, t0)
@@ -239,6 +246,9 @@ class Engine:
             body_timeout_s=rc.body_timeout,
             max_answer_bytes=rc.max_answer_bytes,
             first_byte_timeout_s=self.config.router.first_byte_timeout,
+            # LM Studio reads a request's ``ttl`` itself (for a load the request causes);
+            # every other server gets it removed (an OpenAI-style server may refuse it).
+            ttl_nodes=frozenset(n.name for n in self.config.nodes if n.kind is NodeKind.LMSTUDIO),
             node_first_byte_s={
                 n.name: n.first_byte_timeout
                 for n in self.config.nodes

@@ -402,8 +402,8 @@ class Metrics:
     def load(self, model: str, node: str, reason: str, *, ok: bool, seconds: float) -> None:
         """Count a model load (``ok`` labels it ``"true"``/``"false"``) and time it.
         ``reason`` is who asked (``core.scheduler.Load.origin``): ``on_demand``, ``replica``,
-        ``min_replicas``, ``pinned``, ``operator``, or a confirmed proposal's ``spread`` /
-        ``drain_move``."""
+        ``min_replicas``, ``pinned``, ``preload``, ``operator``, or a confirmed proposal's
+        ``spread`` / ``drain_move``."""
         m = self._model_label(model)
         self._loads.labels(m, node, reason, "true" if ok else "false").inc()
         self._load_seconds.labels(m, node).observe(seconds)

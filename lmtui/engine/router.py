@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -83,6 +83,21 @@ MAX_NAME = 256
 _Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
 
 
+#: The longest idle TTL a request may ask for with ``ttl``: a year, in seconds.
+MAX_TTL_S = 365 * 86400.0
+
+
+_UNSET = msgspec.UNSET
+
+
+def request_ttl(value: object) -> float | None:
+    """A request's ``ttl`` as lmtui honours it: seconds, a number in (0, a year]; any other
+    value (LM Studio's is a number) is left to the server and ignored by lmtui."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= MAX_TTL_S:
+        return float(value)
+    return None
+
+
 class _Head(msgspec.Struct):
     """The only fields the router reads from a request body; the rest passes untouched
     (whatever their types: an unknown field is the server's business, not lmtui's)."""
@@ -91,6 +106,10 @@ class _Head(msgspec.Struct):
     #: ``null`` is allowed, as the OpenAI API allows it: no stream.
     stream: bool | None = None
     user: _Name | None = None
+    #: LM Studio's idle TTL, in seconds, for a load this request causes (its JIT rule):
+    #: lmtui honours it for its own loads (:func:`request_ttl`) and removes it, whatever
+    #: its value, before a server that is not LM Studio sees it. UNSET when absent.
+    ttl: Any = msgspec.UNSET
 
 
 class _Counts(msgspec.Struct):
@@ -217,6 +236,7 @@ class Router:
         model_first_byte_s: dict[str, float] | None = None,
         guard: BrowserGuard | None = None,
         auth_failures: AuthFailures | None = None,
+        ttl_nodes: frozenset[str] = frozenset(),
         body_timeout_s: float = 75.0,
         max_answer_bytes: int = 64 * 1024 * 1024,
     ) -> None:
@@ -230,6 +250,9 @@ class Router:
         #: Largest non-streamed answer read from a node (``[router] max_answer_bytes``).
         self.max_answer_bytes = max_answer_bytes
         self.first_byte_timeout_s = first_byte_timeout_s
+        #: Nodes whose server reads a request's ``ttl`` as LM Studio defines it (LM Studio);
+        #: the others get the field removed.
+        self.ttl_nodes = ttl_nodes
         self.node_first_byte_s = node_first_byte_s or {}
         self.model_first_byte_s = model_first_byte_s or {}
         self._attempts: set[_Attempt] = set()
@@ -430,7 +453,14 @@ class Router:
             try:
                 # A retry (exclude is set) had its turn already: it goes first, not last.
                 lease = await self.dispatcher.acquire(
-                    RequestInfo(head.model or "", head.user, rid, bool(exclude), exclude),
+                    RequestInfo(
+                        head.model or "",
+                        head.user,
+                        rid,
+                        bool(exclude),
+                        exclude,
+                        ttl_s=None if head.ttl is _UNSET else request_ttl(head.ttl),
+                    ),
                     deadline=deadline,
                     progress=progress,
                 )
@@ -472,9 +502,14 @@ class Router:
         head: _Head,
         out: Outcome,
     ) -> None:
-        if head.model != lease.model:
+        # Rewritten only when it must be: an alias to the node's name, or a ``ttl`` a server
+        # other than LM Studio would misread (or refuse, as OpenAI's API does).
+        strip_ttl = head.ttl is not _UNSET and lease.node not in self.ttl_nodes
+        if head.model != lease.model or strip_ttl:
             doc = _json.decode(body)
             doc["model"] = lease.model
+            if strip_ttl:
+                doc.pop("ttl", None)
             body = _encode(doc)
         pool = self._pool(lease.node, lease.url)
         t_send = self.clock()

@@ -4,6 +4,19 @@ Like the real server: a request for a model not in memory loads it, unloading id
 (least recently used first) when memory or OLLAMA_MAX_LOADED_MODELS requires; each loaded
 model serves ``parallel`` (OLLAMA_NUM_PARALLEL) requests at once; more than ``max_queue``
 waiting requests get 503; ``keep_alive`` sets how long a model stays after its last use.
+
+How a request changes a loaded model's ``keep_alive``, as Ollama's scheduler does it
+(``server/sched.go``):
+
+- a native request (``/api/generate``, ``/api/chat``) with ``keep_alive`` sets it;
+- one without: since 0.1.49 (commit 955f2a4e, "Only set default keep_alive on initial model
+  load") the model keeps the one it has; before, it was reset to ``OLLAMA_KEEP_ALIVE``
+  (``keep_alive_s``) on every request. ``version`` picks which;
+- the OpenAI-compatible ``/v1`` endpoints carry no ``keep_alive`` on any version (their
+  request structs in ``openai/openai.go`` have no such field): a ``keep_alive`` in the body
+  is ignored, so a ``/v1`` request is always one "without".
+
+A model's first load takes the request's ``keep_alive``, or ``OLLAMA_KEEP_ALIVE``.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from lmtui.sim.kinds.base import (
     iso_now,
     json_response,
 )
-from lmtui.sim.spec import SimModel
+from lmtui.sim.spec import SimModel, version_tuple
 from lmtui.sim.state import Job, SimInstance, SimLoadError
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -203,6 +216,11 @@ class OllamaServer(KindServer):
         ka = self.spec.keep_alive_s if keep_alive is None else keep_alive
         return None if ka < 0 else ka
 
+    @property
+    def resets_keep_alive(self) -> bool:
+        """Before 0.1.49 a request without ``keep_alive`` reset the model's to the default."""
+        return version_tuple(self.spec.version) < (0, 1, 49)
+
     async def _ensure(self, name: Any, keep_alive: float | None) -> SimInstance:
         model = self.find(name)
         if model is None:
@@ -228,11 +246,15 @@ class OllamaServer(KindServer):
                     },
                 ) from e
         await self.wait_loaded(inst)
-        self.state.touch(inst, self._ttl(keep_alive), set_ttl=True)
+        if keep_alive is not None or self.resets_keep_alive:
+            self.state.touch(inst, self._ttl(keep_alive), set_ttl=True)
+        else:
+            self.state.touch(inst)  # keeps its keep_alive, restarts its idle timer
         return inst
 
     async def resolve(self, name: Any, body: JSON) -> SimInstance:
-        return await self._ensure(name, parse_keep_alive(body.get("keep_alive")))
+        # The OpenAI-compatible endpoints: a ``keep_alive`` in the body is ignored there.
+        return await self._ensure(name, None)
 
     # --- native generate / chat ---------------------------------------------------------
 
