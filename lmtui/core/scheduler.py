@@ -60,6 +60,10 @@ class RequestInfo:
     exclude: frozenset[InstanceKey] = frozenset()
     #: Nodes not to load the model on, e.g. where a load of it failed moments ago.
     avoid_nodes: frozenset[str] = frozenset()
+    #: Nodes that must not serve this request at all, neither a replica there nor a load:
+    #: they lack its API path (``/v1/rerank`` on a server without reranking), or another
+    #: node holds the state it refers to (a ``previous_response_id``).
+    skip_nodes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,9 +276,12 @@ def schedule(
     # no more than this loop, the free-slot check and the reason text.
     nodes = snapshot.nodes
     exclude = request.exclude
+    skip = request.skip_nodes
     live: list[Instance] = []
     coming: list[Instance] = []
     for i in instances:
+        if skip and i.node in skip:
+            continue
         node = nodes.get(i.node)
         if (
             i.state is InstanceState.LOADED
@@ -288,7 +295,9 @@ def schedule(
             i.state is InstanceState.LOADING or (node is not None and node.health is Health.UNKNOWN)
         ) and _coming(snapshot, i):
             coming.append(i)
-    pending = {n for n, m in pending_loads if m == model} if pending_loads else set()
+    pending = (
+        {n for n, m in pending_loads if m == model and n not in skip} if pending_loads else set()
+    )
     ahead = 0 if request.queued else snapshot.queue_depth.get(model, 0)
 
     extra = None
@@ -342,6 +351,7 @@ def schedule(
     avoid = {i.node for i in instances if i.state is InstanceState.FAILED}
     avoid |= {node for node, _ in request.exclude}
     avoid |= request.avoid_nodes
+    avoid |= skip
     p = place(
         snapshot,
         model,

@@ -25,7 +25,9 @@ from aiohttp import web
 from lmtui.core.model import NodeKind
 from lmtui.sim import physics
 from lmtui.sim.kinds import llamacpp_payloads as P
-from lmtui.sim.kinds.base import JSON, KindServer, SimHTTPError, dumps, json_response
+from lmtui.sim.kinds import more_apis as A
+from lmtui.sim.kinds.base import JSON, SimHTTPError, dumps, json_response
+from lmtui.sim.kinds.more_apis import MoreApis
 from lmtui.sim.spec import SimModel
 from lmtui.sim.state import Counters, Job, SimInstance, SimLoadError
 
@@ -47,7 +49,7 @@ class _NotLoaded(Exception):
         self.model = model
 
 
-class LlamaCppServer(KindServer):
+class LlamaCppServer(MoreApis):
     """``llama-server -m MODEL`` or ``llama-server --models-dir DIR``."""
 
     kind = NodeKind.LLAMACPP
@@ -86,6 +88,8 @@ class LlamaCppServer(KindServer):
         r.add_post("/completion", self.native_completion)
         r.add_post("/completions", self.native_completion)
         self.add_openai_routes(app)
+        # Every build since late 2025 has all four (rerank answers 501 without --reranking).
+        self.add_more_routes(app, {A.RESPONSES, A.MESSAGES, A.COUNT_TOKENS, A.RERANK})
 
     async def on_start(self) -> None:
         if self.single is not None:
