@@ -235,14 +235,21 @@ async def test_messages_errors_are_anthropic_shaped(
 
 
 async def test_a_nodes_own_error_on_messages_becomes_anthropic_shaped() -> None:
-    # The simulated llama-server answers a body without messages with its own
-    # {"error": {"code", "message", "type"}}: the client gets Anthropic's shape.
+    # llama-server answers a message whose content is neither text nor a list with its own
+    # {"error": {"code", "message", "type"}} (messages-error-bad-content.json): the client
+    # gets Anthropic's shape, which is all its SDK reads.
     async with routed([node("a", NodeKind.LLAMACPP)]) as (_cluster, engine):
         c = anthropic_client(engine)
+        bad = [{"role": "user", "content": 5}]
         with pytest.raises(anthropic.BadRequestError) as e:
-            await c.messages.create(model="m1", max_tokens=2, messages="x")  # type: ignore[arg-type]
-        assert e.value.body["type"] == "error"  # type: ignore[index]
-        assert "messages" in e.value.body["error"]["message"]  # type: ignore[index]
+            await c.messages.create(model="m1", max_tokens=2, messages=bad)  # type: ignore[arg-type,list-item]
+        assert e.value.body == {  # type: ignore[comparison-overlap]
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": "Expected 'content' to be a string or an array",
+            },
+        }
 
 
 # -- rerank ---------------------------------------------------------------------------------

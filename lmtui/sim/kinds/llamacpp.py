@@ -54,6 +54,9 @@ class LlamaCppServer(MoreApis):
 
     kind = NodeKind.LLAMACPP
     public_paths = _PUBLIC
+    # Measured on the real server (tests/fixtures/llama-server/apis/).
+    previous_id_refused = "llama.cpp does not support 'previous_response_id'."
+    missing_messages_status = 500
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -105,7 +108,8 @@ class LlamaCppServer(MoreApis):
         return {"error": {"code": status, "message": message, "type": type_}}
 
     def route_not_found(self, method: str, path: str, status: int) -> Any:
-        return self.error_body(404, "File Not Found", "not_found_error")
+        # The real server's fields come in this order here (unknown-path-404.json).
+        return {"error": {"message": "File Not Found", "type": "not_found_error", "code": 404}}
 
     def bad_json_error(self, exc: ValueError) -> SimHTTPError:
         return SimHTTPError(

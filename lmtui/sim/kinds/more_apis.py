@@ -56,6 +56,11 @@ class MoreApis(KindServer):
     #: Whether ``previous_response_id`` continues a stored response (Ollama's Responses
     #: API is stateless: it ignores the field).
     stateful_responses = True
+    #: The 400 message of a server that refuses ``previous_response_id`` outright (a real
+    #: llama-server: "llama.cpp does not support 'previous_response_id'."), or None.
+    previous_id_refused: str | None = None
+    #: The status of a Messages request without ``messages`` (a real llama-server: 500).
+    missing_messages_status = 400
     #: The rerank answer's shape: ``llama`` (llama-server) or ``vllm``.
     rerank_shape = "llama"
 
@@ -79,6 +84,10 @@ class MoreApis(KindServer):
         self.admit()
         prev = body.get("previous_response_id")
         context = 0
+        if prev is not None and self.previous_id_refused is not None:
+            raise SimHTTPError(
+                400, self.error_body(400, self.previous_id_refused, "invalid_request_error")
+            )
         if prev is not None and self.stateful_responses:
             hit = self._stored.get(prev) if isinstance(prev, str) else None
             if hit is None:
@@ -192,8 +201,10 @@ class MoreApis(KindServer):
             )
             sent = await self.write_chunk(request, resp, data, sent)
         whole = "".join(text).lstrip()
-        item = self._message_item(mid, whole)
-        part = item["content"][0]
+        plain = self._message_item(mid, whole)
+        part = plain["content"][0]
+        # In a stream the real server lists the item's fields in another order.
+        item = {k: plain[k] for k in ("type", "status", "id", "content", "role")}
         self._store(rid, name, job)
         done = {
             "id": rid,
@@ -230,10 +241,21 @@ class MoreApis(KindServer):
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await self.read_json(request)
         self.admit()
-        if not isinstance(body.get("messages"), list):
-            raise SimHTTPError(
-                400, self.error_body(400, "'messages' is required", "invalid_request_error")
-            )
+        messages = body.get("messages")
+        if messages is None:
+            status = self.missing_messages_status
+            type_ = "server_error" if status >= 500 else "invalid_request_error"
+            raise SimHTTPError(status, self.error_body(status, "'messages' is required", type_))
+        for m in messages if isinstance(messages, list) else ():
+            if isinstance(m, dict) and not isinstance(m.get("content"), str | list):
+                raise SimHTTPError(
+                    400,
+                    self.error_body(
+                        400,
+                        "Expected 'content' to be a string or an array",
+                        "invalid_request_error",
+                    ),
+                )
         inst = await self.resolve(body.get("model"), body)
         n, finish = physics.completion_tokens(self.max_tokens(body, "max_tokens"), self.rng)
         stop = "max_tokens" if finish == "length" else "end_turn"
