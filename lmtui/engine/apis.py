@@ -320,11 +320,12 @@ class Api:
         message = _error_message(data) or data[:500].decode(errors="replace").strip()
         return anthropic_error_body(status, message or f"HTTP {status}")
 
-    def says_absent(self, status: int, data: bytes, models: tuple[str, ...]) -> bool:
+    def says_absent(self, status: int, data: bytes, models: tuple[str | None, ...]) -> bool:
         """Does this answer mean the node lacks the path (rather than a failed request)?
 
-        A 404 or 501; but a 404 that names the model is about the model ("model 'x' not
-        found"), not the path. LM Studio answers a path it lacks with HTTP 200 and
+        A 404 or 501; but a 404 that names what the request named (``models``: the model,
+        a ``previous_response_id``) is about that ("model 'x' not found"), not the path.
+        LM Studio answers a path it lacks with HTTP 200 and
         ``{"error": "Unexpected endpoint or method. (POST /v1/messages)"}``."""
         if not self.learnt:
             return False

@@ -50,6 +50,7 @@ HOT_PATHS = {
     b"/v1/chat/completions": "/v1/chat/completions",
     b"/v1/completions": "/v1/completions",
     b"/v1/embeddings": "/v1/embeddings",
+    b"/v1/responses": "/v1/responses",
 }
 #: A request head larger than this goes to aiohttp, which answers it (431 or 400).
 MAX_HEAD = 64 * 1024

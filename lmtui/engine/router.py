@@ -577,7 +577,13 @@ class Router:
                     raise _RetryElsewhere(str(e)) from e
                 self._attempts.discard(att)  # the whole answer is here: nothing to watch
                 out.ttft_s = self.clock() - t_send
-                if api.learnt and api.says_absent(status, data, (lease.model, head.model or "")):
+                if api.learnt and api.says_absent(
+                    status,
+                    data,
+                    # A 404 naming what the request named is about that, not the path
+                    # (vLLM answers an unknown previous_response_id with 404).
+                    (lease.model, head.model or "", getattr(head, "previous_response_id", "")),
+                ):
                     raise _PathAbsent(status, data)
                 if (
                     status == 200

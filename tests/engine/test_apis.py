@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -73,6 +74,8 @@ async def test_responses_are_routed_streamed_and_not() -> None:
         assert types[-1] == "response.completed"
         assert types.count("response.output_text.delta") == 6
         assert served(cluster, "a") == 2
+        # Plain Responses requests take the fast front, as chat completions do.
+        assert engine.front is not None and engine.front.served >= 2
         body, _ = engine.metrics.render()
         assert b'lmtui_api_requests_total{api="responses",outcome="ok"} 2.0' in body
 
@@ -513,3 +516,72 @@ async def test_passthrough_to_a_node_that_is_down_is_a_502(monkeypatch: pytest.M
         r = await h.get("/lmtui/v1/nodes/n1/health", headers={"Host": "127.0.0.1"})
         assert r.status_code == 502
         assert "n1" in r.json()["error"]["message"]
+
+
+# -- the per-API readers, on captured answers ------------------------------------------------
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "llama-server" / "apis"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "absent"),
+    [
+        (404, b'{"error":{"message":"File Not Found","type":"not_found_error","code":404}}', True),
+        (404, b"404 page not found", True),  # Ollama (Go's mux)
+        (404, b'{"detail":"Not Found"}', True),  # vLLM (FastAPI)
+        # About the model, not the path: the request failed, the path is there.
+        (404, b'{"error":{"message":"model \\"m1\\" not found, try pulling it first"}}', False),
+        (501, (FIXTURES / "rerank-not-enabled.json").read_bytes(), True),
+        (200, b'{"error":"Unexpected endpoint or method. (POST /v1/messages)"}', True),
+        (200, b'{"error":"something else"}', False),
+        (400, (FIXTURES / "messages-error-bad-content.json").read_bytes(), False),
+    ],
+)
+def test_which_answers_say_a_path_is_absent(status: int, body: bytes, absent: bool) -> None:
+    from lmtui.engine.apis import MESSAGES, RERANK
+
+    api = RERANK if status == 501 else MESSAGES
+    assert api.says_absent(status, body, ("m1", "m1")) is absent
+
+
+def test_the_readers_find_ids_and_usage_in_real_answers() -> None:
+    from lmtui.engine.apis import (
+        MESSAGES,
+        RESPONSES,
+        response_id,
+        stream_usage_into,
+        usage_into,
+    )
+    from lmtui.engine.router import Outcome
+
+    stream = (FIXTURES / "responses-stream.txt").read_bytes()
+    assert response_id(stream[:8192]) == "resp_puZrMA6KPOplIY6gASmDdAehjlilwZfp"
+    whole = (FIXTURES / "responses.json").read_bytes()
+    assert response_id(whole) == "resp_Kkmc0YEIvV0Lz1X2BTJn1qY10AW3JXVA"
+    out = Outcome(model="m")
+    RESPONSES.stream_usage(out, stream)
+    assert (out.tokens_in, out.tokens_out) == (26, 8)
+    out = Outcome(model="m")
+    assert usage_into(out, (FIXTURES / "messages.json").read_bytes())
+    assert (out.tokens_in, out.tokens_out) == (26, 12)
+    out = Outcome(model="m")
+    assert usage_into(out, (FIXTURES / "messages-count-tokens.json").read_bytes())
+    assert out.tokens_in == 26
+    out = Outcome(model="m")
+    stream_usage_into(out, (FIXTURES / "messages-stream.txt").read_bytes()[-4096:])
+    assert out.tokens_out == 8
+    # A node's OpenAI-shaped error on an Anthropic path becomes Anthropic's.
+    bad = (FIXTURES / "messages-error-bad-content.json").read_bytes()
+    assert MESSAGES.node_error(400, bad) == (
+        b'{"type":"error","error":{"type":"invalid_request_error",'
+        b'"message":"Expected \'content\' to be a string or an array"}}'
+    )
+    assert MESSAGES.node_error(404, b"404 page not found").startswith(b'{"type":"error"')
+
+
+def test_a_404_about_a_previous_response_is_not_an_absent_path() -> None:
+    from lmtui.engine.apis import RESPONSES
+
+    body = b'{"error":{"message":"Response with id \'resp_abc\' not found.","code":404}}'
+    assert not RESPONSES.says_absent(404, body, ("m1", "m1", "resp_abc"))
+    assert RESPONSES.says_absent(404, b"Not Found", ("m1", "m1", None))
