@@ -32,7 +32,7 @@ from lmtui.backends._common import (
     override_slots,
     status_error,
 )
-from lmtui.backends.base import BackendError, NotSupported, monotonic
+from lmtui.backends.base import OPENAI_APIS, BackendError, NotSupported, monotonic
 from lmtui.backends.lms import LmsCli, LmsInstance
 from lmtui.backends.ssh import SshHost
 from lmtui.core.model import (
@@ -160,6 +160,11 @@ class LMStudioBackend(HttpBackend):
 
     kind = NodeKind.LMSTUDIO
     supports_load = True
+    #: LM Studio's docs (lmstudio.ai/docs/developer/openai-compat, anthropic-compat):
+    #: ``/v1/responses`` (0.3.29+) and the Anthropic ``/v1/messages`` (0.4); no
+    #: count_tokens, no rerank. An endpoint it lacks answers HTTP 200 with an error body,
+    #: which the router reads as "absent" too (engine/apis.py).
+    apis = OPENAI_APIS | {"responses", "messages"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -198,6 +203,13 @@ class LMStudioBackend(HttpBackend):
             "loaded there; give the node an [nodes.ssh] section (for lms) or upgrade LM "
             "Studio to load and unload from lmtui"
         )
+
+    def serves(self, api: str) -> bool:
+        """``/v1/messages`` came with 0.4 (REST v1): a server that speaks only v0 lacks it;
+        ``/v1/responses`` is in late 0.3 builds too, so only the server's answer tells."""
+        if api == "messages" and self.api == "v0":
+            return False
+        return api in self.apis
 
     async def poll(self, now: float) -> NodeObservation:
         """Read the models (and their loaded instances) over v1, or v0 on older servers."""

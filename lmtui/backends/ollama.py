@@ -24,8 +24,9 @@ from lmtui.backends._common import (
     opt_int,
     opt_str,
     status_error,
+    version_tuple,
 )
-from lmtui.backends.base import BackendBadResponse, BackendError, monotonic
+from lmtui.backends.base import OPENAI_APIS, BackendBadResponse, BackendError, monotonic
 from lmtui.core.model import AvailableModel, InstanceObservation, NodeKind, NodeObservation
 
 #: OLLAMA_NUM_PARALLEL's default: one request at a time per model.
@@ -146,6 +147,12 @@ class OllamaBackend(HttpBackend):
     kind = NodeKind.OLLAMA
     supports_load = True
     sets_lifetime = True
+    #: Ollama's docs (docs.ollama.com/api/openai-compatibility, anthropic-compatibility):
+    #: ``/v1/responses`` since v0.13.3 (stateless), the Anthropic ``/v1/messages`` since
+    #: v0.14.0 (ollama.com/blog/claude); no count_tokens, no rerank.
+    apis = OPENAI_APIS | {"responses", "messages"}
+    #: The first version with each API beyond the OpenAI three.
+    API_SINCE = {"responses": (0, 13, 3), "messages": (0, 14, 0)}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -153,6 +160,14 @@ class OllamaBackend(HttpBackend):
         self._version = Every(VERSION_REFRESH_S)
         self._available: tuple[AvailableModel, ...] | None = None
         self._version_str: str | None = None
+
+    def serves(self, api: str) -> bool:
+        """By the version ``/api/version`` reported; an unknown version says yes."""
+        if api not in self.apis:
+            return False
+        since = self.API_SINCE.get(api)
+        have = version_tuple(self._version_str)
+        return since is None or have is None or have >= since
 
     async def poll(self, now: float) -> NodeObservation:
         """Read loaded models every poll; downloaded models and version when due.

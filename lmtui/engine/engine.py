@@ -28,12 +28,15 @@ from lmtui.config import Config, NodeConfig
 from lmtui.config import parse_listen as parse_config_listen
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.model import NodeKind
+from lmtui.engine.apis import BY_PATH
 from lmtui.engine.control import Controller
 from lmtui.engine.control_api import ControlApi
 from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.errors import UNAUTHORIZED, error_response, quiet_client_errors
 from lmtui.engine.guard import AuthFailures, BrowserGuard
 from lmtui.engine.metrics import Metrics
+from lmtui.engine.passthrough import PREFIX as PASSTHROUGH
+from lmtui.engine.passthrough import Passthrough
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
 from lmtui.engine.reqlog import RequestLog, RequestRecord
 from lmtui.engine.router import FAST_PATHS, Outcome, Router
@@ -196,6 +199,8 @@ class Engine:
             ttft_s=out.ttft_s,
             duration_s=t1 - t0,
         )
+        if out.api != "chat":
+            self.metrics.api_request(out.api, out.outcome)
         if self.request_log is not None:
             self.request_log.record(
                 RequestRecord(
@@ -260,27 +265,49 @@ class Engine:
                 if m.first_byte_timeout is not None
             },
         )
+        passthrough = Passthrough(self.router, admin_token=token, on_done=self.metrics.passthrough)
         # Which paths need a key decides whether the Host rule applies (guard.py).
-        keyed = {"/lmtui/": token is not None, "/metrics": bool(self._metrics_keys)}
+        keyed = {
+            "/lmtui/": token is not None,
+            "/metrics": bool(self._metrics_keys),
+            PASSTHROUGH: passthrough.keyed,
+        }
 
         @web.middleware
         async def browser_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             # The same rules the fast front applies to the requests it serves itself.
             path = request.path
+            ctype = request.headers.get("Content-Type")
+            if path.startswith(PASSTHROUGH):
+                need_key = keyed[PASSTHROUGH]
+                if need_key:
+                    # A node's own API takes bodies of any type (an upload, a form). The JSON
+                    # rule stops a page's form posts on keyless paths; here a key is needed,
+                    # which a page cannot present, so the type is the node's to judge.
+                    ctype = "application/json"
+            elif path.startswith("/lmtui/"):
+                need_key = keyed["/lmtui/"]
+            elif path == "/metrics":
+                need_key = keyed["/metrics"]
+            else:
+                need_key = bool(api_keys)
             refusal = guard.check(
                 request.method,
                 request.headers.get("Host"),
                 request.headers.get("Origin"),
-                request.headers.get("Content-Type"),
-                keyed=keyed["/lmtui/"]
-                if path.startswith("/lmtui/")
-                else keyed["/metrics"]
-                if path == "/metrics"
-                else bool(api_keys),
+                ctype,
+                keyed=need_key,
             )
             if refusal is not None:
                 status, message, code = refusal
                 type_ = "permission_error" if status == 403 else "invalid_request_error"
+                api = BY_PATH.get(path)
+                if api is not None and api.anthropic:
+                    return web.Response(
+                        status=status,
+                        body=api.error(status, message, type_, code),
+                        content_type="application/json",
+                    )
                 return error_response(status, message, type_, code)
             if request.body_exists and not path.startswith("/v1/"):
                 # Every body on aiohttp's paths arrives within [router] body_timeout (the
@@ -315,6 +342,8 @@ class Engine:
             auth_failures=self._auth_failures,
         )
         self.control_api.add_routes(app)
+        # After the control API: its GET .../nodes/<node>/processes is lmtui's own.
+        passthrough.add_routes(app)
         # handler_cancellation: a client that disconnects cancels its handler, so a queued
         # request leaves the queue at once and frees its place.
         # keepalive_timeout: aiohttp's own default is an hour, so every connection handed to

@@ -14,8 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from lmtui.core.model import NodeKind
-from lmtui.sim.kinds.base import JSON, KindServer, SimHTTPError, json_response
-from lmtui.sim.spec import SimModel
+from lmtui.sim.kinds import more_apis as A
+from lmtui.sim.kinds.base import JSON, SimHTTPError, json_response
+from lmtui.sim.kinds.more_apis import MoreApis
+from lmtui.sim.spec import SimModel, version_tuple
 from lmtui.sim.state import Job, SimInstance, SimLoadError
 
 
@@ -44,7 +46,7 @@ def _bits(quant: str) -> float:
     return 4.5
 
 
-class LMStudioServer(KindServer):
+class LMStudioServer(MoreApis):
     """LM Studio's local server (``lms server start``)."""
 
     kind = NodeKind.LMSTUDIO
@@ -68,6 +70,13 @@ class LMStudioServer(KindServer):
         r.add_post("/__sim/lms/load", self.lms_load)
         r.add_post("/__sim/lms/unload", self.lms_unload)
         self.add_openai_routes(app)
+        # /v1/responses since 0.3.29, the Anthropic /v1/messages since 0.4; no
+        # count_tokens, no rerank (its docs list neither).
+        version = version_tuple(self.spec.version)
+        paths = {A.RESPONSES} if version >= (0, 3, 29) else set()
+        if version >= (0, 4):
+            paths.add(A.MESSAGES)
+        self.add_more_routes(app, paths)
 
     def error_body(self, status: int, message: str, type_: str = "server_error") -> Any:
         return {

@@ -31,14 +31,15 @@ from aiohttp import web
 
 from lmtui.core.model import NodeKind
 from lmtui.sim import physics
+from lmtui.sim.kinds import more_apis as A
 from lmtui.sim.kinds.base import (
     JSON,
-    KindServer,
     SimHTTPError,
     dumps,
     iso_now,
     json_response,
 )
+from lmtui.sim.kinds.more_apis import MoreApis
 from lmtui.sim.spec import SimModel, version_tuple
 from lmtui.sim.state import Job, SimInstance, SimLoadError
 
@@ -82,10 +83,12 @@ def _family(m: SimModel) -> str:
     return re.split(r"[-:.]", m.key, maxsplit=1)[0].rstrip("0123456789") or "llama"
 
 
-class OllamaServer(KindServer):
+class OllamaServer(MoreApis):
     """``ollama serve``."""
 
     kind = NodeKind.OLLAMA
+    #: Its Responses API is stateless (docs.ollama.com/api/openai-compatibility).
+    stateful_responses = False
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -98,6 +101,12 @@ class OllamaServer(KindServer):
         r.add_post("/api/embed", self.embeddings)
         r.add_get("/v1/models", self.openai_models)
         self.add_openai_routes(app)
+        # /v1/responses since v0.13.3 (stateless), /v1/messages since v0.14.0.
+        version = version_tuple(self.spec.version)
+        paths = {A.RESPONSES} if version >= (0, 13, 3) else set()
+        if version >= (0, 14):
+            paths.add(A.MESSAGES)
+        self.add_more_routes(app, paths)
 
     def error_body(self, status: int, message: str, type_: str = "server_error") -> Any:
         return {"error": message}
