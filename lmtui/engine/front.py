@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from email.utils import formatdate
 from typing import TYPE_CHECKING, cast
 
-from lmtui.engine.errors import JSON_HEADERS, UNAUTHORIZED, error_body
+from lmtui.engine.errors import JSON_HEADERS, error_body
 
 if TYPE_CHECKING:
     from lmtui.engine.router import Router
@@ -299,18 +299,8 @@ class FastFront(asyncio.Protocol):
         t0 = self.router.clock()
         reply = _Reply(self)
         try:
-            refusal = self.router.refusal("POST", host, origin, ctype)
-            if refusal is not None:
-                status, message, code = refusal
-                type_ = "permission_error" if status == 403 else "invalid_request_error"
-                await reply.send(status, error_body(message, type_, code), JSON_HEADERS)
-                return
-            if not self.router.authorized(auth):
-                peer = self.transport.get_extra_info("peername")
-                self.router.auth_failures.record(str(peer[0]) if peer else None, "v1")
-                await reply.send(401, error_body(*UNAUTHORIZED), JSON_HEADERS)
-                return
-            await self.router.proxy(reply, path, body, t0)
+            if await self.router.admit(reply, self.transport, host, origin, ctype, auth):
+                await self.router.proxy(reply, path, body, t0)
         except ConnectionResetError:
             pass  # the client left mid-answer; the router has recorded it
         except Exception:

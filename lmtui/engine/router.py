@@ -49,6 +49,7 @@ from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease
 from lmtui.engine.errors import JSON_HEADERS, UNAUTHORIZED, error_body, error_response
 from lmtui.engine.exchange import AiohttpExchange, Exchange
 from lmtui.engine.guard import AuthFailures, BrowserGuard, Refusal
+from lmtui.engine.ratelimit import RateLimited, RateLimits
 from lmtui.http import Pool, Response, UpstreamError, pool_for
 
 log = logging.getLogger(__name__)
@@ -208,12 +209,15 @@ class Router:
         auth_failures: AuthFailures | None = None,
         body_timeout_s: float = 75.0,
         max_answer_bytes: int = 64 * 1024 * 1024,
+        limits: RateLimits | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        #: Per-key, per-address and failed-authentication limits (``ratelimit.py``).
+        self.limits = limits or RateLimits()
         #: The CSRF / DNS-rebinding rules (``guard.py``), checked by the fast front; the
         #: aiohttp paths check the same in the engine's middleware.
         self.guard = guard or BrowserGuard()
-        self.auth_failures = auth_failures or AuthFailures()
+        self.auth_failures = auth_failures or AuthFailures(on_failure=self.limits.auth_failed)
         #: Longest a request body may take to arrive on aiohttp's path (``idle_timeout``).
         self.body_timeout_s = body_timeout_s
         #: Largest non-streamed answer read from a node (``[router] max_answer_bytes``).
@@ -252,9 +256,10 @@ class Router:
         return await self.proxy_aiohttp(request, "/v1/embeddings")
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
-        denied = self._check_auth(request)
-        if denied is not None:
-            return denied
+        ex = AiohttpExchange(request)
+        if not await self._admit_aiohttp(request, ex):
+            assert ex.response is not None
+            return ex.response
         return web.Response(
             body=_encode({"object": "list", "data": self.models()}), content_type="application/json"
         )
@@ -263,14 +268,17 @@ class Router:
 
     def authorized(self, authorization: str) -> bool:
         """Does the ``Authorization`` header carry one of the API keys (or are there none)?"""
-        if not self.api_keys:
-            return True
+        return not self.api_keys or self._key_index(authorization) >= 0
+
+    def _key_index(self, authorization: str) -> int:
+        """Which API key the ``Authorization`` header carries: its index, else -1."""
         token = authorization[7:].encode() if authorization[:7].lower() == "bearer " else b""
         # Compare against every key so the time taken does not say which one matched.
-        ok = False
-        for key in self.api_keys:
-            ok |= hmac.compare_digest(token, key)
-        return ok
+        found = -1
+        for i, key in enumerate(self.api_keys):
+            if hmac.compare_digest(token, key):
+                found = i
+        return found
 
     def refusal(
         self, method: str, host: str | None, origin: str | None, content_type: str | None
@@ -278,18 +286,66 @@ class Router:
         """Why a request to ``/v1`` is refused before its key is looked at (``guard.py``)."""
         return self.guard.check(method, host, origin, content_type, keyed=bool(self.api_keys))
 
-    def _check_auth(self, request: web.Request) -> web.Response | None:
-        if self.authorized(request.headers.get("Authorization", "")):
-            return None
-        self.auth_failures.record(request.remote, "v1")
-        return error_response(401, *UNAUTHORIZED)
+    async def admit(
+        self,
+        ex: Exchange,
+        transport: object,
+        host: str | None,
+        origin: str | None,
+        content_type: str | None,
+        authorization: str,
+        method: str = "POST",
+    ) -> bool:
+        """The one gate of ``/v1``, for the fast front and aiohttp's handlers alike: the
+        browser rules (403, 415), the failed-authentication limit (429, before the key is
+        judged), the key (401, counted and logged), then the per-address and per-key rate
+        limits (429). True when the request may be served; else its refusal has been sent
+        through ``ex``. ``transport`` is the connection's: the client's address is read
+        from it only when a limit or a failed key needs it."""
+        refusal = self.refusal(method, host, origin, content_type)
+        if refusal is not None:
+            status, message, code = refusal
+            type_ = "permission_error" if status == 403 else "invalid_request_error"
+            await ex.send(status, error_body(message, type_, code), JSON_HEADERS)
+            return False
+        limits = self.limits
+        if not self.api_keys and not limits.limits_requests:
+            return True  # the default on loopback: nothing more to judge
+        address = peer_address(transport)
+        key = -1
+        limited = limits.check_failures(address) if self.api_keys else None
+        if limited is None and self.api_keys:
+            key = self._key_index(authorization)
+            if key < 0:
+                self.auth_failures.record(address, "v1")  # spends a failure, too
+                await ex.send(401, error_body(*UNAUTHORIZED), JSON_HEADERS)
+                return False
+        if limited is None:
+            limited = limits.check_request(address, key)
+            if limited is None:
+                return True
+        await send_limited(ex, limited)
+        return False
+
+    async def _admit_aiohttp(self, request: web.Request, ex: AiohttpExchange) -> bool:
+        h = request.headers
+        return await self.admit(
+            ex,
+            request.transport,
+            h.get("Host"),
+            h.get("Origin"),
+            h.get("Content-Type"),
+            h.get("Authorization", ""),
+            request.method,
+        )
 
     async def proxy_aiohttp(self, request: web.Request, path: str) -> web.StreamResponse:
         """The ``aiohttp.web`` handler: requests the fast front passed on (see front.py)."""
         t0 = self.clock()
-        denied = self._check_auth(request)
-        if denied is not None:
-            return denied
+        ex = AiohttpExchange(request)
+        if not await self._admit_aiohttp(request, ex):
+            assert ex.response is not None
+            return ex.response
         if (request.content_length or 0) > self.max_body_bytes:
             return error_response(413, *self.too_large)
         try:
@@ -308,7 +364,6 @@ class Router:
             )
             resp.force_close()
             return resp
-        ex = AiohttpExchange(request)
         await self.proxy(ex, path, body, t0)
         assert ex.response is not None, "the router always answers"
         return ex.response
@@ -652,6 +707,19 @@ class Router:
         for p in self._pools.values():
             await p.close()
         self._pools.clear()
+
+
+def peer_address(transport: object) -> str | None:
+    """The client's address on a connection (None when it has gone or is not IP)."""
+    get = getattr(transport, "get_extra_info", None)
+    peer = get("peername") if get is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
+async def send_limited(ex: Exchange, limited: RateLimited) -> None:
+    """Answer a request over a rate limit: 429, ``Retry-After``, OpenAI's error JSON."""
+    headers = {**JSON_HEADERS, "Retry-After": limited.retry_after}
+    await ex.send(429, error_body(*limited.error), headers)
 
 
 def _type_of(status: int) -> str:
