@@ -2,9 +2,9 @@
 loads, so a missing, unreadable or mismatched file is a config error naming its line, and
 turned into the server's ``SSLContext`` by the engine with the same function.
 
-Modern defaults: TLS 1.2 or later (``ssl.create_default_context`` for a server, which also
-turns off compression and renegotiation and picks OpenSSL's secure cipher list), ALPN
-``http/1.1`` (the only protocol lmtui speaks). No client certificates are asked for: the
+Modern defaults: TLS 1.2 or later, no client-initiated renegotiation, and otherwise
+``ssl.create_default_context`` for a server (no compression, OpenSSL's secure cipher list),
+ALPN ``http/1.1`` (the only protocol lmtui speaks). No client certificates are asked for: the
 bearer keys authenticate clients.
 """
 
@@ -63,6 +63,9 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     _readable("tls_key", key)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # TLS 1.2 renegotiation started by a client costs the server a handshake each time
+    # (a cheap way to burn its CPU) and no client of lmtui needs it.
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     ctx.set_alpn_protocols(["http/1.1"])
     try:
         ctx.load_cert_chain(cert, key)

@@ -172,6 +172,8 @@ class RateLimits:
         self.by_key = buckets(key_rate, key_burst)
         self.by_address = buckets(address_rate, address_burst)
         self.failures = buckets(auth_failure_rate, auth_failure_burst)
+        #: Is a per-key or per-address request limit on? (An attribute: read per request.)
+        self.limits_requests = self.by_key is not None or self.by_address is not None
         #: Counts a refusal by its limit (``lmtui_rate_limited_total{limit}``).
         self.on_limited = on_limited
 
@@ -180,11 +182,17 @@ class RateLimits:
             self.on_limited(limit)
         return RateLimited(limit, f"{message} Please try again in {math.ceil(wait)}s.", wait)
 
+    @property
+    def failing(self) -> bool:
+        """Has any address failed to authenticate lately? (When not, the common case, no
+        address needs looking up.)"""
+        return self.failures is not None and bool(self.failures._tat)
+
     def check_failures(self, address: str | None) -> RateLimited | None:
         """Refuse an address that ran out of failed authentications (before its key is
         judged); None when it may be judged."""
         f = self.failures
-        if f is None or not f._tat:  # nobody failed lately: the common case, one test
+        if f is None or not f._tat:
             return None
         wait = f.wait(address_key(address))
         if not wait:
@@ -225,7 +233,3 @@ class RateLimits:
                     wait,
                 )
         return None
-
-    @property
-    def limits_requests(self) -> bool:
-        return self.by_key is not None or self.by_address is not None

@@ -214,8 +214,8 @@ class Router:
         self.dispatcher = dispatcher
         #: Per-key, per-address and failed-authentication limits (``ratelimit.py``).
         self.limits = limits or RateLimits()
-        #: The CSRF / DNS-rebinding rules (``guard.py``), checked by the fast front; the
-        #: aiohttp paths check the same in the engine's middleware.
+        #: The CSRF / DNS-rebinding rules (``guard.py``), checked in :meth:`admit` for
+        #: ``/v1`` on both servers; the engine's aiohttp middleware checks every path.
         self.guard = guard or BrowserGuard()
         self.auth_failures = auth_failures or AuthFailures(on_failure=self.limits.auth_failed)
         #: Longest a request body may take to arrive on aiohttp's path (``idle_timeout``).
@@ -309,23 +309,25 @@ class Router:
             await ex.send(status, error_body(message, type_, code), JSON_HEADERS)
             return False
         limits = self.limits
-        if not self.api_keys and not limits.limits_requests:
-            return True  # the default on loopback: nothing more to judge
-        address = peer_address(transport)
         key = -1
-        limited = limits.check_failures(address) if self.api_keys else None
-        if limited is None and self.api_keys:
+        limited = None
+        if self.api_keys:
+            # The address is read only when something needs it: a failure lately, a key
+            # that fails, a request limit.
+            if limits.failing and (limited := limits.check_failures(peer_address(transport))):
+                await send_limited(ex, limited)
+                return False
             key = self._key_index(authorization)
             if key < 0:
-                self.auth_failures.record(address, "v1")  # spends a failure, too
+                self.auth_failures.record(peer_address(transport), "v1")  # spends a failure
                 await ex.send(401, error_body(*UNAUTHORIZED), JSON_HEADERS)
                 return False
-        if limited is None:
-            limited = limits.check_request(address, key)
-            if limited is None:
-                return True
-        await send_limited(ex, limited)
-        return False
+        if limits.limits_requests:
+            limited = limits.check_request(peer_address(transport), key)
+            if limited is not None:
+                await send_limited(ex, limited)
+                return False
+        return True
 
     async def _admit_aiohttp(self, request: web.Request, ex: AiohttpExchange) -> bool:
         h = request.headers

@@ -248,6 +248,7 @@ async def test_plain_http_and_old_tls_are_not_served(pki: Pki, tls_engine: Engin
             w.close()
     ctx = server_context(str(pki.cert), str(pki.key))
     assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert ctx.options & ssl.OP_NO_RENEGOTIATION and ctx.options & ssl.OP_NO_COMPRESSION
 
 
 async def test_connect_over_https_checks_the_certificate(pki: Pki, tls_engine: Engine) -> None:
