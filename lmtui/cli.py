@@ -1,6 +1,6 @@
 """Command line: parse arguments, find the config, choose the mode.
 
-    lmtui [--config FILE] [--demo] [--serve] [--listen HOST:PORT] [--connect URL]
+    lmtui [--config FILE] [--demo] [--serve] [--listen HOST:PORT] [--connect URL [--ca FILE]]
           [--read-only] [--debug]
     lmtui sim --config FILE [--time-scale X]
     lmtui replay TRACE.csv [--cluster FILE | --nodes GB,…] [--policy P …] [--strategy S]
@@ -78,6 +78,12 @@ def parser() -> argparse.ArgumentParser:
         "(admin token from $LMTUI_ADMIN_TOKEN)",
     )
     p.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="with --connect https://...: the CA certificate (PEM) the engine's certificate "
+        "is checked against, e.g. a self-signed one (default: the system's store)",
+    )
+    p.add_argument(
         "--read-only", action="store_true", help="show the cluster; hide and refuse every command"
     )
     p.add_argument(
@@ -112,10 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.connect and (args.serve or args.demo or args.config):
         p.error("--connect attaches to a running engine; it takes no --serve, --demo or --config")
+    if args.ca and not args.connect:
+        p.error("--ca checks the certificate of a --connect https:// URL; give --connect too")
     try:
         if args.connect:
             _setup_logging(args.debug, to_file=True)
-            return asyncio.run(run_attached(args.connect, read_only=args.read_only))
+            return asyncio.run(run_attached(args.connect, read_only=args.read_only, ca=args.ca))
         config, source = resolve_config(args)
         if args.serve:
             _setup_logging(args.debug, to_file=False)
@@ -200,10 +208,12 @@ async def run_tui(
     return 0
 
 
-async def run_attached(url: str, *, read_only: bool) -> int:
+async def run_attached(url: str, *, read_only: bool, ca: str | None = None) -> int:
     from lmtui.tui.app import build_app
 
-    client = HttpEngineClient(url, token=os.environ.get("LMTUI_ADMIN_TOKEN"), read_only=read_only)
+    client = HttpEngineClient(
+        url, token=os.environ.get("LMTUI_ADMIN_TOKEN"), read_only=read_only, ca_file=ca
+    )
     try:
         await client.connect()
         await build_app(client, theme_dirs=_theme_dirs()).run_async()

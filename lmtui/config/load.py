@@ -18,6 +18,7 @@ from lmtui.config.errors import ConfigError, ConfigProblem
 from lmtui.config.explain import Problem, convert_all
 from lmtui.config.locate import KeyPath, format_path, key_lines, line_of
 from lmtui.config.schema import Config
+from lmtui.config.tls import resolve, tls_problems
 
 _T = TypeVar("_T")
 
@@ -101,9 +102,10 @@ def load_config(path: Path | str) -> Config:
     """Read and validate ``path``; raise :class:`ConfigError` naming file, line and key.
 
     Beyond the schema (types, ranges, unknown keys) this checks unique node names, unique
-    model names and aliases, URLs, ``router.listen`` and environment variable names. Every
-    problem in the file is reported, in file order, in one ConfigError; only a TOML syntax
-    error stops at once. SSH hosts default to the host of the node's URL.
+    model names and aliases, URLs, ``router.listen``, environment variable names and the
+    TLS files (found, readable, a matching pair; a relative path is from the file's
+    directory). Every problem in the file is reported, in file order, in one ConfigError;
+    only a TOML syntax error stops at once. SSH hosts default to the host of the node's URL.
     """
     path = Path(path)
     text = read_text(path)
@@ -112,8 +114,14 @@ def load_config(path: Path | str) -> Config:
     converted = convert_all(data, Config)
     problems = list(converted.problems)
     if converted.value is not None:
+        # The TLS files are found from the config's directory, then opened to check them.
+        rc = converted.value.router
+        if rc.tls_cert is not None:
+            rc.tls_cert = resolve(rc.tls_cert, path.parent)
+        if rc.tls_key is not None:
+            rc.tls_key = resolve(rc.tls_key, path.parent)
         # Settings that stand in for bad ones are not the user's: their problems are not news.
-        checked = check_config(converted.value, lines)
+        checked = check_config(converted.value, lines) + tls_problems(rc)
         problems += [p for p in checked if not converted.is_tainted(p.path)]
     if converted.value is None or problems:
         raise _error(path, lines, problems)

@@ -164,6 +164,27 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Largest answer lmtui reads whole from a node (not streamed), in bytes; a larger one
     #: is a failed answer (another replica, or 502).
     max_answer_bytes: PositiveInt = 64 * 1024 * 1024
+    #: PEM file of the router's TLS certificate (its chain after it): with ``tls_key`` set
+    #: too, the router serves HTTPS only (TLS 1.2 or later). A relative path is relative to
+    #: the config file's directory; "~" is expanded.
+    tls_cert: str | None = None
+    #: PEM file of the private key of ``tls_cert`` (not encrypted); keep it mode 0600.
+    tls_key: str | None = None
+    #: Requests per second one API key may send to /v1 (a token bucket); 0 = no limit.
+    key_rate_limit: NonNegFloat = 0.0
+    #: Requests one API key may send at once before ``key_rate_limit`` applies.
+    key_rate_burst: PositiveInt = 100
+    #: Requests per second one client address (an IPv6 client: its /64) may send to /v1;
+    #: 0 = no limit.
+    address_rate_limit: NonNegFloat = 0.0
+    #: Requests one client address may send at once before ``address_rate_limit`` applies.
+    address_rate_burst: PositiveInt = 100
+    #: Failed authentications per second an address may go on making once its burst is
+    #: spent; past that its requests to keyed paths get 429 without being judged. 0 = no
+    #: limit.
+    auth_failure_rate: NonNegFloat = 0.2
+    #: Failed authentications an address may make at once.
+    auth_failure_burst: PositiveInt = 20
     #: Seconds a request sent to a node may wait for its first byte before lmtui gives up
     #: on that node and serves it elsewhere (or queues it again). A request that is not
     #: streamed gets its first byte with the whole answer, so this also bounds how long a

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -141,12 +142,15 @@ class HttpEngineClient(EngineClient):
         token: str | None = None,
         read_only: bool = False,
         http: httpx.AsyncClient | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.source = self.url
         self.read_only = read_only
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = http or httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(10.0))
+        self.http = http or httpx.AsyncClient(
+            headers=headers, timeout=httpx.Timeout(10.0), verify=tls_context(ca_file)
+        )
         self._snap = Snapshot()
         self._strategy = ""
         self._events: deque[Event] = deque(maxlen=500)
@@ -216,6 +220,25 @@ class HttpEngineClient(EngineClient):
         return Result(
             str(data.get("message", "")), plan_from_builtins(plan) if plan is not None else None
         )
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """How ``--connect https://...`` checks the engine's certificate: against ``ca_file``
+    (``--ca``, a private CA or a self-signed certificate) when given, else against the
+    system's store (``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` are honoured) and certifi's, which
+    httpx would use alone. Host names are checked; TLS 1.2 or later."""
+    if ca_file is not None:
+        try:
+            ctx = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise CommandError(f"--ca {ca_file}: cannot use it: {e}", 400) from None
+    else:
+        import certifi
+
+        ctx = ssl.create_default_context()
+        ctx.load_verify_locations(certifi.where())
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 __all__ = ["EngineClient", "HttpEngineClient", "InProcessClient", "Update"]

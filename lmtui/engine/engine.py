@@ -14,6 +14,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,20 +27,23 @@ from lmtui.backends import backend_for
 from lmtui.backends.base import Backend
 from lmtui.config import Config, NodeConfig
 from lmtui.config import parse_listen as parse_config_listen
+from lmtui.config.tls import TlsFileError, server_context
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.model import NodeKind
-from lmtui.engine.apis import BY_PATH
+from lmtui.engine.apis import BY_PATH, CHAT
 from lmtui.engine.control import Controller
 from lmtui.engine.control_api import ControlApi
 from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.errors import UNAUTHORIZED, error_response, quiet_client_errors
+from lmtui.engine.exchange import AiohttpExchange
 from lmtui.engine.guard import AuthFailures, BrowserGuard
 from lmtui.engine.metrics import Metrics
 from lmtui.engine.passthrough import PREFIX as PASSTHROUGH
 from lmtui.engine.passthrough import Passthrough
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
+from lmtui.engine.ratelimit import RateLimits
 from lmtui.engine.reqlog import RequestLog, RequestRecord
-from lmtui.engine.router import FAST_PATHS, Outcome, Router
+from lmtui.engine.router import FAST_PATHS, Outcome, Router, send_limited
 from lmtui.engine.runtime import RunState
 from lmtui.engine.settings import model_catalogue, no_load_nodes
 from lmtui.engine.store import Store
@@ -51,6 +55,9 @@ log = logging.getLogger(__name__)
 #: On shutdown, how long requests already running on a node may take to finish before they
 #: are cut (a generation can run for minutes; a restart should not wait for all of them).
 SHUTDOWN_DRAIN_S = 10.0
+#: Seconds a client may take to finish its TLS handshake: a connection that opens and says
+#: nothing holds a descriptor, and asyncio's own default is a minute.
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
 
 
 def memory_reader_for(node: NodeConfig) -> MemoryReader | None:
@@ -146,8 +153,22 @@ class Engine:
         self._runner: web.AppRunner | None = None
         #: Bearer keys that may read /metrics (none: it is open, as on a keyless loopback).
         self._metrics_keys: list[bytes] = []
-        #: Refused keys and tokens, on every path: counted, logged once a minute per address.
-        self._auth_failures = AuthFailures(self.metrics.auth_failure)
+        rc = config.router
+        #: Per-key and per-address request limits and the failed-authentication limit.
+        self.limits = RateLimits(
+            key_rate=rc.key_rate_limit,
+            key_burst=rc.key_rate_burst,
+            address_rate=rc.address_rate_limit,
+            address_burst=rc.address_rate_burst,
+            auth_failure_rate=rc.auth_failure_rate,
+            auth_failure_burst=rc.auth_failure_burst,
+            on_limited=self.metrics.rate_limited,
+        )
+        #: Refused keys and tokens, on every path: counted, logged once a minute per address,
+        #: and spent from the address's failed-authentication bucket.
+        self._auth_failures = AuthFailures(
+            self.metrics.auth_failure, on_failure=self.limits.auth_failed
+        )
         self.front: FrontServer | None = None
         self.control_api: ControlApi | None = None
         self._listener: asyncio.Server | None = None
@@ -232,7 +253,11 @@ class Engine:
         rc = self.config.router
         token = env_secret(rc.admin_token_env, "[router] admin_token_env")
         metrics_token = env_secret(rc.metrics_token_env, "[router] metrics_token_env")
-        guard = BrowserGuard(allowed_hosts=rc.allowed_hosts, allowed_origins=rc.allowed_origins)
+        tls = router_tls(self.config)
+        scheme = "https" if tls is not None else "http"
+        guard = BrowserGuard(
+            allowed_hosts=rc.allowed_hosts, allowed_origins=rc.allowed_origins, scheme=scheme
+        )
         # /metrics: any API key or the metrics token, when either is configured.
         self._metrics_keys = [k.encode() for k in (*api_keys, metrics_token) if k]
         self.router = Router(
@@ -248,6 +273,7 @@ class Engine:
             clock=self.clock,
             guard=guard,
             auth_failures=self._auth_failures,
+            limits=self.limits,
             body_timeout_s=rc.body_timeout,
             max_answer_bytes=rc.max_answer_bytes,
             first_byte_timeout_s=self.config.router.first_byte_timeout,
@@ -309,6 +335,15 @@ class Engine:
                         content_type="application/json",
                     )
                 return error_response(status, message, type_, code)
+            if need_key and not path.startswith("/v1/"):
+                # An address out of failed authentications is not judged on the control
+                # API and /metrics either (the router's own paths check it in admit).
+                limited = self.limits.check_failures(request.remote)
+                if limited is not None:
+                    ex = AiohttpExchange(request)
+                    await send_limited(ex, limited, CHAT)
+                    assert ex.response is not None
+                    return ex.response
             if request.body_exists and not path.startswith("/v1/"):
                 # Every body on aiohttp's paths arrives within [router] body_timeout (the
                 # router's own paths bound theirs themselves): a chunked head with no
@@ -372,8 +407,15 @@ class Engine:
         )
         self.front = FrontServer(self.router, self._runner.server, FAST_PATHS, limits)
         try:
+            # With TLS, asyncio wraps each connection's protocol (the fast front, and the
+            # aiohttp protocol it hands a connection to) in its SSL layer: neither sees it.
             self._listener = await asyncio.get_running_loop().create_server(
-                self.front, host, port, reuse_address=True
+                self.front,
+                host,
+                port,
+                reuse_address=True,
+                ssl=tls,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls is not None else None,
             )
         except OSError as e:
             await self._runner.cleanup()
@@ -383,7 +425,7 @@ class Engine:
         bound = sockets[0].getsockname()[1] if sockets else port
         self.store.count_routed_tokens = True
         shown = f"[{host}]" if ":" in host else host
-        self.router_url = f"http://{shown}:{bound}"
+        self.router_url = f"{scheme}://{shown}:{bound}"
 
     def resolve_model(self, name: str) -> str:
         """The model an alias (or a model name) refers to."""
@@ -473,6 +515,21 @@ def env_secret(env: str | None, what: str) -> str | None:
     if not value:
         raise EngineError(f"{what} names {env}, which is not set or empty")
     return value
+
+
+def router_tls(config: Config) -> ssl.SSLContext | None:
+    """The router's TLS context from ``[router] tls_cert`` / ``tls_key`` (None: plain HTTP).
+    The loader checked the files; they are read again here, and what changed since is an
+    EngineError."""
+    rc = config.router
+    if rc.tls_cert is None and rc.tls_key is None:
+        return None
+    if rc.tls_cert is None or rc.tls_key is None:
+        raise EngineError("[router] tls_cert and tls_key go together: set both to serve HTTPS")
+    try:
+        return server_context(rc.tls_cert, rc.tls_key)
+    except TlsFileError as e:
+        raise EngineError(f"[router] {e.key}: {e}") from None
 
 
 def router_api_keys(config: Config) -> list[str]:

@@ -142,7 +142,8 @@ MAX_FAILING_ADDRESSES = 1024
 class AuthFailures:
     """Failed authentications: counted (``lmtui_auth_failures_total{path}``) and logged at
     most once per address per minute, with how many there were — never with the secret
-    that was presented. ``where`` is ``v1``, ``control`` or ``metrics``."""
+    that was presented. ``where`` is ``v1``, ``control`` or ``metrics``. ``on_failure``
+    is told the address of each (the failed-authentication limit of ``ratelimit.py``)."""
 
     def __init__(
         self,
@@ -150,8 +151,10 @@ class AuthFailures:
         *,
         clock: Callable[[], float] = time.monotonic,
         every_s: float = 60.0,
+        on_failure: Callable[[str | None], None] | None = None,
     ) -> None:
         self.count = count
+        self.on_failure = on_failure
         self.clock = clock
         self.every_s = every_s
         #: address → (when it was last logged, failures since).
@@ -160,6 +163,8 @@ class AuthFailures:
     def record(self, address: str | None, where: str) -> None:
         if self.count is not None:
             self.count(where)
+        if self.on_failure is not None:
+            self.on_failure(address)
         addr = (address or "unknown")[:64]
         now = self.clock()
         logged, since = self._seen.pop(addr, (-math.inf, 0))

@@ -341,6 +341,13 @@ class Metrics:
             ["path"],
             registry=reg,
         )
+        self._rate_limited = Counter(
+            "lmtui_rate_limited",
+            "Requests refused with 429 by a rate limit: per API key (key), per client address "
+            "(address), or an address out of failed authentications (auth_failures)",
+            ["limit"],
+            registry=reg,
+        )
         reg.register(
             _HotCollector(
                 [self._requests, self._queue_wait, self._ttft, self._duration, self._routes]
@@ -445,6 +452,11 @@ class Metrics:
     def auth_failure(self, where: str) -> None:
         """Count a refused key or token; ``where``: ``v1``, ``control`` or ``metrics``."""
         self._auth_failures.labels(where).inc()
+
+    def rate_limited(self, limit: str) -> None:
+        """Count a request refused by a rate limit; ``limit``: ``key``, ``address`` or
+        ``auth_failures`` (``engine/ratelimit.py``)."""
+        self._rate_limited.labels(limit).inc()
 
     def route(self, model: str, node: str, reason: str) -> None:
         """Count a routing decision; ``reason``: ``direct`` (a slot was free at once) or

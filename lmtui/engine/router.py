@@ -61,6 +61,7 @@ from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease
 from lmtui.engine.errors import JSON_HEADERS, UNAUTHORIZED, error_body
 from lmtui.engine.exchange import AiohttpExchange, Exchange
 from lmtui.engine.guard import AuthFailures, BrowserGuard, Refusal
+from lmtui.engine.ratelimit import RateLimited, RateLimits
 from lmtui.http import Pool, Response, UpstreamError, pool_for
 
 log = logging.getLogger(__name__)
@@ -204,12 +205,15 @@ class Router:
         ttl_nodes: frozenset[str] = frozenset(),
         body_timeout_s: float = 75.0,
         max_answer_bytes: int = 64 * 1024 * 1024,
+        limits: RateLimits | None = None,
     ) -> None:
         self.dispatcher = dispatcher
-        #: The CSRF / DNS-rebinding rules (``guard.py``), checked by the fast front; the
-        #: aiohttp paths check the same in the engine's middleware.
+        #: Per-key, per-address and failed-authentication limits (``ratelimit.py``).
+        self.limits = limits or RateLimits()
+        #: The CSRF / DNS-rebinding rules (``guard.py``), checked in :meth:`admit` for
+        #: ``/v1`` on both servers; the engine's aiohttp middleware checks every path.
         self.guard = guard or BrowserGuard()
-        self.auth_failures = auth_failures or AuthFailures()
+        self.auth_failures = auth_failures or AuthFailures(on_failure=self.limits.auth_failed)
         #: Longest a request body may take to arrive on aiohttp's path (``idle_timeout``).
         self.body_timeout_s = body_timeout_s
         #: Largest non-streamed answer read from a node (``[router] max_answer_bytes``).
@@ -260,9 +264,10 @@ class Router:
         return await self.proxy_aiohttp(request, "/v1/embeddings")
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
-        denied = self._check_auth(request, CHAT)
-        if denied is not None:
-            return denied
+        ex = AiohttpExchange(request)
+        if not await self._admit_aiohttp(request, ex, CHAT):
+            assert ex.response is not None
+            return ex.response
         return web.Response(
             body=_encode({"object": "list", "data": self.models()}), content_type="application/json"
         )
@@ -272,16 +277,19 @@ class Router:
     def authorized(self, authorization: str, x_api_key: str | None = None) -> bool:
         """Does the ``Authorization`` header (or, on Anthropic's paths, ``x-api-key``)
         carry one of the API keys (or are there none)?"""
-        if not self.api_keys:
-            return True
+        return not self.api_keys or self._key_index(authorization, x_api_key) >= 0
+
+    def _key_index(self, authorization: str, x_api_key: str | None = None) -> int:
+        """Which API key the ``Authorization`` header (or ``x-api-key``) carries: its
+        index, else -1."""
         token = authorization[7:].encode() if authorization[:7].lower() == "bearer " else b""
         other = x_api_key.encode() if x_api_key else b""
         # Compare against every key so the time taken does not say which one matched.
-        ok = False
-        for key in self.api_keys:
-            ok |= hmac.compare_digest(token, key)
-            ok |= hmac.compare_digest(other, key)
-        return ok
+        found = -1
+        for i, key in enumerate(self.api_keys):
+            if hmac.compare_digest(token, key) | hmac.compare_digest(other, key):
+                found = i
+        return found
 
     def refusal(
         self, method: str, host: str | None, origin: str | None, content_type: str | None
@@ -301,41 +309,86 @@ class Router:
         peer: str | None,
     ) -> None:
         """The fast front's handler (``lmtui/http/front.py``): one complete request, its
-        head already parsed; the same checks, in the same order, as aiohttp's path."""
+        head already parsed; the same gate (:meth:`admit`) as aiohttp's path."""
         t0 = self.clock()
-        refusal = self.refusal("POST", host, origin, ctype)
-        if refusal is not None:
-            status, message, code = refusal
-            type_ = "permission_error" if status == 403 else "invalid_request_error"
-            await reply.send(status, error_body(message, type_, code), JSON_HEADERS)
-            return
-        if not self.authorized(auth):
-            self.auth_failures.record(peer, "v1")
-            await reply.send(401, error_body(*UNAUTHORIZED), JSON_HEADERS)
-            return
-        await self.proxy(reply, path, body, t0)
+        if await self.admit(reply, peer, host, origin, ctype, auth):
+            await self.proxy(reply, path, body, t0)
 
     def error_body(self, status: int, message: str, code: str) -> bytes:
         """The error JSON of an answer the fast front gives itself (408, 413, 500, 503)."""
         return error_body(message, _ERROR_TYPES.get(status, "invalid_request_error"), code)
 
-    def _check_auth(self, request: web.Request, api: Api) -> web.Response | None:
-        x_api_key = request.headers.get("x-api-key") if api.anthropic else None
-        if self.authorized(request.headers.get("Authorization", ""), x_api_key):
-            return None
-        self.auth_failures.record(request.remote, "v1")
-        message, type_, code = UNAUTHORIZED
-        if api.anthropic:
-            message = message.replace("'Authorization: Bearer <key>'", "'x-api-key: <key>'")
-        return _json_response(401, api.error(401, message, type_, code))
+    async def admit(
+        self,
+        ex: Exchange,
+        peer: object,
+        host: str | None,
+        origin: str | None,
+        content_type: str | None,
+        authorization: str,
+        method: str = "POST",
+        api: Api = CHAT,
+        x_api_key: str | None = None,
+    ) -> bool:
+        """The one gate of ``/v1``, for the fast front and aiohttp's handlers alike: the
+        browser rules (403, 415), the failed-authentication limit (429, before the key is
+        judged), the key (401, counted and logged), then the per-address and per-key rate
+        limits (429), each answered in ``api``'s error shape. True when the request may be
+        served; else its refusal has been sent through ``ex``. ``peer`` is the client's
+        address or its connection's transport: read only when a limit or a failed key
+        needs it."""
+        refusal = self.refusal(method, host, origin, content_type)
+        if refusal is not None:
+            status, message, code = refusal
+            type_ = "permission_error" if status == 403 else "invalid_request_error"
+            await ex.send(status, api.error(status, message, type_, code), JSON_HEADERS)
+            return False
+        limits = self.limits
+        key = -1
+        limited = None
+        if self.api_keys:
+            # The address is read only when something needs it: a failure lately, a key
+            # that fails, a request limit.
+            if limits.failing and (limited := limits.check_failures(peer_address(peer))):
+                await send_limited(ex, limited, api)
+                return False
+            key = self._key_index(authorization, x_api_key)
+            if key < 0:
+                self.auth_failures.record(peer_address(peer), "v1")  # spends a failure
+                message, type_, code = UNAUTHORIZED
+                if api.anthropic:
+                    message = message.replace("'Authorization: Bearer <key>'", "'x-api-key: <key>'")
+                await ex.send(401, api.error(401, message, type_, code), JSON_HEADERS)
+                return False
+        if limits.limits_requests:
+            limited = limits.check_request(peer_address(peer), key)
+            if limited is not None:
+                await send_limited(ex, limited, api)
+                return False
+        return True
+
+    async def _admit_aiohttp(self, request: web.Request, ex: AiohttpExchange, api: Api) -> bool:
+        h = request.headers
+        return await self.admit(
+            ex,
+            request.transport,
+            h.get("Host"),
+            h.get("Origin"),
+            h.get("Content-Type"),
+            h.get("Authorization", ""),
+            request.method,
+            api,
+            h.get("x-api-key") if api.anthropic else None,
+        )
 
     async def proxy_aiohttp(self, request: web.Request, path: str) -> web.StreamResponse:
         """The ``aiohttp.web`` handler: requests the fast front passed on (see front.py)."""
         t0 = self.clock()
         api = BY_PATH[path]
-        denied = self._check_auth(request, api)
-        if denied is not None:
-            return denied
+        ex = AiohttpExchange(request)
+        if not await self._admit_aiohttp(request, ex, api):
+            assert ex.response is not None
+            return ex.response
         if (request.content_length or 0) > self.max_body_bytes:
             return _json_response(413, api.error(413, *self.too_large))
         try:
@@ -366,7 +419,6 @@ class Router:
                 for h in ("anthropic-version", "anthropic-beta")
                 if (v := request.headers.get(h)) and "\n" not in v and "\r" not in v
             }
-        ex = AiohttpExchange(request)
         await self.proxy(ex, path, body, t0, extra)
         assert ex.response is not None, "the router always answers"
         return ex.response
@@ -833,6 +885,22 @@ class Router:
 
 def _json_response(status: int, body: bytes) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json")
+
+
+def peer_address(peer: object) -> str | None:
+    """The client's address: ``peer`` itself when it is one (the fast front knows it),
+    else read from the connection's transport (None when it has gone or is not IP)."""
+    if peer is None or isinstance(peer, str):
+        return peer
+    get = getattr(peer, "get_extra_info", None)
+    name = get("peername") if get is not None else None
+    return str(name[0]) if isinstance(name, tuple) and name else None
+
+
+async def send_limited(ex: Exchange, limited: RateLimited, api: Api) -> None:
+    """Answer a request over a rate limit: 429, ``Retry-After``, the API's error JSON."""
+    headers = {**JSON_HEADERS, "Retry-After": limited.retry_after}
+    await ex.send(429, api.error(429, *limited.error), headers)
 
 
 def _type_of(status: int) -> str:

@@ -310,11 +310,12 @@ class FastFront(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # The client finished sending: answer what it sent (pipelined requests included),
-        # then close.
+        # then close. TLS has no half-close: asyncio's SSL layer closes the connection
+        # whatever this returns (and logs a warning when it returns True).
         self._eof = True
         if self.task is None:
             self.transport.close()
-        return True
+        return self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.addr is None:  # refused at connection_made: never counted

@@ -144,7 +144,11 @@ async def test_failed_authentications_are_counted_and_logged_once_a_minute(
     """500 wrong keys in 0.2 s used to leave no trace in any log, metric or row."""
     monkeypatch.setenv("LMTUI_KEY", "right-key")
     monkeypatch.setenv("LMTUI_ADMIN", "admin-token")
-    router = RouterConfig(api_keys_env=["LMTUI_KEY"], admin_token_env="LMTUI_ADMIN")
+    # 35 failures from one address: over the default burst of the failed-authentication
+    # limit (tests/engine/test_ratelimit.py proves that one); raised here to count them all.
+    router = RouterConfig(
+        api_keys_env=["LMTUI_KEY"], admin_token_env="LMTUI_ADMIN", auth_failure_burst=100
+    )
     async with routed([lms()], router=router) as (_c, engine):
         base = engine.router_url
         wrong = {"Authorization": "Bearer wrong-secret", "Content-Type": "application/json"}

@@ -729,6 +729,15 @@ def test_overrides_round_trip(tmp_path: Path) -> None:
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
 
 
+def test_the_overrides_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """SECURITY.md: lmtui's own files are 0600 (mkstemp's mode survives the rename)."""
+    path = tmp_path / "overrides.toml"
+    save_overrides(path, Overrides(drained=["mac2"]))
+    assert path.stat().st_mode & 0o777 == 0o600
+    save_overrides(path, Overrides())  # and every later save
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
 def test_empty_overrides_write_an_empty_table(tmp_path: Path) -> None:
     path = tmp_path / "overrides.toml"
     save_overrides(path, Overrides())
