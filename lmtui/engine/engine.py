@@ -34,6 +34,7 @@ from lmtui.engine.errors import UNAUTHORIZED, error_response, quiet_client_error
 from lmtui.engine.front import FrontServer
 from lmtui.engine.guard import AuthFailures, BrowserGuard
 from lmtui.engine.metrics import Metrics
+from lmtui.engine.openapi import mount as mount_openapi
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
 from lmtui.engine.reqlog import RequestLog, RequestRecord
 from lmtui.engine.router import Outcome, Router
@@ -288,6 +289,7 @@ class Engine:
             auth_failures=self._auth_failures,
         )
         self.control_api.add_routes(app)
+        mount_openapi(app, self.router)  # GET /openapi.json: the router's and the control API's
         # handler_cancellation: a client that disconnects cancels its handler, so a queued
         # request leaves the queue at once and frees its place.
         # keepalive_timeout: aiohttp's own default is an hour, so every connection handed to
