@@ -256,6 +256,10 @@ class Engine:
         @web.middleware
         async def browser_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             # The same rules the fast front applies to the requests it serves itself.
+            if request.match_info.http_exception is not None:
+                # No such path or method (404, 405): nothing a page could misuse, and the
+                # client learns what is wrong rather than a 415 for a route that is not.
+                return await handler(request)
             path = request.path
             refusal = guard.check(
                 request.method,
