@@ -291,6 +291,7 @@ class Engine:
             enabled=token is not None or is_loopback(host),
             source=self.source,
             auth_failures=self._auth_failures,
+            body_timeout_s=rc.idle_timeout,
         )
         self.control_api.add_routes(app)
         mount_openapi(app, self.router)  # GET /openapi.json: the router's and the control API's
