@@ -294,7 +294,8 @@ class Engine:
             body_timeout_s=rc.idle_timeout,
         )
         self.control_api.add_routes(app)
-        mount_openapi(app, self.router)  # GET /openapi.json: the router's and the control API's
+        # GET /openapi.json: the router's paths and the control API's, with the keys in force.
+        mount_openapi(app, self.router, admin=token is not None, metrics=bool(self._metrics_keys))
         # handler_cancellation: a client that disconnects cancels its handler, so a queued
         # request leaves the queue at once and frees its place.
         # keepalive_timeout: aiohttp's own default is an hour, so every connection handed to

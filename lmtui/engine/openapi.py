@@ -24,6 +24,7 @@ set, the browser guard's Host and Origin rules otherwise.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -117,9 +118,9 @@ _EXAMPLES = {
 def _routed_operation(path: str, summary: str, max_body_bytes: int) -> dict[str, Any]:
     return {
         "post": {
-            "operationId": path.rsplit("/", 1)[1],
+            "operationId": path.removeprefix("/v1/").replace("/", "_"),
             "summary": summary,
-            "security": [{"apiKey": []}, {}],
+            "security": [{"apiKey": []}],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -181,7 +182,7 @@ def _get(
         "get": {
             "operationId": op_id,
             "summary": summary,
-            "security": [{security: []}, {}],
+            "security": [{security: []}],
             "responses": {
                 "200": {"description": "OK", "content": content},
                 **_guard_answers(post=False),
@@ -212,7 +213,7 @@ def _control(description: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     paths: dict[str, Any] = copy.deepcopy(description["paths"])
     for item in paths.values():
         op = item["post"]
-        op["security"] = [{"admin": []}, {}]
+        op["security"] = [{"admin": []}]
         op["responses"]["403"] = _err(
             "the control API is disabled (no admin token on a bind beyond loopback), or "
             "refused by the browser guard (a foreign Origin, or a Host that is not this "
@@ -281,8 +282,15 @@ def _control(description: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     return paths, components
 
 
-def describe(max_body_bytes: int) -> dict[str, Any]:
-    """The whole description: the router's paths and the control API's."""
+#: The security schemes, and whether lmtui needs each (all, when not told otherwise).
+ALL_KEYED = {"apiKey": True, "metrics": True, "admin": True}
+
+
+def describe(max_body_bytes: int, keyed: Mapping[str, bool] = ALL_KEYED) -> dict[str, Any]:
+    """The whole description: the router's paths and the control API's. ``keyed`` says
+    which schemes this lmtui needs (``apiKey``: [router] api_keys_env; ``metrics``: an
+    API key or the metrics token; ``admin``: the admin token); an operation whose scheme is
+    not needed says so with an empty ``security``."""
     control_paths, components = _control(commands_openapi(PREFIX))
     components["RoutedRequest"] = _routed_request()
     components["Model"] = _MODEL
@@ -330,6 +338,11 @@ def describe(max_body_bytes: int) -> dict[str, Any]:
         ),
         **control_paths,
     }
+    for item in paths.values():
+        for op in item.values():
+            (scheme,) = op["security"][0]
+            if not keyed.get(scheme, True):
+                op["security"] = []
     bearer = {"type": "http", "scheme": "bearer"}
     return {
         "openapi": "3.1.0",
@@ -337,8 +350,8 @@ def describe(max_body_bytes: int) -> dict[str, Any]:
             "title": "lmtui",
             "version": "1",
             "description": "An OpenAI-compatible router over a cluster of local LLM servers, "
-            "and its control API. Security alternatives include {}: a key is needed only "
-            "when one is configured.",
+            "and its control API. Each operation's security is what this lmtui needs as "
+            "configured: none where no key or token is set.",
         },
         "paths": paths,
         "components": {
@@ -355,9 +368,11 @@ def describe(max_body_bytes: int) -> dict[str, Any]:
     }
 
 
-def mount(app: web.Application, router: Router) -> None:
-    """Serve the description at ``/openapi.json`` on the router's aiohttp app."""
-    body = encode(describe(router.max_body_bytes))
+def mount(app: web.Application, router: Router, *, admin: bool, metrics: bool) -> None:
+    """Serve the description at ``/openapi.json`` on the router's aiohttp app; ``admin``
+    and ``metrics``: whether the control API and ``/metrics`` need a token."""
+    keyed = {"apiKey": bool(router.api_keys), "metrics": metrics, "admin": admin}
+    body = encode(describe(router.max_body_bytes, keyed))
 
     async def handle(request: web.Request) -> web.Response:
         if not router.authorized(request.headers.get("Authorization", "")):

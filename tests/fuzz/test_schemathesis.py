@@ -19,6 +19,7 @@ import pytest
 import schemathesis
 from _fuzzing import LiveThread, live
 from hypothesis import HealthCheck, settings
+from schemathesis.config import SchemathesisConfig
 
 from lmtui.config import RouterConfig
 from lmtui.engine.commands import COMMANDS
@@ -45,6 +46,33 @@ def api_schema(lmtui: LiveThread) -> schemathesis.BaseSchema:
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 
+KEY, ADMIN = "fuzz-api-key", "fuzz-admin-token"
+
+
+@pytest.fixture(scope="module")
+def keyed_lmtui() -> Iterator[LiveThread]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMTUI_FUZZ_KEY", KEY)
+        mp.setenv("LMTUI_FUZZ_ADMIN", ADMIN)
+        router = RouterConfig(api_keys_env=["LMTUI_FUZZ_KEY"], admin_token_env="LMTUI_FUZZ_ADMIN")
+        with LiveThread(router=router) as server:
+            yield server
+
+
+@pytest.fixture(scope="module")
+def keyed_api_schema(keyed_lmtui: LiveThread) -> schemathesis.BaseSchema:
+    # The keys as schemathesis' own auth for each scheme, so its auth checks know them as
+    # the real ones (and try the requests again without them, and with made-up ones).
+    auth = {"apiKey": {"bearer": KEY}, "metrics": {"bearer": KEY}, "admin": {"bearer": ADMIN}}
+    return schemathesis.openapi.from_url(
+        f"{keyed_lmtui.url}/openapi.json",
+        headers={"Authorization": f"Bearer {KEY}"},
+        config=SchemathesisConfig.from_dict({"auth": {"openapi": auth}}),
+    )
+
+
+keyed_schema = schemathesis.pytest.from_fixture("keyed_api_schema")
+
 
 @schema.exclude(path="/lmtui/v1/events").parametrize()
 @settings(
@@ -55,7 +83,13 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 def test_every_answer_conforms_and_none_is_a_server_error(
     case: schemathesis.Case, lmtui: LiveThread
 ) -> None:
-    _call_and_check(case, lmtui)
+    _fuzz(case, lmtui)
+
+
+def _fuzz(
+    case: schemathesis.Case, lmtui: LiveThread, headers: dict[str, str] | None = None
+) -> None:
+    _call_and_check(case, lmtui, headers)
     body = case.body
     known = KNOWN_MODEL.get(case.path)
     if known is not None and isinstance(body, dict) and isinstance(body.get("model"), str):
@@ -63,15 +97,33 @@ def test_every_answer_conforms_and_none_is_a_server_error(
         # is asked): send the same body again for a model it has, so the fuzzed fields
         # (stream, user, and whatever else) go all the way to a node and back.
         case.body = {**body, "model": known}
-        _call_and_check(case, lmtui)
+        _call_and_check(case, lmtui, headers)
 
 
 #: A model the simulated cluster serves, per routed path.
 KNOWN_MODEL = {"/v1/chat/completions": "m1", "/v1/completions": "m1", "/v1/embeddings": "e1"}
 
 
-def _call_and_check(case: schemathesis.Case, lmtui: LiveThread) -> None:
-    response = case.call(base_url=lmtui.url, timeout=20)
+@pytest.mark.slow
+@keyed_schema.exclude(path="/lmtui/v1/events").parametrize()
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_with_keys_every_path_wants_its_own(
+    case: schemathesis.Case, keyed_lmtui: LiveThread
+) -> None:
+    """The same with an API key and an admin token configured: every operation says which
+    it needs, answers 401 without it (schemathesis' ignored_auth check sends the request
+    again without the key), and serves with it."""
+    _fuzz(case, keyed_lmtui)
+
+
+def _call_and_check(
+    case: schemathesis.Case, lmtui: LiveThread, headers: dict[str, str] | None = None
+) -> None:
+    response = case.call(base_url=lmtui.url, timeout=20, headers=headers)
     STATUSES[(case.path, response.status_code)] += 1
     excluded = [schemathesis.checks.not_a_server_error]
     if case.path.startswith("/lmtui/v1/") and _blank(case.body):
@@ -79,7 +131,7 @@ def _call_and_check(case: schemathesis.Case, lmtui: LiveThread) -> None:
         # such as rebalance, needs none); schemathesis counts whitespace as invalid JSON.
         excluded.append(schemathesis.checks.negative_data_rejection)
         assert response.status_code != 200 or case.path == "/lmtui/v1/rebalance", response.text
-    case.validate_response(response, excluded_checks=excluded)
+    case.validate_response(response, excluded_checks=excluded, headers=headers)
     if response.status_code >= 500:
         assert response.status_code in NODE_STATUSES, (response.status_code, response.text)
         assert response.json()["error"]["code"] == NODE_STATUSES[response.status_code]
