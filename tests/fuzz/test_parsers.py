@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import math
 import string
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -484,11 +483,13 @@ def _toml(doc: dict[str, Any]) -> bytes:
         raise
 
 
-_config_dir = Path(tempfile.mkdtemp(prefix="lmtui-fuzz-config-"))
+@pytest.fixture(scope="module")
+def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("config")
 
 
-def _load(raw: bytes) -> None:
-    path = _config_dir / "config.toml"
+def _load(config_dir: Path, raw: bytes) -> None:
+    path = config_dir / "config.toml"
     path.write_bytes(raw)
     try:
         cfg = load_config(path)
@@ -503,14 +504,16 @@ def _load(raw: bytes) -> None:
 @example(b"\xef\xbb\xbf[router]\nlisten = 1\n")
 @example(b"a = " + b"[" * 500 + b"]" * 500)
 @example(b"[[nodes]]\nname = 'a'\nkind = 'lmstudio'\nurl = 'http://[::1'\n")
-def test_any_bytes_load_as_a_config_or_a_config_error(raw: bytes) -> None:
-    _load(raw)
+def test_any_bytes_load_as_a_config_or_a_config_error(config_dir: Path, raw: bytes) -> None:
+    _load(config_dir, raw)
 
 
 @FEWER
 @given(config_docs())
-def test_any_config_shaped_document_loads_or_is_a_config_error(doc: dict[str, Any]) -> None:
-    _load(_toml(doc))
+def test_any_config_shaped_document_loads_or_is_a_config_error(
+    config_dir: Path, doc: dict[str, Any]
+) -> None:
+    _load(config_dir, _toml(doc))
 
 
 @pytest.mark.parametrize(
@@ -521,7 +524,7 @@ def test_any_config_shaped_document_loads_or_is_a_config_error(doc: dict[str, An
         b'[[nodes]]\nname = "a"\nkind = "ollama"\nurl = "http://127.0.0.1:11434"\n',
     ],
 )
-def test_good_configs_load(raw: bytes) -> None:
-    path = _config_dir / "good.toml"
+def test_good_configs_load(config_dir: Path, raw: bytes) -> None:
+    path = config_dir / "good.toml"
     path.write_bytes(raw)
     assert isinstance(load_config(path), Config)
