@@ -19,6 +19,11 @@ import msgspec
 from lmtui.backends.base import Backend, BackendBadResponse, Reply
 from lmtui.core.model import InstanceObservation
 
+#: What msgspec raises for bytes that are not JSON: a DecodeError, and also a
+#: UnicodeDecodeError for bad UTF-8 inside a string and a RecursionError for nesting past
+#: the stack (found by tests/fuzz).
+JSON_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
 
 def bad(what: str) -> NoReturn:
     """Raise :class:`BackendBadResponse` for an unusable answer."""
@@ -81,7 +86,7 @@ def decode_json(r: Reply, what: str) -> Any:
     """
     try:
         return msgspec.json.decode(r.content)
-    except msgspec.DecodeError as e:
+    except JSON_ERRORS as e:
         raise BackendBadResponse(f"{what}: malformed JSON: {r.text[:80]!r}") from e
 
 
@@ -114,7 +119,7 @@ def command_answer(r: Reply, what: str, node: str) -> Any:
 def _try_json(r: Reply) -> Any:
     try:
         return msgspec.json.decode(r.content)
-    except msgspec.DecodeError:
+    except JSON_ERRORS:
         return None
 
 

@@ -68,7 +68,7 @@ def parse_meminfo(text: str) -> HostMemory:
         if not sep:
             continue
         parts = rest.split()
-        if parts and parts[0].isdigit():
+        if parts and parts[0].isascii() and parts[0].isdigit():  # "²".isdigit() too
             fields[name.strip()] = int(parts[0]) * KIB
     total = fields.get("MemTotal")
     if not total:
@@ -160,7 +160,7 @@ def parse_nvidia_smi(text: str) -> tuple[int, int] | None:
             continue
         try:
             used, total = (int(float(c)) for c in cells)
-        except ValueError:
+        except (ValueError, OverflowError):  # "abc", "nan"; "inf"
             raise _bad("nvidia-smi: not a number", line) from None
         used_total += used * MIB
         size_total += total * MIB

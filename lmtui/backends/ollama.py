@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from lmtui.backends._common import (
+    JSON_ERRORS,
     Every,
     HttpBackend,
     bad,
@@ -119,7 +120,7 @@ def parse_generate_answer(body: bytes) -> dict[str, Any]:
             continue
         try:
             obj = msgspec.json.decode(line)
-        except msgspec.DecodeError as e:
+        except JSON_ERRORS as e:
             raise BackendBadResponse(f"/api/generate: malformed JSON: {line[:80]!r}") from e
         msg = error_message(obj)
         if msg is not None:

@@ -8,6 +8,7 @@ router asked without ``?model=``) raises :class:`BackendBadResponse` rather than
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -119,7 +120,8 @@ def parse_prometheus(text: str, only: frozenset[str] | None = None) -> Samples:
 
 
 def _int(v: float | None) -> int | None:
-    return None if v is None else int(v)
+    # A NaN or infinite gauge (an exporter's bug) is no figure, not a crash of the poll.
+    return None if v is None or not math.isfinite(v) else int(v)
 
 
 def llamacpp_metrics(samples: Samples) -> NodeMetrics:

@@ -28,15 +28,25 @@ def snapshot_to_builtins(snap: Snapshot) -> dict[str, Any]:
     }
 
 
-def snapshot_from_builtins(d: dict[str, Any]) -> Snapshot:
-    nodes = [msgspec.convert(n, Node) for n in d.get("nodes", [])]
-    insts = [msgspec.convert(i, Instance) for i in d.get("instances", [])]
+class _SnapshotWire(msgspec.Struct):
+    """A snapshot as JSON: checked by msgspec, so any other shape is a ValidationError."""
+
+    version: int = 0
+    at: float = 0.0
+    nodes: list[Node] = msgspec.field(default_factory=list)
+    instances: list[Instance] = msgspec.field(default_factory=list)
+    queue_depth: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+def snapshot_from_builtins(d: Any) -> Snapshot:
+    """The snapshot in ``d``; ``msgspec.ValidationError`` (a ValueError) for another shape."""
+    w = msgspec.convert(d, _SnapshotWire)
     return Snapshot(
-        version=int(d.get("version", 0)),
-        at=float(d.get("at", 0.0)),
-        nodes=MappingProxyType({n.name: n for n in nodes}),
-        instances=MappingProxyType({i.key: i for i in insts}),
-        queue_depth=MappingProxyType(dict(d.get("queue_depth", {}))),
+        version=w.version,
+        at=w.at,
+        nodes=MappingProxyType({n.name: n for n in w.nodes}),
+        instances=MappingProxyType({i.key: i for i in w.instances}),
+        queue_depth=MappingProxyType(w.queue_depth),
     )
 
 
@@ -45,7 +55,7 @@ def event_to_builtins(e: Event) -> dict[str, Any]:
     return out
 
 
-def event_from_builtins(d: dict[str, Any]) -> Event:
+def event_from_builtins(d: Any) -> Event:
     return msgspec.convert(d, Event)
 
 
@@ -55,8 +65,10 @@ def plan_to_builtins(plan: RebalancePlan) -> dict[str, Any]:
     return out
 
 
-def plan_from_builtins(d: dict[str, Any]) -> RebalancePlan:
-    d = {k: v for k, v in d.items() if k != "summary"}
+def plan_from_builtins(d: Any) -> RebalancePlan:
+    """The plan in ``d``; ``msgspec.ValidationError`` (a ValueError) for another shape."""
+    if isinstance(d, dict):
+        d = {k: v for k, v in d.items() if k != "summary"}
     return msgspec.convert(d, RebalancePlan)
 
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 
 from lmtui.core.rebalance import RebalancePlan
+from lmtui.core.scheduler import Strategy
 
 #: A model, node or instance name as a client gives it: never empty, never unbounded.
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -111,7 +112,8 @@ class SetStrategy(Command, frozen=True):
     """Choose the routing strategy (``efficiency``, ``spread``, ...)."""
 
     name: ClassVar[str] = "strategy"
-    strategy: Name
+    #: Checked by the controller (a 400 that lists the choices); the description lists them.
+    strategy: Annotated[Name, msgspec.Meta(extra_json_schema={"enum": [s.value for s in Strategy]})]
 
 
 class Rebalance(Command, frozen=True):
@@ -198,7 +200,9 @@ def openapi(prefix: str) -> dict[str, Any]:
                 "operationId": kind.name,
                 "summary": doc,
                 "requestBody": {
-                    "required": False,
+                    # Required as a content type: the browser guard refuses a POST that is not
+                    # sent as application/json (an empty body is then read as {}).
+                    "required": True,
                     "content": {"application/json": {"schema": schema}},
                 },
                 "responses": {

@@ -50,8 +50,11 @@ class ControlApi:
         enabled: bool,
         source: str = "",
         auth_failures: AuthFailures | None = None,
+        body_timeout_s: float = 75.0,
     ) -> None:
         self.controller = controller
+        #: Longest a command's body may take to arrive (``[router] idle_timeout``).
+        self.body_timeout_s = body_timeout_s
         self.auth_failures = auth_failures or AuthFailures()
         self.store = store
         self.token = token.encode() if token else None
@@ -105,7 +108,20 @@ class ControlApi:
             denied = self._denied(request)
             if denied is not None:
                 return denied
-            raw = await request.read()
+            try:
+                # A body that never comes (a chunked head with no chunks) held the
+                # connection forever: it gets as long as an idle connection.
+                async with asyncio.timeout(self.body_timeout_s):
+                    raw = await request.read()
+            except TimeoutError:
+                resp = error_response(
+                    408,
+                    f"the request body did not arrive within {self.body_timeout_s:g} s",
+                    "invalid_request_error",
+                    "request_timeout",
+                )
+                resp.force_close()
+                return resp
             try:
                 command = decoder.decode(raw if raw.strip() else b"{}")
             except msgspec.ValidationError as e:

@@ -38,6 +38,7 @@ from lmtui.engine.errors import UNAUTHORIZED, error_response, quiet_client_error
 from lmtui.engine.exchange import AiohttpExchange
 from lmtui.engine.guard import AuthFailures, BrowserGuard
 from lmtui.engine.metrics import Metrics
+from lmtui.engine.openapi import mount as mount_openapi
 from lmtui.engine.passthrough import PREFIX as PASSTHROUGH
 from lmtui.engine.passthrough import Passthrough
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
@@ -302,8 +303,14 @@ class Engine:
         @web.middleware
         async def browser_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             # The same rules the fast front applies to the requests it serves itself.
+            if request.match_info.http_exception is not None:
+                # No such path or method (404, 405): nothing a page could misuse, and the
+                # client learns what is wrong rather than a 415 for a route that is not.
+                return await handler(request)
             path = request.path
             ctype = request.headers.get("Content-Type")
+            if path.startswith(PASSTHROUGH) and request.match_info.get("path") == "processes":
+                return await handler(request)  # the control API's own path: a 405 there
             if path.startswith(PASSTHROUGH):
                 need_key = keyed[PASSTHROUGH]
                 if need_key:
@@ -375,10 +382,13 @@ class Engine:
             enabled=token is not None or is_loopback(host),
             source=self.source,
             auth_failures=self._auth_failures,
+            body_timeout_s=rc.idle_timeout,
         )
         self.control_api.add_routes(app)
         # After the control API: its GET .../nodes/<node>/processes is lmtui's own.
         passthrough.add_routes(app)
+        # GET /openapi.json: the router's paths and the control API's, with the keys in force.
+        mount_openapi(app, self.router, admin=token is not None, metrics=bool(self._metrics_keys))
         # handler_cancellation: a client that disconnects cancels its handler, so a queued
         # request leaves the queue at once and frees its place.
         # keepalive_timeout: aiohttp's own default is an hour, so every connection handed to

@@ -11,8 +11,9 @@ Bounded like the router: a request body up to ``[router] max_body_bytes`` (aioht
 ``client_max_size``, and ``idle_timeout`` for it to arrive), an answer up to
 ``max_answer_bytes`` (a longer one is cut and its connection closed), the first byte within
 ``first_byte_timeout``. Hop-by-hop headers (RFC 9110 §7.6.1 and those ``Connection``
-names) are removed both ways. The node's ``GET .../processes`` of the control API
-(``llamacpp-pool`` processes) is lmtui's own and is not passed through.
+names) are removed both ways. ``.../processes`` is the control API's own (a
+``llamacpp-pool`` node's processes, ``GET``): it is never passed through, and any other
+method on it is a 405.
 
 Every request is counted in ``lmtui_passthrough_requests_total{node,method,status}``.
 """
@@ -119,6 +120,14 @@ class Passthrough:
 
     async def _handle(self, request: web.Request, node: str) -> web.StreamResponse:
         r = self.router
+        if request.match_info.get("path") == "processes":  # the control API's path
+            return error_response(
+                405,
+                f"{request.path[:200]} is lmtui's own and answers GET only",
+                "invalid_request_error",
+                "method_not_allowed",
+                headers={"Allow": "GET"},
+            )
         if not self._authorized(request):
             r.auth_failures.record(request.remote, "v1")
             return error_response(401, *UNAUTHORIZED)
