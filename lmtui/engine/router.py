@@ -448,11 +448,7 @@ class Router:
                 out.outcome, out.status = "upstream_error", 502
                 msg = f"upstream {lease.node} {att.abort}; the stream was cut"
                 with contextlib.suppress(ConnectionResetError):
-                    await ex.end(
-                        b"data: "
-                        + error_body(msg, "upstream_error", "stream_interrupted")
-                        + b"\n\ndata: [DONE]\n\n"
-                    )
+                    await ex.end(_cut_event(msg))
                 return None
             raise _RetryElsewhere(att.abort) from None
         finally:
@@ -570,20 +566,30 @@ class Router:
                 # a length, as cheap as a JSON answer, the same bytes for an SSE client.
                 _stream_usage_into(out, chunk[-8192:])
                 out.stream_events = chunk.count(b"data: {")
-                return await ex.send(up.status, chunk, SSE_RESPONSE_HEADERS)
+                whole, held = _complete_lines(chunk)
+                body = whole + _unfinished(out, whole, held)
+                return await ex.send(up.status, body, SSE_RESPONSE_HEADERS)
             await ex.start_stream(up.status, SSE_RESPONSE_HEADERS)
         tail = b""
+        #: The start of a line whose end has not come yet: passed on with its end, so a
+        #: stream cut mid-line never leaves half an event glued to lmtui's error event.
+        held = b""
         try:
             while chunk is not None:
+                if held:
+                    chunk, held = held + chunk, b""
+                if not chunk.endswith(b"\n"):
+                    chunk, held = _complete_lines(chunk)
                 out.stream_events += chunk.count(b"data: {")
                 tail = tail[-4096:] + chunk if len(chunk) < 4096 else chunk
                 if up.at_end:
                     # The upstream has finished: send the last piece with the end of the
                     # stream, one write instead of two.
-                    await ex.end(chunk)
+                    await ex.end(chunk + _unfinished(out, tail, held))
                     _stream_usage_into(out, tail)
                     return
-                await ex.write(chunk)  # raises ConnectionResetError if the client left
+                if chunk:
+                    await ex.write(chunk)  # raises ConnectionResetError if the client left
                 try:
                     chunk = await up.next_chunk()
                     att.last = _loop_time()
@@ -591,13 +597,9 @@ class Router:
                     # Past the first byte there is no retry: end with an explicit error.
                     out.outcome, out.status = "upstream_error", 502
                     msg = f"upstream {out.node} failed mid-stream: {e}"
-                    await ex.write(
-                        b"data: "
-                        + error_body(msg, "upstream_error", "stream_interrupted")
-                        + b"\n\ndata: [DONE]\n\n"
-                    )
-                    chunk = None
-            await ex.end()
+                    await ex.write(_cut_event(msg, tail))
+                    return await ex.end()
+            await ex.end(_unfinished(out, tail, held))
             _stream_usage_into(out, tail)
         except ConnectionResetError:
             # The client went away mid-stream: nothing left to tell it.
@@ -652,6 +654,44 @@ class Router:
         for p in self._pools.values():
             await p.close()
         self._pools.clear()
+
+
+#: A line of a stream longer than this without its end is passed on as it is (nothing an
+#: OpenAI-compatible server sends comes near it): holding it back must not grow unbounded.
+MAX_HELD_LINE = 1024 * 1024
+
+
+def _complete_lines(chunk: bytes) -> tuple[bytes, bytes]:
+    """``chunk`` split after its last line end: the whole lines, and the start of the next."""
+    cut = chunk.rfind(b"\n") + 1
+    if len(chunk) - cut > MAX_HELD_LINE:
+        return chunk, b""
+    return chunk[:cut], chunk[cut:]
+
+
+def _cut_event(message: str, tail: bytes | None = None) -> bytes:
+    """The error event and ``[DONE]`` that end a stream lmtui could not pass on whole.
+    ``tail``: the end of what was sent; unless it ends an event, a blank line does first
+    (an extra one when it is not known: SSE parsers skip it)."""
+    end = b"" if tail is not None and (not tail or tail.endswith(b"\n\n")) else b"\n"
+    return (
+        end
+        + b"data: "
+        + error_body(message, "upstream_error", "stream_interrupted")
+        + b"\n\ndata: [DONE]\n\n"
+    )
+
+
+def _unfinished(out: Outcome, tail: bytes, held: bytes) -> bytes:
+    """What to add at the end of a stream the node ended: nothing after its ``[DONE]``;
+    otherwise (a body ended half-way, cleanly or not) an explicit error, so no client takes
+    a truncated answer for a whole one. Every OpenAI-compatible server lmtui proxies (LM
+    Studio, Ollama's /v1, llama.cpp, vLLM) ends its streams with ``data: [DONE]``."""
+    if not held and tail.rstrip().endswith(b"data: [DONE]"):
+        return b""
+    out.outcome, out.status = "upstream_error", 502
+    # A line the node left unended (``held``) is dropped: never half an event.
+    return _cut_event(f"upstream {out.node} ended the stream before its end ([DONE])", tail)
 
 
 def _type_of(status: int) -> str:
