@@ -79,11 +79,13 @@ async def routed(
     async with SimCluster(specs, time_scale=time_scale) as cluster:
         nodes = [
             NodeConfig(
-                name=s.name,
-                kind=s.kind,
-                url=cluster.url(s.name),
-                memory_gb=s.memory_gb,
-                **(node_overrides or {}).get(s.name, {}),
+                **{
+                    "name": s.name,
+                    "kind": s.kind,
+                    "url": cluster.url(s.name),
+                    "memory_gb": s.memory_gb,
+                    **(node_overrides or {}).get(s.name, {}),
+                }
             )
             for s in specs
         ]
@@ -173,13 +175,13 @@ def chat_body(model: str = "m1", *, stream: bool = False, max_tokens: int = 8) -
 
 # --- four real clients ------------------------------------------------------------------------
 
-Call = Callable[[str, dict[str, Any]], Awaitable[Result]]
+Call = Callable[[str, dict[str, Any], float], Awaitable[Result]]
 
 
-async def via_openai(base: str, body: dict[str, Any]) -> Result:
+async def via_openai(base: str, body: dict[str, Any], bound: float = REQUEST_BOUND_S) -> Result:
     """The ``openai`` client, as the bot calls it (no retries of its own)."""
     async with openai.AsyncOpenAI(
-        base_url=base + "/v1", api_key="x", max_retries=0, timeout=REQUEST_BOUND_S
+        base_url=base + "/v1", api_key="x", max_retries=0, timeout=bound
     ) as c:
         kw = {k: v for k, v in body.items() if k != "stream"}
         try:
@@ -205,8 +207,8 @@ async def via_openai(base: str, body: dict[str, Any]) -> Result:
             return Result("bad", 200, f"the client could not parse the stream: {e!r}")
 
 
-async def via_httpx(base: str, body: dict[str, Any]) -> Result:
-    async with httpx.AsyncClient(timeout=REQUEST_BOUND_S) as h:
+async def via_httpx(base: str, body: dict[str, Any], bound: float = REQUEST_BOUND_S) -> Result:
+    async with httpx.AsyncClient(timeout=bound) as h:
         try:
             async with h.stream("POST", base + "/v1/chat/completions", json=body) as r:
                 data = await r.aread()
@@ -215,8 +217,8 @@ async def via_httpx(base: str, body: dict[str, Any]) -> Result:
         return verdict(r.status_code, data, stream=bool(body.get("stream")) and r.is_success)
 
 
-async def via_aiohttp(base: str, body: dict[str, Any]) -> Result:
-    timeout = aiohttp.ClientTimeout(total=REQUEST_BOUND_S)
+async def via_aiohttp(base: str, body: dict[str, Any], bound: float = REQUEST_BOUND_S) -> Result:
+    timeout = aiohttp.ClientTimeout(total=bound)
     async with aiohttp.ClientSession(timeout=timeout) as s:
         try:
             async with s.post(base + "/v1/chat/completions", json=body) as r:
@@ -226,7 +228,7 @@ async def via_aiohttp(base: str, body: dict[str, Any]) -> Result:
         return verdict(r.status, data, stream=bool(body.get("stream")) and r.status < 400)
 
 
-async def via_socket(base: str, body: dict[str, Any]) -> Result:
+async def via_socket(base: str, body: dict[str, Any], bound: float = REQUEST_BOUND_S) -> Result:
     """A raw socket: the bytes written by hand, the answer parsed by h11."""
     host, port = base.removeprefix("http://").split(":")
     payload = json.dumps(body).encode()
@@ -250,7 +252,7 @@ async def via_socket(base: str, body: dict[str, Any]) -> Result:
         conn.send(h11.Data(data=payload))
         conn.send(h11.EndOfMessage())
         status, data = 0, b""
-        async with asyncio.timeout(REQUEST_BOUND_S):
+        async with asyncio.timeout(bound):
             while True:
                 ev = conn.next_event()
                 if ev is h11.NEED_DATA:
@@ -280,13 +282,12 @@ CLIENTS: dict[str, Call] = {
 }
 
 
-async def burst(
-    engine: Engine, n: int, *, stream: bool | None = None, bound: float = REQUEST_BOUND_S, **kw: Any
+async def burst_url(
+    base: str, n: int, *, stream: bool | None = None, bound: float = REQUEST_BOUND_S, **kw: Any
 ) -> list[Result]:
-    """``n`` concurrent requests, taking turns over the four clients (and, when ``stream`` is
-    None, over streamed and plain); each must end within ``bound`` seconds."""
-    base = engine.router_url
-    assert base is not None
+    """``n`` concurrent requests to the router at ``base``, taking turns over the four
+    clients (and, when ``stream`` is None, over streamed and plain); each must end within
+    ``bound`` seconds."""
     names = list(CLIENTS)
 
     async def one(i: int) -> Result:
@@ -294,13 +295,21 @@ async def burst(
         call = CLIENTS[names[i % len(names)]]
         try:
             async with asyncio.timeout(bound):
-                return await call(base, chat_body(stream=s, **kw))
+                return await call(base, chat_body(stream=s, **kw), bound + 1)
         except TimeoutError:
             return Result("bad", 0, f"{names[i % len(names)]}: no end within {bound} s")
 
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+async def burst(
+    engine: Engine, n: int, *, stream: bool | None = None, bound: float = REQUEST_BOUND_S, **kw: Any
+) -> list[Result]:
+    """:func:`burst_url` to ``engine``'s router, and lmtui's own account checked: every
+    request counted once, and as ``ok`` exactly when its client got an answer."""
+    assert engine.router_url is not None
     before = outcomes(engine)
-    results = list(await asyncio.gather(*(one(i) for i in range(n))))
-    # lmtui's own account agrees: every request counted once, the answers as "ok".
+    results = await burst_url(engine.router_url, n, stream=stream, bound=bound, **kw)
     want = sum(before.values()) + n
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(2.0):

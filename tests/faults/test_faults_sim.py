@@ -16,6 +16,8 @@ from _faults import assert_all_ended, burst, lms, outcomes, routed
 
 from lmtui.config import RouterConfig
 from lmtui.core.model import Health
+from lmtui.engine.engine import Engine
+from lmtui.sim import SimCluster
 
 #: The first-byte bound of the cases that hang: short, so each case is quick, and every
 #: hung request must end within a few of it (one per attempt) however many replicas hang.
@@ -23,7 +25,7 @@ FIRST_BYTE_S = 1.0
 HANG_ROUTER = RouterConfig(queue_timeout=8.0, first_byte_timeout=FIRST_BYTE_S)
 
 
-def served_by(cluster, name: str) -> int:  # type: ignore[no-untyped-def]
+def served_by(cluster: SimCluster, name: str) -> int:
     return sum(1 for j in cluster.node(name).records if j.outcome == "ok")
 
 
@@ -259,7 +261,7 @@ STREAM_OR_PLAIN = [
 ]
 
 
-async def _abandon(engine, *, stream: bool, model: str, n: int = 4) -> None:  # type: ignore[no-untyped-def]
+async def _abandon(engine: Engine, *, stream: bool, model: str, n: int = 4) -> None:
     """``n`` requests over the four clients, cancelled (their connections closed) once all
     are in lmtui's queue; then the queue must empty within GONE_BOUND_S."""
     task = asyncio.create_task(burst(engine, n, stream=stream, model=model))
