@@ -10,9 +10,10 @@ count leaked in the store, in ``/metrics`` or on the nodes.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
-from _faults import assert_all_ended, burst, lms, outcomes, routed
+from _faults import assert_all_ended, burst, chat_body, lms, outcomes, routed
 
 from lmtui.config import RouterConfig
 from lmtui.core.model import Health
@@ -292,6 +293,45 @@ async def test_clients_gone_while_queued_leave_the_queue_at_once(
             await _abandon(engine, stream=stream, model="m1")
             assert outcomes(engine).get("client_gone") == 4
             assert len(cluster.node("a").records) == 0  # none reached the node
+        finally:
+            hold.cancel()
+            await asyncio.gather(hold, return_exceptions=True)
+
+
+async def test_a_plain_client_gone_on_aiohttps_path_leaves_the_queue_at_once() -> None:
+    """The same plain request, sent with a chunked body (so the fast front hands its
+    connection to aiohttp), leaves the queue the moment its client closes: the strict xfails
+    above are the fast front's alone."""
+    spec = lms("a", ["m1"], parallel=1)
+    spec.decode_tok_per_s = 10.0
+    async with routed([spec], time_scale=1.0) as (cluster, engine):
+        hold = asyncio.create_task(burst(engine, 1, stream=True, max_tokens=150))
+        async with asyncio.timeout(10):
+            while not cluster.node("a").in_flight():
+                await asyncio.sleep(0.01)
+        try:
+            assert engine.router_url is not None
+            host, port = engine.router_url.removeprefix("http://").split(":")
+            body = json.dumps(chat_body()).encode()
+            writers = []
+            for _ in range(4):
+                _reader, w = await asyncio.open_connection(host, int(port))
+                w.write(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+                )
+                writers.append(w)
+            async with asyncio.timeout(10):
+                while engine.store.snapshot.queue_depth.get("m1", 0) < 4:
+                    await asyncio.sleep(0.005)
+            for w in writers:
+                w.close()
+            async with asyncio.timeout(GONE_BOUND_S):
+                while engine.store.snapshot.queue_depth.get("m1", 0):
+                    await asyncio.sleep(0.01)
+            assert outcomes(engine).get("client_gone") == 4
+            assert engine.front is not None and engine.front.handed_on >= 4
         finally:
             hold.cancel()
             await asyncio.gather(hold, return_exceptions=True)
