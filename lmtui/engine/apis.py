@@ -276,6 +276,14 @@ class Api:
     #: Whether answers carry response ids that later requests may name.
     stateful: bool = False
     stream_usage: Callable[[Counted, bytes], None] = stream_usage_into
+    #: Events only the end of a whole stream carries (the node's own last word): a stream
+    #: that stops without one was cut, and lmtui ends it with an explicit error.
+    final: tuple[bytes, ...] = (b"data: [DONE]",)
+
+    def ended(self, tail: bytes) -> bool:
+        """Whether a stream whose last bytes are ``tail`` ended as a whole one does."""
+        last = tail[-4096:]
+        return any(marker in last for marker in self.final)
 
     def error(
         self,
@@ -356,6 +364,7 @@ RESPONSES = Api(
     done=b"",
     stateful=True,
     stream_usage=responses_stream_usage_into,
+    final=(b"response.completed", b"response.failed", b"response.incomplete"),
 )
 MESSAGES = Api(
     "messages",
@@ -363,6 +372,7 @@ MESSAGES = Api(
     msgspec.json.Decoder(MessagesHead).decode,
     anthropic=True,
     done=b"",
+    final=(b"message_stop",),
 )
 COUNT_TOKENS = Api(
     "count_tokens", API_PATHS["count_tokens"], _decode_plain, anthropic=True, done=b""

@@ -659,7 +659,7 @@ class Router:
                 out.outcome, out.status = "upstream_error", 502
                 msg = f"upstream {lease.node} {att.abort}; the stream was cut"
                 with contextlib.suppress(ConnectionResetError):
-                    await ex.end(api.stream_error(502, msg, "upstream_error", "stream_interrupted"))
+                    await ex.end(_cut_event(api, msg))
                 return None
             raise _RetryElsewhere(att.abort) from None
         finally:
@@ -801,20 +801,30 @@ class Router:
                 # a length, as cheap as a JSON answer, the same bytes for an SSE client.
                 api.stream_usage(out, chunk if api.stateful else chunk[-8192:])
                 out.stream_events = chunk.count(b"data: {")
-                return await ex.send(up.status, chunk, SSE_RESPONSE_HEADERS)
+                whole, held = _complete_lines(chunk)
+                body = whole + _unfinished(api, out, whole, held)
+                return await ex.send(up.status, body, SSE_RESPONSE_HEADERS)
             await ex.start_stream(up.status, SSE_RESPONSE_HEADERS)
         tail = b""
+        #: The start of a line whose end has not come yet: passed on with its end, so a
+        #: stream cut mid-line never leaves half an event glued to lmtui's error event.
+        held = b""
         try:
             while chunk is not None:
+                if held:
+                    chunk, held = held + chunk, b""
+                if not chunk.endswith(b"\n"):
+                    chunk, held = _complete_lines(chunk)
                 out.stream_events += chunk.count(b"data: {")
                 tail = tail[-4096:] + chunk if len(chunk) < 4096 else chunk
                 if up.at_end:
                     # The upstream has finished: send the last piece with the end of the
                     # stream, one write instead of two.
-                    await ex.end(chunk)
+                    await ex.end(chunk + _unfinished(api, out, tail, held))
                     api.stream_usage(out, tail)
                     return
-                await ex.write(chunk)  # raises ConnectionResetError if the client left
+                if chunk:
+                    await ex.write(chunk)  # raises ConnectionResetError if the client left
                 try:
                     chunk = await up.next_chunk()
                     att.last = _loop_time()
@@ -822,11 +832,9 @@ class Router:
                     # Past the first byte there is no retry: end with an explicit error.
                     out.outcome, out.status = "upstream_error", 502
                     msg = f"upstream {out.node} failed mid-stream: {e}"
-                    await ex.write(
-                        api.stream_error(502, msg, "upstream_error", "stream_interrupted")
-                    )
-                    chunk = None
-            await ex.end()
+                    await ex.write(_cut_event(api, msg, tail))
+                    return await ex.end()
+            await ex.end(_unfinished(api, out, tail, held))
             api.stream_usage(out, tail)
         except ConnectionResetError:
             # The client went away mid-stream: nothing left to tell it.
@@ -901,6 +909,40 @@ async def send_limited(ex: Exchange, limited: RateLimited, api: Api) -> None:
     """Answer a request over a rate limit: 429, ``Retry-After``, the API's error JSON."""
     headers = {**JSON_HEADERS, "Retry-After": limited.retry_after}
     await ex.send(429, api.error(429, *limited.error), headers)
+
+
+#: A line of a stream longer than this without its end is passed on as it is (nothing an
+#: OpenAI-compatible server sends comes near it): holding it back must not grow unbounded.
+MAX_HELD_LINE = 1024 * 1024
+
+
+def _complete_lines(chunk: bytes) -> tuple[bytes, bytes]:
+    """``chunk`` split after its last line end: the whole lines, and the start of the next."""
+    cut = chunk.rfind(b"\n") + 1
+    if len(chunk) - cut > MAX_HELD_LINE:
+        return chunk, b""
+    return chunk[:cut], chunk[cut:]
+
+
+def _cut_event(api: Api, message: str, tail: bytes | None = None) -> bytes:
+    """The error event and ``[DONE]`` that end a stream lmtui could not pass on whole.
+    ``tail``: the end of what was sent; unless it ends an event, a blank line does first
+    (an extra one when it is not known: SSE parsers skip it)."""
+    end = b"" if tail is not None and (not tail or tail.endswith(b"\n\n")) else b"\n"
+    return end + api.stream_error(502, message, "upstream_error", "stream_interrupted")
+
+
+def _unfinished(api: Api, out: Outcome, tail: bytes, held: bytes) -> bytes:
+    """What to add at the end of a stream the node ended: nothing after its last word
+    (``data: [DONE]`` for the OpenAI three, every OpenAI-compatible server ends its
+    streams so; ``response.completed`` for Responses; ``message_stop`` for Messages);
+    otherwise (a body ended half-way, cleanly or not) an explicit error, so no client takes
+    a truncated answer for a whole one."""
+    if not held and api.ended(tail):
+        return b""
+    out.outcome, out.status = "upstream_error", 502
+    # A line the node left unended (``held``) is dropped: never half an event.
+    return _cut_event(api, f"upstream {out.node} ended the stream before its end", tail)
 
 
 def _type_of(status: int) -> str:

@@ -36,8 +36,12 @@ never kept in memory (over four times the limit, the connection closes after the
 reading stops while more than a body and a head are buffered; past
 ``max_connections`` open connections in all, or ``max_connections_per_address`` from one
 address (aiohttp's connections counted too), a new connection gets a 503 and is closed. A
-client that disconnects cancels its request, so a queued request leaves the queue at once;
-a client that half-closes gets the answers to what it sent, then the connection closes.
+client that disconnects cancels its request, so a queued request leaves the queue at once.
+The end of a client's sending (its FIN) counts as leaving, as it does on aiohttp's side and
+in nginx: a client that gives up closes its socket, and a FIN is all the front sees of it
+until it writes; a request whose client left must not hold a queue place or a slot, nor be
+generated for nobody. (A client that only half-closes, expecting answers, is rare: it
+loses its answers, on both paths alike.)
 """
 
 from __future__ import annotations
@@ -246,7 +250,7 @@ class FastFront(asyncio.Protocol):
         self.reading_paused = False
         #: Bytes still to drop: the rest of a refused (too large) body.
         self._discard = 0
-        #: The client half-closed: answer what it sent, then close.
+        #: The client sent its FIN: it has left.
         self._eof = False
         #: The connection now belongs to aiohttp: this object must not touch it again.
         self._handed_on = False
@@ -309,13 +313,12 @@ class FastFront(asyncio.Protocol):
             self.transport.resume_reading()
 
     def eof_received(self) -> bool:
-        # The client finished sending: answer what it sent (pipelined requests included),
-        # then close. TLS has no half-close: asyncio's SSL layer closes the connection
-        # whatever this returns (and logs a warning when it returns True).
+        # The client left (see the module's docstring): its request is cancelled at once
+        # (connection_lost, which follows, cancels it too) and the connection closes.
         self._eof = True
-        if self.task is None:
-            self.transport.close()
-        return self.transport.get_extra_info("sslcontext") is None
+        if self.task is not None:
+            self.task.cancel()
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.addr is None:  # refused at connection_made: never counted

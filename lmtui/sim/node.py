@@ -1,7 +1,8 @@
 """One simulated node: a real aiohttp server on 127.0.0.1 speaking its kind's API.
 
 Faults are applied by one middleware in front of every route, in the order a real failure
-would show them: refused/dropped connection, no answer, slow answer, 500, garbled JSON.
+would show them: refused/dropped connection, no answer (every request, or only POSTs), slow
+answer, 500, garbled JSON; a stream cut or truncated mid-way is the kinds' ``write_chunk``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from lmtui.sim.faults import Faults
 from lmtui.sim.kinds import KindServer, SimHTTPError, server_class
-from lmtui.sim.kinds.base import StreamDropped, json_response
+from lmtui.sim.kinds.base import StreamDropped, StreamTruncated, json_response
 from lmtui.sim.spec import SimNodeSpec
 from lmtui.sim.state import Job, SimState
 
@@ -36,7 +37,7 @@ class SimNode:
         self.time_scale = time_scale
         # Per-node stream so a node behaves the same whatever its neighbours do.
         self.rng = random.Random(f"{seed}:{spec.name}")
-        self.state = SimState(spec, time_scale=time_scale, rng=self.rng)
+        self.state = SimState(spec, time_scale=time_scale, rng=self.rng, faults=self.faults)
         self.server: KindServer = server_class(spec.kind)(spec, self.faults, self.state, self.rng)
         self.port = spec.port
         self.url = ""
@@ -146,7 +147,7 @@ class SimNode:
             raise asyncio.CancelledError
         # Faults is a plain dataclass that tests flip directly, so a hung request polls
         # the flag (20 times a second, only while hanging) to notice when it is cleared.
-        while f.hang:  # noqa: ASYNC110
+        while f.hang or (f.post_hang and request.method == "POST"):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if f.slow_s > 0:
             await asyncio.sleep(f.slow_s)
@@ -162,6 +163,8 @@ class SimNode:
             resp = json_response(e.body, e.status)
         except StreamDropped:
             raise asyncio.CancelledError from None
+        except StreamTruncated as e:
+            return e.response  # already ended: nothing more goes out
         except web.HTTPException as e:
             if e.status in (404, 405):
                 body = self.server.route_not_found(request.method, request.path, e.status)

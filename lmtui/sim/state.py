@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmtui.sim import physics
+from lmtui.sim.faults import Faults
 from lmtui.sim.slots import SlotPool
 from lmtui.sim.spec import SimModel, SimNodeSpec
 
@@ -107,10 +108,19 @@ class SimInstance:
 class SimState:
     """Instances, slots, counters, the TTL reaper and the request log of one node."""
 
-    def __init__(self, spec: SimNodeSpec, *, time_scale: float, rng: random.Random) -> None:
+    def __init__(
+        self,
+        spec: SimNodeSpec,
+        *,
+        time_scale: float,
+        rng: random.Random,
+        faults: Faults | None = None,
+    ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be > 0")
         self.spec = spec
+        #: The node's fault switches (``memory_gb`` shrinks what loads may use).
+        self.faults = faults or Faults()
         self.time_scale = time_scale
         self.rng = rng
         self.instances: dict[str, SimInstance] = {}
@@ -204,11 +214,17 @@ class SimState:
         return physics.plan_room(
             residents,
             model.size_gb,
-            self.spec.memory_gb,
+            self.memory_gb,
             max_count=max_count,
             evict_for_memory=evict_for_memory,
             evict_for_count=evict_for_count,
         )
+
+    @property
+    def memory_gb(self) -> float:
+        """GB loads may use: the spec's, or less under the ``memory_gb`` fault."""
+        real = self.faults.memory_gb
+        return self.spec.memory_gb if real is None else min(real, self.spec.memory_gb)
 
     def new_instance_id(self, key: str) -> str:
         """LM Studio style ids: the key, then ``key:2``, ``key:3`` for extra copies."""

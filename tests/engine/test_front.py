@@ -238,20 +238,21 @@ async def test_a_body_far_over_the_limit_is_refused_and_the_connection_closed() 
         assert await c.closed()
 
 
-async def test_a_half_closed_client_gets_every_pipelined_answer() -> None:
-    async with routed([lms()]) as (_c, engine), conn(engine) as c:
-        await c.send(post() + post("/v1/embeddings", b'{"model":"m1","input":"x"}'))
-        c.w.write_eof()
-        assert (await c.response())[0] == 200
-        assert (await c.response())[0] == 200
-        assert await c.closed()
-    # A request the front hands on after serving one: aiohttp answers it before any close.
-    async with routed([lms()]) as (_c, engine), conn(engine) as c:
-        await c.send(post() + b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        c.w.write_eof()
-        assert (await c.response())[0] == 200
-        status, _, body = await c.response()
-        assert status == 200 and b"m1" in body
+async def test_a_client_that_ends_its_sending_has_left_on_both_paths() -> None:
+    """A FIN is all the front sees of a client that gave up: its request is cancelled (it
+    never reaches the node) and the connection closes, as on aiohttp's path."""
+    spec = lms(parallel=1)
+    spec.decode_tok_per_s = 5.0
+    async with routed([spec], time_scale=1.0) as (cluster, engine):
+        for path in ("/v1/chat/completions", "/v1/chat/completions?via=aiohttp"):
+            async with conn(engine) as c:
+                await c.send(post(path))
+                await eventually(lambda: cluster.node("a").in_flight() > 0)
+                c.w.write_eof()
+                assert await c.closed()
+                await eventually(lambda: cluster.node("a").in_flight() == 0)
+        records = cluster.node("a").records
+        assert len(records) == 2 and all(r.outcome == "cancelled" for r in records)
 
 
 async def test_connection_close_is_honoured() -> None:

@@ -115,6 +115,46 @@ async def test_drop_mid_stream_leaves_an_incomplete_stream(client: httpx.AsyncCl
         assert ok.status_code == 200
 
 
+async def test_post_hang_leaves_the_polls_alone(client: httpx.AsyncClient) -> None:
+    async with asyncio.timeout(10), SimCluster([spec()], time_scale=FAST) as c:
+        node = c.node("n")
+        node.faults.post_hang = True
+        assert (await client.get(node.url + "/api/v1/models")).status_code == 200
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post(node.url + "/v1/chat/completions", json=chat_body("m"), timeout=0.3)
+        node.faults.post_hang = False
+        ok = await client.post(node.url + "/v1/chat/completions", json=chat_body("m"))
+        assert ok.status_code == 200
+
+
+async def test_truncate_stream_ends_the_body_cleanly_half_way(client: httpx.AsyncClient) -> None:
+    async with asyncio.timeout(10), SimCluster([spec()], time_scale=FAST) as c:
+        node = c.node("n")
+        node.faults.truncate_stream = True
+        async with client.stream(
+            "POST",
+            node.url + "/v1/chat/completions",
+            json=chat_body("m", max_tokens=100, stream=True),
+        ) as r:
+            body = await r.aread()  # no RemoteProtocolError: the chunked body ends properly
+        assert r.status_code == 200
+        assert b"data: [DONE]" not in body and b'"finish_reason":"length"' not in body
+        assert not body.endswith(b"\n\n")  # cut inside an event
+        assert node.records[-1].outcome == "truncated"
+
+
+async def test_memory_gb_makes_loads_fail_for_want_of_memory(client: httpx.AsyncClient) -> None:
+    big = SimNodeSpec("n", NodeKind.LMSTUDIO, memory_gb=64.0, models=[M, SimModel("big", 8.0)])
+    async with asyncio.timeout(10), SimCluster([big], time_scale=FAST) as c:
+        node = c.node("n")
+        node.faults.memory_gb = 4.0
+        r = await client.post(node.url + "/api/v1/models/load", json={"model": "big"})
+        assert r.status_code == 400 and "insufficient system resources" in r.text
+        node.faults.clear()
+        r = await client.post(node.url + "/api/v1/models/load", json={"model": "big"})
+        assert r.status_code == 200, r.text
+
+
 async def test_malformed_json(client: httpx.AsyncClient) -> None:
     async with asyncio.timeout(10), SimCluster([spec(NodeKind.OLLAMA)], time_scale=FAST) as c:
         node = c.node("n")

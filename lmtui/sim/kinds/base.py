@@ -59,7 +59,8 @@ _WORDS = (
     "reply",
 )
 
-#: Chunks after which a ``drop_mid_stream`` fault cuts the connection.
+#: Chunks after which a ``drop_mid_stream`` fault cuts the connection (and a
+#: ``truncate_stream`` fault ends the body).
 DROP_AFTER_CHUNKS = 2
 
 
@@ -76,6 +77,17 @@ class StreamDropped(Exception):
     """The ``drop_mid_stream`` fault cut a stream; the connection is already aborted."""
 
     outcome = "dropped"
+
+
+class StreamTruncated(Exception):
+    """The ``truncate_stream`` fault ended a stream's body half-way; ``response`` is the
+    (finished) response the handler returns."""
+
+    outcome = "truncated"
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("stream truncated")
+        self.response = response
 
 
 def dumps(obj: Any) -> bytes:
@@ -204,15 +216,23 @@ class KindServer:
     async def write_chunk(
         self, request: web.Request, resp: web.StreamResponse, data: bytes, sent: int
     ) -> int:
-        """Write one chunk; under the ``drop_mid_stream`` fault, cut the connection instead.
+        """Write one chunk; under the ``drop_mid_stream`` fault, send its first half and cut
+        the connection, and under ``truncate_stream`` send its first half and end the body
+        cleanly.
 
         Under ``hang`` a stream in progress stops too, as a real server frozen with SIGSTOP
         does: nothing more is written until the fault is cleared.
         """
         if self.faults.drop_mid_stream and sent >= DROP_AFTER_CHUNKS:
+            # As a killed server: its last bytes end anywhere, here inside an event.
+            await resp.write(data[: max(1, len(data) // 2)])
             if request.transport is not None:
                 request.transport.abort()
             raise StreamDropped
+        if self.faults.truncate_stream and sent >= DROP_AFTER_CHUNKS:
+            await resp.write(data[: max(1, len(data) // 2)])
+            await resp.write_eof()
+            raise StreamTruncated(resp)
         while self.faults.hang:  # noqa: ASYNC110 - a plain flag that tests flip
             await asyncio.sleep(0.05)
         await resp.write(data)
