@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from lmtui.core.events import Event
-from lmtui.core.model import Instance, Node, Snapshot
+from lmtui.core.model import CircuitState, Instance, Node, Snapshot
 from lmtui.core.rebalance import RebalancePlan
 
 _encoder = msgspec.json.Encoder()
@@ -25,18 +25,22 @@ def snapshot_to_builtins(snap: Snapshot) -> dict[str, Any]:
         "nodes": [msgspec.to_builtins(n) for n in snap.nodes.values()],
         "instances": [msgspec.to_builtins(i) for i in snap.instances.values()],
         "queue_depth": dict(snap.queue_depth),
+        "circuits": [msgspec.to_builtins(c) for c in snap.circuits.values()],
     }
 
 
 def snapshot_from_builtins(d: dict[str, Any]) -> Snapshot:
     nodes = [msgspec.convert(n, Node) for n in d.get("nodes", [])]
     insts = [msgspec.convert(i, Instance) for i in d.get("instances", [])]
+    # An engine from before circuits were in the snapshot sends none: all closed.
+    circuits = [msgspec.convert(c, CircuitState) for c in d.get("circuits", [])]
     return Snapshot(
         version=int(d.get("version", 0)),
         at=float(d.get("at", 0.0)),
         nodes=MappingProxyType({n.name: n for n in nodes}),
         instances=MappingProxyType({i.key: i for i in insts}),
         queue_depth=MappingProxyType(dict(d.get("queue_depth", {}))),
+        circuits=MappingProxyType({c.key: c for c in circuits}),
     )
 
 
