@@ -162,9 +162,10 @@ class LmtuiApp(ControlsApp):
             # The app is closing and its widgets are gone: the clock tick or an update that
             # raced the teardown has nothing left to show (it used to raise, at random).
             return
+        history = self.client.history()
         with self.batch_update():
-            header.show(snapshot)
-            nodes.show(snapshot, now)
+            header.show(snapshot, history)
+            nodes.show(snapshot, now, history)
             models.show(snapshot, now)
         self.shown_version = snapshot.version
 

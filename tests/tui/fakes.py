@@ -27,6 +27,7 @@ from lmtui.core.rebalance import RebalancePlan
 from lmtui.engine import commands as cmd
 from lmtui.engine.client import EngineClient, Update
 from lmtui.engine.commands import Result
+from lmtui.engine.history import History, Sample
 
 #: The frozen "now" of the snapshot tests and of the fixed cluster below.
 FIXED_NOW = 1_700_000_000.0
@@ -42,8 +43,10 @@ class FakeClient(EngineClient):
         *,
         source: str = "/etc/lmtui/config.toml",
         read_only: bool = False,
+        history: History | None = None,
     ) -> None:
         self._snap = snapshot
+        self._history = history or History()
         self._events = list(events)
         self._queue: asyncio.Queue[Update] | None = None
         self.source = source
@@ -267,3 +270,33 @@ class FlakyClient(FakeClient):
             raise ConnectionError("control API closed the stream")
         async for update in super().watch():
             yield update
+
+
+def fixed_history() -> History:
+    """Five minutes of samples ending at FIXED_NOW, the same every run: mac-studio busy and
+    rising, gpu-box a burst a minute ago then a queue, old-mini quiet, then gone (down)."""
+    h = History()
+    for k in range(300):
+        at = FIXED_NOW - 299 + k
+        mac = 0.5 + 2.5 * k / 299 + (0.5 if k % 40 < 10 else 0.0)
+        gpu = 3.0 if 200 <= k < 240 else 0.2 if k % 30 == 0 else 0.0
+        gpu_queue = 2.0 if k >= 240 else 0.0
+        nodes = {
+            "mac-studio": (mac, 0.0, 30.0 + 12.5 * k / 299, 71.3 * GiB),
+            "gpu-box": (gpu, gpu_queue, None, 58.9 * GiB),
+        }
+        if k < 240:
+            nodes["old-mini"] = (0.0, 0.0, None, None)
+        cluster = (
+            mac + gpu,
+            gpu_queue + (1.0 if k > 280 else 0.0),
+            30.0 + 12.5 * k / 299,
+            130.2 * GiB,
+        )
+        models = {
+            "qwen3-30b-a3b": (mac * 0.8, 0.0, None, None),
+            "gemma-3-12b": (mac * 0.2, 0.0, None, None),
+            "llama3.1:8b": (gpu, gpu_queue + (1.0 if k > 280 else 0.0), None, None),
+        }
+        h.add(Sample(at, cluster, nodes, models))
+    return h

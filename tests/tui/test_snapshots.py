@@ -17,7 +17,7 @@ from textual.pilot import Pilot
 from lmtui.tui.app import LmtuiApp, build_app
 from lmtui.tui.widgets.header import ClusterHeader
 
-from .fakes import FIXED_NOW, FakeClient, fixed_cluster
+from .fakes import FIXED_NOW, FakeClient, fixed_cluster, fixed_history
 
 SIZE = (132, 32)
 
@@ -34,7 +34,7 @@ def utc() -> Iterator[None]:
 
 def app_for(source: str) -> tuple[LmtuiApp, Callable[[Pilot[None]], Any]]:
     snap, events = fixed_cluster()
-    client = FakeClient(snap, events, source=source)
+    client = FakeClient(snap, events, source=source, history=fixed_history())
     app = build_app(client, clock=lambda: FIXED_NOW)
 
     async def shown(pilot: Pilot[None]) -> None:
@@ -85,3 +85,9 @@ def test_dashboard_at_160x48(snap_compare: Any) -> None:
     """A tall terminal: the tables take their rows and the event log all the rest."""
     app, shown = app_for("/home/me/.config/lmtui/config.toml")
     assert snap_compare(app, terminal_size=(160, 48), run_before=shown)
+
+
+def test_dashboard_at_120x40(snap_compare: Any) -> None:
+    """A common laptop size: the sparkline column stays, the header trend has its line."""
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+    assert snap_compare(app, terminal_size=(120, 40), run_before=shown)

@@ -52,8 +52,11 @@ class ModelTable(KeyedTable):
         and a row for each model that has requests waiting in lmtui but no instance."""
         self._snapshot, self._now = snapshot, now
         depth = snapshot.queue_depth
+        circuits = snapshot.circuits
         rows = {
-            instance_row_key(inst): instance_row(inst, now, depth.get(inst.model, 0))
+            instance_row_key(inst): instance_row(
+                inst, now, depth.get(inst.model, 0), circuits.get(inst.key) if circuits else None
+            )
             for inst in snapshot.instances.values()
             if instance_matches(inst, self._filter)
         }
