@@ -116,3 +116,23 @@ def header_trend(history: History) -> Text | None:
         out.append(label + " ", style="dim")
         out.append_text(line)
     return out or None
+
+
+def plot_lines(values: Sequence[float | None], height: int, top: float | None = None) -> list[str]:
+    """A bar plot ``height`` rows tall, one column per value, top row first: each row is an
+    eighth-block deep slice of the range (``▁`` to ``█``), so a column of height 3 has 24
+    levels. Zero is the lowest block of the bottom row, a gap is blank, as in ``spark``."""
+    known = [v for v in values if v is not None]
+    peak = top if top is not None else max(known, default=0.0)
+    rows = [[" "] * len(values) for _ in range(height)]
+    levels = height * 8
+    for x, v in enumerate(values):
+        if v is None:
+            continue
+        level = 1 if v <= 0 or peak <= 0 else max(2, min(levels, round(v / peak * levels)))
+        for r in range(height):  # r = 0 is the bottom row
+            fill = level - r * 8
+            if fill <= 0:
+                break
+            rows[height - 1 - r][x] = BLOCKS[min(fill, 8) - 1]
+    return ["".join(row) for row in rows]

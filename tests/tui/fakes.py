@@ -27,6 +27,7 @@ from lmtui.core.rebalance import RebalancePlan
 from lmtui.engine import commands as cmd
 from lmtui.engine.client import EngineClient, Update
 from lmtui.engine.commands import Result
+from lmtui.engine.details import ModelDetails, Percentiles
 from lmtui.engine.history import History, Sample
 
 #: The frozen "now" of the snapshot tests and of the fixed cluster below.
@@ -47,6 +48,9 @@ class FakeClient(EngineClient):
     ) -> None:
         self._snap = snapshot
         self._history = history or History()
+        #: What ``model_details`` and ``processes`` answer, by model and by node.
+        self.details: dict[str, ModelDetails] = {}
+        self.procs: dict[str, list[dict[str, Any]]] = {}
         self._events = list(events)
         self._queue: asyncio.Queue[Update] | None = None
         self.source = source
@@ -80,6 +84,14 @@ class FakeClient(EngineClient):
         yield Update(self._snap, [])
         while True:
             yield await self._queue.get()
+
+    async def model_details(self, model: str) -> ModelDetails | None:
+        return self.details.get(model)
+
+    async def processes(self, node: str) -> list[dict[str, Any]]:
+        if node not in self.procs:
+            raise cmd.CommandError(f"{node}: runs no processes of lmtui's", 404)
+        return self.procs[node]
 
     # -- commands: recorded, so tests can assert what the UI asked for ----------------
 
@@ -300,3 +312,21 @@ def fixed_history() -> History:
         }
         h.add(Sample(at, cluster, nodes, models))
     return h
+
+
+def fixed_details() -> dict[str, ModelDetails]:
+    """What the engine says about the fixed cluster's pinned model."""
+    return {
+        "qwen3-30b-a3b": ModelDetails(
+            model="qwen3-30b-a3b",
+            pinned=True,
+            priority="high",
+            min_replicas=1,
+            idle_ttl_s=600.0,
+            logged=True,
+            requests=412,
+            failed=3,
+            queue_wait_s=Percentiles(0.004, 0.210, 1.900),
+            ttft_s=Percentiles(0.180, 0.620, 2.400),
+        )
+    }
