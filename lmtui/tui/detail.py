@@ -208,7 +208,14 @@ def model_summary(model: str, snapshot: Snapshot, now: float, details: ModelDeta
     if details is None:
         _field(out, "Requests", Text("the engine gives no request figures here", style="dim"))
     elif not details.logged:
-        _field(out, "Requests", Text("no request log ([router] request_log)", style="dim"))
+        _field(
+            out,
+            "Requests",
+            Text(
+                "no request log to read (the demo keeps none; else [router] request_log)",
+                style="dim",
+            ),
+        )
     else:
         head = f"{details.requests} in the last {fmt_duration(details.window_s)}"
         req = Text(head)
