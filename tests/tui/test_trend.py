@@ -63,3 +63,32 @@ async def test_the_node_table_and_header_draw_the_history() -> None:
         header = app.query_one(ClusterHeader)
         await until(pilot, lambda: "req/s" in header.trend_text)
         assert "tok/s" in header.trend_text and header.line_count == 2
+
+
+async def test_unchanged_rows_are_reused_and_widths_follow_added_and_removed_rows() -> None:
+    """The model table redraws only rows whose instance changed, and the content widths it
+    keeps incrementally still grow with a long row and shrink back once it goes."""
+    from lmtui.tui.app import build_app
+    from lmtui.tui.widgets.model_table import ModelTable
+
+    from .fakes import instance, next_version
+
+    snap, events = fixed_cluster()
+    client = FakeClient(snap, events)
+    app = build_app(client, clock=lambda: FIXED_NOW)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: app.shown_version == snap.version)
+        models = app.query_one(ModelTable)
+        before = {k: models.shown_row(k) for k in models.shown_keys}
+        widths = models._content_widths()
+        long = instance("gpu-box", "a-model-with-a-remarkably-long-name-indeed")
+        client.push(next_version(snap, instances=[*snap.instances.values(), long]))
+        await until(pilot, lambda: app.shown_version == snap.version + 1)
+        assert models.last_sync_stats == (1, 0, 0)
+        assert all(models.shown_row(k) is cells for k, cells in before.items())
+        assert models._content_widths()[0] == len(long.model)
+        assert models._content_widths() == models._measure_widths()
+        snap2 = client.snapshot()
+        client.push(next_version(snap2, instances=list(snap.instances.values())))
+        await until(pilot, lambda: app.shown_version == snap2.version + 1)
+        assert models._content_widths() == widths == models._measure_widths()
