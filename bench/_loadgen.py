@@ -165,10 +165,11 @@ def _check(status: int, body: bytes, stream: bool) -> str | None:
     """Why an answer is not a good chat completion, or None."""
     if status != 200:
         return f"HTTP {status}: {body[:120]!r}"
-    if stream and b"[DONE]" not in body:
-        return f"stream without [DONE]: {body[:120]!r}"
-    if not stream and b'"choices"' not in body:
-        return f"answer without choices: {body[:120]!r}"
+    # The end of a chat stream, of a Responses stream, of an Anthropic Messages stream.
+    if stream and not any(m in body for m in (b"[DONE]", b"response.completed", b"message_stop")):
+        return f"stream without its end ([DONE], response.completed, message_stop): {body[:120]!r}"
+    if not stream and not any(m in body for m in (b'"choices"', b'"output"', b'"content"')):
+        return f"answer without choices, output or content: {body[:120]!r}"
     return None
 
 

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -83,6 +84,119 @@ CHAT_SSE = (
     + "data: [DONE]\n\n"
 )
 
+
+def _event(name: str, data: dict[str, object]) -> str:
+    return f"event: {name}\ndata: " + json.dumps(data, separators=(",", ":")) + "\n\n"
+
+
+# The Responses API and Anthropic Messages, shaped as a real llama-server answers them
+# (tests/fixtures/llama-server/apis/), cut to the same four pieces of text as CHAT_SSE.
+_RESP_HEAD = {"id": "resp_bench", "object": "response", "status": "in_progress"}
+_RESP_ITEM = {
+    "type": "message",
+    "status": "completed",
+    "id": "msg_bench",
+    "content": [
+        {"type": "output_text", "annotations": [], "text": "Hello from the bench upstream."}
+    ],
+    "role": "assistant",
+}
+_RESP_USAGE = {"input_tokens": 12, "output_tokens": 6, "total_tokens": 18}
+RESPONSES_JSON = json.dumps(
+    {
+        "created_at": _CREATED,
+        "id": "resp_bench",
+        "model": MODEL,
+        "object": "response",
+        "output": [_RESP_ITEM],
+        "status": "completed",
+        "usage": _RESP_USAGE,
+    },
+    separators=(",", ":"),
+)
+RESPONSES_SSE = (
+    _event("response.created", {"type": "response.created", "response": _RESP_HEAD})
+    + "".join(
+        _event(
+            "response.output_text.delta",
+            {"type": "response.output_text.delta", "item_id": "msg_bench", "delta": d},
+        )
+        for d in ("Hello", " from the bench", " upstream.")
+    )
+    + _event(
+        "response.completed",
+        {
+            "type": "response.completed",
+            "response": {
+                **_RESP_HEAD,
+                "status": "completed",
+                "model": MODEL,
+                "output": [_RESP_ITEM],
+                "usage": _RESP_USAGE,
+            },
+        },
+    )
+)
+MESSAGES_JSON = json.dumps(
+    {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": "Hello from the bench upstream."}],
+        "model": MODEL,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 6},
+    },
+    separators=(",", ":"),
+)
+MESSAGES_SSE = (
+    _event(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_bench",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": MODEL,
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 12, "output_tokens": 0},
+            },
+        },
+    )
+    + _event(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    + "".join(
+        _event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": d}},
+        )
+        for d in ("Hello", " from the bench", " upstream.")
+    )
+    + _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    + _event(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 6},
+        },
+    )
+    + _event("message_stop", {"type": "message_stop"})
+)
+
+#: The routed APIs a benchmark can measure: path, canned JSON answer, canned SSE answer.
+APIS: dict[str, tuple[str, str, str]] = {
+    "chat": ("/v1/chat/completions", CHAT_JSON, CHAT_SSE),
+    "responses": ("/v1/responses", RESPONSES_JSON, RESPONSES_SSE),
+    "messages": ("/v1/messages", MESSAGES_JSON, MESSAGES_SSE),
+}
+
 MODELS_JSON = json.dumps(
     {"object": "list", "data": [{"id": MODEL, "object": "model", "max_model_len": 4096}]},
     separators=(",", ":"),
@@ -100,13 +214,15 @@ METRICS_TEXT = (
 _STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
 
 
-def request_body(stream: bool) -> bytes:
-    """The chat request every benchmark client sends (streaming or not)."""
+def request_body(stream: bool, api: str = "chat") -> bytes:
+    """The request every benchmark client sends (streaming or not), for ``api``."""
     body: dict[str, object] = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Say hello."}],
         "max_tokens": 16,
     }
+    if api == "responses":
+        body = {"model": MODEL, "input": "Say hello.", "max_output_tokens": 16}
     if stream:
         body["stream"] = True
     return json.dumps(body, separators=(",", ":")).encode()
@@ -124,13 +240,15 @@ def run_aiohttp_upstream(port: int) -> None:
     """Serve the canned answers on 127.0.0.1:``port`` until killed (blocking)."""
     from aiohttp import web
 
-    chat_json = CHAT_JSON.encode()
-    chat_sse = CHAT_SSE.encode()
+    def answer(json_text: str, sse_text: str) -> Any:
+        as_json, as_sse = json_text.encode(), sse_text.encode()
 
-    async def chat(request: web.Request) -> web.Response:
-        if stream_requested(await request.read()):
-            return web.Response(body=chat_sse, content_type="text/event-stream")
-        return web.Response(body=chat_json, content_type="application/json")
+        async def handle(request: web.Request) -> web.Response:
+            if stream_requested(await request.read()):
+                return web.Response(body=as_sse, content_type="text/event-stream")
+            return web.Response(body=as_json, content_type="application/json")
+
+        return handle
 
     async def health(_: web.Request) -> web.Response:
         return web.Response(status=200)
@@ -142,7 +260,8 @@ def run_aiohttp_upstream(port: int) -> None:
         return web.Response(text=METRICS_TEXT, content_type="text/plain")
 
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
+    for path, json_text, sse_text in APIS.values():
+        app.router.add_post(path, answer(json_text, sse_text))
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/metrics", metrics)
@@ -322,6 +441,10 @@ def start_upstream(
             cpu=cpu,
             chat_json=nginx_quote(CHAT_JSON),
             chat_sse=nginx_quote(CHAT_SSE),
+            responses_json=nginx_quote(RESPONSES_JSON),
+            responses_sse=nginx_quote(RESPONSES_SSE),
+            messages_json=nginx_quote(MESSAGES_JSON),
+            messages_sse=nginx_quote(MESSAGES_SSE),
             models_json=nginx_quote(MODELS_JSON),
             metrics_text=nginx_quote(METRICS_TEXT),
         )

@@ -2,6 +2,11 @@
 
     python bench/router_overhead.py                  # 5 s per run, about 1.5 minutes
     python bench/router_overhead.py --seconds 2 --json
+    python bench/router_overhead.py --api chat responses messages   # the three APIs, ~4.5 min
+
+``--api`` picks the routed APIs measured (chat completions by default; ``responses`` is
+``POST /v1/responses``, ``messages`` Anthropic's ``POST /v1/messages``): each is measured on
+every path with its own canned answers and streams (the shapes of a real llama-server's).
 
 A fast upstream (no model: canned answers, see ``_upstream.py``) is measured three ways with
 the same requests, non-streaming and streaming, at 1 and 32 concurrent clients, in ONE
@@ -71,6 +76,7 @@ class Row:
     path: str
     stream: bool
     result: lg.LoadResult
+    api: str = "chat"
 
 
 @dataclass
@@ -86,11 +92,16 @@ class Report:
     #: Paths that could not be measured, with the reason.
     skipped: dict[str, str] = field(default_factory=dict)
 
-    def row(self, path: str, stream: bool, conns: int) -> lg.LoadResult | None:
+    def row(self, path: str, stream: bool, conns: int, api: str = "chat") -> lg.LoadResult | None:
         for r in self.rows:
-            if (r.path, r.stream, r.result.connections) == (path, stream, conns):
+            if (r.path, r.stream, r.result.connections, r.api) == (path, stream, conns, api):
                 return r.result
         return None
+
+
+def ttfc_key(path: str, api: str) -> str:
+    """``report.ttfc``'s key: the path alone for chat (as before), else ``path/api``."""
+    return path if api == "chat" else f"{path}/{api}"
 
 
 def lmtui_config(upstream_url: str) -> str:
@@ -110,22 +121,36 @@ def lmtui_config(upstream_url: str) -> str:
 async def measure(
     report: Report, path: str, base: str, args: argparse.Namespace, proxy: up.Proc | None
 ) -> None:
-    """All runs of one path: both modes, every concurrency, and TTFC for streams at c=1."""
-    url = f"{base}/v1/chat/completions"
+    """All runs of one path: every API asked for, both modes, every concurrency, and TTFC for
+    streams at c=1."""
+    for api in args.api:
+        await measure_api(report, path, base, args, proxy, api)
+
+
+async def measure_api(
+    report: Report,
+    path: str,
+    base: str,
+    args: argparse.Namespace,
+    proxy: up.Proc | None,
+    api: str,
+) -> None:
+    url = base + up.APIS[api][0]
     if path == "lmtui" and args.via_aiohttp:
         # A query string is not the fast front's: the request goes to aiohttp.web.
         url += "?via=aiohttp"
     for stream in (False, True):
-        body = up.request_body(stream)
+        body = up.request_body(stream, api)
         problem = lg.sanity_check(url, body, stream=stream)
         if problem is not None:
-            report.skipped[path] = f"{'stream' if stream else 'non-stream'} request: {problem}"
+            mode = "stream" if stream else "non-stream"
+            report.skipped[ttfc_key(path, api)] = f"{mode} request: {problem}"
             return
     if args.warmup > 0:  # warm caches, connection pools, lazily built routes
         await run_one(
             report,
             url,
-            up.request_body(False),
+            up.request_body(False, api),
             max(args.concurrency),
             args.warmup,
             stream=False,
@@ -133,19 +158,21 @@ async def measure(
         )
     for stream in (False, True):
         for conns in args.concurrency:
-            log(f"  {path:6} {'stream' if stream else 'json':6} c={conns} ...")
+            log(f"  {path:6} {api:9} {'stream' if stream else 'json':6} c={conns} ...")
             result = await run_one(
                 report,
                 url,
-                up.request_body(stream),
+                up.request_body(stream, api),
                 conns,
                 args.seconds,
                 stream=stream,
                 proxy=proxy,
             )
-            report.rows.append(Row(path, stream, result))
-    log(f"  {path:6} stream TTFC c=1 ...")
-    report.ttfc[path] = await lg.py_ttfc(url, up.request_body(True), seconds=args.ttfc_seconds)
+            report.rows.append(Row(path, stream, result, api))
+    log(f"  {path:6} {api:9} stream TTFC c=1 ...")
+    report.ttfc[ttfc_key(path, api)] = await lg.py_ttfc(
+        url, up.request_body(True, api), seconds=args.ttfc_seconds
+    )
 
 
 async def run_one(
@@ -231,46 +258,57 @@ async def run(args: argparse.Namespace) -> Report:
     return report
 
 
-def ratios(report: Report, concurrency: list[int]) -> dict[str, Any]:
-    """Path/direct ratios, added latency, lmtui/nginx throughput, and the goals."""
+def ratios(report: Report, concurrency: list[int], apis: list[str] | None = None) -> dict[str, Any]:
+    """Path/direct ratios, added latency, lmtui/nginx throughput, and the goals, per API."""
     out: dict[str, Any] = {"vs_direct": [], "ttfc_added_ms": {}, "lmtui_vs_nginx": {}, "goals": {}}
-    for path in ("nginx", "lmtui"):
-        for stream in (False, True):
-            for c in concurrency:
-                d, p = report.row("direct", stream, c), report.row(path, stream, c)
-                if d is None or p is None or d.rps == 0:
-                    continue
-                out["vs_direct"].append(
-                    {
-                        "path": path,
-                        "stream": stream,
-                        "connections": c,
-                        "rps_ratio": round(p.rps / d.rps, 3),
-                        "added_p50_ms": round((p.p50_us - d.p50_us) / 1000, 3),
-                        "added_p99_ms": round((p.p99_us - d.p99_us) / 1000, 3),
-                    }
-                )
-        if path in report.ttfc and "direct" in report.ttfc:
-            t, d_t = report.ttfc[path], report.ttfc["direct"]
-            out["ttfc_added_ms"][path] = {
-                "p50": round((t.ttfc_p50_us - d_t.ttfc_p50_us) / 1000, 3),
-                "p99": round((t.ttfc_p99_us - d_t.ttfc_p99_us) / 1000, 3),
-            }
     top, low = max(concurrency), min(concurrency)
-    for stream in (False, True):
-        mode = "stream" if stream else "non-stream"
-        lm, ng = report.row("lmtui", stream, top), report.row("nginx", stream, top)
-        if lm is not None and ng is not None and ng.rps:
-            share = lm.rps / ng.rps
-            out["lmtui_vs_nginx"][f"{mode} c={top}"] = round(share, 3)
-            out["goals"][f"lmtui >= {GOAL_VS_NGINX} x nginx req/s, {mode} c={top}"] = (
-                share >= GOAL_VS_NGINX
-            )
-        for item in out["vs_direct"]:
-            if (item["path"], item["stream"], item["connections"]) == ("lmtui", stream, low):
-                out["goals"][f"lmtui added p50 < {GOAL_ADDED_P50_MS} ms, {mode} c={low}"] = (
-                    item["added_p50_ms"] < GOAL_ADDED_P50_MS
+    for api in apis or ["chat"]:
+        label = "" if api == "chat" else f" {api}"
+        for path in ("nginx", "lmtui"):
+            for stream in (False, True):
+                for c in concurrency:
+                    d = report.row("direct", stream, c, api)
+                    p = report.row(path, stream, c, api)
+                    if d is None or p is None or d.rps == 0:
+                        continue
+                    out["vs_direct"].append(
+                        {
+                            "path": path,
+                            "api": api,
+                            "stream": stream,
+                            "connections": c,
+                            "rps": round(p.rps),
+                            "rps_ratio": round(p.rps / d.rps, 3),
+                            "added_p50_ms": round((p.p50_us - d.p50_us) / 1000, 3),
+                            "added_p99_ms": round((p.p99_us - d.p99_us) / 1000, 3),
+                        }
+                    )
+            key, dkey = ttfc_key(path, api), ttfc_key("direct", api)
+            if key in report.ttfc and dkey in report.ttfc:
+                t, d_t = report.ttfc[key], report.ttfc[dkey]
+                out["ttfc_added_ms"][key] = {
+                    "p50": round((t.ttfc_p50_us - d_t.ttfc_p50_us) / 1000, 3),
+                    "p99": round((t.ttfc_p99_us - d_t.ttfc_p99_us) / 1000, 3),
+                }
+        for stream in (False, True):
+            mode = ("stream" if stream else "non-stream") + label
+            lm, ng = report.row("lmtui", stream, top, api), report.row("nginx", stream, top, api)
+            if lm is not None and ng is not None and ng.rps:
+                share = lm.rps / ng.rps
+                out["lmtui_vs_nginx"][f"{mode} c={top}"] = round(share, 3)
+                out["goals"][f"lmtui >= {GOAL_VS_NGINX} x nginx req/s, {mode} c={top}"] = (
+                    share >= GOAL_VS_NGINX
                 )
+            for item in out["vs_direct"]:
+                if (item["path"], item["api"], item["stream"], item["connections"]) == (
+                    "lmtui",
+                    api,
+                    stream,
+                    low,
+                ):
+                    out["goals"][f"lmtui added p50 < {GOAL_ADDED_P50_MS} ms, {mode} c={low}"] = (
+                        item["added_p50_ms"] < GOAL_ADDED_P50_MS
+                    )
     return out
 
 
@@ -280,7 +318,10 @@ def to_json(report: Report, rat: dict[str, Any]) -> dict[str, Any]:
         "client": report.tool,
         "seconds_per_run": report.seconds,
         "cpus": vars(report.cpus),
-        "rows": [{"path": r.path, "stream": r.stream, **r.result.to_json()} for r in report.rows],
+        "rows": [
+            {"path": r.path, "api": r.api, "stream": r.stream, **r.result.to_json()}
+            for r in report.rows
+        ],
         "ttfc": {k: vars(v) for k, v in report.ttfc.items()},
         "not_measured": report.skipped,
         **rat,
@@ -300,14 +341,14 @@ def print_table(report: Report, rat: dict[str, Any]) -> None:
     )
     print()
     print(
-        f"{'path':7}{'mode':12}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'path':7}{'api':10}{'mode':12}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'proxy cpu µs/req':>18}{'errors':>8}"
     )
     for r in report.rows:
         res = r.result
         cpu = f"{res.proxy_cpu_us_per_req:.1f}" if res.proxy_cpu_us_per_req is not None else "-"
         print(
-            f"{r.path:7}{'stream' if r.stream else 'non-stream':12}{res.connections:>5}"
+            f"{r.path:7}{r.api:10}{'stream' if r.stream else 'non-stream':12}{res.connections:>5}"
             f"{res.rps:>10.0f}{ms(res.p50_us):>9}{ms(res.p99_us):>9}{cpu:>18}{res.errors:>8}"
         )
     if report.ttfc:
@@ -324,7 +365,7 @@ def print_table(report: Report, rat: dict[str, Any]) -> None:
     for item in rat["vs_direct"]:
         mode = "stream" if item["stream"] else "non-stream"
         print(
-            f"  {item['path']:6} {mode:11} c={item['connections']:<3} "
+            f"  {item['path']:6} {item['api']:9} {mode:11} c={item['connections']:<3} "
             f"req/s x{item['rps_ratio']:<7} p50 {item['added_p50_ms']:+.3f} ms   "
             f"p99 {item['added_p99_ms']:+.3f} ms"
         )
@@ -368,6 +409,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=30.0,
         help="seconds to wait for lmtui to list the model (30)",
     )
+    p.add_argument(
+        "--api",
+        nargs="+",
+        choices=list(up.APIS),
+        default=["chat"],
+        help="routed APIs to measure: chat (/v1/chat/completions, default), responses "
+        "(/v1/responses), messages (Anthropic /v1/messages)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument(
         "--via-aiohttp",
@@ -405,7 +454,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = asyncio.run(run(args))
-    rat = ratios(report, args.concurrency)
+    rat = ratios(report, args.concurrency, args.api)
     if args.json:
         print(json.dumps(to_json(report, rat), indent=2))
     else:

@@ -6,6 +6,7 @@
     lmtui replay TRACE.csv [--cluster FILE | --nodes GB,…] [--policy P …] [--strategy S]
                  [--service busy|instant] [--rate-scale X] [--seed N] [--json]
     lmtui export-log [--db PATH] [--since WHEN] > log.csv
+    lmtui probe [NODE ...] [--config FILE] [--requests N] [--json]
 
 Errors a user can meet (a broken config, a port in use) print one clear line (a broken
 config one per problem in it) and exit 2; a traceback only with ``--debug``.
@@ -49,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
         "Subcommands: 'lmtui sim --config FILE' runs simulated nodes on loopback; "
         "'lmtui replay TRACE.csv' replays a request trace through the scheduler and "
         "eviction in virtual time (see 'lmtui replay --help'); 'lmtui export-log' writes "
-        "the request log as a CSV trace for it.",
+        "the request log as a CSV trace for it; 'lmtui probe' measures how many requests "
+        "each node really runs at once and the slots setting that implies.",
     )
     p.add_argument("--config", type=Path, metavar="FILE", help="config file (TOML)")
     p.add_argument(
@@ -97,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         from lmtui.replay.cli import main as replay_main
 
         return replay_main(argv[1:])
+    if argv[:1] == ["probe"]:
+        from lmtui.probe import main as probe_main
+
+        return probe_main(argv[1:])
     if argv[:1] == ["export-log"]:
         from lmtui.engine.reqlog import RequestRecord
         from lmtui.replay.cli import export_main

@@ -9,6 +9,7 @@ inside the poll loop.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, NoReturn
@@ -199,3 +200,12 @@ class HttpBackend(Backend):
         """
         r = await self.request("POST", path, json=body, timeout=timeout_s)
         return command_answer(r, f"POST {path}", self.name)
+
+
+def version_tuple(version: str | None) -> tuple[int, ...] | None:
+    """ "0.13.3" → (0, 13, 3); None when the string does not start with a number (unknown,
+    or a build name such as llama.cpp's "b1-0c1e570"), so callers can say "not known"."""
+    if not version:
+        return None
+    m = re.match(r"v?(\d+(?:\.\d+)*)", version.strip())
+    return tuple(int(p) for p in m.group(1).split(".")) if m else None

@@ -51,6 +51,21 @@ class NotSupported(BackendError):
     """This kind of node does not support the operation."""
 
 
+#: The API paths the router routes, by the short name lmtui gives each (capabilities,
+#: metrics, events). Every OpenAI-compatible server has the first three.
+API_PATHS: dict[str, str] = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+    "responses": "/v1/responses",
+    "messages": "/v1/messages",
+    "count_tokens": "/v1/messages/count_tokens",
+    "rerank": "/v1/rerank",
+}
+OPENAI_APIS: frozenset[str] = frozenset({"chat", "completions", "embeddings"})
+ALL_APIS: frozenset[str] = frozenset(API_PATHS)
+
+
 class Backend:
     """Base class of every node adapter.
 
@@ -70,6 +85,9 @@ class Backend:
     kind: ClassVar[NodeKind]
     #: Whether this kind of node can load and unload models at all.
     supports_load: ClassVar[bool] = False
+    #: The routed APIs (``API_PATHS`` names) this kind of server answers, as far as its
+    #: documentation says; :meth:`serves` may narrow it by version.
+    apis: ClassVar[frozenset[str]] = OPENAI_APIS
 
     def __init__(self, node: NodeConfig, pool: Pool, *, api_key: str | None, timeout: float = 3.0):
         self.node = node
@@ -88,11 +106,24 @@ class Backend:
         return self.supports_load
 
     @property
+    def no_load_reason(self) -> str | None:
+        """Why this node cannot load models now, in words for the operator; None when
+        ``can_load``. The poller puts it in every observation of the node."""
+        return None if self.can_load else f"{self.kind} nodes cannot load models"
+
+    @property
     def can_unload(self) -> bool:
         """Whether this node can unload models now. Every kind that loads also unloads (a
         llama.cpp server in single mode does neither), so it follows ``can_load``; a kind
         that differs overrides it. The planner never proposes an unload where it is false."""
         return self.can_load
+
+    def serves(self, api: str) -> bool:
+        """Whether the router may send this node requests for ``api`` (an ``API_PATHS``
+        name), as its kind and the version it last reported tell. Only a first guess: the
+        node's own answer is the last word (a 404 for the path marks it absent there for a
+        while, ``engine/apis.py``), so an unknown version says yes."""
+        return api in self.apis
 
     @property
     def name(self) -> str:
@@ -111,6 +142,15 @@ class Backend:
     async def unload(self, model: str, instance_id: str) -> None:
         """Unload one instance. Raises NotSupported unless ``can_unload``."""
         raise NotSupported(f"{self.kind} nodes cannot unload models")
+
+    #: Whether the node itself unloads idle models after a lifetime lmtui can set again on
+    #: a loaded model (:meth:`set_lifetime`): Ollama's ``keep_alive``.
+    sets_lifetime: ClassVar[bool] = False
+
+    async def set_lifetime(self, model: str, instance_id: str, ttl: float | None) -> None:
+        """Make the node keep a loaded model ``ttl`` seconds after its last use (None: for
+        good), without reloading it. Raises NotSupported unless ``sets_lifetime``."""
+        raise NotSupported(f"{self.kind} nodes keep no lifetime lmtui can set")
 
     async def processes(self) -> list[dict[str, Any]]:
         """The server processes lmtui runs on this node, with their last log lines.

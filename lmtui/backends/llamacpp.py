@@ -29,6 +29,7 @@ from lmtui.backends._common import (
     status_error,
 )
 from lmtui.backends.base import (
+    ALL_APIS,
     BackendBadResponse,
     BackendError,
     LoadDeferred,
@@ -103,6 +104,10 @@ class LlamaCppBackend(HttpBackend):
 
     kind = NodeKind.LLAMACPP
     supports_load = True
+    #: llama-server answers all of them (``/v1/messages`` since PR #17570, ``/v1/responses``,
+    #: ``/v1/rerank`` only with ``--reranking``: else HTTP 501, which marks it absent). Its
+    #: version is a build name, not a number, so the server's answer is the only test.
+    apis = ALL_APIS
 
     @property
     def can_load(self) -> bool:

@@ -34,6 +34,7 @@ import platformdirs
 
 from lmtui.backends._common import Every
 from lmtui.backends.base import (
+    ALL_APIS,
     Backend,
     BackendBadResponse,
     BackendError,
@@ -103,6 +104,8 @@ class LlamaCppPoolBackend(Backend):
 
     kind = NodeKind.LLAMACPP_POOL
     supports_load = True
+    #: Its servers are llama-server processes: the same APIs (see LlamaCppBackend.apis).
+    apis = ALL_APIS
 
     def __init__(
         self, node: NodeConfig, pool: Pool, *, api_key: str | None, timeout: float = 3.0

@@ -14,7 +14,9 @@ says "Returning 200 anyway"; lmstudio-bug-tracker #618, #1323, #2085). Such an a
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from lmtui.backends._common import (
     Every,
@@ -30,7 +32,9 @@ from lmtui.backends._common import (
     override_slots,
     status_error,
 )
-from lmtui.backends.base import BackendError, NotSupported, monotonic
+from lmtui.backends.base import OPENAI_APIS, BackendError, NotSupported, monotonic
+from lmtui.backends.lms import LmsCli, LmsInstance
+from lmtui.backends.ssh import SshHost
 from lmtui.core.model import (
     AvailableModel,
     InstanceObservation,
@@ -156,6 +160,11 @@ class LMStudioBackend(HttpBackend):
 
     kind = NodeKind.LMSTUDIO
     supports_load = True
+    #: LM Studio's docs (lmstudio.ai/docs/developer/openai-compat, anthropic-compat):
+    #: ``/v1/responses`` (0.3.29+) and the Anthropic ``/v1/messages`` (0.4); no
+    #: count_tokens, no rerank. An endpoint it lacks answers HTTP 200 with an error body,
+    #: which the router reads as "absent" too (engine/apis.py).
+    apis = OPENAI_APIS | {"responses", "messages"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -164,6 +173,43 @@ class LMStudioBackend(HttpBackend):
         self._reprobe = Every(V1_REPROBE_S)
         #: Whether the fall back to v0 was logged (once per node).
         self._warned = False
+        #: ``lms`` over SSH, when the node has an ``[nodes.ssh]`` section with ``lms`` set.
+        self.lms: LmsCli | None = None
+        ssh = self.node.ssh
+        if ssh is not None and ssh.lms:
+            url_host = urlsplit(self.node.url).hostname or "127.0.0.1"
+            host = SshHost(ssh, default_host=url_host, node_name=self.name)
+            self.lms = LmsCli(host, ssh.lms)
+        #: Why the last ``lms ps`` failed (logged once per new reason); None: it worked.
+        self.lms_error: str | None = None
+        #: ``lms ps`` worked at the last poll: loads and unloads go through ``lms`` (an
+        #: SSH section kept for host memory alone, with no ``lms`` there, changes nothing).
+        self.lms_ok = False
+        #: Instance ids of the last poll, to name a new instance as LM Studio would.
+        self._ids: set[str] = set()
+
+    @property
+    def can_load(self) -> bool:
+        """Loads need REST v1 (0.4+) or ``lms`` over SSH: a 0.3 server without SSH cannot
+        load or unload."""
+        return self.api != "v0" or self.lms_ok
+
+    @property
+    def no_load_reason(self) -> str | None:
+        if self.can_load:
+            return None
+        return (
+            "LM Studio before 0.4 has no REST load or unload: lmtui routes to the models "
+            "loaded there; give the node an [nodes.ssh] section (for lms) or upgrade LM "
+            "Studio to load and unload from lmtui"
+        )
+
+    def serves(self, api: str) -> bool:
+        """``/v1/messages`` came with 0.4 (REST v1): a server that speaks only v0 lacks it;
+        ``/v1/responses`` is in late 0.3 builds too, so only the server's answer tells."""
+        if api == "messages" and self.api == "v0":
+            return False
+        return api in self.apis
 
     async def poll(self, now: float) -> NodeObservation:
         """Read the models (and their loaded instances) over v1, or v0 on older servers."""
@@ -178,6 +224,9 @@ class LMStudioBackend(HttpBackend):
             self._reprobe.reset()
             raise
         instances, available = parsed
+        if self.lms is not None:
+            instances, available = await self._with_lms(instances, available)
+        self._ids = {i.instance_id for i in instances}
         return NodeObservation(
             node=self.name,
             at=now,
@@ -190,6 +239,36 @@ class LMStudioBackend(HttpBackend):
             # Before 0.4 the whole server runs one request at a time, across all models.
             server_slots=None if self.api == "v1" or self.node.slots else V0_PARALLEL,
         )
+
+    async def _with_lms(
+        self, instances: tuple[InstanceObservation, ...], available: tuple[AvailableModel, ...]
+    ) -> Parsed:
+        """``lms ps`` over SSH replaces the HTTP view of the loaded instances: it has busy
+        and queued truth, sizes, TTLs and ``parallel``. When it fails, the poll keeps the
+        HTTP view (the node is still up) and the reason is logged once."""
+        assert self.lms is not None
+        try:
+            ps = await self.lms.ps()
+        except BackendError as e:
+            why = str(e)[:300]
+            if why != self.lms_error:
+                log.warning("%s: lms ps failed, using the HTTP API's view: %s", self.name, why)
+            self.lms_error = why
+            self.lms_ok = False
+            return instances, available
+        if self.lms_error is not None:
+            log.info("%s: lms ps works again", self.name)
+        self.lms_error = None
+        self.lms_ok = True
+        slots = V1_DEFAULT_PARALLEL if self.api == "v1" else V0_PARALLEL
+        sizes = {e.model: e.size_bytes for e in ps if e.size_bytes is not None}
+        available = tuple(
+            replace(a, size_bytes=sizes[a.key], size_source="server")
+            if a.size_bytes is None and a.key in sizes
+            else a
+            for a in available
+        )
+        return tuple(_from_lms(e, slots) for e in ps), available
 
     async def _poll_v1_or_fallback(self, now: float) -> Parsed:
         r = await self.fetch("/api/v1/models")
@@ -247,9 +326,18 @@ class LMStudioBackend(HttpBackend):
     ) -> str:
         """Load ``model`` over REST v1; return the new instance's id.
 
-        ``ttl`` is not sent: the v1 load endpoint documents no idle TTL, and lmtui's pool
-        manager unloads idle instances itself. (``lms load --ttl`` over SSH can do it.)
+        With ``lms`` over SSH the load goes through ``lms load`` (any version; it carries
+        ``ttl`` and the node's ``slots`` as ``--parallel``). Over REST ``ttl`` is not sent:
+        the v1 load endpoint documents no idle TTL, and lmtui's pool manager unloads idle
+        instances itself (``core/lifetime.py``).
         """
+        if self.lms is not None and self.lms_ok:
+            ident = self._new_id(model)
+            await self.lms.load(
+                model, ident, ttl=ttl, parallel=self.node.slots, context_length=context_length
+            )
+            self._ids.add(ident)
+            return ident
         await self._require_v1("load")
         body: dict[str, Any] = {"model": model}
         if context_length is not None:
@@ -258,7 +346,11 @@ class LMStudioBackend(HttpBackend):
         return parse_load_answer(answer, model)
 
     async def unload(self, model: str, instance_id: str) -> None:
-        """Unload one instance over REST v1."""
+        """Unload one instance over REST v1, or with ``lms unload`` over SSH."""
+        if self.lms is not None and self.lms_ok:
+            await self.lms.unload(instance_id)
+            self._ids.discard(instance_id)
+            return
         await self._require_v1("unload")
         await self._post_v1("/api/v1/models/unload", {"instance_id": instance_id})
 
@@ -276,8 +368,38 @@ class LMStudioBackend(HttpBackend):
         if self.api == "v0":
             raise NotSupported(
                 f"{self.name}: this LM Studio is older than 0.4 and has no REST {what}; "
-                f"use `lms {what}` over SSH (add an [nodes.ssh] section) or upgrade LM Studio"
+                f"give the node an [nodes.ssh] section so lmtui can use `lms {what}`, or "
+                "upgrade LM Studio"
             )
 
     async def _post_v1(self, path: str, body: dict[str, Any]) -> Any:
         return await self.post_json(path, body, timeout_s=max(self.timeout, LOAD_TIMEOUT_S))
+
+    def _new_id(self, model: str) -> str:
+        """LM Studio's own naming: the key, then ``key:2``, ``key:3`` for further copies."""
+        if model not in self._ids:
+            return model
+        n = 2
+        while f"{model}:{n}" in self._ids:
+            n += 1
+        return f"{model}:{n}"
+
+    async def aclose(self) -> None:
+        if self.lms is not None:
+            await self.lms.close()
+
+
+def _from_lms(e: LmsInstance, default_slots: int) -> InstanceObservation:
+    expires = e.last_used + e.ttl_s if e.last_used is not None and e.ttl_s else None
+    return InstanceObservation(
+        model=e.model,
+        instance_id=e.identifier,
+        size_bytes=e.size_bytes,
+        size_source="server" if e.size_bytes is not None else None,
+        context_length=e.context_length,
+        slots_total=e.parallel or default_slots,
+        slots_busy=e.busy,
+        queued=e.waiting,
+        last_used=e.last_used,
+        expires_at=expires,
+    )

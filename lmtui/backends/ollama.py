@@ -24,8 +24,9 @@ from lmtui.backends._common import (
     opt_int,
     opt_str,
     status_error,
+    version_tuple,
 )
-from lmtui.backends.base import BackendBadResponse, BackendError, monotonic
+from lmtui.backends.base import OPENAI_APIS, BackendBadResponse, BackendError, monotonic
 from lmtui.core.model import AvailableModel, InstanceObservation, NodeKind, NodeObservation
 
 #: OLLAMA_NUM_PARALLEL's default: one request at a time per model.
@@ -130,7 +131,11 @@ def parse_generate_answer(body: bytes) -> dict[str, Any]:
 
 
 def keep_alive(ttl: float | None) -> str | int:
-    """``keep_alive`` for a load: ``"<ttl>s"``, or -1 (forever: lmtui's pool manages it)."""
+    """``keep_alive`` for a load: ``"<ttl>s"``, or -1 (forever: lmtui's pool manages it).
+
+    Never left out: a load without one gets ``OLLAMA_KEEP_ALIVE`` (5 minutes by default),
+    and since Ollama 0.1.49 that stays the model's lifetime under requests that carry none,
+    which is every request lmtui proxies (``/v1`` ignores a ``keep_alive`` field)."""
     if ttl is None or ttl < 0:
         return -1
     return f"{max(1, round(ttl))}s"
@@ -141,6 +146,13 @@ class OllamaBackend(HttpBackend):
 
     kind = NodeKind.OLLAMA
     supports_load = True
+    sets_lifetime = True
+    #: Ollama's docs (docs.ollama.com/api/openai-compatibility, anthropic-compatibility):
+    #: ``/v1/responses`` since v0.13.3 (stateless), the Anthropic ``/v1/messages`` since
+    #: v0.14.0 (ollama.com/blog/claude); no count_tokens, no rerank.
+    apis = OPENAI_APIS | {"responses", "messages"}
+    #: The first version with each API beyond the OpenAI three.
+    API_SINCE = {"responses": (0, 13, 3), "messages": (0, 14, 0)}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -148,6 +160,14 @@ class OllamaBackend(HttpBackend):
         self._version = Every(VERSION_REFRESH_S)
         self._available: tuple[AvailableModel, ...] | None = None
         self._version_str: str | None = None
+
+    def serves(self, api: str) -> bool:
+        """By the version ``/api/version`` reported; an unknown version says yes."""
+        if api not in self.apis:
+            return False
+        since = self.API_SINCE.get(api)
+        have = version_tuple(self._version_str)
+        return since is None or have is None or have >= since
 
     async def poll(self, now: float) -> NodeObservation:
         """Read loaded models every poll; downloaded models and version when due.
@@ -197,6 +217,12 @@ class OllamaBackend(HttpBackend):
             body["options"] = {"num_ctx": context_length}
         await self._generate(body)
         return model
+
+    async def set_lifetime(self, model: str, instance_id: str, ttl: float | None) -> None:
+        """Set a loaded model's lifetime again: the same call as a load (no prompt, a
+        ``keep_alive``), which on a model in memory only replaces its ``keep_alive`` and
+        restarts its timer (``useLoadedRunner`` in Ollama's scheduler)."""
+        await self._generate({"model": instance_id or model, "keep_alive": keep_alive(ttl)})
 
     async def unload(self, model: str, instance_id: str) -> None:
         """Unload ``model`` now (``keep_alive: 0``)."""

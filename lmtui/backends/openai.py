@@ -23,7 +23,7 @@ from lmtui.backends._common import (
     override_slots,
     status_error,
 )
-from lmtui.backends.base import BackendError, monotonic
+from lmtui.backends.base import ALL_APIS, BackendError, monotonic
 from lmtui.backends.prom import VLLM_NAMES, Samples, parse_prometheus, vllm_metrics
 from lmtui.core.model import AvailableModel, InstanceObservation, NodeKind, NodeObservation
 
@@ -85,6 +85,9 @@ class OpenAIBackend(HttpBackend):
     """An OpenAI-compatible server (vLLM, LocalAI, ...) that serves a fixed set of models."""
 
     kind = NodeKind.OPENAI
+    #: vLLM serves ``/v1/responses`` and ``/v1/rerank`` (for a reranking model), recent
+    #: builds the Anthropic ``/v1/messages``; other servers differ, and their 404 says so.
+    apis = ALL_APIS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

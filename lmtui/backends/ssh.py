@@ -168,9 +168,12 @@ class SshHost:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
 
-    async def run(self, command: str, *, input: str | None = None) -> str:
+    async def run(
+        self, command: str, *, input: str | None = None, timeout: float | None = None
+    ) -> str:
         """Run ``command`` on the host and return its stdout; ``input`` is its stdin (for a
-        secret that must not appear on any command line).
+        secret that must not appear on any command line). ``timeout`` bounds this command
+        (default: the host's ``timeout``; ``lms load`` of a large model takes minutes).
 
         Reuses the open connection; if that turns out to be dead (the host rebooted, sshd
         restarted), reconnects once at once and retries. A non-zero exit is
@@ -182,7 +185,7 @@ class SshHost:
         for attempt in range(2):
             conn, fresh = await self._connection()
             try:
-                return await self._exec(conn, command, input)
+                return await self._exec(conn, command, input, timeout)
             except _Dropped as e:
                 self._drop(conn)
                 if fresh or attempt == 1:
@@ -229,21 +232,26 @@ class SshHost:
         return os_name
 
     async def _exec(
-        self, conn: asyncssh.SSHClientConnection, command: str, input: str | None = None
+        self,
+        conn: asyncssh.SSHClientConnection,
+        command: str,
+        input: str | None = None,
+        timeout: float | None = None,
     ) -> str:
         flat = " ".join(command.split())  # scripts are multi-line; messages are not
         short = flat if len(flat) <= 60 else flat[:57] + "..."
         try:
             # asyncssh's own timeout closes the channel; the outer one is a safety net.
-            async with asyncio.timeout(self.cfg.timeout + 1.0):
-                result = await conn.run(command, input=input, check=False, timeout=self.cfg.timeout)
+            limit = timeout or self.cfg.timeout
+            async with asyncio.timeout(limit + 1.0):
+                result = await conn.run(command, input=input, check=False, timeout=limit)
         except TimeoutError:
             # A command that hangs is as likely a dead network path as a slow command, and
             # a dead TCP connection would hang every later command too: start afresh.
             self._drop(conn)
             raise BackendUnreachable(
                 f"{self.node_name}: {self.target}: `{short}` gave no answer within "
-                f"{self.cfg.timeout:g} s"
+                f"{timeout or self.cfg.timeout:g} s"
             ) from None
         except (asyncssh.Error, OSError) as e:
             raise _Dropped(f"{type(e).__name__}: {e}") from e

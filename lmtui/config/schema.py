@@ -45,6 +45,11 @@ class SshConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     os: Literal["auto", "linux", "macos"] = "auto"
     #: Seconds to wait for the connection and for each command.
     timeout: PositiveFloat = 10.0
+    #: LM Studio nodes: the ``lms`` command on the host (LM Studio installs it in
+    #: ~/.lmstudio/bin, which a non-interactive SSH session's PATH often lacks). With it
+    #: lmtui reads ``lms ps`` (busy and queued truth, sizes, TTLs) and loads and unloads
+    #: through ``lms``, which also makes servers before 0.4 controllable. "" turns it off.
+    lms: str = "~/.lmstudio/bin/lms"
 
 
 class PoolNodeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -144,9 +149,18 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     queue_timeout: PositiveFloat = 300.0
     #: Largest request body accepted, in bytes (413 above it).
     max_body_bytes: PositiveInt = 16 * 1024 * 1024
-    #: Seconds an idle keep-alive connection (or a request that never completes) stays
-    #: open, on every path.
+    #: Seconds an idle keep-alive connection stays open, on every path.
     idle_timeout: PositiveFloat = 75.0
+    #: Seconds a request head may take to arrive from its first byte (408 after it).
+    head_timeout: PositiveFloat = 10.0
+    #: Seconds a request body may take to arrive after its head (408 after it).
+    body_timeout: PositiveFloat = 60.0
+    #: Client connections open at once, on every path; past it a new one gets a 503.
+    #: Lowered at start to what the process's descriptor limit allows.
+    max_connections: PositiveInt = 4096
+    #: Client connections open at once from one address (a proxy in front of lmtui counts
+    #: as one address).
+    max_connections_per_address: PositiveInt = 1024
     #: Largest answer lmtui reads whole from a node (not streamed), in bytes; a larger one
     #: is a failed answer (another replica, or 502).
     max_answer_bytes: PositiveInt = 64 * 1024 * 1024
@@ -175,10 +189,25 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: How to choose what to evict: least recently used (``lru``), weighing reload cost
     #: (``cost``), or request rate × reload time / size (``gdsf``).
     eviction: Literal["lru", "cost", "gdsf"] = "lru"
-    #: Unload an unpinned model idle this many seconds (0 = never).
+    #: Unload an unpinned model idle this many seconds (0 = never); ``low`` priority models
+    #: at half of it, ``high`` ones never (unless ``idle_ttl_by_priority`` says otherwise).
     idle_ttl: NonNegFloat = 0.0
+    #: Idle TTL in seconds per priority (0 = never), replacing the rule above for the
+    #: priorities named, e.g. ``{ low = 300, high = 7200 }``.
+    idle_ttl_by_priority: dict[Literal["low", "normal", "high"], NonNegFloat] = msgspec.field(
+        default_factory=dict
+    )
     #: Never evict a model loaded less than this many seconds ago (against thrashing).
     min_residency: NonNegFloat = 30.0
+    #: Load the most requested models onto free memory (never evicting anything for it): at
+    #: start, when a node comes back and after an eviction or unload frees room.
+    preload: bool = True
+    #: Only the first this many models of the demand ranking are preloaded (0 = none).
+    preload_max: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 8
+    #: Fraction of each node's (and host's) budget a preload leaves free.
+    preload_keep_free: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    #: Models asked for less often than this (decayed requests per hour) are not preloaded.
+    preload_min_rate: NonNegFloat = 1.0
 
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -202,6 +231,9 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Seconds a request for this model may wait for a node's first byte; overrides the
     #: node's and [router] first_byte_timeout.
     first_byte_timeout: PositiveFloat | None = None
+    #: Unload it when idle this many seconds (0 = never), whatever its priority says;
+    #: carried out by Ollama itself (``keep_alive``) and by lmtui everywhere.
+    ttl: NonNegFloat | None = None
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

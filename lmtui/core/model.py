@@ -203,6 +203,9 @@ class NodeObservation:
     #: How many instances the server keeps resident at once, when it has such a limit (a
     #: llama.cpp router's ``--models-max``, read from ``GET /props``). None: not learnt.
     max_instances: int | None = None
+    #: Why lmtui cannot load models on this node (an LM Studio before 0.4 without SSH, an
+    #: ``openai`` node, a single-model llama-server); None: it can.
+    no_load: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +253,9 @@ class Node:
     #: Instances the server keeps resident at once (a llama.cpp router's ``--models-max``);
     #: None: no limit known. A load at the limit needs an eviction first.
     max_instances: int | None = None
+    #: Why lmtui cannot load models here (see NodeObservation.no_load); None: it can. The
+    #: dashboard offers no load on such a node and says why.
+    no_load: str | None = None
     last_poll_at: float | None = None
     last_ok_at: float | None = None
     poll_latency_s: float | None = None

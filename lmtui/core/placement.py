@@ -36,6 +36,7 @@ from lmtui.core.eviction import (
     permanent_instances,
     plan_eviction,
 )
+from lmtui.core.lifetime import Lifetimes
 from lmtui.core.model import GiB, Health, InstanceKey, InstanceState, Node, Snapshot
 from lmtui.core.units import fmt_bytes
 
@@ -77,6 +78,8 @@ class PoolSettings:
     #: An eviction order that replaces ``eviction_policy``'s (see ``plan_eviction``): the
     #: replay's clairvoyant reference. None in the engine.
     eviction_order: EvictionOrder | None = None
+    #: Idle TTLs per model, priority and load (``core/lifetime.py``).
+    lifetimes: Lifetimes = field(default_factory=Lifetimes)
 
 
 @dataclass(frozen=True, slots=True)

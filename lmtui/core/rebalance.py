@@ -20,6 +20,8 @@ out: loads skip ``no_load_nodes``, unloads and evictions ``no_unload_nodes``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from lmtui.core.model import Instance, InstanceKey, InstanceState, Snapshot
 from lmtui.core.placement import PendingLoads, Placement, place, stable_seed
 from lmtui.core.plan import PlanStep, RebalancePlan, eviction_steps, make_plan
@@ -63,7 +65,9 @@ def plan_upkeep(
 ) -> RebalancePlan:
     """What the pool manager does by itself: loads for pinned models missing everywhere and
     for ``min_replicas`` shortfalls, and unloads of unpinned instances idle longer than
-    ``idle_ttl_s`` (0 = never; ``low`` priority models idle out at half the TTL)."""
+    their TTL (``pool.lifetimes``, ``core/lifetime.py``: per load, model, priority, then
+    the default). ``idle_ttl_s`` > 0 replaces the settings' default TTL (``low`` priority
+    models idle out at half of it, ``high`` ones never)."""
     pool = settings.pool
     steps: list[PlanStep] = []
     planned = set(pending_loads)
@@ -114,37 +118,39 @@ def plan_upkeep(
                 "min_replicas",
             )
 
-    if idle_ttl_s > 0:
-        for inst in sorted(snapshot.instances.values(), key=lambda i: i.key):
-            if inst.key in removed or not _idle(inst) or inst.pinned or inst.model in pool.pinned:
-                continue
-            if inst.node in pool.no_unload_nodes:
-                continue  # the backend cannot unload (an ``openai`` node): never plan it
-            prio = pool.priorities.get(inst.model, "normal")
-            if prio == "high":
-                continue
-            ttl = idle_ttl_s / 2 if prio == "low" else idle_ttl_s
-            last = inst.last_used if inst.last_used is not None else inst.first_seen
-            if last is None or now - last < ttl:
-                continue
-            others = [
-                i
-                for i in snapshot.instances_of(inst.model)
-                if i.key != inst.key and i.key not in removed
-            ]
-            if len(others) + 1 <= settings.min_replicas.get(inst.model, 0):
-                continue
-            removed.add(inst.key)
-            steps.append(
-                PlanStep(
-                    "unload",
-                    inst.node,
-                    inst.model,
-                    f"idle {now - last:.0f}s (TTL {ttl:.0f}s)",
-                    inst.size_bytes or 0,
-                    inst.instance_id,
-                    "idle_ttl",
-                )
+    lifetimes = pool.lifetimes
+    if idle_ttl_s > 0:  # a caller's own default TTL (tests, replay) over the settings'
+        lifetimes = replace(lifetimes, idle_ttl_s=idle_ttl_s)
+    for inst in sorted(snapshot.instances.values(), key=lambda i: i.key):
+        if inst.key in removed or not _idle(inst) or inst.pinned or inst.model in pool.pinned:
+            continue
+        if inst.node in pool.no_unload_nodes:
+            continue  # the backend cannot unload (an ``openai`` node): never plan it
+        prio = pool.priorities.get(inst.model, "normal")
+        ttl = lifetimes.ttl_for(inst.model, prio, inst.node)
+        if ttl is None:
+            continue
+        last = inst.last_used if inst.last_used is not None else inst.first_seen
+        if last is None or now - last < ttl:
+            continue
+        others = [
+            i
+            for i in snapshot.instances_of(inst.model)
+            if i.key != inst.key and i.key not in removed
+        ]
+        if len(others) + 1 <= settings.min_replicas.get(inst.model, 0):
+            continue
+        removed.add(inst.key)
+        steps.append(
+            PlanStep(
+                "unload",
+                inst.node,
+                inst.model,
+                f"idle {now - last:.0f}s (TTL {ttl:.0f}s)",
+                inst.size_bytes or 0,
+                inst.instance_id,
+                "idle_ttl",
             )
+        )
 
     return make_plan(steps, pool)

@@ -60,6 +60,13 @@ class RequestInfo:
     exclude: frozenset[InstanceKey] = frozenset()
     #: Nodes not to load the model on, e.g. where a load of it failed moments ago.
     avoid_nodes: frozenset[str] = frozenset()
+    #: The request's own ``ttl`` (seconds): the idle TTL of a load it causes, as LM Studio's
+    #: JIT loading defines it (``core/lifetime.py``). None: the configured one.
+    ttl_s: float | None = None
+    #: Nodes that must not serve this request at all, neither a replica there nor a load:
+    #: they lack its API path (``/v1/rerank`` on a server without reranking), or another
+    #: node holds the state it refers to (a ``previous_response_id``).
+    skip_nodes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +79,11 @@ class Load:
     reason: str
     footprint_bytes: int = 0
     #: Who asked, as a short fixed code for metrics: ``on_demand`` (a request needs it),
-    #: ``replica`` (a busy model spreads), ``min_replicas``, ``pinned``, ``operator``.
+    #: ``replica`` (a busy model spreads), ``min_replicas``, ``pinned``, ``operator``,
+    #: ``preload``.
     origin: str = "on_demand"
+    #: The idle TTL a request asked for with its ``ttl`` (None: the configured one).
+    ttl_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,9 +282,12 @@ def schedule(
     # no more than this loop, the free-slot check and the reason text.
     nodes = snapshot.nodes
     exclude = request.exclude
+    skip = request.skip_nodes
     live: list[Instance] = []
     coming: list[Instance] = []
     for i in instances:
+        if skip and i.node in skip:
+            continue
         node = nodes.get(i.node)
         if (
             i.state is InstanceState.LOADED
@@ -288,7 +301,9 @@ def schedule(
             i.state is InstanceState.LOADING or (node is not None and node.health is Health.UNKNOWN)
         ) and _coming(snapshot, i):
             coming.append(i)
-    pending = {n for n, m in pending_loads if m == model} if pending_loads else set()
+    pending = (
+        {n for n, m in pending_loads if m == model and n not in skip} if pending_loads else set()
+    )
     ahead = 0 if request.queued else snapshot.queue_depth.get(model, 0)
 
     extra = None
@@ -342,6 +357,7 @@ def schedule(
     avoid = {i.node for i in instances if i.state is InstanceState.FAILED}
     avoid |= {node for node, _ in request.exclude}
     avoid |= request.avoid_nodes
+    avoid |= skip
     p = place(
         snapshot,
         model,

@@ -152,6 +152,7 @@ def _fold_ok(
         server_slots=obs.server_slots,
         # Read rarely (the limit changes only when the server restarts): None keeps it.
         max_instances=obs.max_instances if obs.max_instances is not None else node.max_instances,
+        no_load=obs.no_load,
         tokens_per_second=tps,
     )
     instances = snap.instances

@@ -17,12 +17,23 @@ carries them out only with ``apply``.
 Each tick the pool manager also puts the models' request rates (``Demand``,
 ``engine/demand.py``) into the dispatcher's settings, for the ``cost`` and ``gdsf`` eviction
 policies.
+
+Two more upkeep chores run on the tick. **Preload** (``core/preload.py``, ``[pool] preload``):
+at start, when a node comes back healthy or is undrained, and after an eviction or unload
+frees room, the most requested models loaded nowhere go onto free memory, never evicting
+anything (load origin ``preload``); each preload that lands tries the next one. A model the
+operator unloaded is not preloaded back for ``PRELOAD_HOLD_S`` unless asked for again.
+**Lifetimes** (``core/lifetime.py``): where the node keeps a model's lifetime itself (Ollama
+``keep_alive``) and reports an expiry sooner than lmtui wants (a pinned model, or one with a
+TTL), the lifetime is set again on the loaded model, at most once per
+``LIFETIME_REFRESH_S`` per instance (or per half the time left, when that is shorter).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable
 from functools import partial
@@ -30,8 +41,11 @@ from functools import partial
 from lmtui.backends.base import BackendError
 from lmtui.config import Config
 from lmtui.core.events import Event, EventKind, Level
+from lmtui.core.lifetime import lifetime_refreshes
 from lmtui.core.model import Health, Instance, InstanceKey
 from lmtui.core.placement import Placement, place, stable_seed
+from lmtui.core.plan import make_plan
+from lmtui.core.preload import plan_preload
 from lmtui.core.rebalance import PlanStep, RebalancePlan, plan_rebalance, plan_upkeep
 from lmtui.core.retry import StepBackoff, StepKey
 from lmtui.core.scheduler import Load, Strategy
@@ -41,10 +55,18 @@ from lmtui.engine.demand import Demand
 from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.poller import Poller
 from lmtui.engine.runtime import RunState, with_no_load_nodes, with_pinned, with_request_rate
-from lmtui.engine.settings import no_load_nodes, no_unload_nodes
+from lmtui.engine.settings import host_keys, no_load_nodes, no_unload_nodes, preload_settings
 from lmtui.engine.store import Store
 
 log = logging.getLogger(__name__)
+
+#: A model the operator unloaded or evicted is not preloaded back for this long, unless a
+#: request asks for it meanwhile (then it is simply in demand again).
+PRELOAD_HOLD_S = 600.0
+#: Set a node-held lifetime again at most this often per instance (or, when the node would
+#: unload it sooner, every half of the time left): a server that ignores it, or a client
+#: resetting it after every request, must not cause a call every tick.
+LIFETIME_REFRESH_S = 30.0
 
 
 class Controller:
@@ -70,6 +92,18 @@ class Controller:
         #: Plan steps that failed, and when the pool manager may try each again.
         self._backoff = StepBackoff()
         self._task: asyncio.Task[None] | None = None
+        #: ``[pool] preload*``; a preload pass is due (armed) at start, when a node comes
+        #: back, and when room frees up.
+        self.preload = preload_settings(config)
+        self._preload_armed = self.preload.enabled
+        #: Node health as the last tick saw it, to notice a node coming back.
+        self._health: dict[str, Health] = {}
+        #: Models the operator unloaded, and when: not preloaded back for a while.
+        self._held: dict[str, float] = {}
+        #: Nodes sharing one host's memory (``[nodes.ssh]`` host): node -> host key.
+        self.hosts = host_keys(config)
+        #: When each instance's node-held lifetime was last set again.
+        self._kept: dict[InstanceKey, float] = {}
 
     # -- the one entry point ------------------------------------------------------------------
 
@@ -182,6 +216,7 @@ class Controller:
                 "flight; drain it first or unload with force"
             )
         await self._unload(inst.key, f"operator unloaded {inst.model} from {node}")
+        self._held[inst.model] = self.clock()
         return f"unloaded {inst.model} from {node}"
 
     async def _evict(self, node: str, instance_id: str) -> str:
@@ -190,6 +225,7 @@ class Controller:
             raise CommandError(f"{inst.model} is pinned; unpin it first")
         if inst.busy:
             raise CommandError(f"{inst.model} on {node} is busy; evict only takes idle models")
+        self._held[inst.model] = self.clock()
         await self._unload(
             inst.key, f"operator evicted {inst.model} from {node}", eviction="operator"
         )
@@ -234,6 +270,8 @@ class Controller:
         self.state.set_drained(node, drained)
         self._changed()
         self.store.set_drained(node, drained, self.clock())
+        if not drained:
+            self._arm_preload()
 
     def _set_strategy(self, name: str) -> str:
         try:
@@ -261,7 +299,6 @@ class Controller:
             self.store.snapshot,
             d.settings,
             self.clock(),
-            idle_ttl_s=self.config.pool.idle_ttl,
             pending_loads=d.pending_loads,
         )
 
@@ -325,6 +362,8 @@ class Controller:
                     quiet=quiet,
                 )
                 task.add_done_callback(partial(self._load_done, key, situation))
+                if step.code == "preload":
+                    task.add_done_callback(self._preload_landed)
 
     def _step_failed(
         self, key: StepKey, situation: Hashable, message: str, *, quiet: bool, automatic: bool
@@ -354,6 +393,102 @@ class Controller:
             self._backoff.succeeded(key)
         elif ok is False:
             self._backoff.failed(key, self.clock(), situation, "the node refused the load")
+
+    # -- preload and lifetimes ------------------------------------------------------------------
+
+    def _arm_preload(self) -> None:
+        if self.preload.enabled:
+            self._preload_armed = True
+
+    def room_freed(self, node: str) -> None:
+        """An eviction or unload on ``node`` freed memory: a preload pass is due."""
+        self._arm_preload()
+
+    def _preload_landed(self, task: asyncio.Task[bool | None]) -> None:
+        """A preload finished loading: the next model may fit too (one per node a pass)."""
+        if not task.cancelled() and task.exception() is None and task.result():
+            self._arm_preload()
+
+    def _watch_health(self) -> None:
+        """Arm a preload pass when a node comes back healthy."""
+        for name, node in self.store.snapshot.nodes.items():
+            prev = self._health.get(name)
+            if node.health is Health.HEALTHY and prev is not None and prev is not Health.HEALTHY:
+                self._arm_preload()
+            self._health[name] = node.health
+
+    def preload_plan(self) -> tuple[PlanStep, ...]:
+        """The preloads due now (``core/preload.py``), for the demand as it is."""
+        self._refresh_capabilities()
+        d = self.dispatcher
+        pool = d.settings.pool
+        now = self.clock()
+        last = self.demand.last_request()
+        for model, at in list(self._held.items()):
+            if now - at >= PRELOAD_HOLD_S or last.get(model, -math.inf) > at:
+                del self._held[model]  # the hold is over, or it was asked for again
+        rates = pool.request_rate
+        if self._held:
+            rates = {m: r for m, r in rates.items() if m not in self._held}
+        return plan_preload(
+            self.store.snapshot,
+            pool,
+            self.preload,
+            now,
+            rates=rates,
+            last_request=last,
+            pending_loads=d.pending_loads,
+            hosts=self.hosts,
+        )
+
+    async def _preload(self) -> None:
+        self._preload_armed = False
+        steps = self.preload_plan()
+        if steps:
+            await self._carry_out(make_plan(steps, self.dispatcher.settings.pool), automatic=True)
+
+    async def keep_lifetimes(self) -> None:
+        """Set the lifetime again of instances their node would unload too soon."""
+        d = self.dispatcher
+        pool = d.settings.pool
+        now = self.clock()
+        snap = self.store.snapshot
+        nodes = frozenset(n for n, b in d.backends.items() if b.sets_lifetime) - pool.no_load_nodes
+        if not nodes:
+            return
+        for key in [k for k in self._kept if k not in snap.instances]:
+            del self._kept[key]
+        for inst, ttl, why in lifetime_refreshes(
+            snap.instances.values(), pool.lifetimes, pool.priorities, pool.pinned, now, nodes=nodes
+        ):
+            # At most every LIFETIME_REFRESH_S, sooner when the node would unload it first.
+            left = inst.expires_at - now if inst.expires_at is not None else 0.0
+            if now - self._kept.get(inst.key, -math.inf) < min(LIFETIME_REFRESH_S, left / 2):
+                continue
+            first = inst.key not in self._kept
+            self._kept[inst.key] = now
+            what = "to stay loaded (pinned)" if ttl is None else f"an idle TTL of {ttl:.0f}s"
+            message = f"lifetime: {inst.model} on {inst.node}: {why}; setting {what} again"
+            if first:
+                self._event(message, node=inst.node, model=inst.model, kind=EventKind.LOAD)
+            else:
+                log.info("%s", message)
+            try:
+                await d.backends[inst.node].set_lifetime(inst.model, inst.instance_id, ttl)
+            except BackendError as e:
+                text = f"setting the lifetime of {inst.model} on {inst.node} failed: {e}"
+                if first:
+                    self._event(
+                        text,
+                        node=inst.node,
+                        model=inst.model,
+                        kind=EventKind.ERROR,
+                        level=Level.ERROR,
+                    )
+                else:
+                    log.info("%s", text)
+                continue
+            await self.poller.poll_once(inst.node)
 
     # -- the pool manager ---------------------------------------------------------------------
 
@@ -389,5 +524,10 @@ class Controller:
                 plan = self.upkeep_plan()  # proposals wait for the operator (``r``)
                 if not plan.empty:
                     await self._carry_out(plan, automatic=True)
+                await self.keep_lifetimes()
+                self._watch_health()
+                # After the upkeep's own loads: a preload never races a load in progress.
+                if self._preload_armed and not d.pending_loads:
+                    await self._preload()
             except Exception:
                 log.exception("pool manager step failed")

@@ -24,9 +24,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from lmtui.backends.base import Backend, BackendError, LoadDeferred
 from lmtui.core.events import Event, EventKind, Level
+from lmtui.core.lifetime import wanted_ttl
 from lmtui.core.model import CircuitState, InstanceKey, InstanceState
 from lmtui.core.queue import Rejected as QueueRejected
 from lmtui.core.queue import RequestQueue
@@ -55,6 +57,8 @@ DEFER_MAX_S = 8.0
 RETRY_AFTER_S = 10.0
 #: How often a waiting streaming client is told what it waits for (an SSE comment).
 PROGRESS_EVERY_S = 2.0
+#: Loads whose request gave its own ``ttl`` that are remembered (node, model) at most.
+MAX_LOAD_TTLS = 1024
 
 
 class DispatchError(Exception):
@@ -286,9 +290,12 @@ class Dispatcher:
         pending = frozenset(self._pending) if self._pending else _NO_LOADS
         if self._deferred:
             pending = pending | self._deferred_now(now)
-        return schedule(
+        d = schedule(
             self.store.snapshot, req, self.strategy, self.settings, now, pending, self._affinity
         )
+        if req.ttl_s is not None and isinstance(d, Load):
+            d = replace(d, ttl_s=req.ttl_s)  # LM Studio's JIT rule: the load it causes
+        return d
 
     def _deferred_now(self, now: float) -> frozenset[tuple[str, str]]:
         """Refused loads not yet due to be asked again: the scheduler waits for them."""
@@ -486,7 +493,8 @@ class Dispatcher:
             try:
                 # Returns once the node says the model is loaded (a router, a pool server
                 # and LM Studio are polled or answer only then), so N below is the truth.
-                await self.backends[d.node].load(d.model)
+                # The idle TTL goes along for a node that keeps one itself (Ollama).
+                await self.backends[d.node].load(d.model, ttl=self._load_ttl(d))
             except LoadDeferred as e:
                 self._defer(d.node, d.model, str(e))
                 return None
@@ -501,6 +509,7 @@ class Dispatcher:
                     )
                 return False
             ok = True
+            self._remember_ttl(d)
             self._load_failed.pop((d.node, d.model), None)
             self._deferred.pop((d.node, d.model), None)
             self.event(
@@ -518,6 +527,37 @@ class Dispatcher:
             if self.on_load is not None:
                 self.on_load(d.model, d.node, d.origin, ok, self.clock() - t0)
             self._schedule_pump()
+
+    def _load_ttl(self, d: Load) -> float | None:
+        """The idle TTL of the instance ``d`` loads: the request's own ``ttl`` when one
+        caused it, else the configured one (None: for good, e.g. pinned)."""
+        if d.ttl_s is not None:
+            return d.ttl_s
+        pool = self.settings.pool
+        return wanted_ttl(
+            pool.lifetimes,
+            d.model,
+            pool.priorities.get(d.model, "normal"),
+            pinned=d.model in pool.pinned,
+        )
+
+    def _remember_ttl(self, d: Load) -> None:
+        """A request's ``ttl`` holds for the instance it loaded, and only for that one: a
+        later load of the model there without one goes back to the configured TTL."""
+        pool = self.settings.pool
+        held = pool.lifetimes.loaded_with
+        key = (d.node, d.model)
+        if d.ttl_s is None and key not in held:
+            return
+        changed = dict(held)
+        if d.ttl_s is None:
+            del changed[key]
+        else:
+            changed[key] = d.ttl_s
+            while len(changed) > MAX_LOAD_TTLS:  # bounded: the oldest go first
+                del changed[next(iter(changed))]
+        lifetimes = replace(pool.lifetimes, loaded_with=MappingProxyType(changed))
+        self.settings = replace(self.settings, pool=replace(pool, lifetimes=lifetimes))
 
     async def unload_instance(
         self,

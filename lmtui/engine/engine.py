@@ -27,20 +27,25 @@ from lmtui.backends.base import Backend
 from lmtui.config import Config, NodeConfig
 from lmtui.config import parse_listen as parse_config_listen
 from lmtui.core.events import Event, EventKind, Level
+from lmtui.core.model import NodeKind
+from lmtui.engine.apis import BY_PATH
 from lmtui.engine.control import Controller
 from lmtui.engine.control_api import ControlApi
 from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.errors import UNAUTHORIZED, error_response, quiet_client_errors
-from lmtui.engine.front import FrontServer
 from lmtui.engine.guard import AuthFailures, BrowserGuard
 from lmtui.engine.history import History, HistorySampler
 from lmtui.engine.metrics import Metrics
+from lmtui.engine.passthrough import PREFIX as PASSTHROUGH
+from lmtui.engine.passthrough import Passthrough
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
 from lmtui.engine.reqlog import RequestLog, RequestRecord
-from lmtui.engine.router import Outcome, Router
+from lmtui.engine.router import FAST_PATHS, Outcome, Router
 from lmtui.engine.runtime import RunState
 from lmtui.engine.settings import model_catalogue, no_load_nodes
 from lmtui.engine.store import Store
+from lmtui.http.front import FrontServer
+from lmtui.http.limits import ServerLimits, fd_bounded
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +150,8 @@ class Engine:
         self.controller = Controller(
             self.store, self.dispatcher, self.poller, config, state, clock=clock
         )
+        # An eviction or an unload frees room: counted, and the pool manager may preload.
+        self.dispatcher.on_evict = self._evicted
         self.router: Router | None = None
         self._runner: web.AppRunner | None = None
         #: Bearer keys that may read /metrics (none: it is open, as on a keyless loopback).
@@ -181,6 +188,10 @@ class Engine:
                     )
                 )
 
+    def _evicted(self, model: str, node: str, reason: str) -> None:
+        self.metrics.eviction(model, node, reason)
+        self.controller.room_freed(node)
+
     def _request_done(self, out: Outcome, t0: float, t1: float) -> None:
         self.controller.demand.request_done(out.model, out.outcome, t0)
         if out.node is not None:
@@ -199,6 +210,8 @@ class Engine:
             ttft_s=out.ttft_s,
             duration_s=t1 - t0,
         )
+        if out.api != "chat":
+            self.metrics.api_request(out.api, out.outcome)
         if self.request_log is not None:
             self.request_log.record(
                 RequestRecord(
@@ -246,9 +259,12 @@ class Engine:
             clock=self.clock,
             guard=guard,
             auth_failures=self._auth_failures,
-            body_timeout_s=rc.idle_timeout,
+            body_timeout_s=rc.body_timeout,
             max_answer_bytes=rc.max_answer_bytes,
             first_byte_timeout_s=self.config.router.first_byte_timeout,
+            # LM Studio reads a request's ``ttl`` itself (for a load the request causes);
+            # every other server gets it removed (an OpenAI-style server may refuse it).
+            ttl_nodes=frozenset(n.name for n in self.config.nodes if n.kind is NodeKind.LMSTUDIO),
             node_first_byte_s={
                 n.name: n.first_byte_timeout
                 for n in self.config.nodes
@@ -260,28 +276,66 @@ class Engine:
                 if m.first_byte_timeout is not None
             },
         )
+        passthrough = Passthrough(self.router, admin_token=token, on_done=self.metrics.passthrough)
         # Which paths need a key decides whether the Host rule applies (guard.py).
-        keyed = {"/lmtui/": token is not None, "/metrics": bool(self._metrics_keys)}
+        keyed = {
+            "/lmtui/": token is not None,
+            "/metrics": bool(self._metrics_keys),
+            PASSTHROUGH: passthrough.keyed,
+        }
 
         @web.middleware
         async def browser_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             # The same rules the fast front applies to the requests it serves itself.
             path = request.path
+            ctype = request.headers.get("Content-Type")
+            if path.startswith(PASSTHROUGH):
+                need_key = keyed[PASSTHROUGH]
+                if need_key:
+                    # A node's own API takes bodies of any type (an upload, a form). The JSON
+                    # rule stops a page's form posts on keyless paths; here a key is needed,
+                    # which a page cannot present, so the type is the node's to judge.
+                    ctype = "application/json"
+            elif path.startswith("/lmtui/"):
+                need_key = keyed["/lmtui/"]
+            elif path == "/metrics":
+                need_key = keyed["/metrics"]
+            else:
+                need_key = bool(api_keys)
             refusal = guard.check(
                 request.method,
                 request.headers.get("Host"),
                 request.headers.get("Origin"),
-                request.headers.get("Content-Type"),
-                keyed=keyed["/lmtui/"]
-                if path.startswith("/lmtui/")
-                else keyed["/metrics"]
-                if path == "/metrics"
-                else bool(api_keys),
+                ctype,
+                keyed=need_key,
             )
             if refusal is not None:
                 status, message, code = refusal
                 type_ = "permission_error" if status == 403 else "invalid_request_error"
+                api = BY_PATH.get(path)
+                if api is not None and api.anthropic:
+                    return web.Response(
+                        status=status,
+                        body=api.error(status, message, type_, code),
+                        content_type="application/json",
+                    )
                 return error_response(status, message, type_, code)
+            if request.body_exists and not path.startswith("/v1/"):
+                # Every body on aiohttp's paths arrives within [router] body_timeout (the
+                # router's own paths bound theirs themselves): a chunked head with no
+                # chunks to the control API was held open forever.
+                try:
+                    async with asyncio.timeout(rc.body_timeout):
+                        await request.read()  # kept: the handler's read() returns it
+                except TimeoutError:
+                    resp = error_response(
+                        408,
+                        f"the request body did not arrive within {rc.body_timeout:g} s",
+                        "invalid_request_error",
+                        "request_timeout",
+                    )
+                    resp.force_close()
+                    return resp
             return await handler(request)
 
         app = web.Application(
@@ -301,6 +355,8 @@ class Engine:
             request_log=self.request_log,
         )
         self.control_api.add_routes(app)
+        # After the control API: its GET .../nodes/<node>/processes is lmtui's own.
+        passthrough.add_routes(app)
         # handler_cancellation: a client that disconnects cancels its handler, so a queued
         # request leaves the queue at once and frees its place.
         # keepalive_timeout: aiohttp's own default is an hour, so every connection handed to
@@ -320,7 +376,14 @@ class Engine:
         # The socket is the fast front's (front.py): it serves the bot's plain requests and
         # hands every other connection to the aiohttp app above.
         assert self._runner.server is not None
-        self.front = FrontServer(self.router, self._runner.server, idle_timeout_s=rc.idle_timeout)
+        limits = ServerLimits(
+            idle_timeout=rc.idle_timeout,
+            head_timeout=rc.head_timeout,
+            body_timeout=rc.body_timeout,
+            max_connections=fd_bounded(rc.max_connections),
+            max_connections_per_address=rc.max_connections_per_address,
+        )
+        self.front = FrontServer(self.router, self._runner.server, FAST_PATHS, limits)
         try:
             self._listener = await asyncio.get_running_loop().create_server(
                 self.front, host, port, reuse_address=True

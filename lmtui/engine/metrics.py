@@ -321,6 +321,20 @@ class Metrics:
             ["node"],
             registry=reg,
         )
+        self._api_requests = Counter(
+            "lmtui_api_requests",
+            "Requests finished on the routed paths beyond chat completions, by API "
+            "(responses, messages, count_tokens, rerank, completions, embeddings) and outcome",
+            ["api", "outcome"],
+            registry=reg,
+        )
+        self._passthrough = Counter(
+            "lmtui_passthrough_requests",
+            "Requests passed through to a named node (/lmtui/v1/nodes/<node>/...), by method "
+            "and the node's HTTP status (499: the client left)",
+            ["node", "method", "status"],
+            registry=reg,
+        )
         self._auth_failures = Counter(
             "lmtui_auth_failures",
             "Requests refused for a missing or wrong key or token",
@@ -402,8 +416,8 @@ class Metrics:
     def load(self, model: str, node: str, reason: str, *, ok: bool, seconds: float) -> None:
         """Count a model load (``ok`` labels it ``"true"``/``"false"``) and time it.
         ``reason`` is who asked (``core.scheduler.Load.origin``): ``on_demand``, ``replica``,
-        ``min_replicas``, ``pinned``, ``operator``, or a confirmed proposal's ``spread`` /
-        ``drain_move``."""
+        ``min_replicas``, ``pinned``, ``preload``, ``operator``, or a confirmed proposal's
+        ``spread`` / ``drain_move``."""
         m = self._model_label(model)
         self._loads.labels(m, node, reason, "true" if ok else "false").inc()
         self._load_seconds.labels(m, node).observe(seconds)
@@ -417,6 +431,16 @@ class Metrics:
     def circuit_open(self, node: str) -> None:
         """Count a replica's circuit opening (requests failing on it in a row)."""
         self._circuit_opens.labels(node).inc()
+
+    def api_request(self, api: str, outcome: str) -> None:
+        """Count one finished request on a routed path other than chat completions (those
+        are every request's ``lmtui_requests_total``; this says which API it was)."""
+        self._api_requests.labels(api, outcome).inc()
+
+    def passthrough(self, node: str, method: str, status: int) -> None:
+        """Count one passthrough request (``node`` is a configured node, ``method`` one of
+        a fixed set or ``other``)."""
+        self._passthrough.labels(node, method, str(status)).inc()
 
     def auth_failure(self, where: str) -> None:
         """Count a refused key or token; ``where``: ``v1``, ``control`` or ``metrics``."""

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -144,6 +145,9 @@ class Poller:
                 )
             )
             return
+        why = backend.no_load_reason
+        if why is not None:  # what a load here would meet, for the dashboard to say
+            obs = replace(obs, no_load=why[:200])
         self.store.apply(obs)
 
     async def _poll_loop(self, name: str, backend: Backend) -> None:

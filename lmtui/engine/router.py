@@ -11,7 +11,8 @@ was 5–13× slower in requests/s than ``aiohttp.ClientSession``, and the lean H
 ``bench/upstream_client.py``), so plain-HTTP nodes use it and ``https`` nodes aiohttp. On the
 server side, raw ASGI on uvicorn+uvloop was no faster than ``aiohttp.web``, but a bare
 asyncio protocol was: the bot's plain requests arrive through the fast front of
-``front.py``, everything else through ``aiohttp.web``; both call :meth:`Router.proxy`. An
+``lmtui/http/front.py`` (:meth:`Router.serve`), everything else through ``aiohttp.web``;
+both call :meth:`Router.proxy`. An
 access log cost 19–37% of throughput, so there is none.
 
 Failover: a connection error or a 5xx before the first byte reaches the client is retried on
@@ -35,9 +36,8 @@ import hmac
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated
 
 import msgspec
 from aiohttp import web
@@ -45,8 +45,20 @@ from aiohttp import web
 from lmtui.core.events import EventKind, Level
 from lmtui.core.model import Health
 from lmtui.core.scheduler import RequestInfo
+from lmtui.engine.apis import (
+    BY_PATH,
+    CHAT,
+    MAX_NAME,
+    Api,
+    Capabilities,
+    Head,
+    ResponseIds,
+    response_id,
+    stream_usage_into,
+    usage_into,
+)
 from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease
-from lmtui.engine.errors import JSON_HEADERS, UNAUTHORIZED, error_body, error_response
+from lmtui.engine.errors import JSON_HEADERS, UNAUTHORIZED, error_body
 from lmtui.engine.exchange import AiohttpExchange, Exchange
 from lmtui.engine.guard import AuthFailures, BrowserGuard, Refusal
 from lmtui.http import Pool, Response, UpstreamError, pool_for
@@ -55,6 +67,31 @@ log = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_RESPONSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", **SSE_HEADERS}
+
+#: The requests the fast front serves itself (``lmtui/http/front.py``): request target →
+#: the path it is routed as. Everything else goes to aiohttp, where these are mounted too.
+#: (Anthropic's paths are not here: their key may come as ``x-api-key`` and their errors
+#: have Anthropic's shape, which the front does not give.)
+FAST_PATHS = {
+    b"/v1/chat/completions": "/v1/chat/completions",
+    b"/v1/completions": "/v1/completions",
+    b"/v1/embeddings": "/v1/embeddings",
+    b"/v1/responses": "/v1/responses",
+}
+_ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error", 500: "server_error"}
+_ERROR_TYPES.update({503: "server_error", 429: "rate_limit_error"})
+
+#: The longest idle TTL a request may ask for with ``ttl``: a year, in seconds.
+MAX_TTL_S = 365 * 86400.0
+
+
+def request_ttl(value: object) -> float | None:
+    """A request's ``ttl`` as lmtui honours it: seconds, a number in (0, a year]; any other
+    value (LM Studio's is a number) is left to the server and ignored by lmtui."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= MAX_TTL_S:
+        return float(value)
+    return None
+
 
 #: Upstream attempts per request: the first try plus failovers before the first byte.
 MAX_ATTEMPTS = 3
@@ -66,70 +103,16 @@ WATCHDOG_EVERY_S = 0.25
 STALLED_STREAM_S = 2.0
 
 
-#: The longest model name or ``user`` a request may give: both reach events, metrics, logs
-#: and the request log, so a longer one is a 400 that says so.
-MAX_NAME = 256
-_Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
-
-
-class _Head(msgspec.Struct):
-    """The only fields the router reads from a request body; the rest passes untouched
-    (whatever their types: an unknown field is the server's business, not lmtui's)."""
-
-    model: _Name | None = None
-    #: ``null`` is allowed, as the OpenAI API allows it: no stream.
-    stream: bool | None = None
-    user: _Name | None = None
-
-
-class _Counts(msgspec.Struct):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-
-class _Usage(msgspec.Struct):
-    """Token counts from an answer (``usage``), for the request log; the rest is skipped."""
-
-    usage: _Counts | None = None
-
-
-_decode_head = msgspec.json.Decoder(_Head).decode
+__all__ = ["MAX_NAME", "Outcome", "Router"]
 
 
 def _loop_time() -> float:
     return asyncio.get_running_loop().time()
 
 
-_decode_usage = msgspec.json.Decoder(_Usage).decode
-
-
-def _usage_into(out: Outcome, payload: bytes) -> bool:
-    """Read the token counts into ``out``; False when ``payload`` is not JSON at all."""
-    try:
-        u = _decode_usage(payload).usage
-    except msgspec.ValidationError:
-        return True  # JSON, with a ``usage`` of another shape: not ours to judge
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return False
-    if u is not None:
-        out.tokens_in, out.tokens_out = u.prompt_tokens, u.completion_tokens
-    return True
-
-
-def _stream_usage_into(out: Outcome, tail: bytes) -> None:
-    """The usage a stream reports in its last data chunk, when the server sends one: the
-    ``data:`` line holding the last ``"usage"``, found without splitting the tail."""
-    i = tail.rfind(b'"usage"')
-    if i < 0:
-        return
-    start = tail.rfind(b"data: ", 0, i)
-    if start < 0:
-        return
-    end = tail.find(b"\n", i)
-    line = tail[start + 6 : end] if end >= 0 else tail[start + 6 :]
-    if line.startswith(b"{"):
-        _usage_into(out, line)
-
+#: Kept under their old names for callers and tests (the readers live in ``apis.py``).
+_usage_into = usage_into
+_stream_usage_into = stream_usage_into
 
 _json = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder().encode
@@ -137,6 +120,16 @@ _encode = msgspec.json.Encoder().encode
 
 class _RetryElsewhere(Exception):
     """The upstream failed before anything reached the client: try another replica."""
+
+
+class _PathAbsent(Exception):
+    """The node does not serve this API path (it answered 404/501 for it): marked absent
+    there, and the request goes to a node that serves it, before its first byte."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.body = body
 
 
 class _Attempt:
@@ -180,6 +173,8 @@ class Outcome:
     #: for ``stream_options.include_usage``), one event carries about one token, which is
     #: what tokens/s counts then. Never written to the request log as if it were usage.
     stream_events: int = 0
+    #: Which API (``apis.BY_PATH``'s names: ``chat``, ``responses``, ``messages``...).
+    api: str = "chat"
 
 
 OnDone = Callable[[Outcome, float, float], None]
@@ -206,6 +201,7 @@ class Router:
         model_first_byte_s: dict[str, float] | None = None,
         guard: BrowserGuard | None = None,
         auth_failures: AuthFailures | None = None,
+        ttl_nodes: frozenset[str] = frozenset(),
         body_timeout_s: float = 75.0,
         max_answer_bytes: int = 64 * 1024 * 1024,
     ) -> None:
@@ -218,6 +214,9 @@ class Router:
         self.body_timeout_s = body_timeout_s
         #: Largest non-streamed answer read from a node (``[router] max_answer_bytes``).
         self.max_answer_bytes = max_answer_bytes
+        #: Nodes whose server reads a request's ``ttl`` as LM Studio defines it (LM Studio);
+        #: the others get the field removed.
+        self.ttl_nodes = ttl_nodes
         self.first_byte_timeout_s = first_byte_timeout_s
         self.node_first_byte_s = node_first_byte_s or {}
         self.model_first_byte_s = model_first_byte_s or {}
@@ -232,15 +231,24 @@ class Router:
         self.resolve = resolve
         self.on_done = on_done
         self.clock = clock
+        #: Which node serves which API: the backends' word, corrected by the nodes' answers.
+        self.capabilities = Capabilities(dispatcher.backends, clock=clock)
+        #: Responses API ids → the replica that holds their state (``previous_response_id``).
+        self.response_ids = ResponseIds()
         self._pools: dict[str, Pool] = {}
-        self._headers: dict[str, dict[str, str]] = {}
+        self._headers: dict[tuple[str, bool], dict[str, str]] = {}
         self._ids = itertools.count(1)
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_post("/v1/embeddings", self.embeddings)
+        for path in BY_PATH:
+            app.router.add_post(path, self._handler(path))
         app.router.add_get("/v1/models", self.list_models)
+
+    def _handler(self, path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self.proxy_aiohttp(request, path)
+
+        return handle
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self.proxy_aiohttp(request, "/v1/chat/completions")
@@ -252,7 +260,7 @@ class Router:
         return await self.proxy_aiohttp(request, "/v1/embeddings")
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
-        denied = self._check_auth(request)
+        denied = self._check_auth(request, CHAT)
         if denied is not None:
             return denied
         return web.Response(
@@ -261,15 +269,18 @@ class Router:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def authorized(self, authorization: str) -> bool:
-        """Does the ``Authorization`` header carry one of the API keys (or are there none)?"""
+    def authorized(self, authorization: str, x_api_key: str | None = None) -> bool:
+        """Does the ``Authorization`` header (or, on Anthropic's paths, ``x-api-key``)
+        carry one of the API keys (or are there none)?"""
         if not self.api_keys:
             return True
         token = authorization[7:].encode() if authorization[:7].lower() == "bearer " else b""
+        other = x_api_key.encode() if x_api_key else b""
         # Compare against every key so the time taken does not say which one matched.
         ok = False
         for key in self.api_keys:
             ok |= hmac.compare_digest(token, key)
+            ok |= hmac.compare_digest(other, key)
         return ok
 
     def refusal(
@@ -278,48 +289,104 @@ class Router:
         """Why a request to ``/v1`` is refused before its key is looked at (``guard.py``)."""
         return self.guard.check(method, host, origin, content_type, keyed=bool(self.api_keys))
 
-    def _check_auth(self, request: web.Request) -> web.Response | None:
-        if self.authorized(request.headers.get("Authorization", "")):
+    async def serve(
+        self,
+        reply: Exchange,
+        path: str,
+        body: bytes,
+        auth: str,
+        host: str | None,
+        origin: str | None,
+        ctype: str | None,
+        peer: str | None,
+    ) -> None:
+        """The fast front's handler (``lmtui/http/front.py``): one complete request, its
+        head already parsed; the same checks, in the same order, as aiohttp's path."""
+        t0 = self.clock()
+        refusal = self.refusal("POST", host, origin, ctype)
+        if refusal is not None:
+            status, message, code = refusal
+            type_ = "permission_error" if status == 403 else "invalid_request_error"
+            await reply.send(status, error_body(message, type_, code), JSON_HEADERS)
+            return
+        if not self.authorized(auth):
+            self.auth_failures.record(peer, "v1")
+            await reply.send(401, error_body(*UNAUTHORIZED), JSON_HEADERS)
+            return
+        await self.proxy(reply, path, body, t0)
+
+    def error_body(self, status: int, message: str, code: str) -> bytes:
+        """The error JSON of an answer the fast front gives itself (408, 413, 500, 503)."""
+        return error_body(message, _ERROR_TYPES.get(status, "invalid_request_error"), code)
+
+    def _check_auth(self, request: web.Request, api: Api) -> web.Response | None:
+        x_api_key = request.headers.get("x-api-key") if api.anthropic else None
+        if self.authorized(request.headers.get("Authorization", ""), x_api_key):
             return None
         self.auth_failures.record(request.remote, "v1")
-        return error_response(401, *UNAUTHORIZED)
+        message, type_, code = UNAUTHORIZED
+        if api.anthropic:
+            message = message.replace("'Authorization: Bearer <key>'", "'x-api-key: <key>'")
+        return _json_response(401, api.error(401, message, type_, code))
 
     async def proxy_aiohttp(self, request: web.Request, path: str) -> web.StreamResponse:
         """The ``aiohttp.web`` handler: requests the fast front passed on (see front.py)."""
         t0 = self.clock()
-        denied = self._check_auth(request)
+        api = BY_PATH[path]
+        denied = self._check_auth(request, api)
         if denied is not None:
             return denied
         if (request.content_length or 0) > self.max_body_bytes:
-            return error_response(413, *self.too_large)
+            return _json_response(413, api.error(413, *self.too_large))
         try:
             # A body that dribbles in (a chunked head with no chunks, a byte every few
             # seconds) is given as long as an idle connection, not forever.
             async with asyncio.timeout(self.body_timeout_s):
                 body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return error_response(413, *self.too_large)
+            return _json_response(413, api.error(413, *self.too_large))
         except TimeoutError:
-            resp = error_response(
+            resp = _json_response(
                 408,
-                f"the request body did not arrive within {self.body_timeout_s:g} s",
-                "invalid_request_error",
-                "request_timeout",
+                api.error(
+                    408,
+                    f"the request body did not arrive within {self.body_timeout_s:g} s",
+                    "invalid_request_error",
+                    "request_timeout",
+                ),
             )
             resp.force_close()
             return resp
+        extra: dict[str, str] | None = None
+        if api.anthropic:
+            # The API version and beta features a client asks for go to the node (bounded:
+            # they are the client's strings).
+            extra = {
+                h: v[:200]
+                for h in ("anthropic-version", "anthropic-beta")
+                if (v := request.headers.get(h)) and "\n" not in v and "\r" not in v
+            }
         ex = AiohttpExchange(request)
-        await self.proxy(ex, path, body, t0)
+        await self.proxy(ex, path, body, t0, extra)
         assert ex.response is not None, "the router always answers"
         return ex.response
 
-    async def proxy(self, ex: Exchange, path: str, body: bytes, t0: float) -> None:
-        """Serve one authorized request whose whole body is read: answer through ``ex``."""
+    async def proxy(
+        self,
+        ex: Exchange,
+        path: str,
+        body: bytes,
+        t0: float,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Serve one authorized request to ``path`` (a key of ``apis.BY_PATH``) whose whole
+        body is read: answer through ``ex``."""
+        api = BY_PATH.get(path, CHAT)
         try:
-            head = _decode_head(body)
+            head = api.decode(body)
         except msgspec.ValidationError as e:  # a subclass of DecodeError: check it first
             return await self._bad_request(
-                ex, t0, f"Invalid request: {e}", "invalid_request", param=None
+                ex, api, t0, f"Invalid request: {e}", "invalid_request", param=None
             )
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
             # msgspec raises the last two for bad UTF-8 inside a string and for nesting
@@ -332,15 +399,27 @@ class Router:
                 else f"not valid JSON: {e}"
             )
             return await self._bad_request(
-                ex, t0, f"The request body is {what}", "invalid_json", param=None
+                ex, api, t0, f"The request body is {what}", "invalid_json", param=None
             )
-        if not head.model:
+        model = head.model
+        previous = getattr(head, "previous_response_id", None) if api.stateful else None
+        if not model and previous is not None:
+            # A continuation may leave the model out: it is the one that made the response.
+            known = self.response_ids.get(previous)
+            if known is not None:
+                model = known[1]
+                doc = _json.decode(body)
+                doc["model"] = model
+                body = _encode(doc)
+        if not model:
             return await self._bad_request(
-                ex, t0, "you must provide a model parameter", "missing_model", param="model"
+                ex, api, t0, "you must provide a model parameter", "missing_model", param="model"
             )
-        out = Outcome(model=self.resolve(head.model), stream=bool(head.stream), user=head.user)
+        out = Outcome(
+            model=self.resolve(model), stream=bool(head.stream), user=head.user, api=api.name
+        )
         try:
-            await self._serve(ex, path, body, head, out)
+            await self._serve(ex, api, body, head, model, previous, out, extra_headers)
         except asyncio.CancelledError:
             out.outcome, out.status = "client_gone", 499
             raise
@@ -349,16 +428,16 @@ class Router:
                 self.on_done(out, t0, self.clock())
 
     async def _bad_request(
-        self, ex: Exchange, t0: float, message: str, code: str, *, param: str | None
+        self, ex: Exchange, api: Api, t0: float, message: str, code: str, *, param: str | None
     ) -> None:
         """Answer 400 and count it (as ``bad_request``, under no model a client chose)."""
         try:
             await ex.send(
-                400, error_body(message, "invalid_request_error", code, param=param), JSON_HEADERS
+                400, api.error(400, message, "invalid_request_error", code, param), JSON_HEADERS
             )
         finally:
             if self.on_done is not None:
-                out = Outcome(model="", status=400, outcome="bad_request")
+                out = Outcome(model="", status=400, outcome="bad_request", api=api.name)
                 self.on_done(out, t0, self.clock())
 
     @property
@@ -370,7 +449,17 @@ class Router:
             "request_too_large",
         )
 
-    async def _serve(self, ex: Exchange, path: str, body: bytes, head: _Head, out: Outcome) -> None:
+    async def _serve(
+        self,
+        ex: Exchange,
+        api: Api,
+        body: bytes,
+        head: Head,
+        model: str,
+        previous: str | None,
+        out: Outcome,
+        extra: Mapping[str, str] | None,
+    ) -> None:
         deadline = self.clock() + self.queue_timeout_s
 
         async def progress(message: str) -> None:
@@ -385,26 +474,69 @@ class Router:
         exclude: frozenset[tuple[str, str]] = frozenset()
         rid = f"q{next(self._ids)}"
         last_error = "no replica"
-        for _attempt in range(MAX_ATTEMPTS):
+        ttl = getattr(head, "ttl", msgspec.UNSET)  # LM Studio's JIT ttl (chat-like paths)
+        # The replica that holds the state a previous_response_id names: only it may serve.
+        pin = self.response_ids.pin(self.dispatcher.store.snapshot, previous) if previous else None
+        failures = 0
+        retried = False
+        # Each answer "this path is absent" rules out one node for good, so the loop ends;
+        # the bound is a second guard.
+        for _turn in range(MAX_ATTEMPTS + len(self.node_urls)):
+            skip: frozenset[str] = frozenset()
+            if api.learnt:
+                nodes = self.dispatcher.store.snapshot.nodes
+                skip = self.capabilities.lacking(api, nodes)
+                if pin is not None:
+                    skip = skip | frozenset(n for n in nodes if n != pin[0])
+                if skip and skip.issuperset(nodes):
+                    return await self._no_node(ex, api, out, model)
             try:
-                # A retry (exclude is set) had its turn already: it goes first, not last.
+                # A retry had its turn already: it goes first, not last.
                 lease = await self.dispatcher.acquire(
-                    RequestInfo(head.model or "", head.user, rid, bool(exclude), exclude),
+                    RequestInfo(
+                        model,
+                        head.user,
+                        rid,
+                        retried,
+                        exclude,
+                        skip_nodes=skip,
+                        ttl_s=None if ttl is msgspec.UNSET else request_ttl(ttl),
+                    ),
                     deadline=deadline,
                     progress=progress,
                 )
             except DispatchError as e:
                 out.status, out.outcome = e.status, _outcome_of(e)
-                return await self._fail(ex, e)
+                return await self._fail(ex, api, e)
             out.node, out.queue_wait_s = lease.node, lease.queue_wait_s
             ok: bool | None = None  # how the replica did, for its circuit (None: unknown)
+            retried = True
             try:
-                await self._forward(ex, lease, path, body, head, out)
+                await self._forward(ex, lease, api, body, head, out, extra)
                 ok = out.status < 500
                 return None
+            except _PathAbsent as e:
+                # The replica is fine; it lacks this path. Not a failure of its circuit.
+                self.capabilities.mark_absent(lease.node, api.name, e.status, e.body)
+                self.dispatcher.event(
+                    EventKind.ROUTE,
+                    f"{lease.node} does not serve POST {api.path} (HTTP {e.status}); "
+                    f"{lease.model}'s request goes to a node that does, and {lease.node} "
+                    "is asked again in a while",
+                    node=lease.node,
+                    model=lease.model,
+                    level=Level.WARNING,
+                )
             except _RetryElsewhere as e:
                 ok = False
+                failures += 1
                 last_error = str(e)
+                if pin is not None:
+                    last_error = (
+                        f"the replica holding previous_response_id {previous!r} "
+                        f"({lease.node}) failed: {e}"
+                    )
+                    break
                 self.dispatcher.event(
                     EventKind.ERROR,
                     f"{lease.model} on {lease.node} failed before the first byte ({e}); "
@@ -414,32 +546,59 @@ class Router:
                     level=Level.WARNING,
                 )
                 exclude = exclude | {lease.key}
+                if failures >= MAX_ATTEMPTS:
+                    break
             finally:
                 self.dispatcher.report(lease.key, ok)
                 self.dispatcher.release(lease)
         out.status, out.outcome = 502, "upstream_error"
         err = DispatchError(f"every attempt failed before the first byte; last: {last_error}")
+        if pin is not None:
+            err = DispatchError(last_error)
         err.status, err.code = 502, "upstream_error"
-        return await self._fail(ex, err)
+        return await self._fail(ex, api, err)
+
+    async def _no_node(self, ex: Exchange, api: Api, out: Outcome, model: str) -> None:
+        """No node serves ``api``: 404, or the status nodes answered (501 for rerank
+        without ``--reranking``), with what the last of them said."""
+        status, said = self.capabilities.why(api.name)
+        message = f"no node serves POST {api.path} (for {model})"
+        if said:
+            message += f"; the last node asked answered HTTP {status}: {said}"
+        out.status, out.outcome = status, "upstream_error" if said else "error"
+        err = DispatchError(message)
+        err.status, err.code = status, "not_supported" if status == 501 else "not_found"
+        return await self._fail(ex, api, err)
 
     async def _forward(
         self,
         ex: Exchange,
         lease: Lease,
-        path: str,
+        api: Api,
         body: bytes,
-        head: _Head,
+        head: Head,
         out: Outcome,
+        extra: Mapping[str, str] | None,
     ) -> None:
-        if head.model != lease.model:
+        # Rewritten only when it must be: an alias to the node's name, or a ``ttl`` a server
+        # other than LM Studio would misread (or refuse, as OpenAI's API does).
+        strip_ttl = getattr(head, "ttl", msgspec.UNSET) is not msgspec.UNSET and (
+            lease.node not in self.ttl_nodes
+        )
+        if head.model != lease.model or strip_ttl:
             doc = _json.decode(body)
             doc["model"] = lease.model
+            if strip_ttl:
+                doc.pop("ttl", None)
             body = _encode(doc)
         pool = self._pool(lease.node, lease.url)
+        headers = self._upstream_headers(lease.node, api.anthropic)
+        if extra:
+            headers = {**headers, **extra}
         t_send = self.clock()
         att = self._watch(lease)
         try:
-            return await self._exchange(ex, pool, lease, path, body, out, t_send, att)
+            return await self._exchange(ex, pool, lease, api, body, head, headers, out, t_send, att)
         except asyncio.CancelledError:
             if not att.given_up():
                 raise
@@ -448,11 +607,7 @@ class Router:
                 out.outcome, out.status = "upstream_error", 502
                 msg = f"upstream {lease.node} {att.abort}; the stream was cut"
                 with contextlib.suppress(ConnectionResetError):
-                    await ex.end(
-                        b"data: "
-                        + error_body(msg, "upstream_error", "stream_interrupted")
-                        + b"\n\ndata: [DONE]\n\n"
-                    )
+                    await ex.end(api.stream_error(502, msg, "upstream_error", "stream_interrupted"))
                 return None
             raise _RetryElsewhere(att.abort) from None
         finally:
@@ -463,25 +618,30 @@ class Router:
         ex: Exchange,
         pool: Pool,
         lease: Lease,
-        path: str,
+        api: Api,
         body: bytes,
+        head: Head,
+        headers: Mapping[str, str],
         out: Outcome,
         t_send: float,
         att: _Attempt,
     ) -> None:
         try:
-            up = await pool.request("POST", path, body, self._upstream_headers(lease.node))
+            up = await pool.request("POST", api.path, body, headers)
         except UpstreamError as e:
             raise _RetryElsewhere(str(e)) from e
         try:
-            if up.status >= 500:
+            status = up.status
+            # A 501 on a path that may be absent is the node saying so (llama-server's
+            # /v1/rerank without --reranking), not a failure: read below.
+            if status >= 500 and not (status == 501 and api.learnt):
                 try:
                     detail = (await up.read())[:200].decode(errors="replace")
                 except UpstreamError:
                     detail = ""
-                raise _RetryElsewhere(f"HTTP {up.status}: {detail}")
-            out.status = up.status
-            if up.status >= 400:
+                raise _RetryElsewhere(f"HTTP {status}: {detail}")
+            out.status = status
+            if status >= 400:
                 out.outcome = "upstream_error"
             ctype = up.headers.get("content-type", "application/json")
             if not ctype.startswith("text/event-stream"):
@@ -493,18 +653,32 @@ class Router:
                     raise _RetryElsewhere(str(e)) from e
                 self._attempts.discard(att)  # the whole answer is here: nothing to watch
                 out.ttft_s = self.clock() - t_send
+                if api.learnt and api.says_absent(
+                    status,
+                    data,
+                    # A 404 naming what the request named is about that, not the path
+                    # (vLLM answers an unknown previous_response_id with 404).
+                    (lease.model, head.model or "", getattr(head, "previous_response_id", "")),
+                ):
+                    raise _PathAbsent(status, data)
                 if (
-                    up.status == 200
-                    and not _usage_into(out, data)
+                    status == 200
+                    and not usage_into(out, data)
                     and ctype.startswith("application/json")
                 ):
                     # A 200 a client cannot parse is a failed answer: served elsewhere, or
                     # a 502 that says so — never passed on as a success.
                     raise _RetryElsewhere("HTTP 200 with a body that is not valid JSON")
+                if status >= 400:
+                    data = api.node_error(status, data)
+                    if api.anthropic:
+                        ctype = "application/json"
+                elif api.stateful and (r := response_id(data)) is not None:
+                    self.response_ids.learn(r, lease.node, lease.model)
                 if ex.streaming:  # the client already got SSE comments: stay SSE
-                    return await ex.end(b"data: " + data + b"\n\ndata: [DONE]\n\n")
-                return await ex.send(up.status, data, {"Content-Type": ctype})
-            return await self._pipe(ex, up, t_send, out, att)
+                    return await ex.end(api.as_sse(status, data))
+                return await ex.send(status, data, {"Content-Type": ctype})
+            return await self._pipe(ex, up, api, lease, t_send, out, att)
         finally:
             up.release()
 
@@ -550,6 +724,8 @@ class Router:
         self,
         ex: Exchange,
         up: Response,
+        api: Api,
+        lease: Lease,
         t_send: float,
         out: Outcome,
         att: _Attempt,
@@ -563,12 +739,15 @@ class Router:
         att.started = True
         att.last = _loop_time()
         out.ttft_s = self.clock() - t_send
+        if api.stateful and (r := response_id(chunk[:8192])) is not None:
+            # The first event (response.created) names the response: remember its replica.
+            self.response_ids.learn(r, lease.node, lease.model)
         if not ex.streaming:
             if up.at_end:
                 self._attempts.discard(att)
                 # The whole stream is already here (a short answer): one plain response with
                 # a length, as cheap as a JSON answer, the same bytes for an SSE client.
-                _stream_usage_into(out, chunk[-8192:])
+                api.stream_usage(out, chunk if api.stateful else chunk[-8192:])
                 out.stream_events = chunk.count(b"data: {")
                 return await ex.send(up.status, chunk, SSE_RESPONSE_HEADERS)
             await ex.start_stream(up.status, SSE_RESPONSE_HEADERS)
@@ -581,7 +760,7 @@ class Router:
                     # The upstream has finished: send the last piece with the end of the
                     # stream, one write instead of two.
                     await ex.end(chunk)
-                    _stream_usage_into(out, tail)
+                    api.stream_usage(out, tail)
                     return
                 await ex.write(chunk)  # raises ConnectionResetError if the client left
                 try:
@@ -592,40 +771,38 @@ class Router:
                     out.outcome, out.status = "upstream_error", 502
                     msg = f"upstream {out.node} failed mid-stream: {e}"
                     await ex.write(
-                        b"data: "
-                        + error_body(msg, "upstream_error", "stream_interrupted")
-                        + b"\n\ndata: [DONE]\n\n"
+                        api.stream_error(502, msg, "upstream_error", "stream_interrupted")
                     )
                     chunk = None
             await ex.end()
-            _stream_usage_into(out, tail)
+            api.stream_usage(out, tail)
         except ConnectionResetError:
             # The client went away mid-stream: nothing left to tell it.
             out.outcome, out.status = "client_gone", 499
 
-    async def _fail(self, ex: Exchange, e: DispatchError) -> None:
+    async def _fail(self, ex: Exchange, api: Api, e: DispatchError) -> None:
         if not ex.streaming:
             headers = dict(JSON_HEADERS)
             retry_after = getattr(e, "retry_after_s", None)
             if retry_after is not None:  # 429 queue full, 503 cannot be served now
                 headers["Retry-After"] = str(max(1, round(retry_after)))
             return await ex.send(
-                e.status, error_body(e.message, _type_of(e.status), e.code), headers
+                e.status, api.error(e.status, e.message, _type_of(e.status), e.code), headers
             )
-        await ex.end(
-            b"data: " + error_body(e.message, _type_of(e.status), e.code) + b"\n\ndata: [DONE]\n\n"
-        )
+        await ex.end(api.stream_error(e.status, e.message, _type_of(e.status), e.code))
 
     # -- upstream sessions -------------------------------------------------------------------
 
-    def _upstream_headers(self, node: str) -> dict[str, str]:
-        h = self._headers.get(node)
+    def _upstream_headers(self, node: str, anthropic: bool = False) -> dict[str, str]:
+        h = self._headers.get((node, anthropic))
         if h is None:
             key = self.node_keys.get(node)
             h = {"Content-Type": "application/json"}
             if key:
                 h["Authorization"] = f"Bearer {key}"
-            self._headers[node] = h
+                if anthropic:  # LM Studio's and llama-server's Anthropic paths read it too
+                    h["x-api-key"] = key
+            self._headers[(node, anthropic)] = h
         return h
 
     def _pool(self, node: str, url: str | None = None) -> Pool:
@@ -654,8 +831,12 @@ class Router:
         self._pools.clear()
 
 
+def _json_response(status: int, body: bytes) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
 def _type_of(status: int) -> str:
-    if status == 404 or status == 400 or status == 413:
+    if status == 404 or status == 400 or status == 413 or status == 501:
         return "invalid_request_error"
     if status == 429:
         return "rate_limit_error"

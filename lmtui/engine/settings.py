@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from lmtui.backends.base import Backend
 from lmtui.config import GB, Config
+from lmtui.core.lifetime import Lifetimes
 from lmtui.core.model import InstanceState, Snapshot
 from lmtui.core.placement import PoolSettings
+from lmtui.core.preload import PreloadSettings
 from lmtui.core.scheduler import SchedulerSettings
 
 
@@ -43,8 +46,44 @@ def scheduler_settings(
             min_residency_s=config.pool.min_residency,
             no_load_nodes=no_load,
             no_unload_nodes=no_unload,
+            lifetimes=lifetimes(config),
         ),
     )
+
+
+def lifetimes(config: Config) -> Lifetimes:
+    """The idle TTLs of ``[pool]`` and ``[[models]]`` (``core/lifetime.py``)."""
+    return Lifetimes(
+        idle_ttl_s=config.pool.idle_ttl,
+        by_priority=MappingProxyType(
+            {str(k): v for k, v in config.pool.idle_ttl_by_priority.items()}
+        ),
+        per_model=MappingProxyType({m.name: m.ttl for m in config.models if m.ttl is not None}),
+    )
+
+
+def preload_settings(config: Config) -> PreloadSettings:
+    """``[pool] preload*`` as the pure preload planner takes them."""
+    pool = config.pool
+    return PreloadSettings(
+        enabled=pool.preload,
+        max_models=pool.preload_max,
+        keep_free=pool.preload_keep_free,
+        min_rate_per_h=pool.preload_min_rate,
+    )
+
+
+def host_keys(config: Config) -> dict[str, str]:
+    """Nodes that share a machine's memory, by host: the nodes reached over SSH at the same
+    host and port (each reports the whole machine). A node without SSH is a host of its
+    own: two servers on one address may still be two machines behind one gateway, and the
+    simulator runs many "machines" on 127.0.0.1."""
+    out: dict[str, str] = {}
+    for n in config.nodes:
+        if n.ssh is not None:
+            host = n.ssh.host or urlsplit(n.url).hostname or ""
+            out[n.name] = f"ssh:{host.lower()}:{n.ssh.port}"
+    return out
 
 
 def no_load_nodes(backends: dict[str, Backend]) -> frozenset[str]:
@@ -65,6 +104,8 @@ def model_catalogue(snap: Snapshot, config: Config) -> list[dict[str, Any]]:
         if inst.state is InstanceState.LOADED:
             loaded.setdefault(inst.model, []).append(inst.node)
     for node in snap.nodes.values():
+        if node.no_load is not None:  # listed there, but lmtui cannot load it there
+            continue
         for a in node.available:
             available.setdefault(a.key, []).append(node.name)
     aliases = {m.name: m.aliases for m in config.models}

@@ -6,10 +6,14 @@ uses. Measured with ``bench/upstream_client.py`` (bare aiohttp.web proxy on uvlo
 upstream, wrk -c32, 2 cores): 10.5–11.0k req/s and ~92 µs proxy CPU per request with
 aiohttp's client, 21.5–22.4k req/s and ~45 µs with this one (streams: 9.2–9.8k vs 16.5–17k).
 
-This client does only what the router needs: one ``asyncio.Protocol`` per connection, a
-keep-alive pool per node, a small pure-Python parser for the response head and for
-``Content-Length``, chunked and read-to-EOF bodies. ``httptools`` (llhttp) parses a head in
-~1.3 µs against ~1.8 µs here: ~1 µs of ~45 per request, not worth a C dependency.
+This client does only what the router needs: one ``asyncio.Protocol`` per connection and
+a keep-alive pool per node. Answers are parsed by llhttp (Node.js's strict HTTP/1.1
+parser, through ``httptools``; ~1 µs a head): ``Content-Length``, chunked and read-to-EOF
+bodies, interim 1xx answers skipped (at most ``MAX_INTERIM``). What a hand-written parser
+had let through is a failed answer here — a bare LF inside a header value (which the
+front would have written out as a header of its own: response splitting), a control
+character, obs-fold, ``Content-Length`` with ``Transfer-Encoding`` — and so is a head
+over 64 KiB or 128 headers.
 
 Shape::
 
@@ -28,11 +32,14 @@ chooses between the two.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import deque
 from collections.abc import Mapping
 from typing import cast
 from urllib.parse import urlsplit
+
+import httptools
+
+from lmtui.http.limits import MAX_HEAD, MAX_HEADERS, MAX_INTERIM
 
 __all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse"]
 
@@ -395,23 +402,22 @@ class UpstreamError(Exception):
 
 
 # Connection states. Plain ints: compared on every data_received.
-_IDLE, _HEAD, _LENGTH, _CHUNKED, _EOF, _CLOSED = range(6)
-# Where a chunked body's parser is: size line, data, the CRLF after the data, trailers.
-_C_SIZE, _C_DATA, _C_CRLF, _C_TRAILER = range(4)
-#: Largest response head (status line + headers), and longest chunk-size or trailer line.
-MAX_HEAD_BYTES = 64 * 1024
-_MAX_LINE = 8 * 1024
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
-_DIGITS = re.compile(r"[0-9]{1,18}")
+_IDLE, _HEAD, _BODY, _EOF, _CLOSED = range(5)
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop llhttp: the connection is already aborted."""
 
 
 class _Conn(asyncio.Protocol):
-    """One keep-alive connection: writes requests, parses answers, feeds the response."""
+    """One keep-alive connection: writes requests, parses answers (llhttp, through
+    ``httptools``), feeds the response."""
 
     def __init__(self, pool: UpstreamPool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.loop = loop
         self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
         self.state = _IDLE
         self.requests = 0
         #: Whether any byte of the current answer arrived (a stale connection gets none).
@@ -419,9 +425,11 @@ class _Conn(asyncio.Protocol):
         self.timed_out = False
         self._head_fut: asyncio.Future[UpstreamResponse] | None = None
         self._resp: UpstreamResponse | None = None
-        self._buf = b""
-        self._remaining = 0
-        self._cstate = _C_SIZE
+        self._headers: dict[str, str] = {}
+        #: Bytes received and header bytes parsed while the head was not complete.
+        self._head_bytes = self._hsize = self._nheaders = 0
+        self._interim = 0
+        self._in_interim = False
         self._keep = True
         self._no_body = False
         self._paused = False
@@ -441,6 +449,9 @@ class _Conn(asyncio.Protocol):
         self.received = False
         self._head_fut = fut
         self._no_body = no_body
+        self._headers = {}
+        self._head_bytes = self._hsize = self._nheaders = 0
+        self._interim = 0
         self.transport.write(data)
         if more is not None:
             self.transport.write(more)
@@ -513,81 +524,87 @@ class _Conn(asyncio.Protocol):
         state = self.state
         if state == _HEAD:
             self.received = True
-            self._on_head(self._buf + data if self._buf else data)
-        elif state == _LENGTH:
-            self._on_length(data)
-        elif state == _CHUNKED:
-            self._on_chunked(self._buf + data if self._buf else data)
-        elif state == _EOF:
-            assert self._resp is not None
-            self._resp.feed(data)
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD + len(data):
+                self._protocol_error(f"response head longer than {MAX_HEAD} bytes")
+                return
         elif state == _IDLE:
             # Bytes nobody asked for: the connection's framing can no longer be trusted.
             self.abort(UpstreamError("unexpected data on an idle connection", before_response=True))
+            return
+        elif state == _CLOSED:
+            return
+        try:
+            self.parser.feed_data(data)
+        except _Stop:
+            return
+        except httptools.HttpParserCallbackError as e:
+            if not isinstance(e.__context__, _Stop):
+                raise
+            return
+        except httptools.HttpParserError as e:
+            self._protocol_error(str(e) or type(e).__name__)
+            return
+        if self.state == _HEAD and self._head_bytes > MAX_HEAD:
+            self._protocol_error(f"response head longer than {MAX_HEAD} bytes")
 
-    # -- parsing -------------------------------------------------------------------------
+    # -- llhttp's callbacks, during feed_data --------------------------------------------
 
     def _protocol_error(self, message: str) -> None:
         peer = f"{self.pool.host}:{self.pool.port}"
         self.abort(
             UpstreamError(
-                f"bad HTTP answer from {peer}: {message}", before_response=self.state == _HEAD
+                f"bad HTTP answer from {peer}: {message[:200]}",
+                before_response=self.state == _HEAD,
             )
         )
 
-    def _on_head(self, buf: bytes) -> None:
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_HEAD_BYTES:
-                self._protocol_error(f"response head longer than {MAX_HEAD_BYTES} bytes")
-            else:
-                self._buf = buf
-            return
-        self._buf = b""
-        lines = buf[:end].split(b"\r\n")
-        status_line = lines[0]
-        parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not _is_status(parts[1]):
-            self._protocol_error(f"malformed status line {status_line[:100]!r}")
-            return
-        status = int(parts[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name[-1:] in (b" ", b"\t"):
-                self._protocol_error(f"malformed header line {line[:100]!r}")
-                return
-            key = name.decode("latin-1").lower()
-            val = value.strip().decode("latin-1")
-            headers[key] = f"{headers[key]}, {val}" if key in headers else val
-        rest = buf[end + 4 :]
-        if 100 <= status < 200:
+    def on_message_begin(self) -> None:
+        if self.state == _IDLE:
+            # A second answer after the one asked for (bytes past its Content-Length):
+            # the connection's framing is lost. The answer itself is complete.
+            self.abort(UpstreamError("unexpected data on an idle connection", before_response=True))
+        if self.state == _CLOSED:
+            raise _Stop
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        self._hsize += len(name) + len(value) + 4
+        self._nheaders += 1
+        if self._nheaders > MAX_HEADERS or self._hsize > MAX_HEAD:
+            many = self._nheaders > MAX_HEADERS
+            what = f"more than {MAX_HEADERS} headers" if many else "a head over 64 KiB"
+            self._protocol_error(what)
+            raise _Stop
+        # llhttp has refused control characters, bare CR and LF: nothing here can split a
+        # header line when the router writes it out again.
+        key = name.decode("latin-1").lower()
+        val = value.rstrip(b" \t").decode("latin-1")
+        headers[key] = f"{headers[key]}, {val}" if key in headers else val
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        status = parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
             # An interim answer (100 Continue, 103 Early Hints): the real one follows.
-            if rest:
-                self._on_head(rest)
+            self._interim += 1
+            self._in_interim = True
+            self._headers = {}
+            self._nheaders = 0
+            if self._interim > MAX_INTERIM:
+                self._protocol_error(f"more than {MAX_INTERIM} interim (1xx) answers")
+                raise _Stop
             return
-        conn_opts = headers.get("connection", "").lower()
-        self._keep = "close" not in conn_opts and (
-            parts[0] != b"HTTP/1.0" or "keep-alive" in conn_opts
-        )
+        headers, self._headers = self._headers, {}
+        self._keep = parser.should_keep_alive()
         resp = UpstreamResponse(self, status, headers)
-        te = headers.get("transfer-encoding")
         if self._no_body or status in (204, 304):
             state = _IDLE
-        elif te is not None:
-            if te.lower().rsplit(",", 1)[-1].strip() == "chunked":
-                state, self._cstate = _CHUNKED, _C_SIZE
-            else:  # some other coding last: the body ends with the connection
-                state, self._keep = _EOF, False
-        elif "content-length" in headers:
-            values = {v.strip() for v in headers["content-length"].split(",")}
-            cl = values.pop() if len(values) == 1 else ""
-            if not _DIGITS.fullmatch(cl):
-                self._protocol_error(f"bad Content-Length {headers['content-length']!r}")
-                return
-            self._remaining = int(cl)
-            state = _LENGTH if self._remaining else _IDLE
-        else:
+        elif "content-length" in headers or (
+            headers.get("transfer-encoding", "").lower().rsplit(",", 1)[-1].strip() == "chunked"
+        ):
+            state = _BODY
+        else:  # no length: the body ends with the connection
             state, self._keep = _EOF, False
         self.state = state
         self._resp = resp
@@ -595,76 +612,25 @@ class _Conn(asyncio.Protocol):
         if fut is not None and not fut.done():
             fut.set_result(resp)
         if state == _IDLE:
+            # No body follows (HEAD, 204, 304). llhttp knows that of 204 and 304 but not of
+            # an answer to HEAD: a fresh parser for the next answer on this connection.
+            if self._no_body:
+                self.parser = httptools.HttpResponseParser(self)
             self._complete()
-        elif rest:
-            self.data_received(rest)
+            if self._no_body:
+                raise _Stop
 
-    def _on_length(self, data: bytes) -> None:
+    def on_body(self, data: bytes) -> None:
         resp = self._resp
-        assert resp is not None
-        n = self._remaining
-        if len(data) < n:
-            self._remaining = n - len(data)
+        if resp is not None:
             resp.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self._in_interim:
+            self._in_interim = False
             return
-        if len(data) > n:
-            # More than the answer announced: framing is lost, do not reuse the connection.
-            self._keep = False
-            data = data[:n]
-        self._remaining = 0
-        if data:
-            resp.feed(data)
-        self._complete()
-
-    def _on_chunked(self, buf: bytes) -> None:
-        resp = self._resp
-        assert resp is not None
-        while buf:
-            cstate = self._cstate
-            if cstate == _C_DATA:
-                n = self._remaining
-                if len(buf) <= n:
-                    resp.feed(buf)
-                    self._remaining = n - len(buf)
-                    buf = b""
-                    if self._remaining == 0:
-                        self._cstate = _C_CRLF
-                    break
-                resp.feed(buf[:n])
-                buf = buf[n:]
-                self._remaining = 0
-                self._cstate = _C_CRLF
-            elif cstate == _C_CRLF:
-                if len(buf) < 2:
-                    break
-                if buf[:2] != b"\r\n":
-                    self._protocol_error("chunk not followed by CRLF")
-                    return
-                buf = buf[2:]
-                self._cstate = _C_SIZE
-            else:  # a size line or a trailer line
-                i = buf.find(b"\r\n")
-                if i < 0:
-                    if len(buf) > _MAX_LINE:
-                        self._protocol_error("chunk-size or trailer line too long")
-                        return
-                    break
-                line, buf = buf[:i], buf[i + 2 :]
-                if cstate == _C_TRAILER:
-                    if not line:  # the blank line that ends the message
-                        self._buf = b""
-                        if buf:
-                            self._keep = False
-                        self._complete()
-                        return
-                    continue  # trailers are not passed on
-                size = line.split(b";", 1)[0].strip()
-                if not _HEX.fullmatch(size):
-                    self._protocol_error(f"bad chunk size line {line[:40]!r}")
-                    return
-                self._remaining = int(size, 16)
-                self._cstate = _C_DATA if self._remaining else _C_TRAILER
-        self._buf = buf
+        if self.state in (_BODY, _EOF):
+            self._complete()
 
     def _complete(self) -> None:
         """The answer ended: finish the response and give the connection back (or close it)."""
@@ -680,7 +646,3 @@ class _Conn(asyncio.Protocol):
             self.state = _CLOSED
             if self.transport is not None:
                 self.transport.close()
-
-
-def _is_status(code: bytes) -> bool:
-    return len(code) == 3 and code.isdigit()

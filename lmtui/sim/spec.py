@@ -99,6 +99,12 @@ class SimNodeSpec:
     prefill_tok_per_s: float = 2000.0
     #: Generation speed of one slot when it runs alone, tokens/s.
     decode_tok_per_s: float = 40.0
+    #: llama.cpp ``--reranking`` (vLLM: a reranking model): ``/v1/rerank`` answers;
+    #: without it llama-server answers 501 and vLLM has no such path.
+    reranking: bool = False
+    #: Routed paths this build lacks although its kind and version have them (an older
+    #: build, a server started without them), answered as an unknown route.
+    missing_paths: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.kind = NodeKind(self.kind)

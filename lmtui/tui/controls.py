@@ -219,6 +219,9 @@ class ControlsApp(App[None]):
             node = self.selected_node()
             if node is None:
                 return self._need("a node")
+            if node.no_load is not None:
+                self.notify(f"{node.name}: {node.no_load}", severity="error", timeout=6)
+                return
             here = {i.model for i in snap.instances_on(node.name)}
             choices = [
                 (a.key, f"{a.key}  {fmt_bytes(a.size_bytes)}")

@@ -101,7 +101,11 @@ async def test_v0_node_cannot_load_and_says_use_lms(
 ) -> None:
     backend = make_backend(cluster, "old")
     assert isinstance(backend, LMStudioBackend)
+    assert backend.can_load  # not known before a poll
     await backend.poll(time.time())
+    # Known now: never offered for a load (dashboard, placement, available_on), and why.
+    assert not backend.can_load and not backend.can_unload
+    assert backend.no_load_reason is not None and "before 0.4" in backend.no_load_reason
     with pytest.raises(NotSupported, match="lms"):
         await backend.load("gemma-2b")
     with pytest.raises(NotSupported, match="lms"):

@@ -16,8 +16,8 @@ from _routing import eventually, routed
 
 from lmtui.config import RouterConfig
 from lmtui.core.model import NodeKind
-from lmtui.engine import front
 from lmtui.engine.engine import Engine
+from lmtui.http import front
 from lmtui.sim import SimModel, SimNodeSpec
 
 BODY = json.dumps(
@@ -289,15 +289,28 @@ async def test_a_client_that_leaves_mid_request_frees_its_slot() -> None:
 
 
 async def test_idle_connections_are_closed() -> None:
-    async with routed([lms()], router=RouterConfig(idle_timeout=0.2)) as (_c, engine):
+    limits = RouterConfig(idle_timeout=0.2, head_timeout=0.3, body_timeout=0.3)
+    async with routed([lms()], router=limits) as (_c, engine):
         async with conn(engine) as c:
             await c.send(post())
             assert (await c.response())[0] == 200
             assert await c.closed()
-        # A request that never completes is closed as well.
+        # A head that never completes (a byte now and then): a 408 after head_timeout,
+        # although each byte came well within idle_timeout of the one before.
         async with conn(engine) as c2:
-            await c2.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            for piece in (b"POST /v1/chat/completions HTTP/1.1\r\n", b"Host: 1", b"27.0.0.1\r\n"):
+                await c2.send(piece)
+                await asyncio.sleep(0.12)
+            status, _, body = await c2.response()
+            assert status == 408 and json.loads(body)["error"]["code"] == "request_timeout"
+            assert b"head did not arrive within 0.3 s" in body
             assert await c2.closed()
+        # A body that stops half-way on the fast path: the same, after body_timeout.
+        async with conn(engine) as c5:
+            await c5.send(post()[:-5])
+            status, _, body = await c5.response()
+            assert status == 408 and b"body did not arrive within 0.3 s" in body
+            assert await c5.closed()
         # A chunked body (aiohttp's path) that never comes: a 408, and the connection
         # closes, instead of waiting forever.
         async with conn(engine) as c4:
@@ -385,7 +398,12 @@ def test_reading_resumes_once_the_buffer_drains_below_the_limit() -> None:
     class Stub:
         max_body_bytes = 100
 
-    server = front.FrontServer(Stub(), lambda: None)  # type: ignore[arg-type, return-value]
+    class Fallback:
+        def __call__(self) -> None: ...
+
+        def connection_lost(self, handler: object, exc: object = None) -> None: ...
+
+    server = front.FrontServer(Stub(), Fallback(), {})  # type: ignore[arg-type]
     fc = front.FastFront(server)
     t = Transport()
     fc.transport = t  # type: ignore[assignment]

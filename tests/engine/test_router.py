@@ -256,7 +256,9 @@ async def test_failover_when_a_node_goes_down_with_requests_queued() -> None:
 async def test_retry_before_first_byte_on_upstream_5xx() -> None:
     specs = [lms("a", ["m1"], parallel=4), lms("b", ["m1"], parallel=4)]
     async with routed(specs) as (cluster, engine):
-        cluster.node("a").faults.error_rate = 1.0
+        # Every POST fails, polls stay fine (error_rate fails the polls too, and a slow
+        # machine could then mark "a" down before any request reached it).
+        cluster.node("a").faults.post_errors = True
         c = client(engine)
         for _ in range(4):
             r = await c.chat.completions.create(model="m1", messages=MSG, max_tokens=4)
@@ -342,6 +344,30 @@ async def test_models_lists_the_union_with_where_each_is_loaded() -> None:
         assert by_id["m1"]["loaded_on"] == ["a"] and by_id["m2"]["loaded_on"] == ["b"]
         assert by_id["m1"]["aliases"] == ["chat"]
         assert set(by_id["m2"]["available_on"]) == {"a", "b"}
+
+
+async def test_a_node_that_cannot_load_is_not_available_on_and_never_gets_a_load() -> None:
+    """An LM Studio 0.3 node lists m2 as downloaded, but lmtui cannot load it there: it is
+    not in ``available_on``, a request for m2 loads it on the 0.4 node, and the node's
+    snapshot says why."""
+    specs = [lms("old", ["m1"], version="0.3.9"), lms("new", [])]
+    async with routed(specs) as (cluster, engine):
+        async with httpx.AsyncClient() as h:
+            data = (await h.get(f"{engine.router_url}/v1/models")).json()["data"]
+            by_id = {m["id"]: m for m in data}
+            assert by_id["m1"]["loaded_on"] == ["old"]
+            assert by_id["m2"]["available_on"] == ["new"]
+            r = await h.post(
+                f"{engine.router_url}/v1/chat/completions",
+                json={"model": "m2", "messages": MSG, "max_tokens": 2},
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+        assert cluster.node("new").loaded_models() == ["m2"]
+        assert "m2" not in cluster.node("old").loaded_models()
+        node = engine.store.snapshot.nodes["old"]
+        assert node.no_load is not None and "before 0.4" in node.no_load
+        assert engine.store.snapshot.nodes["new"].no_load is None
 
 
 async def test_an_alias_is_rewritten_to_the_backend_name() -> None:

@@ -458,6 +458,22 @@ async def test_release_before_the_end_and_cancel_close_the_connection() -> None:
         b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        # What the hand-written parser let through, each refused by llhttp now. A bare LF
+        # inside a value reached the router's client as a header of its own:
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\nSet-Cookie: pwned=1\r\n"
+        b"Content-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX-A: b\rc\r\nContent-Length: 0\r\n\r\n",  # bare CR
+        b"HTTP/1.1 200 OK\r\nX-A: b\x00c\r\nContent-Length: 0\r\n\r\n",  # NUL
+        b"HTTP/1.1 200 OK\r\nX-A: b\r\n folded\r\nContent-Length: 0\r\n\r\n",  # obs-fold
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nhi\r\n0\r\n\r\n",  # CL with TE
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX(A: b\r\nContent-Length: 0\r\n\r\n",  # not a token
+        # 5,000 interim answers raised a RecursionError; past MAX_INTERIM it is refused.
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 5000 + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        # A head past 64 KiB, or more than 128 headers.
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000 + b"\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-H: v\r\n" * 200 + b"Content-Length: 0\r\n\r\n",
     ],
 )
 async def test_malformed_answers_are_errors(answer: bytes) -> None:
@@ -472,6 +488,65 @@ async def test_malformed_answers_are_errors(answer: bytes) -> None:
         with pytest.raises(UpstreamError, match="bad HTTP answer"):
             r = await pool.request("POST", "/", b"{}", JSON)
             await r.read()
+        await pool.close()
+
+
+async def test_a_few_interim_answers_are_skipped_and_headers_are_clean() -> None:
+    """1xx answers before the real one are skipped; a repeated header is joined; trailing
+    spaces after a value (llhttp keeps them) are dropped."""
+    answer = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nX-A: one  \r\nx-a: two\r\nContent-Length: 2\r\n\r\nhi"
+    )
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while await srv.read_request(reader) is not None:
+            writer.write(answer)
+            await writer.drain()
+
+    async with asyncio.timeout(LIMIT_S), RawServer(handler) as srv:
+        pool = UpstreamPool(srv.url)
+        for _ in range(2):  # and the connection is reused after it
+            r = await pool.request("POST", "/", b"{}", JSON)
+            assert r.status == 200 and r.headers["x-a"] == "one, two"
+            assert "link" not in r.headers
+            assert await r.read() == b"hi"
+        assert srv.connections == 1
+        await pool.close()
+
+
+async def test_bytes_after_an_answer_close_the_connection_but_the_answer_stands() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while await srv.read_request(reader) is not None:
+            writer.write(ok(b"hi") + b"EXTRA bytes nobody asked for")
+            await writer.drain()
+
+    async with asyncio.timeout(LIMIT_S), RawServer(handler) as srv:
+        pool = UpstreamPool(srv.url)
+        for _ in range(2):
+            r = await pool.request("POST", "/", b"{}", JSON)
+            assert await r.read() == b"hi"
+        assert srv.connections == 2  # the first connection was not trusted again
+        await pool.close()
+
+
+async def test_an_answer_to_head_has_no_body_and_the_connection_is_reused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while (req := await srv.read_request(reader)) is not None:
+            if req.startswith(b"HEAD"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+            else:
+                writer.write(ok(b"body"))
+            await writer.drain()
+
+    async with asyncio.timeout(LIMIT_S), RawServer(handler) as srv:
+        pool = UpstreamPool(srv.url)
+        r = await pool.request("HEAD", "/", b"", {})
+        assert r.status == 200 and r.headers["content-length"] == "1234"
+        assert await r.read() == b""
+        r = await pool.request("GET", "/", b"", {})
+        assert await r.read() == b"body"
+        assert srv.connections == 1
         await pool.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import datetime
 
 import httpx
@@ -184,3 +185,46 @@ async def test_keep_alive_expiry(client: httpx.AsyncClient) -> None:
         while node.loaded_models():
             await asyncio.sleep(0.02)
         assert (await client.get(url + "/api/ps")).json() == {"models": []}
+
+
+async def _expires_in(client: httpx.AsyncClient, url: str, key: str) -> float:
+    for entry in (await client.get(url + "/api/ps")).json()["models"]:
+        if entry["model"].startswith(key):
+            return datetime.fromisoformat(entry["expires_at"]).timestamp() - time.time()
+    raise AssertionError(f"{key} is not loaded")
+
+
+YEAR = 365 * 86400
+
+
+async def test_keep_alive_under_requests_follows_the_version(client: httpx.AsyncClient) -> None:
+    """Since 0.1.49 a request without keep_alive keeps the model's; before, it reset it to
+    OLLAMA_KEEP_ALIVE. /v1 ignores a keep_alive in the body on every version; a native
+    request's keep_alive sets it."""
+    specs = [
+        SimNodeSpec("new", NodeKind.OLLAMA, models=[MID], version="0.12.6"),
+        SimNodeSpec("old", NodeKind.OLLAMA, models=[MID], version="0.1.48"),
+    ]
+    async with asyncio.timeout(20), SimCluster(specs, time_scale=FAST) as c:
+        for name, resets in (("new", False), ("old", True)):
+            url = c.url(name)
+            await client.post(url + "/api/generate", json={"model": MID.key, "keep_alive": -1})
+            assert await _expires_in(client, url, MID.key) > YEAR
+            # A /v1 request, even one that names a keep_alive (ignored there).
+            body = chat_body(MID.key, max_tokens=2, keep_alive=-1)
+            assert (await client.post(url + "/v1/chat/completions", json=body)).status_code == 200
+            left = await _expires_in(client, url, MID.key)
+            if resets:
+                assert left < 10  # back to the 5 simulated minutes: 3 s real
+            else:
+                assert left > YEAR
+            # A native request with its own keep_alive sets it, on both.
+            native = {"model": MID.key, "prompt": "hi", "stream": False, "keep_alive": "10m"}
+            native["options"] = {"num_predict": 2}
+            assert (await client.post(url + "/api/generate", json=native)).status_code == 200
+            assert 0 < await _expires_in(client, url, MID.key) < 10
+            # And a native request without one: kept on the new version, reset on the old.
+            del native["keep_alive"]
+            await client.post(url + "/api/generate", json={"model": MID.key, "keep_alive": -1})
+            assert (await client.post(url + "/api/generate", json=native)).status_code == 200
+            assert (await _expires_in(client, url, MID.key) > YEAR) is not resets

@@ -82,6 +82,27 @@ async def test_load_on_a_node_offers_its_models_not_yet_loaded_there() -> None:
         await until(pilot, lambda: client.commands == [("load", "mistral-small-24b", "mac-studio")])
 
 
+async def test_load_on_a_node_that_cannot_load_says_why_and_offers_nothing() -> None:
+    """An LM Studio 0.3 node: the toast said "loading" and the load failed in the log."""
+    snap, events = fixed_cluster()
+    nodes = dict(snap.nodes)
+    why = "LM Studio before 0.4 has no REST load or unload"
+    nodes["mac-studio"] = replace(
+        nodes["mac-studio"], available=(AvailableModel("mistral-small-24b", GiB),), no_load=why
+    )
+    client = FakeClient(replace(snap, nodes=nodes), events)
+    app = build_app(client, clock=lambda: FIXED_NOW)
+    shown: list[str] = []
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        app.notify = lambda message, **kw: shown.append(str(message))  # type: ignore[method-assign]
+        await pilot.press("l")
+        await until(pilot, lambda: bool(shown))
+        assert shown == [f"mac-studio: {why}"]
+        assert not isinstance(app.screen, ChoiceScreen)
+        assert client.commands == []
+
+
 async def test_load_on_a_waiting_models_row_loads_that_model() -> None:
     snap, events = fixed_cluster()
     # "aaa-model" sorts first: the model table's cursor starts on its row.

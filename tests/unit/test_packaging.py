@@ -39,7 +39,7 @@ def test_the_wheel_ships_the_themes(wheel: Path) -> None:
     shipped = sorted(p.name for p in (ROOT / "themes").glob("*.toml"))
     assert shipped, "the repository has themes to ship"
     assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("lmtui/themes/")) == shipped
-    assert "lmtui/cli.py" in names and "lmtui/engine/front.py" in names
+    assert "lmtui/cli.py" in names and "lmtui/http/front.py" in names
     assert "lmtui/config/__init__.py" in names and "lmtui/config.py" not in names
 
 

@@ -25,7 +25,9 @@ from aiohttp import web
 from lmtui.core.model import NodeKind
 from lmtui.sim import physics
 from lmtui.sim.kinds import llamacpp_payloads as P
-from lmtui.sim.kinds.base import JSON, KindServer, SimHTTPError, dumps, json_response
+from lmtui.sim.kinds import more_apis as A
+from lmtui.sim.kinds.base import JSON, SimHTTPError, dumps, json_response
+from lmtui.sim.kinds.more_apis import MoreApis
 from lmtui.sim.spec import SimModel
 from lmtui.sim.state import Counters, Job, SimInstance, SimLoadError
 
@@ -47,11 +49,14 @@ class _NotLoaded(Exception):
         self.model = model
 
 
-class LlamaCppServer(KindServer):
+class LlamaCppServer(MoreApis):
     """``llama-server -m MODEL`` or ``llama-server --models-dir DIR``."""
 
     kind = NodeKind.LLAMACPP
     public_paths = _PUBLIC
+    # Measured on the real server (tests/fixtures/llama-server/apis/).
+    previous_id_refused = "llama.cpp does not support 'previous_response_id'."
+    missing_messages_status = 500
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -86,6 +91,8 @@ class LlamaCppServer(KindServer):
         r.add_post("/completion", self.native_completion)
         r.add_post("/completions", self.native_completion)
         self.add_openai_routes(app)
+        # Every build since late 2025 has all four (rerank answers 501 without --reranking).
+        self.add_more_routes(app, {A.RESPONSES, A.MESSAGES, A.COUNT_TOKENS, A.RERANK})
 
     async def on_start(self) -> None:
         if self.single is not None:
@@ -101,7 +108,8 @@ class LlamaCppServer(KindServer):
         return {"error": {"code": status, "message": message, "type": type_}}
 
     def route_not_found(self, method: str, path: str, status: int) -> Any:
-        return self.error_body(404, "File Not Found", "not_found_error")
+        # The real server's fields come in this order here (unknown-path-404.json).
+        return {"error": {"message": "File Not Found", "type": "not_found_error", "code": 404}}
 
     def bad_json_error(self, exc: ValueError) -> SimHTTPError:
         return SimHTTPError(

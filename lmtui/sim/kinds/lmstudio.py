@@ -14,8 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from lmtui.core.model import NodeKind
-from lmtui.sim.kinds.base import JSON, KindServer, SimHTTPError, json_response
-from lmtui.sim.spec import SimModel
+from lmtui.sim.kinds import more_apis as A
+from lmtui.sim.kinds.base import JSON, SimHTTPError, json_response
+from lmtui.sim.kinds.more_apis import MoreApis
+from lmtui.sim.spec import SimModel, version_tuple
 from lmtui.sim.state import Job, SimInstance, SimLoadError
 
 
@@ -44,7 +46,7 @@ def _bits(quant: str) -> float:
     return 4.5
 
 
-class LMStudioServer(KindServer):
+class LMStudioServer(MoreApis):
     """LM Studio's local server (``lms server start``)."""
 
     kind = NodeKind.LMSTUDIO
@@ -61,7 +63,20 @@ class LMStudioServer(KindServer):
         r.add_post("/api/v0/completions", self.completions)
         r.add_post("/api/v0/embeddings", self.embeddings)
         r.add_get("/v1/models", self.openai_models)
+        # Not LM Studio's: the simulated host's ``lms`` CLI (lmtui/sim/lms.py) reads and
+        # drives the server through these, as the real lms does through LM Studio's own
+        # SDK channel, on every version (0.3 included).
+        r.add_get("/__sim/lms/ps", self.lms_ps)
+        r.add_post("/__sim/lms/load", self.lms_load)
+        r.add_post("/__sim/lms/unload", self.lms_unload)
         self.add_openai_routes(app)
+        # /v1/responses since 0.3.29, the Anthropic /v1/messages since 0.4; no
+        # count_tokens, no rerank (its docs list neither).
+        version = version_tuple(self.spec.version)
+        paths = {A.RESPONSES} if version >= (0, 3, 29) else set()
+        if version >= (0, 4):
+            paths.add(A.MESSAGES)
+        self.add_more_routes(app, paths)
 
     def error_body(self, status: int, message: str, type_: str = "server_error") -> Any:
         return {
@@ -292,3 +307,72 @@ class LMStudioServer(KindServer):
                 "version": "1.50.0",
                 "supported_formats": ["gguf"],
             }
+
+    # --- the simulated host's lms CLI (lmtui/sim/lms.py) ----------------------------------
+
+    async def lms_ps(self, request: web.Request) -> web.Response:
+        """What ``lms ps --json`` prints (the fields BACKENDS.md lists)."""
+        st = self.state
+        now, wall = st.clock(), time.time()
+        out = []
+        for inst in st.instances.values():
+            if inst.state != "loaded":
+                continue
+            running = inst.pool.in_use
+            status = "idle"
+            if running:
+                status = "computingEmbedding" if inst.model.is_embedding else "generating"
+            out.append(
+                {
+                    "identifier": inst.instance_id,
+                    "modelKey": inst.key,
+                    "type": "embedding" if inst.model.is_embedding else "llm",
+                    "sizeBytes": inst.model.size_bytes,
+                    "contextLength": inst.context_length,
+                    "maxContextLength": inst.model.max_context,
+                    "ttlMs": round(st.real(inst.ttl_s) * 1000) if inst.ttl_s else None,
+                    "lastUsedTime": round((wall - (now - inst.last_used)) * 1000),
+                    "status": status,
+                    "queued": inst.jobs,
+                    "parallel": inst.pool.size,
+                }
+            )
+        return json_response(out)
+
+    async def lms_load(self, request: web.Request) -> web.Response:
+        body = await self.read_json(request)
+        key = body.get("model")
+        model = self.spec.model(key) if isinstance(key, str) else None
+        if model is None:
+            raise SimHTTPError(404, {"error": f"No model found matching {key!r}"})
+        ident = body.get("identifier")
+        if isinstance(ident, str) and ident in self.state.instances:
+            raise SimHTTPError(409, {"error": f"An instance named {ident!r} is already loaded"})
+        ttl, parallel, ctx = body.get("ttl"), body.get("parallel"), body.get("context_length")
+        try:
+            inst = self.state.begin_load(
+                model,
+                self.state.plan(model),
+                ttl_s=float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else None,
+                parallel=parallel if isinstance(parallel, int) and parallel > 0 else None,
+                context_length=ctx if isinstance(ctx, int) else None,
+            )
+        except SimLoadError as e:
+            raise SimHTTPError(400, {"error": f"Failed to load {model.key}: {e.reason}"}) from e
+        if isinstance(ident, str) and ident and ident != inst.instance_id:
+            self.state.instances[ident] = self.state.instances.pop(inst.instance_id)
+            inst.instance_id = ident
+            self.state.layout_version += 1
+        await self.wait_loaded(inst)
+        return json_response({"identifier": inst.instance_id})
+
+    async def lms_unload(self, request: web.Request) -> web.Response:
+        body = await self.read_json(request)
+        if body.get("all"):
+            for loaded in list(self.state.instances):
+                self.state.unload(loaded)
+            return json_response({"unloaded": "all"})
+        ident = body.get("identifier")
+        if not isinstance(ident, str) or self.state.unload(ident) is None:
+            raise SimHTTPError(404, {"error": f"No loaded model with identifier {ident!r}"})
+        return json_response({"unloaded": ident})

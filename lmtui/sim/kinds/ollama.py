@@ -4,6 +4,19 @@ Like the real server: a request for a model not in memory loads it, unloading id
 (least recently used first) when memory or OLLAMA_MAX_LOADED_MODELS requires; each loaded
 model serves ``parallel`` (OLLAMA_NUM_PARALLEL) requests at once; more than ``max_queue``
 waiting requests get 503; ``keep_alive`` sets how long a model stays after its last use.
+
+How a request changes a loaded model's ``keep_alive``, as Ollama's scheduler does it
+(``server/sched.go``):
+
+- a native request (``/api/generate``, ``/api/chat``) with ``keep_alive`` sets it;
+- one without: since 0.1.49 (commit 955f2a4e, "Only set default keep_alive on initial model
+  load") the model keeps the one it has; before, it was reset to ``OLLAMA_KEEP_ALIVE``
+  (``keep_alive_s``) on every request. ``version`` picks which;
+- the OpenAI-compatible ``/v1`` endpoints carry no ``keep_alive`` on any version (their
+  request structs in ``openai/openai.go`` have no such field): a ``keep_alive`` in the body
+  is ignored, so a ``/v1`` request is always one "without".
+
+A model's first load takes the request's ``keep_alive``, or ``OLLAMA_KEEP_ALIVE``.
 """
 
 from __future__ import annotations
@@ -18,15 +31,16 @@ from aiohttp import web
 
 from lmtui.core.model import NodeKind
 from lmtui.sim import physics
+from lmtui.sim.kinds import more_apis as A
 from lmtui.sim.kinds.base import (
     JSON,
-    KindServer,
     SimHTTPError,
     dumps,
     iso_now,
     json_response,
 )
-from lmtui.sim.spec import SimModel
+from lmtui.sim.kinds.more_apis import MoreApis
+from lmtui.sim.spec import SimModel, version_tuple
 from lmtui.sim.state import Job, SimInstance, SimLoadError
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -69,10 +83,12 @@ def _family(m: SimModel) -> str:
     return re.split(r"[-:.]", m.key, maxsplit=1)[0].rstrip("0123456789") or "llama"
 
 
-class OllamaServer(KindServer):
+class OllamaServer(MoreApis):
     """``ollama serve``."""
 
     kind = NodeKind.OLLAMA
+    #: Its Responses API is stateless (docs.ollama.com/api/openai-compatibility).
+    stateful_responses = False
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -85,6 +101,12 @@ class OllamaServer(KindServer):
         r.add_post("/api/embed", self.embeddings)
         r.add_get("/v1/models", self.openai_models)
         self.add_openai_routes(app)
+        # /v1/responses since v0.13.3 (stateless), /v1/messages since v0.14.0.
+        version = version_tuple(self.spec.version)
+        paths = {A.RESPONSES} if version >= (0, 13, 3) else set()
+        if version >= (0, 14):
+            paths.add(A.MESSAGES)
+        self.add_more_routes(app, paths)
 
     def error_body(self, status: int, message: str, type_: str = "server_error") -> Any:
         return {"error": message}
@@ -203,6 +225,11 @@ class OllamaServer(KindServer):
         ka = self.spec.keep_alive_s if keep_alive is None else keep_alive
         return None if ka < 0 else ka
 
+    @property
+    def resets_keep_alive(self) -> bool:
+        """Before 0.1.49 a request without ``keep_alive`` reset the model's to the default."""
+        return version_tuple(self.spec.version) < (0, 1, 49)
+
     async def _ensure(self, name: Any, keep_alive: float | None) -> SimInstance:
         model = self.find(name)
         if model is None:
@@ -228,11 +255,15 @@ class OllamaServer(KindServer):
                     },
                 ) from e
         await self.wait_loaded(inst)
-        self.state.touch(inst, self._ttl(keep_alive), set_ttl=True)
+        if keep_alive is not None or self.resets_keep_alive:
+            self.state.touch(inst, self._ttl(keep_alive), set_ttl=True)
+        else:
+            self.state.touch(inst)  # keeps its keep_alive, restarts its idle timer
         return inst
 
     async def resolve(self, name: Any, body: JSON) -> SimInstance:
-        return await self._ensure(name, parse_keep_alive(body.get("keep_alive")))
+        # The OpenAI-compatible endpoints: a ``keep_alive`` in the body is ignored there.
+        return await self._ensure(name, None)
 
     # --- native generate / chat ---------------------------------------------------------
 

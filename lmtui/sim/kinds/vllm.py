@@ -12,7 +12,9 @@ from aiohttp import web
 
 from lmtui.core.model import NodeKind
 from lmtui.sim import physics
-from lmtui.sim.kinds.base import KindServer, SimHTTPError
+from lmtui.sim.kinds import more_apis as A
+from lmtui.sim.kinds.base import SimHTTPError
+from lmtui.sim.kinds.more_apis import MoreApis
 from lmtui.sim.spec import SimModel
 from lmtui.sim.state import SimInstance
 
@@ -28,10 +30,11 @@ _COUNTERS = (
 )
 
 
-class VLLMServer(KindServer):
+class VLLMServer(MoreApis):
     """``vllm serve MODEL``."""
 
     kind = NodeKind.OPENAI
+    rerank_shape = "vllm"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -45,6 +48,8 @@ class VLLMServer(KindServer):
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/metrics", self.metrics)
         self.add_openai_routes(app)
+        # /v1/responses; /v1/rerank for a reranking model only.
+        self.add_more_routes(app, {A.RESPONSES} | ({A.RERANK} if self.spec.reranking else set()))
 
     async def on_start(self) -> None:
         if self.served is not None:
