@@ -30,6 +30,7 @@ BINDING_IDS = (
     "help",
     "theme",
     "filter",
+    "verbose",
     "load",
     "unload",
     "pin",

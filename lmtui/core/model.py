@@ -335,6 +335,33 @@ class Instance:
 
 
 @dataclass(frozen=True, slots=True)
+class CircuitState:
+    """A replica whose circuit breaker is open or half-open (``engine/dispatch.py``): lmtui
+    routes around it after failed requests in a row, whatever its polls say.
+
+    ``open_until`` is when one trial request may go again; at or past it the circuit is
+    half-open (``trial``: that request is on its way). Closed circuits are not listed.
+    """
+
+    node: str
+    instance_id: str
+    #: Failed requests in a row so far.
+    failures: int
+    #: When the circuit last opened (engine clock).
+    opened_at: float
+    open_until: float
+    trial: bool = False
+
+    @property
+    def key(self) -> InstanceKey:
+        return (self.node, self.instance_id)
+
+    def half_open(self, now: float) -> bool:
+        """Past the wait: the next request (or the one under way) is the trial."""
+        return self.trial or now >= self.open_until
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterTotals:
     nodes: int
     healthy: int
@@ -362,6 +389,8 @@ class Snapshot:
     instances: Mapping[InstanceKey, Instance] = field(default_factory=_frozen)
     #: Requests waiting in lmtui's own queue, per model.
     queue_depth: Mapping[str, int] = field(default_factory=_frozen)
+    #: Replicas whose circuit is open or half-open (none when every circuit is closed).
+    circuits: Mapping[InstanceKey, CircuitState] = field(default_factory=_frozen)
     #: Cache: model -> keys of its instances, built on first use. Not state: two snapshots
     #: with the same instances are equal whether or not either has built it.
     _by_model: dict[str, tuple[InstanceKey, ...]] | None = field(
@@ -391,7 +420,12 @@ class Snapshot:
         old = insts.get(inst.key)
         insts[inst.key] = inst
         new = Snapshot(
-            self.version + 1, self.at, self.nodes, MappingProxyType(insts), self.queue_depth
+            self.version + 1,
+            self.at,
+            self.nodes,
+            MappingProxyType(insts),
+            self.queue_depth,
+            self.circuits,
         )
         if old is not None and old.model == inst.model:
             object.__setattr__(new, "_by_model", self._by_model)

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -30,7 +31,9 @@ from lmtui.core.rebalance import RebalancePlan
 from lmtui.engine import commands as cmd
 from lmtui.engine.codec import event_from_builtins, plan_from_builtins, snapshot_from_builtins
 from lmtui.engine.commands import CommandError, Result, check_writable, to_body
+from lmtui.engine.details import ModelDetails, details_from_builtins, model_details
 from lmtui.engine.engine import Engine
+from lmtui.engine.history import History, sample_from_builtins
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,23 @@ class EngineClient(abc.ABC):
     @abc.abstractmethod
     def watch(self) -> AsyncIterator[Update]:
         """Yield an update whenever the cluster changes (bursts coalesce)."""
+
+    def history(self) -> History:
+        """The last minutes of requests/s, queues, tokens/s and memory (one point a second,
+        ``engine/history.py``); empty for a client that has none."""
+        h = getattr(self, "_history", None)
+        if h is None:
+            h = self._history = History()
+        return h
+
+    async def model_details(self, model: str) -> ModelDetails | None:
+        """A model's settings and request percentiles, or None when the engine cannot say."""
+        return None
+
+    async def processes(self, node: str) -> list[dict[str, Any]]:
+        """The server processes lmtui runs on ``node`` with their last log lines (only a
+        ``llamacpp-pool`` node has any). Raises CommandError when they cannot be read."""
+        raise CommandError(f"{node}: runs no processes of lmtui's", 404)
 
     # -- commands -------------------------------------------------------------------------
 
@@ -112,6 +132,28 @@ class InProcessClient(EngineClient):
     def snapshot(self) -> Snapshot:
         return self.engine.store.snapshot
 
+    def history(self) -> History:
+        return self.engine.history
+
+    async def model_details(self, model: str) -> ModelDetails | None:
+        e = self.engine
+        return await model_details(
+            e.config, e.request_log, model, e.clock(), pinned=e.controller.state.pinned
+        )
+
+    async def processes(self, node: str) -> list[dict[str, Any]]:
+        from lmtui.backends.base import BackendError, NotSupported
+
+        backend = self.engine.backends.get(node)
+        if backend is None:
+            raise CommandError(f"no node {node[:100]!r}", 404)
+        try:
+            return await backend.processes()
+        except NotSupported as e:
+            raise CommandError(f"{node}: {e}", 404) from e
+        except BackendError as e:
+            raise CommandError(f"{node}: {e}", 502) from e
+
     def recent_events(self, limit: int = 200) -> list[Event]:
         return list(self.engine.store.events)[-limit:]
 
@@ -161,6 +203,16 @@ class HttpEngineClient(EngineClient):
         self._snap = snapshot_from_builtins(state["snapshot"])
         self._strategy = state.get("strategy") or ""
         self._events.extend(event_from_builtins(e) for e in state.get("events", []))
+        await self._load_history()
+
+    async def _load_history(self) -> None:
+        """The engine's whole history window; an engine from before it kept one has none."""
+        try:
+            data = await self._call("GET", "history")
+        except CommandError:
+            return
+        if isinstance(data, dict):
+            self.history().load_builtins(data)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -181,6 +233,9 @@ class HttpEngineClient(EngineClient):
                     f"{self.url}: HTTP {r.status_code} on /lmtui/v1/events", r.status_code
                 )
             kind = ""
+            if self.history().last_at:
+                # A re-watch: fill the gap the lost stream left (samples seen are skipped).
+                await self._load_history()
             async for line in r.aiter_lines():
                 if line.startswith("event: "):
                     kind = line[7:]
@@ -190,6 +245,10 @@ class HttpEngineClient(EngineClient):
                         ev = event_from_builtins(data)
                         self._events.append(ev)
                         pending.append(ev)
+                    elif kind == "sample":
+                        sample = sample_from_builtins(data) if isinstance(data, dict) else None
+                        if sample is not None:
+                            self.history().add(sample)
                     elif kind == "snapshot":
                         self._snap = snapshot_from_builtins(data)
                         events, pending = pending, []
@@ -208,6 +267,20 @@ class HttpEngineClient(EngineClient):
             msg = (data.get("error") or {}).get("message") if isinstance(data, dict) else None
             raise CommandError(msg or f"HTTP {r.status_code}", r.status_code)
         return data
+
+    async def model_details(self, model: str) -> ModelDetails | None:
+        try:
+            data = await self._call("GET", f"models/{quote(model, safe='')}")
+        except CommandError as e:
+            if e.status == 404:
+                return None  # an engine from before this endpoint
+            raise
+        return details_from_builtins(data) if isinstance(data, dict) else None
+
+    async def processes(self, node: str) -> list[dict[str, Any]]:
+        data = await self._call("GET", f"nodes/{quote(node, safe='')}/processes")
+        procs = data.get("processes") if isinstance(data, dict) else None
+        return [p for p in procs if isinstance(p, dict)] if isinstance(procs, list) else []
 
     async def strategy(self) -> str:
         with contextlib.suppress(CommandError):

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from lmtui.core.events import Event
-from lmtui.core.model import Instance, Node, Snapshot
+from lmtui.core.model import CircuitState, Instance, Node, Snapshot
 from lmtui.core.rebalance import RebalancePlan
 
 _encoder = msgspec.json.Encoder()
@@ -25,6 +25,7 @@ def snapshot_to_builtins(snap: Snapshot) -> dict[str, Any]:
         "nodes": [msgspec.to_builtins(n) for n in snap.nodes.values()],
         "instances": [msgspec.to_builtins(i) for i in snap.instances.values()],
         "queue_depth": dict(snap.queue_depth),
+        "circuits": [msgspec.to_builtins(c) for c in snap.circuits.values()],
     }
 
 
@@ -36,6 +37,8 @@ class _SnapshotWire(msgspec.Struct):
     nodes: list[Node] = msgspec.field(default_factory=list)
     instances: list[Instance] = msgspec.field(default_factory=list)
     queue_depth: dict[str, int] = msgspec.field(default_factory=dict)
+    # An engine from before circuits were in the snapshot sends none: all closed.
+    circuits: list[CircuitState] = msgspec.field(default_factory=list)
 
 
 def snapshot_from_builtins(d: Any) -> Snapshot:
@@ -47,6 +50,7 @@ def snapshot_from_builtins(d: Any) -> Snapshot:
         nodes=MappingProxyType({n.name: n for n in w.nodes}),
         instances=MappingProxyType({i.key: i for i in w.instances}),
         queue_depth=MappingProxyType(w.queue_depth),
+        circuits=MappingProxyType({c.key: c for c in w.circuits}),
     )
 
 

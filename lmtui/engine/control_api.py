@@ -1,8 +1,12 @@
 """The control API under ``/lmtui/v1``: the state, a live event stream, one endpoint per command.
 
     GET  /lmtui/v1/state                  the snapshot as JSON (+ strategy, recent events)
-    GET  /lmtui/v1/events                 SSE: "snapshot" and "event" messages as they happen
+    GET  /lmtui/v1/events                 SSE: "snapshot" and "event" messages as they happen,
+                                          and a "sample" of the metric history each second
+    GET  /lmtui/v1/history                the last minutes of requests/s, queues, tokens/s
+                                          and memory, per node, model and the cluster
     GET  /lmtui/v1/openapi.json           the command endpoints, described from their structs
+    GET  /lmtui/v1/models/{model}         a model's settings and request percentiles
     GET  /lmtui/v1/nodes/{node}/processes a llamacpp-pool node's servers and their log tails
     POST /lmtui/v1/<command>              one per struct in ``commands.py``: load, unload,
                                           evict, pin, unpin, drain, undrain, strategy,
@@ -31,13 +35,20 @@ from lmtui.core.events import Event
 from lmtui.engine.codec import encode, event_to_builtins, plan_to_builtins, snapshot_to_builtins
 from lmtui.engine.commands import COMMANDS, Command, CommandError, openapi
 from lmtui.engine.control import Controller
+from lmtui.engine.details import details_to_builtins, model_details
 from lmtui.engine.errors import error_response
 from lmtui.engine.guard import AuthFailures
+from lmtui.engine.history import History, Sample, sample_to_builtins
+from lmtui.engine.reqlog import RequestLog
 from lmtui.engine.store import Store
 
 PREFIX = "/lmtui/v1"
 #: Events one event-stream watcher may have waiting to be written.
 PENDING_EVENTS = 2000
+#: History samples (one a second) one watcher may have waiting.
+PENDING_SAMPLES = 60
+#: Longest model name the model endpoint takes.
+MAX_NAME = 512
 
 
 class ControlApi:
@@ -51,10 +62,16 @@ class ControlApi:
         source: str = "",
         auth_failures: AuthFailures | None = None,
         body_timeout_s: float = 75.0,
+        history: History | None = None,
+        request_log: RequestLog | None = None,
     ) -> None:
+        #: Where the model endpoint reads its requests' percentiles (None: no log).
+        self.request_log = request_log
         self.controller = controller
         #: Longest a command's body may take to arrive (``[router] idle_timeout``).
         self.body_timeout_s = body_timeout_s
+        #: The metric history an attached dashboard draws its sparklines from.
+        self.history = history or History()
         self.auth_failures = auth_failures or AuthFailures()
         self.store = store
         self.token = token.encode() if token else None
@@ -76,8 +93,10 @@ class ControlApi:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(f"{PREFIX}/state", self.state)
         app.router.add_get(f"{PREFIX}/events", self.events)
+        app.router.add_get(f"{PREFIX}/history", self.get_history)
         app.router.add_get(f"{PREFIX}/openapi.json", self.describe)
         app.router.add_get(f"{PREFIX}/nodes/{{node}}/processes", self.processes)
+        app.router.add_get(f"{PREFIX}/models/{{model}}", self.model)
         for name, kind in COMMANDS.items():
             app.router.add_post(f"{PREFIX}/{name}", self._command(kind))
 
@@ -164,6 +183,33 @@ class ControlApi:
             "events": [event_to_builtins(e) for e in list(store.events)[-200:]],
         }
 
+    async def get_history(self, request: web.Request) -> web.Response:
+        """The whole metric history window (``engine/history.py``)."""
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
+        return web.Response(
+            body=encode(self.history.to_builtins()), content_type="application/json"
+        )
+
+    async def model(self, request: web.Request) -> web.Response:
+        """A model's settings and its last hour's queue wait and TTFT percentiles."""
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
+        name = request.match_info["model"]
+        if len(name) > MAX_NAME:
+            return error_response(
+                400, f"a model name is at most {MAX_NAME} characters", "invalid_request_error"
+            )
+        c = self.controller
+        details = await model_details(
+            c.config, self.request_log, name, c.clock(), pinned=c.state.pinned
+        )
+        return web.Response(
+            body=encode(details_to_builtins(details)), content_type="application/json"
+        )
+
     async def processes(self, request: web.Request) -> web.Response:
         """The server processes a node runs itself (only ``llamacpp-pool`` nodes do)."""
         denied = self._denied(request)
@@ -199,14 +245,21 @@ class ControlApi:
         await resp.prepare(request)
         # Bounded: a watcher that reads slowly loses its oldest events, not lmtui's memory.
         pending: deque[Event] = deque(maxlen=PENDING_EVENTS)
+        # One a second; a watcher that falls minutes behind loses the oldest.
+        samples: deque[Sample] = deque(maxlen=PENDING_SAMPLES)
         wake = asyncio.Event()
 
         def on_change(_snap: object, events: list[Event]) -> None:
             pending.extend(events)
             wake.set()
 
+        def on_sample(sample: Sample) -> None:
+            samples.append(sample)
+            wake.set()
+
         store = self.store
         unsubscribe = store.subscribe(on_change)
+        unsubscribe_history = self.history.subscribe(on_sample)
         self._wakes.add(wake)
         try:
             seen = -1
@@ -220,6 +273,9 @@ class ControlApi:
                     await resp.write(
                         b"event: event\ndata: " + encode(event_to_builtins(e)) + b"\n\n"
                     )
+                while samples:
+                    data = encode(sample_to_builtins(samples.popleft()))
+                    await resp.write(b"event: sample\ndata: " + data + b"\n\n")
                 snap = store.snapshot
                 if snap.version != seen:
                     seen = snap.version
@@ -241,4 +297,5 @@ class ControlApi:
         finally:
             self._wakes.discard(wake)
             unsubscribe()
+            unsubscribe_history()
         return resp

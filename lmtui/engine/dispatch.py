@@ -29,7 +29,7 @@ from types import MappingProxyType
 from lmtui.backends.base import Backend, BackendError, LoadDeferred
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.lifetime import wanted_ttl
-from lmtui.core.model import InstanceKey, InstanceState
+from lmtui.core.model import CircuitState, InstanceKey, InstanceState
 from lmtui.core.queue import Rejected as QueueRejected
 from lmtui.core.queue import RequestQueue
 from lmtui.core.scheduler import (
@@ -242,6 +242,23 @@ class Dispatcher:
         )
         if self.on_circuit_open is not None:
             self.on_circuit_open(key[0])
+
+    def circuit_states(self) -> list[CircuitState]:
+        """The replicas whose circuit is open or half-open, for the store's snapshot (and
+        so the dashboard); read-only. Replicas that failed fewer than CIRCUIT_FAILURES
+        requests in a row are closed and not listed."""
+        return [
+            CircuitState(
+                node=key[0],
+                instance_id=key[1],
+                failures=c.failures,
+                opened_at=c.open_until - c.backoff,
+                open_until=c.open_until,
+                trial=c.trial,
+            )
+            for key, c in self._circuits.items()
+            if c.open_until
+        ]
 
     def _open_circuits(self, now: float) -> frozenset[InstanceKey]:
         return frozenset(

@@ -37,6 +37,7 @@ from lmtui.engine.dispatch import Dispatcher
 from lmtui.engine.errors import UNAUTHORIZED, error_response, quiet_client_errors
 from lmtui.engine.exchange import AiohttpExchange
 from lmtui.engine.guard import AuthFailures, BrowserGuard
+from lmtui.engine.history import History, HistorySampler
 from lmtui.engine.metrics import Metrics
 from lmtui.engine.openapi import mount as mount_openapi
 from lmtui.engine.passthrough import PREFIX as PASSTHROUGH
@@ -145,6 +146,15 @@ class Engine:
             on_route=self.metrics.route,
         )
         self.dispatcher.on_circuit_open = self.metrics.circuit_open
+        #: The last minutes of requests/s, queues, tokens/s and memory (engine/history.py),
+        #: sampled each second; the same tick publishes the circuit breakers' state.
+        self.history = History()
+        self.sampler = HistorySampler(
+            self.store,
+            self.history,
+            clock=clock,
+            also=lambda: self.store.set_circuits(self.dispatcher.circuit_states()),
+        )
         self.controller = Controller(
             self.store, self.dispatcher, self.poller, config, state, clock=clock
         )
@@ -185,6 +195,7 @@ class Engine:
             await self.request_log.start()
             await self.controller.demand.seed(self.request_log, self.clock())
         await self.poller.start()
+        self.sampler.start()
         self.controller.start(max(1.0, 2 * self.config.poll.interval))
         if self.listen is not None:
             try:
@@ -382,7 +393,9 @@ class Engine:
             enabled=token is not None or is_loopback(host),
             source=self.source,
             auth_failures=self._auth_failures,
-            body_timeout_s=rc.idle_timeout,
+            body_timeout_s=rc.body_timeout,
+            history=self.history,
+            request_log=self.request_log,
         )
         self.control_api.add_routes(app)
         # After the control API: its GET .../nodes/<node>/processes is lmtui's own.
@@ -458,6 +471,7 @@ class Engine:
         if not self._started:
             return
         self._started = False
+        await self.sampler.stop()
         await self.controller.stop()
         # Requests still queued get a clear 503 at once; requests already on a node may
         # finish (the runner drains them for up to SHUTDOWN_DRAIN_S, then cancels them).

@@ -22,6 +22,7 @@ from types import MappingProxyType
 
 from lmtui.core.events import Event, EventKind
 from lmtui.core.model import (
+    CircuitState,
     Instance,
     InstanceKey,
     InstanceState,
@@ -49,6 +50,10 @@ class Store:
         self._waiters: set[asyncio.Event] = set()
         self.events: deque[Event] = deque(maxlen=event_history)
         self._routed_tokens: dict[str, int] = {}
+        #: Requests lmtui started, per (node, model), ever: the history's requests/s is the
+        #: difference between two samples (``engine/history.py``). Bounded by the models
+        #: that were loaded somewhere, not by what clients ask for.
+        self.requests_started: dict[tuple[str, str], int] = {}
         #: Set while lmtui routes requests: nodes that count no tokens themselves then show
         #: the tokens/s of the traffic lmtui proxied to them.
         self.count_routed_tokens = False
@@ -124,6 +129,10 @@ class Store:
         inst = self._snap.instances.get(key)
         if inst is None:
             return None
+        if delta > 0:
+            started = self.requests_started
+            k = (inst.node, inst.model)
+            started[k] = started.get(k, 0) + delta
         n = inst.in_flight + delta
         if n < 0:
             n = 0
@@ -151,6 +160,17 @@ class Store:
             q.pop(model, None)
         self._publish(
             replace(self._snap, version=self._snap.version + 1, queue_depth=MappingProxyType(q)), []
+        )
+
+    def set_circuits(self, circuits: Iterable[CircuitState]) -> None:
+        """The replicas whose circuit is open or half-open now (the dispatcher's
+        ``circuit_states``), published only when they changed."""
+        new = {c.key: c for c in circuits}
+        if new == dict(self._snap.circuits):
+            return
+        self._publish(
+            replace(self._snap, version=self._snap.version + 1, circuits=MappingProxyType(new)),
+            [],
         )
 
     def _put_instance(self, inst: Instance, events: list[Event] | None = None) -> None:

@@ -18,13 +18,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.css.query import NoMatches
-from textual.widgets import Footer
+from textual.widgets import DataTable, Footer
 
 from lmtui.core.model import Snapshot
 from lmtui.engine.client import EngineClient, HttpEngineClient, Update
 from lmtui.tui.controls import BINDINGS as CONTROL_BINDINGS
 from lmtui.tui.controls import ControlsApp
+from lmtui.tui.render import instance_row_key, waiting_row_key
 from lmtui.tui.themes import SHIPPED_THEMES_DIR, load_themes
+from lmtui.tui.widgets.detail_screens import DetailScreen, ModelScreen, NodeScreen
 from lmtui.tui.widgets.event_log import EventLog
 from lmtui.tui.widgets.filter_bar import FilterBar
 from lmtui.tui.widgets.header import ClusterHeader
@@ -56,6 +58,13 @@ class LmtuiApp(ControlsApp):
         Binding("question_mark", "help", "Help", id="help", tooltip="List the keys"),
         Binding("t", "cycle_theme", "Theme", id="theme", tooltip="Switch to the next theme"),
         Binding("slash", "filter", "Filter", id="filter", tooltip="Filter the model table"),
+        Binding(
+            "v",
+            "toggle_debug",
+            "Verbose",
+            id="verbose",
+            tooltip="Show routing decisions in the event log too, or hide them again",
+        ),
         *CONTROL_BINDINGS,
     ]
 
@@ -162,10 +171,13 @@ class LmtuiApp(ControlsApp):
             # The app is closing and its widgets are gone: the clock tick or an update that
             # raced the teardown has nothing left to show (it used to raise, at random).
             return
+        history = self.client.history()
         with self.batch_update():
-            header.show(snapshot)
-            nodes.show(snapshot, now)
+            header.show(snapshot, history)
+            nodes.show(snapshot, now, history)
             models.show(snapshot, now)
+            if isinstance(self.screen, DetailScreen):
+                self.screen.show(snapshot, now, history, self.client.recent_events(500))
         self.shown_version = snapshot.version
 
     def _tick(self) -> None:
@@ -193,6 +205,48 @@ class LmtuiApp(ControlsApp):
                 continue
             keys.append((self.get_key_display(b), b.description, b.tooltip))
         self.push_screen(HelpScreen(keys, other_keys(others, self.get_key_display)))
+
+    def action_toggle_debug(self) -> None:
+        """Show routing decisions (debug level) in the event log too, or hide them."""
+        log = self.query_one(EventLog)
+        log.set_debug(not log.show_debug)
+        self.notify(
+            "event log: every event, routing included"
+            if log.show_debug
+            else "event log: info and above (routing hidden)",
+            timeout=2,
+        )
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a node row opens its node screen; on a model row, its model screen."""
+        key = event.row_key.value
+        if key is None or self.snapshot is None:
+            return
+        screen: DetailScreen
+        if isinstance(event.data_table, NodeTable):
+            screen = NodeScreen(self.client, str(key))
+        elif isinstance(event.data_table, ModelTable):
+            model = self._model_of_row(str(key))
+            if model is None:
+                return
+            screen = ModelScreen(self.client, model)
+        else:
+            return
+        screen.show(
+            self.snapshot, self.clock(), self.client.history(), self.client.recent_events(500)
+        )
+        self.push_screen(screen)
+
+    def _model_of_row(self, key: str) -> str | None:
+        prefix = waiting_row_key("")
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+        assert self.snapshot is not None
+        inst = next(
+            (i for i in self.snapshot.instances.values() if instance_row_key(i) == key),
+            None,
+        )
+        return inst.model if inst is not None else None
 
     def action_cycle_theme(self) -> None:
         """Switch to the next registered theme, in name order, wrapping around."""

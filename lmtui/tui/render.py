@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 
 from rich.text import Text
 
-from lmtui.core.events import Event, Level
-from lmtui.core.model import GiB, Health, Instance, InstanceState, Node, Snapshot
+from lmtui.core.events import Event, EventKind, Level
+from lmtui.core.model import CircuitState, GiB, Health, Instance, InstanceState, Node, Snapshot
 from lmtui.core.units import fmt_bytes as fmt_bytes  # the one size format, used here
 from lmtui.tui.layout import ColumnPolicy
 
@@ -33,6 +33,7 @@ NODE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("in_flight", "In-flight"),
     ("queued", "Queued"),
     ("tps", "Tok/s"),
+    ("trend", "Req/s (5 min)"),
     ("latency", "Poll ms"),
     ("error", "Last error"),
 )
@@ -49,8 +50,9 @@ NODE_POLICY: dict[str, ColumnPolicy] = {
     "error": ColumnPolicy(5, min_width=12),
     "models": ColumnPolicy(6),
     "tps": ColumnPolicy(7),
-    "kind": ColumnPolicy(8),
-    "latency": ColumnPolicy(9),
+    "trend": ColumnPolicy(8),
+    "kind": ColumnPolicy(9),
+    "latency": ColumnPolicy(10),
 }
 
 #: Column keys and labels of the model table, in display order.
@@ -215,17 +217,31 @@ def node_queued(node: Node, instances: Sequence[Instance]) -> int:
 
 
 def node_row(
-    node: Node, snapshot: Snapshot, now: float, *, instances: Sequence[Instance] | None = None
+    node: Node,
+    snapshot: Snapshot,
+    now: float,
+    *,
+    instances: Sequence[Instance] | None = None,
+    trend: Text | None = None,
 ) -> Cells:
     """One row of the node table, in ``NODE_COLUMNS`` order.
 
     ``instances`` are the node's instances when the caller already grouped them (see
-    ``instances_by_node``); otherwise they are looked up in ``snapshot``.
+    ``instances_by_node``); otherwise they are looked up in ``snapshot``. ``trend`` is the
+    node's requests/s sparkline (``trend_cell``); blank without history.
     """
-    del now  # nothing in a node row ages between polls yet; kept for a uniform signature
     if instances is None:
         instances = list(snapshot.instances_on(node.name))
     status = node.health.value + (" (drained)" if node.drained else "")
+    if snapshot.circuits:
+        tripped = [c for c in snapshot.circuits.values() if c.node == node.name]
+        if tripped:
+            opened = sum(1 for c in tripped if not c.half_open(now))
+            status += (
+                f", {opened} circuit{'s' if opened > 1 else ''} open"
+                if opened
+                else f", {len(tripped)} half-open"
+            )
     mem = node.memory
     error = node.last_error or node.memory_error
     tps = node.tokens_per_second
@@ -239,6 +255,7 @@ def node_row(
         _num(str(node_in_flight(node, instances))),
         _num(str(node_queued(node, instances))),
         _num(NONE if tps is None else f"{tps:.1f}"),
+        trend if trend is not None else Text(""),
         _num(NONE if latency is None else f"{latency * 1000:.0f}"),
         Text(truncate(error, ERROR_WIDTH) if error else "", style="red"),
     )
@@ -276,19 +293,35 @@ def waiting_row(model: str, depth: int) -> Cells:
     )
 
 
-def instance_row(inst: Instance, now: float, waiting: int = 0) -> Cells:
+def circuit_text(circuit: CircuitState, now: float) -> Text:
+    """A tripped circuit breaker as the State cell says it: ``circuit open 12s`` (open that
+    long; requests go around the replica) or ``circuit half-open`` (the wait is over and
+    the next request, or the one under way, is the trial)."""
+    if circuit.half_open(now):
+        return Text("circuit half-open", style="bold yellow")
+    return Text(f"circuit open {fmt_duration(now - circuit.opened_at)}", style="bold red")
+
+
+def instance_row(
+    inst: Instance, now: float, waiting: int = 0, circuit: CircuitState | None = None
+) -> Cells:
     """One row of the model table, in ``INSTANCE_COLUMNS`` order; ``waiting`` is lmtui's
-    queue for the instance's model."""
+    queue for the instance's model, ``circuit`` its circuit breaker when tripped."""
     state = inst.state.value
     if inst.state is InstanceState.LOADING and inst.load_progress is not None:
         state += f" {inst.load_progress * 100:.0f}%"
     if inst.error:
         state += f": {truncate(inst.error, 24)}"
     last_used = None if inst.last_used is None else now - inst.last_used
+    state_cell = (
+        circuit_text(circuit, now)
+        if circuit is not None and inst.state is InstanceState.LOADED
+        else Text(state, style=STATE_STYLE[inst.state])
+    )
     return (
         Text(inst.model, style="bold"),
         Text(inst.node),
-        Text(state, style=STATE_STYLE[inst.state]),
+        state_cell,
         Text("yes", style="bold cyan") if inst.pinned else Text(""),
         _num(size_cell(inst)),
         _num(f"{inst.busy}/{inst.slots_total}"),
@@ -307,12 +340,24 @@ def instance_matches(inst: Instance, needle: str) -> bool:
     return any(n in s.casefold() for s in (inst.model, inst.node, inst.instance_id))
 
 
+#: Event kinds the log shows only at the debug level: one line per request would push the
+#: loads, evictions, health changes and failures out of sight within seconds.
+DEBUG_KINDS = frozenset({EventKind.ROUTE})
+
+
+def is_debug(event: Event) -> bool:
+    """Whether ``event`` is debug-level: a routing decision that went as planned. A routing
+    event the engine raised above info (a warning about it) is not."""
+    return event.kind in DEBUG_KINDS and event.level is Level.INFO
+
+
 def event_line(event: Event) -> Text:
-    """One line of the event log: time, level colour, message."""
+    """One line of the event log: time, level colour, message (debug lines dim). Long lines
+    wrap in the log, under the message rather than under the time."""
     line = Text(no_wrap=False)
     line.append(fmt_clock(event.at), style="dim")
     line.append(" ")
-    line.append(event.message, style=LEVEL_STYLE[event.level])
+    line.append(event.message, style="dim" if is_debug(event) else LEVEL_STYLE[event.level])
     return line
 
 

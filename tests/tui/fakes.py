@@ -27,6 +27,8 @@ from lmtui.core.rebalance import RebalancePlan
 from lmtui.engine import commands as cmd
 from lmtui.engine.client import EngineClient, Update
 from lmtui.engine.commands import Result
+from lmtui.engine.details import ModelDetails, Percentiles
+from lmtui.engine.history import History, Sample
 
 #: The frozen "now" of the snapshot tests and of the fixed cluster below.
 FIXED_NOW = 1_700_000_000.0
@@ -42,8 +44,13 @@ class FakeClient(EngineClient):
         *,
         source: str = "/etc/lmtui/config.toml",
         read_only: bool = False,
+        history: History | None = None,
     ) -> None:
         self._snap = snapshot
+        self._history = history or History()
+        #: What ``model_details`` and ``processes`` answer, by model and by node.
+        self.details: dict[str, ModelDetails] = {}
+        self.procs: dict[str, list[dict[str, Any]]] = {}
         self._events = list(events)
         self._queue: asyncio.Queue[Update] | None = None
         self.source = source
@@ -77,6 +84,14 @@ class FakeClient(EngineClient):
         yield Update(self._snap, [])
         while True:
             yield await self._queue.get()
+
+    async def model_details(self, model: str) -> ModelDetails | None:
+        return self.details.get(model)
+
+    async def processes(self, node: str) -> list[dict[str, Any]]:
+        if node not in self.procs:
+            raise cmd.CommandError(f"{node}: runs no processes of lmtui's", 404)
+        return self.procs[node]
 
     # -- commands: recorded, so tests can assert what the UI asked for ----------------
 
@@ -267,3 +282,51 @@ class FlakyClient(FakeClient):
             raise ConnectionError("control API closed the stream")
         async for update in super().watch():
             yield update
+
+
+def fixed_history() -> History:
+    """Five minutes of samples ending at FIXED_NOW, the same every run: mac-studio busy and
+    rising, gpu-box a burst a minute ago then a queue, old-mini quiet, then gone (down)."""
+    h = History()
+    for k in range(300):
+        at = FIXED_NOW - 299 + k
+        mac = 0.5 + 2.5 * k / 299 + (0.5 if k % 40 < 10 else 0.0)
+        gpu = 3.0 if 200 <= k < 240 else 0.2 if k % 30 == 0 else 0.0
+        gpu_queue = 2.0 if k >= 240 else 0.0
+        nodes = {
+            "mac-studio": (mac, 0.0, 30.0 + 12.5 * k / 299, 71.3 * GiB),
+            "gpu-box": (gpu, gpu_queue, None, 58.9 * GiB),
+        }
+        if k < 240:
+            nodes["old-mini"] = (0.0, 0.0, None, None)
+        cluster = (
+            mac + gpu,
+            gpu_queue + (1.0 if k > 280 else 0.0),
+            30.0 + 12.5 * k / 299,
+            130.2 * GiB,
+        )
+        models = {
+            "qwen3-30b-a3b": (mac * 0.8, 0.0, None, None),
+            "gemma-3-12b": (mac * 0.2, 0.0, None, None),
+            "llama3.1:8b": (gpu, gpu_queue + (1.0 if k > 280 else 0.0), None, None),
+        }
+        h.add(Sample(at, cluster, nodes, models))
+    return h
+
+
+def fixed_details() -> dict[str, ModelDetails]:
+    """What the engine says about the fixed cluster's pinned model."""
+    return {
+        "qwen3-30b-a3b": ModelDetails(
+            model="qwen3-30b-a3b",
+            pinned=True,
+            priority="high",
+            min_replicas=1,
+            idle_ttl_s=600.0,
+            logged=True,
+            requests=412,
+            failed=3,
+            queue_wait_s=Percentiles(0.004, 0.210, 1.900),
+            ttft_s=Percentiles(0.180, 0.620, 2.400),
+        )
+    }

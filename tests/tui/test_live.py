@@ -122,3 +122,56 @@ async def test_live_node_down_and_model_load_show_on_screen(
         # And the node comes back.
         await cluster.node("studio-1").set_down(False)
         await until(pilot, lambda: cell(nodes, "studio-1", "status") == "healthy", 10)
+
+
+async def test_live_history_reaches_an_attached_dashboard_and_the_node_screen(
+    cluster: SimCluster,
+) -> None:
+    """Requests through a real router show up as a rate in the node table's sparkline of a
+    dashboard attached over HTTP (history over the control API), and Enter on the node
+    opens its screen with its instance and its plots."""
+    from lmtui.engine.client import HttpEngineClient
+    from lmtui.tui.widgets.detail_screens import NodeScreen, ReplicaTable, TrendRow
+
+    config = Config(
+        nodes=[
+            NodeConfig(name=s.name, kind=s.kind, url=cluster.url(s.name), memory_gb=s.memory_gb)
+            for s in SPECS
+        ],
+        poll=PollConfig(interval=POLL_S, timeout=1.0),
+    )
+    engine = Engine(config, source="/tmp/live-test.toml", listen="127.0.0.1:0")
+    await engine.start()
+    remote = HttpEngineClient(engine.router_url or "")
+    try:
+        await remote.connect()
+        app = build_app(remote)
+        async with app.run_test(size=(160, 40)) as pilot:
+            nodes = app.query_one(NodeTable)
+            await until(pilot, lambda: "ollama-1" in nodes.shown_keys, within=10)
+            body = {"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "hi"}]}
+            async with httpx.AsyncClient(base_url=engine.router_url or "", timeout=10) as h:
+                for _ in range(5):
+                    r = await h.post("/v1/chat/completions", json=body)
+                    assert r.status_code == 200, r.text
+            # The next sample counts them, and the sparkline keeps them for 5 minutes: a
+            # block above the lowest (zero) one.
+            await until(
+                pilot,
+                lambda: any(c not in " ▁" for c in cell(nodes, "ollama-1", "trend")[:10]),
+                within=10,
+            )
+            assert remote.history().points("node", "ollama-1", "requests")
+            nodes.focus()
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, NodeScreen), within=5)
+            screen = app.screen
+            assert isinstance(screen, NodeScreen)
+            assert screen.query_one(ReplicaTable).shown_keys == ["ollama-1/qwen2.5:7b"]
+            plots = {row.metric: row for row in screen.query(TrendRow)}
+            assert any(v for v in plots["requests"].values if v)
+            await pilot.press("escape")
+    finally:
+        await remote.aclose()
+        async with asyncio.timeout(10):
+            await engine.stop()

@@ -17,7 +17,7 @@ from textual.pilot import Pilot
 from lmtui.tui.app import LmtuiApp, build_app
 from lmtui.tui.widgets.header import ClusterHeader
 
-from .fakes import FIXED_NOW, FakeClient, fixed_cluster
+from .fakes import FIXED_NOW, FakeClient, fixed_cluster, fixed_details, fixed_history
 
 SIZE = (132, 32)
 
@@ -34,7 +34,8 @@ def utc() -> Iterator[None]:
 
 def app_for(source: str) -> tuple[LmtuiApp, Callable[[Pilot[None]], Any]]:
     snap, events = fixed_cluster()
-    client = FakeClient(snap, events, source=source)
+    client = FakeClient(snap, events, source=source, history=fixed_history())
+    client.details = fixed_details()
     app = build_app(client, clock=lambda: FIXED_NOW)
 
     async def shown(pilot: Pilot[None]) -> None:
@@ -85,3 +86,35 @@ def test_dashboard_at_160x48(snap_compare: Any) -> None:
     """A tall terminal: the tables take their rows and the event log all the rest."""
     app, shown = app_for("/home/me/.config/lmtui/config.toml")
     assert snap_compare(app, terminal_size=(160, 48), run_before=shown)
+
+
+def test_dashboard_at_120x40(snap_compare: Any) -> None:
+    """A common laptop size: the sparkline column stays, the header trend has its line."""
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+    assert snap_compare(app, terminal_size=(120, 40), run_before=shown)
+
+
+def test_node_screen(snap_compare: Any) -> None:
+    """Enter on a node: its memory, slots, trends, instances and errors."""
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+
+    async def opened(pilot: Pilot[None]) -> None:
+        await shown(pilot)
+        await pilot.press("down", "enter")
+        await pilot.pause(0.1)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=opened)
+
+
+def test_model_screen(snap_compare: Any) -> None:
+    """Enter on a model: its replicas, request trend, percentiles and settings."""
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+
+    async def opened(pilot: Pilot[None]) -> None:
+        await shown(pilot)
+        await pilot.press("tab", "ctrl+end", "enter")
+        async with asyncio.timeout(5):
+            while "p99" not in str(app.screen.query_one("#summary").render()):
+                await pilot.pause(0.01)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=opened)

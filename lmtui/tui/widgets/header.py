@@ -1,9 +1,13 @@
-"""The header: cluster totals and what the dashboard drives (strategy, embedded or attached,
-source), and the demo banner when there is no config.
+"""The header: cluster totals, what the dashboard drives (strategy, embedded or attached,
+source), the cluster's trend over the last minutes, and the demo banner when there is no
+config.
 
 Totals and context share one line when it is wide enough; at 80 columns they do not (the
 totals alone are about 75 cells), and the context gets a line of its own rather than being
-cut off, since the strategy is what a user looks for there.
+cut off, since the strategy is what a user looks for there. The trend (sparklines of
+requests/s, queue depth and tokens/s) goes at the end of the last line when it fits there,
+else on a line of its own, unless the terminal is too short to spare one (under
+``TREND_MIN_HEIGHT`` rows: at 80×24 every row goes to the tables).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from lmtui.core.model import Snapshot
+from lmtui.engine.history import History
 from lmtui.tui.render import (
     DEMO_BANNER,
     HEADER_BAR,
@@ -22,6 +27,10 @@ from lmtui.tui.render import (
     header_context,
     header_totals,
 )
+from lmtui.tui.trend import header_trend
+
+#: Terminal rows below which the trend gets no line of its own.
+TREND_MIN_HEIGHT = 30
 
 
 class ClusterHeader(Vertical):
@@ -31,6 +40,7 @@ class ClusterHeader(Vertical):
     ClusterHeader { height: auto; background: $panel; padding: 0 1; }
     ClusterHeader #totals { height: 1; }
     ClusterHeader #context { height: 1; }
+    ClusterHeader #trend { height: 1; }
     ClusterHeader #demo-banner { height: 1; color: $warning; text-style: bold; }
     """
 
@@ -42,20 +52,27 @@ class ClusterHeader(Vertical):
         self._strategy: str | None = None
         self._totals: Text | None = None
         self._narrow_totals: Text | None = None
-        self._lines: tuple[Text, Text | None] | None = None
+        self._lines: tuple[Text, Text | None, Text | None] | None = None
+        self._trend: Text | None = None
+        self._trend_at: tuple[int, float] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="totals")
         yield Static(id="context")
+        yield Static(id="trend")
         if self.source == "demo":
             # A new user who ran lmtui without a config must see at once that these nodes
             # are simulated, and where to go next.
             yield Static(DEMO_BANNER, id="demo-banner")
 
-    def show(self, snapshot: Snapshot) -> None:
-        """Redraw the totals for ``snapshot`` (only when their text changed)."""
+    def show(self, snapshot: Snapshot, history: History | None = None) -> None:
+        """Redraw the totals for ``snapshot`` and the trend of ``history`` (only when their
+        text changed)."""
         self._totals = header_totals(snapshot)
         self._narrow_totals = header_totals(snapshot, gap=" ")
+        if history is not None and (id(history), history.last_at) != self._trend_at:
+            self._trend_at = (id(history), history.last_at)
+            self._trend = header_trend(history)
         self._redraw()
 
     def show_strategy(self, name: str | None) -> None:
@@ -79,18 +96,31 @@ class ClusterHeader(Vertical):
         one_line = self._totals.copy()
         one_line.append(HEADER_BAR, style="dim")
         one_line.append_text(context)
-        lines: tuple[Text, Text | None] = (
+        first, second = (
             (one_line, None)
             if width <= 0 or one_line.cell_len <= width
             else (self._narrow_totals, context)
         )
+        trend = self._trend
+        third: Text | None = None
+        if trend is not None:
+            last = second if second is not None else first
+            if width <= 0 or last.cell_len + len(HEADER_BAR) + trend.cell_len <= width:
+                last = last.copy()
+                last.append(HEADER_BAR, style="dim")
+                last.append_text(trend)
+                first, second = (first, last) if second is not None else (last, None)
+            elif self.app.size.height >= TREND_MIN_HEIGHT and trend.cell_len <= width:
+                third = trend
+        lines = (first, second, third)
         if self._lines is not None and _same(lines, self._lines):
             return
         self._lines = lines
-        self.query_one("#totals", Static).update(lines[0])
-        second = self.query_one("#context", Static)
-        second.display = lines[1] is not None
-        second.update(lines[1] or "")
+        self.query_one("#totals", Static).update(first)
+        for name, text in (("#context", second), ("#trend", third)):
+            line = self.query_one(name, Static)
+            line.display = text is not None
+            line.update(text or "")
 
     @property
     def totals_text(self) -> str:
@@ -100,12 +130,25 @@ class ClusterHeader(Vertical):
         return self._totals.plain + HEADER_BAR + self._context_line().plain
 
     @property
+    def trend_text(self) -> str:
+        """The trend as shown (plain text), wherever it went; "" when it is not shown."""
+        if self._lines is None or self._trend is None:
+            return ""
+        shown = " ".join(t.plain for t in self._lines if t is not None)
+        return self._trend.plain if self._trend.plain in shown else ""
+
+    @property
     def line_count(self) -> int:
-        """How many lines totals and context take now (1, or 2 on a narrow terminal)."""
-        return 1 if self._lines is None or self._lines[1] is None else 2
+        """How many lines totals, context and trend take now (1 to 3)."""
+        return 1 if self._lines is None else sum(1 for t in self._lines if t is not None)
 
 
-def _same(a: tuple[Text, Text | None], b: tuple[Text, Text | None]) -> bool:
-    if (a[1] is None) != (b[1] is None):
-        return False
-    return cells_equal(a[0], b[0]) and (a[1] is None or b[1] is None or cells_equal(a[1], b[1]))
+def _same(
+    a: tuple[Text, Text | None, Text | None], b: tuple[Text, Text | None, Text | None]
+) -> bool:
+    for x, y in zip(a, b, strict=True):
+        if (x is None) != (y is None):
+            return False
+        if x is not None and y is not None and not cells_equal(x, y):
+            return False
+    return True

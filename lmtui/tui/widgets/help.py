@@ -19,6 +19,7 @@ from textual.dom import DOMNode
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, OptionList, Static
 
+from lmtui.tui.widgets.detail_screens import DetailScreen
 from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen, ForceScreen
 from lmtui.tui.widgets.filter_bar import FilterBar
 
@@ -41,12 +42,13 @@ MOVING: dict[str, tuple[str, str]] = {
         ("focus_next", "focus_previous"),
         ("Focus", "the next or previous of the tables and the event log"),
     ),
+    "select_cursor": ("Details", "of the node or model under the cursor: its own screen"),
     "command_palette": ("Palette", "Textual's command palette (themes, screenshot, ...)"),
     "quit": ("Quit", "Leave lmtui"),
     "copy_text": ("Copy", "the selected text"),
 }
-#: Bound but doing nothing in lmtui: enter on a table row selects nothing (dialogs use it).
-NOT_LISTED = frozenset({"select_cursor"})
+#: Bound but not worth a row of the help (none at the moment).
+NOT_LISTED: frozenset[str] = frozenset()
 
 
 def _owner_bindings(owner: type[DOMNode]) -> list[Binding]:
@@ -72,8 +74,13 @@ def dialog_rows() -> list[tuple[str, str, list[tuple[type[DOMNode], str]]]]:
         ("No", "cancel", [(ConfirmScreen, "answer(False)"), (ForceScreen, "answer(False)")]),
         (
             "Close",
-            "a list, the filter (clearing it), this help",
-            [(ChoiceScreen, "cancel"), (FilterBar, "close"), (HelpScreen, "close")],
+            "a list, the filter (clearing it), a detail screen, this help",
+            [
+                (ChoiceScreen, "cancel"),
+                (FilterBar, "close"),
+                (DetailScreen, "close"),
+                (HelpScreen, "close"),
+            ],
         ),
         (
             "Pick",

@@ -61,6 +61,8 @@ class KeyedTable(DataTable[Text]):
         self.last_sync_stats: tuple[int, int, int] = (0, 0, 0)
         #: How many times the columns were rebuilt (a resize, or a width that changed).
         self.rebuilds = 0
+        #: Content width of each column over the shown rows; None: to be measured again.
+        self._widths: list[int] | None = None
 
     def on_mount(self) -> None:
         self._ensure_columns()
@@ -88,17 +90,46 @@ class KeyedTable(DataTable[Text]):
         # a growing table does not tip into a horizontal one.
         if self.row_count + 1 > self.size.height:
             width -= self.styles.scrollbar_size_vertical
-        contents = [Text.from_markup(label).cell_len for _, label in self._column_spec]
-        for cells in self._shown.values():
-            for i, cell in enumerate(cells):
-                if cell.cell_len > contents[i]:
-                    contents[i] = cell.cell_len
+        contents = self._content_widths()
         widths = fit_columns(contents, self._policies, width, padding=2 * self.cell_padding)
         return tuple(
             (key, None if w == contents[i] else w)
             for i, ((key, _), w) in enumerate(zip(self._column_spec, widths, strict=True))
             if w is not None
         )
+
+    def _content_widths(self) -> list[int]:
+        """Each column's content width (its widest cell or its label), worked out again
+        only when a sync may have narrowed it (``_widths_stale``): a scan of every row's
+        cells costs ~10 ms at 4,000 rows, and most syncs change a few cells."""
+        if self._widths is None:
+            self._widths = self._measure_widths()
+        return list(self._widths)
+
+    def _measure_widths(self) -> list[int]:
+        """Each column's content width, measured over every shown row."""
+        contents = [Text.from_markup(label).cell_len for _, label in self._column_spec]
+        for cells in self._shown.values():
+            for i, cell in enumerate(cells):
+                if cell.cell_len > contents[i]:
+                    contents[i] = cell.cell_len
+        return contents
+
+    def _note_widths(self, old: Cells | None, new: Cells | None) -> None:
+        """Keep the content widths current for a row that changed from ``old`` to ``new``
+        (None: added, or removed): a wider cell widens its column at once; a column whose
+        widest cell got narrower or left is measured again on the next fit."""
+        widths = self._widths
+        if widths is None:
+            return
+        for i in range(len(widths)):
+            before = old[i].cell_len if old is not None else 0
+            after = new[i].cell_len if new is not None else 0
+            if after > widths[i]:
+                widths[i] = after
+            elif before == widths[i] and after < before:
+                self._widths = None
+                return
 
     def _refit(self) -> None:
         wanted = self._wanted_fit()
@@ -160,11 +191,12 @@ class KeyedTable(DataTable[Text]):
         cursor_key = self.cursor_key
         removed = changed = 0
         columns = [(i, self._column_spec[i][0]) for i in self._columns_shown]
+        widths = {str(k.value): c.content_width for k, c in self.columns.items()}
         # Batch so that one poll is one repaint however many cells it touched.
         with self.app.batch_update():
             for key in [k for k in self._shown if k not in rows]:
                 self.remove_row(key)
-                del self._shown[key]
+                self._note_widths(self._shown.pop(key), None)
                 removed += 1
             added: list[str] = []
             for key, cells in rows.items():
@@ -172,17 +204,26 @@ class KeyedTable(DataTable[Text]):
                 if old is None:
                     added.append(key)
                     continue
+                if cells is old:
+                    continue  # the caller reused the row's cells: nothing changed
+                self._note_widths(old, cells)
                 for i, col in columns:
                     if not cells_equal(cells[i], old[i]):
                         cell = cells[i]
                         cell.no_wrap, cell.overflow = True, "ellipsis"
-                        # update_width: a cell that grew (a longer error) widens its column.
-                        self.update_cell(key, col, cell, update_width=True)
+                        # update_width only for a cell that grew past its column (a longer
+                        # error): given a cell that shrank, DataTable measures every cell of
+                        # the column again, once per such cell, which at 4,000 rows took
+                        # seconds per update. A column does not narrow between refits, so
+                        # numbers that come and go do not make the columns jump sideways.
+                        grew = cell.cell_len > widths.get(col, 0)
+                        self.update_cell(key, col, cell, update_width=grew)
                         changed += 1
                 self._shown[key] = cells
             for key in added:
                 self.add_row(*self._visible(rows[key]), key=key)
                 self._shown[key] = rows[key]
+                self._note_widths(None, rows[key])
             if added:
                 self.order()
             if (

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from lmtui.core.model import Snapshot
+from lmtui.core.model import CircuitState, Instance, Snapshot
 from lmtui.tui.render import (
     INSTANCE_COLUMNS,
     INSTANCE_POLICY,
+    Cells,
     instance_matches,
     instance_row,
     instance_row_key,
@@ -32,6 +33,8 @@ class ModelTable(KeyedTable):
         self._filter = ""
         self._snapshot: Snapshot | None = None
         self._now = 0.0
+        #: Per row: what it was drawn from (instance, queue, circuit, second) and its cells.
+        self._row_cache: dict[str, tuple[Instance, int, CircuitState | None, int, Cells]] = {}
 
     @property
     def filter(self) -> str:
@@ -52,11 +55,34 @@ class ModelTable(KeyedTable):
         and a row for each model that has requests waiting in lmtui but no instance."""
         self._snapshot, self._now = snapshot, now
         depth = snapshot.queue_depth
-        rows = {
-            instance_row_key(inst): instance_row(inst, now, depth.get(inst.model, 0))
-            for inst in snapshot.instances.values()
-            if instance_matches(inst, self._filter)
-        }
+        circuits = snapshot.circuits
+        # A row is drawn again only when its instance, its model's queue, its circuit or
+        # the second changed (its cells show ages in whole seconds): instances are
+        # immutable, so an unchanged one is the very same object in the next snapshot,
+        # and a poll of one node leaves the other 199 nodes' rows alone.
+        tick = int(now)
+        cache, fresh = self._row_cache, {}
+        rows: dict[str, Cells] = {}
+        for inst in snapshot.instances.values():
+            if not instance_matches(inst, self._filter):
+                continue
+            key = instance_row_key(inst)
+            waiting = depth.get(inst.model, 0)
+            circuit = circuits.get(inst.key) if circuits else None
+            hit = cache.get(key)
+            if (
+                hit is not None
+                and hit[0] is inst
+                and hit[1] == waiting
+                and hit[2] == circuit
+                and hit[3] == tick
+            ):
+                cells = hit[4]
+            else:
+                cells = instance_row(inst, now, waiting, circuit)
+            fresh[key] = (inst, waiting, circuit, tick, cells)
+            rows[key] = cells
+        self._row_cache = fresh
         served = {inst.model for inst in snapshot.instances.values()}
         needle = self._filter.casefold()
         for model, n in depth.items():

@@ -1,0 +1,94 @@
+"""Sparklines from the metric history: pure text, then as the node table and header show it."""
+
+from __future__ import annotations
+
+from lmtui.engine.history import History, Sample
+from lmtui.tui.render import NODE_COLUMNS
+from lmtui.tui.trend import BLOCKS, buckets, fmt_rate, header_trend, spark, sparkline
+from lmtui.tui.widgets.header import ClusterHeader
+from lmtui.tui.widgets.node_table import NodeTable
+
+from .fakes import FIXED_NOW, FakeClient, fixed_cluster, fixed_history
+from .test_app import until
+
+TREND = [k for k, _ in NODE_COLUMNS].index("trend")
+
+
+def test_buckets_average_each_slice_and_leave_gaps_blank() -> None:
+    points = [(0.5, 1.0), (1.5, 3.0), (1.7, 5.0), (3.5, None)]
+    assert buckets(points, end=4.0, width=4, span_s=4.0) == [1.0, 4.0, None, None]
+    # Points older than the window are not counted.
+    assert buckets([(-10.0, 9.0), (3.9, 2.0)], end=4.0, width=2, span_s=4.0) == [None, 2.0]
+
+
+def test_zero_and_busy_never_look_alike_and_gaps_are_blank() -> None:
+    line = spark([0.0, 0.01, 10.0, None, 5.0])
+    assert line[0] == BLOCKS[0]
+    assert line[1] == BLOCKS[1]  # tiny next to the peak, but above zero
+    assert line[2] == BLOCKS[-1]
+    assert line[3] == " "
+    assert spark([0.0, 0.0]) == BLOCKS[0] * 2
+    assert [fmt_rate(v) for v in (None, 0, 0.43, 12.34, 512, 12_345)] == [
+        "—",
+        "0",
+        "0.4",
+        "12.3",
+        "512",
+        "12.3k",
+    ]
+
+
+def test_a_series_the_newest_sample_left_out_shows_no_current_value() -> None:
+    h = History()
+    h.add(Sample(1.0, (1.0, 0.0, None, None), {"a": (2.0, 0, None, None)}))
+    h.add(Sample(2.0, (1.0, 0.0, None, None), {}))
+    assert sparkline(h, "node", "a", "requests").plain.endswith("—")
+    assert sparkline(h, "node", "nobody", "requests").plain == ""
+    assert header_trend(History()) is None
+
+
+async def test_the_node_table_and_header_draw_the_history() -> None:
+    from lmtui.tui.app import build_app
+
+    snap, events = fixed_cluster()
+    client = FakeClient(snap, events, history=fixed_history())
+    app = build_app(client, clock=lambda: FIXED_NOW)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await until(pilot, lambda: app.shown_version == snap.version)
+        nodes = app.query_one(NodeTable)
+        mac = nodes.shown_row("mac-studio")[TREND].plain
+        assert mac.endswith("3.0") and mac[:10].strip(" ▁")  # rising: not flat
+        # old-mini is down: its history stopped a minute ago, so no current rate.
+        assert nodes.shown_row("old-mini")[TREND].plain.endswith("—")
+        header = app.query_one(ClusterHeader)
+        await until(pilot, lambda: "req/s" in header.trend_text)
+        assert "tok/s" in header.trend_text and header.line_count == 2
+
+
+async def test_unchanged_rows_are_reused_and_widths_follow_added_and_removed_rows() -> None:
+    """The model table redraws only rows whose instance changed, and the content widths it
+    keeps incrementally still grow with a long row and shrink back once it goes."""
+    from lmtui.tui.app import build_app
+    from lmtui.tui.widgets.model_table import ModelTable
+
+    from .fakes import instance, next_version
+
+    snap, events = fixed_cluster()
+    client = FakeClient(snap, events)
+    app = build_app(client, clock=lambda: FIXED_NOW)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: app.shown_version == snap.version)
+        models = app.query_one(ModelTable)
+        before = {k: models.shown_row(k) for k in models.shown_keys}
+        widths = models._content_widths()
+        long = instance("gpu-box", "a-model-with-a-remarkably-long-name-indeed")
+        client.push(next_version(snap, instances=[*snap.instances.values(), long]))
+        await until(pilot, lambda: app.shown_version == snap.version + 1)
+        assert models.last_sync_stats == (1, 0, 0)
+        assert all(models.shown_row(k) is cells for k, cells in before.items())
+        assert models._content_widths()[0] == len(long.model)
+        assert models._content_widths() == models._measure_widths()
+        snap2 = client.snapshot()
+        client.push(next_version(snap2, instances=list(snap.instances.values())))
+        await until(pilot, lambda: app.shown_version == snap2.version + 1)
+        assert models._content_widths() == widths == models._measure_widths()
