@@ -463,7 +463,11 @@ async def watch(base: str, proc: psutil.Process, out: Watch, stop: asyncio.Event
 
 
 def rss_mb(proc: psutil.Process) -> float:
-    return round(proc.memory_info().rss / 2**20, 1)
+    """The RSS of ``proc`` in MiB; 0 once it has exited (reported as a problem)."""
+    try:
+        return round(proc.memory_info().rss / 2**20, 1)
+    except psutil.Error:
+        return 0.0
 
 
 async def settle(base: str) -> tuple[Gauges | None, float]:
@@ -572,7 +576,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             args, results, logged, seen, gauges, settle_s, rss, steps, load_s, stop_s, len(plan)
         )
     )
-    report["lmtui_exit_status"] = lmtui.popen.returncode
+    report["lmtui_exit_status"] = status = lmtui.popen.returncode
+    if status != 0:  # terminated by the script it exits 0: anything else is a crash
+        report["problems"].append(f"lmtui exited with status {status}")
     if args.keep_workdir:
         report["workdir"] = str(work)
     else:
@@ -612,7 +618,8 @@ def summarize(
             continue
         added.append(max(0.0, r.ttft_s - row["ttft_s"]))
         rest.append(max(0.0, r.ttft_s - row["ttft_s"] - row["queue_wait_s"]))
-    growth = (rss["end_mb"] - rss["warmup_mb"]) / rss["warmup_mb"] if "warmup_mb" in rss else None
+    warm = rss.get("warmup_mb", 0.0)
+    growth = (rss["end_mb"] - warm) / warm if warm > 0 else None
     queue = seen.queue
     report: dict[str, Any] = {
         "duration_s": round(load_s, 1),
@@ -645,6 +652,7 @@ def summarize(
             "lmtui_requests_total": gauges.requests_total if gauges else None,
             "circuit_opens": gauges.circuit_opens if gauges else None,
         },
+        "failed_scrapes": seen.failed_scrapes,
         "rss": {
             **rss,
             "growth_after_warmup": round(growth, 4) if growth is not None else None,
@@ -658,7 +666,7 @@ def summarize(
     if report["lost"]:
         problems.append(f"{report['lost']} requests lost")
     if growth is None:
-        problems.append("no RSS after warm-up (the load ended before --warmup)")
+        problems.append("no RSS after warm-up (lmtui gone, or the load ended before --warmup)")
     elif growth > RSS_GROWTH_LIMIT:
         problems.append(f"RSS grew {growth:.1%} after warm-up (limit {RSS_GROWTH_LIMIT:.0%})")
     if gauges is None or gauges.queue_depth or gauges.in_flight:
