@@ -354,7 +354,10 @@ class Dispatcher:
             d.instance_key, +1, now, Event(now, EventKind.ROUTE, d.reason, node=node, model=model)
         )
         assert inst is not None, "the scheduler routed to an instance the store lacks"
-        if req.user is not None:
+        # Only while affinity is on: a bot with a new ``user`` per conversation would
+        # otherwise fill the map (10,000 entries, ~2.5 MB) for nothing, and the soak saw
+        # lmtui's RSS climb by that much with affinity off (bench/soak.py).
+        if req.user is not None and self.settings.session_affinity:
             self._affinity[req.user] = d.instance_key
             self._affinity.move_to_end(req.user)
             if len(self._affinity) > 10_000:
