@@ -70,6 +70,12 @@ def _guard_answers(*, post: bool) -> dict[str, Any]:
             "refused by the browser guard: a foreign Origin, or a Host that is not this "
             "lmtui's on a path without a key"
         ),
+        "429": _err(
+            "rate limited (code rate_limit_exceeded): too many failed authentications "
+            "from this address ([router] auth_failure_burst, auth_failure_rate), or over "
+            "[router] key_rate_limit / address_rate_limit",
+            headers=_RETRY_AFTER,
+        ),
     }
     if post:
         out["415"] = _err("the body was not sent as Content-Type: application/json")
@@ -154,7 +160,10 @@ def _routed_operation(path: str, summary: str, max_body_bytes: int) -> dict[str,
                     f"the body is larger than [router] max_body_bytes ({max_body_bytes} bytes)"
                 ),
                 "429": _err(
-                    "the model's queue is full ([router] queue_depth)", headers=_RETRY_AFTER
+                    "the model's queue is full ([router] queue_depth), or rate limited (too "
+                    "many failed authentications from this address, [router] "
+                    "key_rate_limit / address_rate_limit; code rate_limit_exceeded)",
+                    headers=_RETRY_AFTER,
                 ),
                 "4XX": {"description": "a node's own client error, passed on as it came"},
                 "502": _err(

@@ -117,6 +117,8 @@ async def test_a_node_coming_back_gets_preloaded_and_an_operator_unload_is_respe
     specs = [lms("a", 64, models, ["m1"])]
     async with routed(specs, pool=PoolConfig(reserved_gb=0), request_log=db) as (cluster, engine):
         await eventually(lambda: "hot" in cluster.node("a").loaded_models(), 10)
+        # ...and lmtui has polled it (the unload names an instance lmtui knows).
+        await eventually(lambda: any(True for _ in engine.store.snapshot.instances_of("hot")), 10)
         # The operator unloads it: it is not preloaded straight back.
         from lmtui.engine import commands as cmd
 

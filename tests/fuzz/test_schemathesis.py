@@ -59,7 +59,14 @@ def keyed_lmtui() -> Iterator[LiveThread]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LMTUI_FUZZ_KEY", KEY)
         mp.setenv("LMTUI_FUZZ_ADMIN", ADMIN)
-        router = RouterConfig(api_keys_env=["LMTUI_FUZZ_KEY"], admin_token_env="LMTUI_FUZZ_ADMIN")
+        # schemathesis sends many requests without a key on purpose: lmtui's limit on failed
+        # authentications (20, then one per 5 s) would answer them 429 instead of the 401
+        # the checks expect (tests/engine/test_ratelimit.py covers that limit).
+        router = RouterConfig(
+            api_keys_env=["LMTUI_FUZZ_KEY"],
+            admin_token_env="LMTUI_FUZZ_ADMIN",
+            auth_failure_burst=1_000_000,
+        )
         with LiveThread(router=router) as server:
             yield server
 
