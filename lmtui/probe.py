@@ -230,6 +230,14 @@ def _why(e: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def _host_advice(t: Trial) -> str:
+    if t.parallel > 1:
+        return "ports run side by side"
+    if t.speedup < 0.8:  # measured: two llama-servers on 2 cores, each spinning its threads
+        return "ports slow each other down: worse than one at a time (CPU or memory bound)"
+    return "ports take turns: one server at a time"
+
+
 def format_table(trials: list[Trial], notes: list[str]) -> str:
     rows = [("target", "N", "alone", "wall", "Σ alone", "speedup", "verdict", "implies")]
     for t in trials:
@@ -242,11 +250,7 @@ def format_table(trials: list[Trial], notes: list[str]) -> str:
                 f"{t.sum_s:.2f}s",
                 f"{t.speedup:.2f}×",
                 t.verdict(),
-                t.advice()
-                if "/" in t.target
-                else "ports run side by side"
-                if t.parallel > 1
-                else "ports take turns: one server at a time",
+                t.advice() if "/" in t.target else _host_advice(t),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
