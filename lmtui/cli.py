@@ -202,7 +202,13 @@ async def run_tui(
                 demo.route_traffic_via(engine.router_url)
             client = InProcessClient(engine, read_only=read_only)
             keymap = key_strings(cfg.keymap)
-            await build_app(client, theme_dirs=_theme_dirs(), keymap=keymap).run_async()
+            await build_app(
+                client,
+                theme_dirs=_theme_dirs(),
+                keymap=keymap,
+                prefs_path=state_dir() / "tui.toml",
+                screenshot_dir=state_dir(),
+            ).run_async()
             if demo is not None:
                 await demo.traffic.stop()
     return 0
@@ -216,7 +222,12 @@ async def run_attached(url: str, *, read_only: bool, ca: str | None = None) -> i
     )
     try:
         await client.connect()
-        await build_app(client, theme_dirs=_theme_dirs()).run_async()
+        await build_app(
+            client,
+            theme_dirs=_theme_dirs(),
+            prefs_path=state_dir() / "tui.toml",
+            screenshot_dir=state_dir(),
+        ).run_async()
     finally:
         await client.aclose()
     return 0

@@ -29,6 +29,7 @@ BINDING_IDS = (
     "quit",
     "help",
     "theme",
+    "screenshot",
     "filter",
     "verbose",
     "load",

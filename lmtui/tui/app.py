@@ -10,10 +10,13 @@ does.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import tomli_w
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -57,6 +60,14 @@ class LmtuiApp(ControlsApp):
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave lmtui"),
         Binding("question_mark", "help", "Help", id="help", tooltip="List the keys"),
         Binding("t", "cycle_theme", "Theme", id="theme", tooltip="Switch to the next theme"),
+        Binding(
+            "ctrl+s",
+            "save_svg",
+            "Screenshot",
+            id="screenshot",
+            show=False,
+            tooltip="Save the screen as an SVG in lmtui's state directory",
+        ),
         Binding("slash", "filter", "Filter", id="filter", tooltip="Filter the model table"),
         Binding(
             "v",
@@ -75,10 +86,16 @@ class LmtuiApp(ControlsApp):
         clock: Callable[[], float] = time.time,
         theme_dirs: Sequence[Path] = (),
         keymap: Mapping[str, str] | None = None,
+        prefs_path: Path | None = None,
+        screenshot_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.client = client
         self.clock = clock
+        #: The dashboard's own preferences (the theme), kept across runs; None: not kept.
+        self.prefs_path = prefs_path
+        #: Where ``ctrl+s`` saves its SVG (lmtui's state directory; None: the current one).
+        self.screenshot_dir = screenshot_dir
         if keymap:
             self.set_keymap(keymap)
         loaded = load_themes(*theme_dirs)
@@ -86,6 +103,11 @@ class LmtuiApp(ControlsApp):
             self.register_theme(theme)
         #: Theme files that failed to load; reported once, after mount.
         self.theme_errors = loaded.errors
+        saved = read_prefs(prefs_path).get("theme") if prefs_path is not None else None
+        if isinstance(saved, str) and saved in self.available_themes:
+            self.theme = saved
+        elif saved is not None:
+            self.theme_errors.append(f"theme {str(saved)[:60]!r} (from {prefs_path}) is gone")
         #: The snapshot on screen, and its version, so tests can wait for an update.
         self.snapshot: Snapshot | None = None
         self.shown_version = -1
@@ -255,6 +277,26 @@ class LmtuiApp(ControlsApp):
         self.theme = names[(i + 1) % len(names)]
         self.notify(f"theme: {self.theme}", timeout=2)
 
+    def watch_theme(self, theme: str) -> None:
+        """Keep the choice (``t``, or the command palette's "Change theme") for next time."""
+        if self.prefs_path is not None and self.is_running:
+            try:
+                write_prefs(self.prefs_path, {**read_prefs(self.prefs_path), "theme": theme})
+            except OSError as e:
+                self.notify(f"cannot keep the theme in {self.prefs_path}: {e}", severity="warning")
+
+    def action_save_svg(self) -> None:
+        """Save the screen as an SVG in the state directory (not ~/Downloads)."""
+        where = self.screenshot_dir
+        try:
+            if where is not None:
+                where.mkdir(parents=True, exist_ok=True)
+            path = self.save_screenshot(path=str(where) if where is not None else None)
+        except OSError as e:
+            self.notify(f"screenshot not saved: {e}", severity="error")
+            return
+        self.notify(f"screenshot saved: {path}", timeout=6)
+
     def action_filter(self) -> None:
         self.query_one(FilterBar).open()
 
@@ -277,6 +319,8 @@ def build_app(
     clock: Callable[[], float] = time.time,
     theme_dirs: Sequence[Path] = (SHIPPED_THEMES_DIR,),
     keymap: Mapping[str, str] | None = None,
+    prefs_path: Path | None = None,
+    screenshot_dir: Path | None = None,
 ) -> LmtuiApp:
     """The one way to make the app: the CLI, the tests and the snapshot tests all use it.
 
@@ -284,6 +328,36 @@ def build_app(
     searched for ``*.toml`` themes, lmtui's own first (the CLI adds the user's folder,
     ``lmtui.config.paths.themes_dir()``, after it); ``keymap`` (binding id ->
     comma-separated keys, as ``lmtui.config.key_strings`` makes it from ``[keymap]``)
-    remaps the bindings with ``App.set_keymap``.
+    remaps the bindings with ``App.set_keymap``; ``prefs_path`` keeps the theme chosen
+    (the CLI: ``tui.toml`` in the state directory); ``ctrl+s`` saves SVGs in
+    ``screenshot_dir``.
     """
-    return LmtuiApp(client, clock=clock, theme_dirs=theme_dirs, keymap=keymap)
+    return LmtuiApp(
+        client,
+        clock=clock,
+        theme_dirs=theme_dirs,
+        keymap=keymap,
+        prefs_path=prefs_path,
+        screenshot_dir=screenshot_dir,
+    )
+
+
+def read_prefs(path: Path) -> dict[str, object]:
+    """The dashboard's preferences file (TOML); empty when it is missing or unreadable. It
+    is the dashboard's own, apart from the engine's overrides file: an attached dashboard
+    and the ``--serve`` it watches may share a state directory, and two writers of one
+    file would undo each other's changes."""
+    try:
+        return dict(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def write_prefs(path: Path, prefs: Mapping[str, object]) -> None:
+    """Write ``prefs`` atomically (a temporary file renamed over it), mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        tomli_w.dump(dict(prefs), f)
+    os.replace(tmp, path)
