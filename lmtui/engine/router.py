@@ -558,6 +558,10 @@ class Router:
                     progress=progress,
                 )
             except DispatchError as e:
+                if failures and e.status == 503:
+                    # Nothing left to try after a replica failed: the failure is the answer
+                    # (a 502 with the node's error), not "no healthy node", which hid it.
+                    break
                 out.status, out.outcome = e.status, _outcome_of(e)
                 return await self._fail(ex, api, e)
             out.node, out.queue_wait_s = lease.node, lease.queue_wait_s
