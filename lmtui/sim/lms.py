@@ -3,9 +3,9 @@
 LM Studio cannot run here, so neither can its ``lms``. This program answers the commands
 lmtui runs over SSH — ``ps --json``, ``load KEY [--ttl S] [--parallel N] [-c CTX]
 [--identifier ID] [-y]``, ``unload ID | --all`` — with the output shapes and exit
-statuses ../shared/BACKENDS.md documents for the real one, by calling the simulated
-server's ``/__sim/lms/...`` routes (lmtui/sim/kinds/lmstudio.py). Point a node's
-``[nodes.ssh] lms`` at a one-line wrapper::
+statuses LM Studio documents for the real one (the ``lms ps --json`` fields, exit status 0
+on success), by calling the simulated server's ``/__sim/lms/...`` routes
+(lmtui/sim/kinds/lmstudio.py). Point a node's ``[nodes.ssh] lms`` at a one-line wrapper::
 
     #!/bin/sh
     exec /path/to/python -m lmtui.sim.lms --server http://127.0.0.1:PORT "$@"
