@@ -61,15 +61,12 @@ class ControlApi:
         enabled: bool,
         source: str = "",
         auth_failures: AuthFailures | None = None,
-        body_timeout_s: float = 75.0,
         history: History | None = None,
         request_log: RequestLog | None = None,
     ) -> None:
         #: Where the model endpoint reads its requests' percentiles (None: no log).
         self.request_log = request_log
         self.controller = controller
-        #: Longest a command's body may take to arrive (``[router] idle_timeout``).
-        self.body_timeout_s = body_timeout_s
         #: The metric history an attached dashboard draws its sparklines from.
         self.history = history or History()
         self.auth_failures = auth_failures or AuthFailures()
@@ -127,20 +124,9 @@ class ControlApi:
             denied = self._denied(request)
             if denied is not None:
                 return denied
-            try:
-                # A body that never comes (a chunked head with no chunks) held the
-                # connection forever: it gets as long as an idle connection.
-                async with asyncio.timeout(self.body_timeout_s):
-                    raw = await request.read()
-            except TimeoutError:
-                resp = error_response(
-                    408,
-                    f"the request body did not arrive within {self.body_timeout_s:g} s",
-                    "invalid_request_error",
-                    "request_timeout",
-                )
-                resp.force_close()
-                return resp
+            # The body has arrived within [router] body_timeout already: the engine's
+            # middleware reads every body on aiohttp's side under that bound (408 past it).
+            raw = await request.read()
             try:
                 command = decoder.decode(raw if raw.strip() else b"{}")
             except msgspec.ValidationError as e:

@@ -393,7 +393,6 @@ class Engine:
             enabled=token is not None or is_loopback(host),
             source=self.source,
             auth_failures=self._auth_failures,
-            body_timeout_s=rc.body_timeout,
             history=self.history,
             request_log=self.request_log,
         )
