@@ -7,7 +7,7 @@ no HTTP endpoint gives. It also has sizes, TTLs and ``parallel``, which REST v0 
 Studio before 0.4) lacks. ``lms load KEY --ttl S --parallel N --identifier ID -y`` and
 ``lms unload ID`` load and unload on any version, so a 0.3 server, which has no REST load,
 becomes controllable; on 0.4 they carry the TTL and ``parallel`` that the REST load
-documents no field for (see ../shared/BACKENDS.md).
+documents no field for (LM Studio's REST and lms CLI docs).
 
 Every argument is quoted for the remote shell; model keys and identifiers are bounded
 before they are sent, and the output of ``lms ps`` is parsed defensively (a field of the

@@ -48,6 +48,12 @@ V1_REPROBE_S = 60.0
 V1_DEFAULT_PARALLEL = 4
 #: Before 0.4 a server processed one request at a time, even across models.
 V0_PARALLEL = 1
+#: ``lms`` is a Node.js program: each run costs the host a process start (tenths of a second
+#: of CPU), so ``lms ps`` runs at most this often; between runs a poll reuses its answer, and
+#: a load or unload through lms makes the next poll run it again.
+LMS_PS_EVERY_S = 5.0
+#: After ``lms ps`` failed (no lms on the host), the next attempt waits this long.
+LMS_RETRY_S = 60.0
 #: Loading a large model from disk can take minutes; a poll timeout would cut it short.
 LOAD_TIMEOUT_S = 600.0
 
@@ -187,6 +193,10 @@ class LMStudioBackend(HttpBackend):
         self.lms_ok = False
         #: Instance ids of the last poll, to name a new instance as LM Studio would.
         self._ids: set[str] = set()
+        #: The last ``lms ps`` answer, and when the next run (or retry) is due.
+        self._ps: list[LmsInstance] | None = None
+        self._ps_every = Every(LMS_PS_EVERY_S)
+        self._lms_retry = Every(LMS_RETRY_S)
 
     @property
     def can_load(self) -> bool:
@@ -225,7 +235,7 @@ class LMStudioBackend(HttpBackend):
             raise
         instances, available = parsed
         if self.lms is not None:
-            instances, available = await self._with_lms(instances, available)
+            instances, available = await self._with_lms(now, instances, available)
         self._ids = {i.instance_id for i in instances}
         return NodeObservation(
             node=self.name,
@@ -241,25 +251,39 @@ class LMStudioBackend(HttpBackend):
         )
 
     async def _with_lms(
-        self, instances: tuple[InstanceObservation, ...], available: tuple[AvailableModel, ...]
+        self,
+        now: float,
+        instances: tuple[InstanceObservation, ...],
+        available: tuple[AvailableModel, ...],
     ) -> Parsed:
         """``lms ps`` over SSH replaces the HTTP view of the loaded instances: it has busy
-        and queued truth, sizes, TTLs and ``parallel``. When it fails, the poll keeps the
-        HTTP view (the node is still up) and the reason is logged once."""
+        and queued truth, sizes, TTLs and ``parallel``. It runs at most every
+        :data:`LMS_PS_EVERY_S`; when it fails, the poll keeps the HTTP view (the node is
+        still up), the reason is logged once and lms is tried again after
+        :data:`LMS_RETRY_S`."""
         assert self.lms is not None
-        try:
-            ps = await self.lms.ps()
-        except BackendError as e:
-            why = str(e)[:300]
-            if why != self.lms_error:
-                log.warning("%s: lms ps failed, using the HTTP API's view: %s", self.name, why)
-            self.lms_error = why
-            self.lms_ok = False
+        if self.lms_error is not None and not self._lms_retry.due(now):
             return instances, available
-        if self.lms_error is not None:
-            log.info("%s: lms ps works again", self.name)
-        self.lms_error = None
-        self.lms_ok = True
+        if self._ps is not None and not self._ps_every.due(now):
+            ps = self._ps
+        else:
+            try:
+                ps = await self.lms.ps()
+            except BackendError as e:
+                why = str(e)[:300]
+                if why != self.lms_error:
+                    log.warning("%s: lms ps failed, using the HTTP API's view: %s", self.name, why)
+                self.lms_error = why
+                self.lms_ok = False
+                self._ps = None
+                self._lms_retry.done(now)
+                return instances, available
+            self._ps = ps
+            self._ps_every.done(now)
+            if self.lms_error is not None:
+                log.info("%s: lms ps works again", self.name)
+            self.lms_error = None
+            self.lms_ok = True
         slots = V1_DEFAULT_PARALLEL if self.api == "v1" else V0_PARALLEL
         sizes = {e.model: e.size_bytes for e in ps if e.size_bytes is not None}
         available = tuple(
@@ -337,6 +361,7 @@ class LMStudioBackend(HttpBackend):
                 model, ident, ttl=ttl, parallel=self.node.slots, context_length=context_length
             )
             self._ids.add(ident)
+            self._ps_every.reset()  # the next poll sees it
             return ident
         await self._require_v1("load")
         body: dict[str, Any] = {"model": model}
@@ -350,6 +375,7 @@ class LMStudioBackend(HttpBackend):
         if self.lms is not None and self.lms_ok:
             await self.lms.unload(instance_id)
             self._ids.discard(instance_id)
+            self._ps_every.reset()
             return
         await self._require_v1("unload")
         await self._post_v1("/api/v1/models/unload", {"instance_id": instance_id})

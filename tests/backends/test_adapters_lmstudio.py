@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -167,3 +168,50 @@ async def test_commands_on_an_unpolled_0_3_server_know_it_has_no_v1(
 ) -> None:
     with pytest.raises(NotSupported, match=r"older than 0\.4"):
         await make_backend(cluster, "old").load("gemma-2b")
+
+
+class _FakeLms:
+    """``LmsCli``'s interface; ``ps`` answers or fails as told, and counts its runs."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.fail: str | None = None
+
+    async def ps(self) -> list[Any]:
+        from lmtui.backends.base import BackendBadResponse
+        from lmtui.backends.lms import parse_ps
+
+        self.runs += 1
+        if self.fail:
+            raise BackendBadResponse(self.fail)
+        return parse_ps('[{"identifier": "qwen-7b", "modelKey": "qwen-7b", "sizeBytes": 7}]')
+
+
+async def test_lms_ps_runs_at_most_every_few_seconds_and_backs_off_when_it_fails(
+    cluster: SimCluster, make_backend: MakeBackend
+) -> None:
+    """lms is a Node.js program: a process start on the host per run. Polls reuse its
+    answer for LMS_PS_EVERY_S, and a host without lms is asked again after LMS_RETRY_S."""
+    from lmtui.backends.lmstudio import LMS_PS_EVERY_S, LMS_RETRY_S
+
+    backend = make_backend(cluster, "old")
+    assert isinstance(backend, LMStudioBackend)
+    fake = _FakeLms()
+    backend.lms = fake  # type: ignore[assignment]
+    now = time.time()
+    for dt in (0.0, 0.5, LMS_PS_EVERY_S - 0.1):
+        obs = await backend.poll(now + dt)
+        assert obs.instances is not None and obs.instances[0].size_bytes == 7  # from lms
+    assert fake.runs == 1
+    await backend.poll(now + LMS_PS_EVERY_S)
+    assert fake.runs == 2 and backend.can_load
+    fake.fail = "lms: command not found"
+    t = now + 2 * LMS_PS_EVERY_S
+    obs = await backend.poll(t)
+    assert fake.runs == 3 and backend.lms_error is not None and not backend.can_load
+    assert obs.instances is not None and obs.instances[0].size_bytes is None  # HTTP view
+    await backend.poll(t + LMS_RETRY_S - 1)
+    assert fake.runs == 3  # not asked again yet
+    fake.fail = None
+    await backend.poll(t + LMS_RETRY_S)
+    assert fake.runs == 4 and backend.lms_error is None and backend.can_load

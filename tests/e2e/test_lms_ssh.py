@@ -40,8 +40,11 @@ async def eventually(check, timeout: float = STEP_S) -> None:  # type: ignore[no
 
 
 async def test_a_0_3_server_loads_unloads_and_reports_busy_through_lms(
-    sshd: Sshd, tmp_path: Path
+    sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every poll runs lms ps here (a real host reuses it for LMS_PS_EVERY_S): the busy
+    # truth below is read right after the request starts.
+    monkeypatch.setattr("lmtui.backends.lmstudio.LMS_PS_EVERY_S", 0.0)
     spec = SimNodeSpec(
         name="old",
         kind=NodeKind.LMSTUDIO,
