@@ -27,8 +27,9 @@ from lmtui.core.model import NodeKind
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def url_problem(url: str) -> str | None:
-    """What is wrong with a node's base URL, or None when it is usable."""
+def url_problem(url: str, *, path_ok: bool = False) -> str | None:
+    """What is wrong with a node's base URL, or None when it is usable. ``path_ok``: a
+    path before the API's own is allowed (a peer at https://host/api)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -49,7 +50,7 @@ def url_problem(url: str) -> str | None:
     if path.endswith("/v1"):
         base = url[: url.rfind("/v1")]
         return f"give the base URL without /v1 ({base!r}): lmtui adds the API paths itself"
-    if path:
+    if path and not path_ok:
         return f"{url!r} has a path ({parts.path!r}); give the server's base URL, e.g. http://host:port"
     if parts.query or parts.fragment:
         return f"{url!r} has a query or fragment; give the server's base URL, e.g. http://host:port"
@@ -123,7 +124,59 @@ def check_config(cfg: Config, lines: dict[KeyPath, int]) -> list[Problem]:
             )
 
     problems += _check_model_names(cfg, lines)
+    problems += _check_peers(cfg, lines)
     problems += _check_keymap(cfg)
+    return problems
+
+
+#: Longest peer model pattern or name: a model name is bounded so (apis.MAX_NAME) anyway.
+MAX_PEER_MODEL = 256
+
+
+def _check_peers(cfg: Config, lines: dict[KeyPath, int]) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    nodes = {n.name for n in cfg.nodes}
+    for i, peer in enumerate(cfg.peers):
+        where: KeyPath = ("peers", i, "name")
+        name = peer.name
+        if not name.strip() or len(name) > 64 or any(c in name for c in ":/ \t\n"):
+            problems.append(
+                Problem(
+                    where, f"{name!r} is not a peer name: 1-64 characters, no ':', '/' or spaces"
+                )
+            )
+        elif name in seen:
+            first = lines.get(("peers", seen[name], "name"), 0)
+            problems.append(Problem(where, f"duplicate peer name {name!r} (first at line {first})"))
+        elif name in nodes:
+            problems.append(Problem(where, f"{name!r} is already a node's name"))
+        else:
+            seen[name] = i
+        if (msg := url_problem(peer.url, path_ok=True)) is not None:
+            problems.append(Problem(("peers", i, "url"), msg))
+        if peer.api_key_env is not None and (msg := env_name_problem(peer.api_key_env)):
+            problems.append(Problem(("peers", i, "api_key_env"), msg))
+        if not peer.models:
+            problems.append(
+                Problem(("peers", i, "models"), 'name the models it may serve, e.g. ["*"] for all')
+            )
+        for j, m in enumerate(peer.models):
+            if not m.strip() or len(m) > MAX_PEER_MODEL:
+                problems.append(
+                    Problem(
+                        ("peers", i, "models", j),
+                        f"a model name or pattern of 1-{MAX_PEER_MODEL} characters",
+                    )
+                )
+        for local, remote in peer.rename.items():
+            if not remote.strip() or len(remote) > MAX_PEER_MODEL or len(local) > MAX_PEER_MODEL:
+                problems.append(
+                    Problem(
+                        ("peers", i, "rename", local),
+                        f"a model name of 1-{MAX_PEER_MODEL} characters",
+                    )
+                )
     return problems
 
 

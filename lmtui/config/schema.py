@@ -22,6 +22,7 @@ GB = 1024**3
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 #: The router's routing strategies (see docs/architecture.md, "Strategies").
 Strategy = Literal["efficiency", "spread", "replicas"]
 
@@ -200,6 +201,14 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     request_log: bool = True
     #: Days of requests the log keeps; older rows are deleted (0 = keep everything).
     request_log_days: NonNegFloat = 30.0
+    #: Seconds a request may wait for a local replica (in lmtui's queue, for a load)
+    #: before it goes to a ``[[peers]]`` entry that serves its model. Requests no local
+    #: node can serve at all (its every replica down, no node able to load it, every try
+    #: failed before the first byte) go at once. Without peers it changes nothing.
+    fallback_after: NonNegFloat = 10.0
+    #: Requests already queued for a model at which the next one goes to a peer at once,
+    #: without waiting ``fallback_after`` (0 = off).
+    fallback_queue: NonNegInt = 0
 
 
 class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -257,6 +266,38 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ttl: NonNegFloat | None = None
 
 
+class PeerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Another OpenAI-compatible service (another lmtui, a llama-swap, a hosted API) that
+    takes a model's requests when the cluster cannot serve them in time (``[[peers]]``)."""
+
+    #: Unique name, shown in the dashboard, the request log (as node ``peer:NAME``), the
+    #: metrics and the ``x-lmtui-peer`` header of the answers it gave.
+    name: str
+    #: Base URL of its API without /v1 (a path before it is kept: https://host/api).
+    url: str
+    #: Name of the environment variable holding its API key (never the key itself).
+    api_key_env: str | None = None
+    #: The models (the names clients send; ``*`` and ``?`` wildcards) it may serve.
+    models: list[str]
+    #: Local model name -> the peer's name for it, where they differ.
+    rename: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Peers are tried lowest first; ties in the order of the file.
+    priority: int = 0
+    #: Requests it may have in flight at once; past it the next peer is tried.
+    max_concurrent: PositiveInt = 16
+    #: Requests per second it may be sent (a token bucket; 0 = no limit).
+    rate_limit: NonNegFloat = 0.0
+    #: Requests it may be sent at once before ``rate_limit`` applies.
+    rate_burst: PositiveInt = 10
+    #: Requests it may be sent per ``budget_window`` (0 = no budget). Counted from the
+    #: request log at start, so a restart does not reset it.
+    budget: NonNegInt = 0
+    #: The budget's window in seconds (a sliding window; a day by default).
+    budget_window: PositiveFloat = 86400.0
+    #: Seconds to wait for its first byte (a non-streamed answer's whole body).
+    first_byte_timeout: PositiveFloat = 120.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The whole ``config.toml``. Build one with :func:`load_config`."""
 
@@ -267,6 +308,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
     #: Per-model settings, one ``[[models]]`` table each; models not listed get defaults.
     models: list[ModelConfig] = msgspec.field(default_factory=list)
+    #: Services that take requests the cluster cannot serve in time, one ``[[peers]]``
+    #: table each.
+    peers: list[PeerConfig] = msgspec.field(default_factory=list)
     #: The dashboard's keys, remapped: binding id -> a key, comma-separated keys or an
     #: array of keys, e.g. ``theme = "T"`` (see :mod:`lmtui.config.keymap` for the ids).
     #: A remapped binding no longer answers to its default key.

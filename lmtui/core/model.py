@@ -362,6 +362,28 @@ class CircuitState:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerState:
+    """A ``[[peers]]`` service (``lmtui/engine/peers.py``) as the dashboard shows it."""
+
+    name: str
+    #: Requests it has in flight now.
+    in_flight: int = 0
+    #: Requests it served since lmtui started.
+    served: int = 0
+    #: Requests it failed (before or after its first byte) since lmtui started.
+    failed: int = 0
+    #: Requests counted against its budget in the window now (0 without a budget).
+    budget_used: int = 0
+    #: Its budget per window (0: none).
+    budget: int = 0
+    budget_window_s: float = 0.0
+    #: When it last took a request (engine clock), 0 when never.
+    last_used: float = 0.0
+    #: Its last failure, bounded; None once it answered well again.
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterTotals:
     nodes: int
     healthy: int
@@ -391,6 +413,8 @@ class Snapshot:
     queue_depth: Mapping[str, int] = field(default_factory=_frozen)
     #: Replicas whose circuit is open or half-open (none when every circuit is closed).
     circuits: Mapping[InstanceKey, CircuitState] = field(default_factory=_frozen)
+    #: The ``[[peers]]`` requests may go to, by name (none when none are configured).
+    peers: Mapping[str, PeerState] = field(default_factory=_frozen)
     #: Cache: model -> keys of its instances, built on first use. Not state: two snapshots
     #: with the same instances are equal whether or not either has built it.
     _by_model: dict[str, tuple[InstanceKey, ...]] | None = field(
@@ -426,6 +450,7 @@ class Snapshot:
             MappingProxyType(insts),
             self.queue_depth,
             self.circuits,
+            self.peers,
         )
         if old is not None and old.model == inst.model:
             object.__setattr__(new, "_by_model", self._by_model)

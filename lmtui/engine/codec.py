@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from lmtui.core.events import Event
-from lmtui.core.model import CircuitState, Instance, Node, Snapshot
+from lmtui.core.model import CircuitState, Instance, Node, PeerState, Snapshot
 from lmtui.core.rebalance import RebalancePlan
 
 _encoder = msgspec.json.Encoder()
@@ -26,6 +26,7 @@ def snapshot_to_builtins(snap: Snapshot) -> dict[str, Any]:
         "instances": [msgspec.to_builtins(i) for i in snap.instances.values()],
         "queue_depth": dict(snap.queue_depth),
         "circuits": [msgspec.to_builtins(c) for c in snap.circuits.values()],
+        "peers": [msgspec.to_builtins(p) for p in snap.peers.values()],
     }
 
 
@@ -39,6 +40,8 @@ class _SnapshotWire(msgspec.Struct):
     queue_depth: dict[str, int] = msgspec.field(default_factory=dict)
     # An engine from before circuits were in the snapshot sends none: all closed.
     circuits: list[CircuitState] = msgspec.field(default_factory=list)
+    # Nor peers, from before they were.
+    peers: list[PeerState] = msgspec.field(default_factory=list)
 
 
 def snapshot_from_builtins(d: Any) -> Snapshot:
@@ -51,6 +54,7 @@ def snapshot_from_builtins(d: Any) -> Snapshot:
         instances=MappingProxyType({i.key: i for i in w.instances}),
         queue_depth=MappingProxyType(w.queue_depth),
         circuits=MappingProxyType({c.key: c for c in w.circuits}),
+        peers=MappingProxyType({p.name: p for p in w.peers}),
     )
 
 

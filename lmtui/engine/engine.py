@@ -42,6 +42,7 @@ from lmtui.engine.metrics import Metrics
 from lmtui.engine.openapi import mount as mount_openapi
 from lmtui.engine.passthrough import PREFIX as PASSTHROUGH
 from lmtui.engine.passthrough import Passthrough
+from lmtui.engine.peers import Peers
 from lmtui.engine.poller import LocalMemory, MemoryReader, Poller, is_local
 from lmtui.engine.ratelimit import RateLimits
 from lmtui.engine.reqlog import RequestLog, RequestRecord
@@ -180,6 +181,16 @@ class Engine:
         self._auth_failures = AuthFailures(
             self.metrics.auth_failure, on_failure=self.limits.auth_failed
         )
+        #: Services that take the requests the cluster cannot serve in time (``[[peers]]``).
+        self.peers = Peers(
+            config.peers,
+            {p.name: os.environ.get(p.api_key_env or "") or None for p in config.peers},
+            fallback_after_s=rc.fallback_after,
+            fallback_queue=rc.fallback_queue,
+            clock=clock,
+        )
+        self.peers.on_change = lambda: self.store.set_peers(self.peers.states())
+        self.store.set_peers(self.peers.states())
         self.front: FrontServer | None = None
         self.control_api: ControlApi | None = None
         self._listener: asyncio.Server | None = None
@@ -194,6 +205,22 @@ class Engine:
         if self.request_log is not None:
             await self.request_log.start()
             await self.controller.demand.seed(self.request_log, self.clock())
+            for peer in self.peers.peers:
+                if peer.budget:  # what it served before a restart still counts
+                    since = self.clock() - peer.budget_window_s
+                    peer.restore(await self.request_log.times_on(peer.node, since, peer.budget))
+            self.peers.changed()
+        for p in self.config.peers:
+            if p.api_key_env and not os.environ.get(p.api_key_env):
+                self.store.record(
+                    Event(
+                        self.clock(),
+                        EventKind.ERROR,
+                        f"peer {p.name}: api_key_env names {p.api_key_env}, which is not set; "
+                        "its requests go without a key",
+                        level=Level.WARNING,
+                    )
+                )
         await self.poller.start()
         self.sampler.start()
         self.controller.start(max(1.0, 2 * self.config.poll.interval))
@@ -249,6 +276,7 @@ class Engine:
                     status=out.status,
                     stream=out.stream,
                     user=out.user,
+                    api=out.api,
                 )
             )
 
@@ -279,13 +307,14 @@ class Engine:
             api_keys=api_keys,
             queue_timeout_s=self.config.router.queue_timeout,
             max_body_bytes=self.config.router.max_body_bytes,
-            models=lambda: model_catalogue(self.store.snapshot, self.config),
+            models=lambda: model_catalogue(self.store.snapshot, self.config, self.peers),
             resolve=self.resolve_model,
             on_done=self._request_done,
             clock=self.clock,
             guard=guard,
             auth_failures=self._auth_failures,
             limits=self.limits,
+            peers=self.peers,
             body_timeout_s=rc.body_timeout,
             max_answer_bytes=rc.max_answer_bytes,
             first_byte_timeout_s=self.config.router.first_byte_timeout,

@@ -211,6 +211,11 @@ _MODEL = {
         "loaded_on": {"type": "array", "items": {"type": "string"}},
         "available_on": {"type": "array", "items": {"type": "string"}},
         "aliases": {"type": "array", "items": {"type": "string"}},
+        "peers": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "[[peers]] that may serve it when the cluster cannot in time",
+        },
     },
     "required": ["id", "object"],
 }

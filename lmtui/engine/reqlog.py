@@ -47,12 +47,14 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+#: 2 added ``api`` (which API path: ``chat``, ``responses``, ``messages``...); a version-1
+#: file is migrated in place when it is opened (its rows read ``api`` NULL).
+SCHEMA_VERSION = 2
 
 # Column order matches RequestRecord's fields, so rows convert both ways positionally.
 _COLUMNS = (
     "at, model, node, queue_wait_s, ttft_s, duration_s, tokens_in, tokens_out, "
-    "outcome, status, stream, user"
+    "outcome, status, stream, user, api"
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -69,12 +71,13 @@ CREATE TABLE IF NOT EXISTS requests (
     outcome TEXT NOT NULL,
     status INTEGER NOT NULL,
     stream INTEGER NOT NULL,
-    user TEXT
+    user TEXT,
+    api TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_at ON requests (at);
 CREATE INDEX IF NOT EXISTS requests_model_at ON requests (model, at);
 """
-_INSERT = f"INSERT INTO requests ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = f"INSERT INTO requests ({_COLUMNS}) VALUES ({', '.join('?' * 13)})"
 # A whole batch in one statement: the rows travel as one JSON array of arrays that SQLite
 # unpacks itself. ``executemany`` binds twelve Python values per row while holding the GIL,
 # and so does encoding a whole batch on the worker: with the batch encoded there, p99
@@ -83,7 +86,7 @@ _INSERT = f"INSERT INTO requests ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,
 # with the GIL released.
 _INSERT_JSON = (
     f"INSERT INTO requests ({_COLUMNS}) SELECT "
-    + ", ".join(f"json_extract(j.value, '$[{i}]')" for i in range(12))
+    + ", ".join(f"json_extract(j.value, '$[{i}]')" for i in range(13))
     # Bound as bytes (no decode on the loop or under the GIL) and cast to TEXT in SQLite:
     # since SQLite 3.45 a BLOB given to the JSON functions is read as binary JSONB.
     + " FROM json_each(CAST(? AS TEXT)) AS j"
@@ -145,6 +148,9 @@ class RequestRecord(NamedTuple):
     status: int
     stream: bool
     user: str | None = None
+    #: Which API (``chat``, ``completions``, ``embeddings``, ``responses``, ``messages``,
+    #: ``count_tokens``, ``rerank``); None in rows from before it was logged.
+    api: str | None = None
 
 
 def _from_row(row: tuple[object, ...]) -> RequestRecord:
@@ -330,6 +336,16 @@ class RequestLog:
         )
         return {str(model): n for model, n in rows if isinstance(n, int)}
 
+    async def times_on(self, node: str, since: float, limit: int) -> list[float]:
+        """When the latest ``limit`` requests a node served at or after ``since`` arrived
+        (a peer's budget after a restart: ``peers.py``)."""
+        await self.flush()
+        rows = await self._query(
+            "SELECT at FROM requests WHERE node = ? AND at >= ? ORDER BY at DESC LIMIT ?",
+            (node, since, limit),
+        )
+        return [float(at) for (at,) in rows if isinstance(at, int | float)]
+
     async def demand(self, since: float, bucket_s: float = 60.0) -> list[tuple[str, float, int]]:
         """Requests per model since ``since`` in buckets of ``bucket_s`` seconds, as
         ``(model, bucket middle, count)``, oldest first: counts with times, so that a decay
@@ -389,6 +405,14 @@ class RequestLog:
             version = row[0] if row else None
             if version is None:
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version < 2:
+                # Version 1 had no ``api`` column: added, in one transaction with the version.
+                columns = {r[1] for r in conn.execute("PRAGMA table_info(requests)")}
+                conn.execute("BEGIN IMMEDIATE")
+                if "api" not in columns:
+                    conn.execute("ALTER TABLE requests ADD COLUMN api TEXT")
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+                conn.execute("COMMIT")
             elif version > SCHEMA_VERSION:
                 # Written by a newer lmtui: appending rows in our layout could corrupt it.
                 raise sqlite3.DatabaseError(

@@ -61,6 +61,7 @@ from lmtui.engine.dispatch import Dispatcher, DispatchError, Lease
 from lmtui.engine.errors import JSON_HEADERS, UNAUTHORIZED, error_body
 from lmtui.engine.exchange import AiohttpExchange, Exchange
 from lmtui.engine.guard import AuthFailures, BrowserGuard, Refusal
+from lmtui.engine.peers import PEER_HEADER, VIA_HEADER, Peer, Peers, is_peer_node
 from lmtui.engine.ratelimit import RateLimited, RateLimits
 from lmtui.http import Pool, Response, UpstreamError, pool_for
 
@@ -206,8 +207,15 @@ class Router:
         body_timeout_s: float = 75.0,
         max_answer_bytes: int = 64 * 1024 * 1024,
         limits: RateLimits | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        #: Where requests go that the cluster cannot serve in time (``peers.py``).
+        self.peers = peers or Peers((), {})
+        self._has_peers = bool(self.peers)
+        #: (peer, model) → (time of its last event, requests since): one event per model
+        #: and peer every PEER_EVENT_EVERY_S, not one per request.
+        self._peer_events: dict[tuple[str, str], tuple[float, int]] = {}
         #: Per-key, per-address and failed-authentication limits (``ratelimit.py``).
         self.limits = limits or RateLimits()
         #: The CSRF / DNS-rebinding rules (``guard.py``), checked in :meth:`admit` for
@@ -222,12 +230,16 @@ class Router:
         #: the others get the field removed.
         self.ttl_nodes = ttl_nodes
         self.first_byte_timeout_s = first_byte_timeout_s
-        self.node_first_byte_s = node_first_byte_s or {}
+        self.node_first_byte_s = dict(node_first_byte_s or {})
         self.model_first_byte_s = model_first_byte_s or {}
         self._attempts: set[_Attempt] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self.node_urls = {n: u.rstrip("/") for n, u in node_urls.items()}
-        self.node_keys = node_keys
+        self.node_keys = dict(node_keys)
+        for p in self.peers.peers:
+            # A peer is sent requests as a node is, under its node name (``peer:NAME``).
+            self.node_keys[p.node] = p.key
+            self.node_first_byte_s[p.node] = p.first_byte_timeout_s
         self.api_keys = [k.encode() for k in api_keys]
         self.queue_timeout_s = queue_timeout_s
         self.max_body_bytes = max_body_bytes
@@ -419,7 +431,9 @@ class Router:
                 for h in ("anthropic-version", "anthropic-beta")
                 if (v := request.headers.get(h)) and "\n" not in v and "\r" not in v
             }
-        await self.proxy(ex, path, body, t0, extra)
+        # Sent by an lmtui to its peer: served here or not at all, never passed on again.
+        hop = VIA_HEADER in request.headers
+        await self.proxy(ex, path, body, t0, extra, hop=hop)
         assert ex.response is not None, "the router always answers"
         return ex.response
 
@@ -430,9 +444,12 @@ class Router:
         body: bytes,
         t0: float,
         extra_headers: Mapping[str, str] | None = None,
+        *,
+        hop: bool = False,
     ) -> None:
         """Serve one authorized request to ``path`` (a key of ``apis.BY_PATH``) whose whole
-        body is read: answer through ``ex``."""
+        body is read: answer through ``ex``. ``hop``: it came from another lmtui, so it is
+        never sent on to a peer."""
         api = BY_PATH.get(path, CHAT)
         try:
             head = api.decode(body)
@@ -471,7 +488,7 @@ class Router:
             model=self.resolve(model), stream=bool(head.stream), user=head.user, api=api.name
         )
         try:
-            await self._serve(ex, api, body, head, model, previous, out, extra_headers)
+            await self._serve(ex, api, body, head, model, previous, out, extra_headers, hop)
         except asyncio.CancelledError:
             out.outcome, out.status = "client_gone", 499
             raise
@@ -511,8 +528,33 @@ class Router:
         previous: str | None,
         out: Outcome,
         extra: Mapping[str, str] | None,
+        hop: bool = False,
     ) -> None:
-        deadline = self.clock() + self.queue_timeout_s
+        started = self.clock()
+        deadline = started + self.queue_timeout_s
+        # The peers that may take this request if the cluster cannot serve it in time.
+        peers: tuple[Peer, ...] = (
+            self.peers.for_model(out.model) if self._has_peers and not hop else ()
+        )
+        #: What each peer said when it could not take the request (for the error).
+        peer_said: list[str] = []
+
+        async def to_peers(reason: str, only: tuple[Peer, ...] | None = None) -> bool:
+            out.queue_wait_s = self.clock() - started
+            return await self._to_peers(
+                ex, api, body, head, out, extra, only or peers, reason, peer_said
+            )
+
+        local_deadline = deadline
+        if peers:
+            queued = self.dispatcher.store.snapshot.queue_depth.get(out.model, 0)
+            fq = self.peers.fallback_queue
+            if fq and queued >= fq:
+                if await to_peers(f"{queued} requests already queued for it"):
+                    return None
+            elif self.peers.available(out.model):
+                # Wait for a local replica only so long while a peer could take it.
+                local_deadline = min(deadline, started + self.peers.fallback_after_s)
 
         async def progress(message: str) -> None:
             # Only streaming clients hear about waits: an SSE comment keeps their connection
@@ -529,6 +571,18 @@ class Router:
         ttl = getattr(head, "ttl", msgspec.UNSET)  # LM Studio's JIT ttl (chat-like paths)
         # The replica that holds the state a previous_response_id names: only it may serve.
         pin = self.response_ids.pin(self.dispatcher.store.snapshot, previous) if previous else None
+        if pin is None and previous and (known := self.response_ids.get(previous)) is not None:
+            peer = self.peers.by_name.get(known[0].removeprefix("peer:"))
+            if is_peer_node(known[0]) and peer is not None:
+                # A response a peer made: its state is there, and only there.
+                if await to_peers(f"it continues {previous!r}, which it holds", (peer,)):
+                    return None
+                e = DispatchError(
+                    f"the peer holding previous_response_id {previous!r} cannot take it: "
+                    + "; ".join(peer_said)
+                )
+                out.status, out.outcome = 503, "error"
+                return await self._fail(ex, api, e)
         failures = 0
         retried = False
         # Each answer "this path is absent" rules out one node for good, so the loop ends;
@@ -541,7 +595,9 @@ class Router:
                 if pin is not None:
                     skip = skip | frozenset(n for n in nodes if n != pin[0])
                 if skip and skip.issuperset(nodes):
-                    return await self._no_node(ex, api, out, model)
+                    if peers and await to_peers(f"no node serves POST {api.path}"):
+                        return None
+                    return await self._no_node(ex, api, out, model, peer_said)
             try:
                 # A retry had its turn already: it goes first, not last.
                 lease = await self.dispatcher.acquire(
@@ -554,7 +610,7 @@ class Router:
                         skip_nodes=skip,
                         ttl_s=None if ttl is msgspec.UNSET else request_ttl(ttl),
                     ),
-                    deadline=deadline,
+                    deadline=local_deadline,
                     progress=progress,
                 )
             except DispatchError as e:
@@ -562,6 +618,22 @@ class Router:
                     # Nothing left to try after a replica failed: the failure is the answer
                     # (a 502 with the node's error), not "no healthy node", which hid it.
                     break
+                if peers and e.status in (404, 429, 503, 504):
+                    waited = e.status == 504 and local_deadline < deadline
+                    why = (
+                        f"no local replica within {self.peers.fallback_after_s:g} s"
+                        if waited
+                        else e.message
+                    )
+                    if await to_peers(why):
+                        return None
+                    if waited and self.clock() < deadline:
+                        # No peer could take it after all: it waits on for a local replica,
+                        # at the front of the queue (it has had its turn).
+                        local_deadline, retried = deadline, True
+                        continue
+                    if peer_said:
+                        e = _with_peers(e, peer_said)
                 out.status, out.outcome = e.status, _outcome_of(e)
                 return await self._fail(ex, api, e)
             out.node, out.queue_wait_s = lease.node, lease.queue_wait_s
@@ -607,24 +679,111 @@ class Router:
             finally:
                 self.dispatcher.report(lease.key, ok)
                 self.dispatcher.release(lease)
+        if peers and pin is None and await to_peers(f"every local try failed: {last_error}"):
+            return None
+        out.node = None if is_peer_node(out.node) else out.node
         out.status, out.outcome = 502, "upstream_error"
         err = DispatchError(f"every attempt failed before the first byte; last: {last_error}")
         if pin is not None:
             err = DispatchError(last_error)
         err.status, err.code = 502, "upstream_error"
-        return await self._fail(ex, api, err)
+        return await self._fail(ex, api, _with_peers(err, peer_said) if peer_said else err)
 
-    async def _no_node(self, ex: Exchange, api: Api, out: Outcome, model: str) -> None:
+    async def _no_node(
+        self, ex: Exchange, api: Api, out: Outcome, model: str, peer_said: list[str] | None = None
+    ) -> None:
         """No node serves ``api``: 404, or the status nodes answered (501 for rerank
         without ``--reranking``), with what the last of them said."""
         status, said = self.capabilities.why(api.name)
         message = f"no node serves POST {api.path} (for {model})"
         if said:
             message += f"; the last node asked answered HTTP {status}: {said}"
+        if peer_said:
+            message += "; " + "; ".join(peer_said)
         out.status, out.outcome = status, "upstream_error" if said else "error"
         err = DispatchError(message)
         err.status, err.code = status, "not_supported" if status == 501 else "not_found"
         return await self._fail(ex, api, err)
+
+    async def _to_peers(
+        self,
+        ex: Exchange,
+        api: Api,
+        body: bytes,
+        head: Head,
+        out: Outcome,
+        extra: Mapping[str, str] | None,
+        peers: tuple[Peer, ...],
+        reason: str,
+        said: list[str],
+    ) -> bool:
+        """Send the request to the first of ``peers`` that takes it and answers: True when
+        one did (its answer has been sent); False when none did, with what each said
+        added to ``said``. Only before anything reached the client but SSE comments."""
+        local_node = out.node
+        for peer in peers:
+            now = self.clock()
+            why = peer.take(now)
+            if why is not None:
+                said.append(f"peer {peer.name}: {why}")
+                continue
+            self.peers.changed()
+            lease = Lease(
+                (peer.node, ""),
+                peer.node,
+                peer.remote_name(out.model),
+                out.queue_wait_s,
+                reason,
+                peer.url,
+            )
+            out.node, out.status, out.outcome = peer.node, 200, "ok"
+            ok: bool | None = None  # None: the client left
+            try:
+                if ex.streaming:  # SSE comments went out already: the marker is one too
+                    await ex.write(f": served by peer {peer.name}\n\n".encode())
+                    target: Exchange = ex
+                else:
+                    target = _Marked(ex, peer.name)
+                await self._forward(target, lease, api, body, head, out, extra)
+                ok = out.status < 500
+                self._peer_event(peer, out.model, reason)
+                return True
+            except _PathAbsent as e:
+                ok, why = False, f"answered HTTP {e.status} for POST {api.path}"
+            except _RetryElsewhere as e:
+                ok, why = False, str(e)
+            finally:
+                peer.done(ok, why)
+                self.peers.changed()
+            said.append(f"peer {peer.name}: {why}")
+            self.dispatcher.event(
+                EventKind.ERROR,
+                f"peer {peer.name} failed {out.model}'s request ({why})"[:500],
+                model=out.model,
+                level=Level.WARNING,
+            )
+        out.node, out.status, out.outcome = local_node, 200, "ok"
+        return False
+
+    def _peer_event(self, peer: Peer, model: str, reason: str) -> None:
+        """Say that requests go to a peer: once per model and peer every
+        PEER_EVENT_EVERY_S, with the count of those in between."""
+        now = self.clock()
+        key = (peer.name, model)
+        last, since = self._peer_events.get(key, (0.0, 0))
+        if now - last < PEER_EVENT_EVERY_S:
+            self._peer_events[key] = (last, since + 1)
+            return
+        if len(self._peer_events) >= 1024:
+            self._peer_events.clear()
+        self._peer_events[key] = (now, 0)
+        more = f" (and {since} more since the last such event)" if since else ""
+        self.dispatcher.event(
+            EventKind.ROUTE,
+            f"{model} → peer {peer.name}: {reason}{more}"[:500],
+            model=model,
+            level=Level.WARNING,
+        )
 
     async def _forward(
         self,
@@ -862,6 +1021,8 @@ class Router:
         if h is None:
             key = self.node_keys.get(node)
             h = {"Content-Type": "application/json"}
+            if is_peer_node(node):
+                h[VIA_HEADER] = "lmtui"  # that lmtui must not pass it on (peers.py)
             if key:
                 h["Authorization"] = f"Bearer {key}"
                 if anthropic:  # LM Studio's and llama-server's Anthropic paths read it too
@@ -893,6 +1054,49 @@ class Router:
         for p in self._pools.values():
             await p.close()
         self._pools.clear()
+
+
+#: Seconds between two events saying one model's requests go to one peer.
+PEER_EVENT_EVERY_S = 10.0
+
+
+class _Marked:
+    """An answer a peer gives: ``x-lmtui-peer`` on its head."""
+
+    __slots__ = ("ex", "header")
+
+    def __init__(self, ex: Exchange, peer: str) -> None:
+        self.ex = ex
+        self.header = {PEER_HEADER: peer}
+
+    @property
+    def streaming(self) -> bool:
+        return self.ex.streaming
+
+    @streaming.setter
+    def streaming(self, value: bool) -> None:
+        self.ex.streaming = value
+
+    async def send(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        await self.ex.send(status, body, {**headers, **self.header})
+
+    async def start_stream(self, status: int, headers: Mapping[str, str]) -> None:
+        await self.ex.start_stream(status, {**headers, **self.header})
+
+    async def write(self, chunk: bytes) -> None:
+        await self.ex.write(chunk)
+
+    async def end(self, chunk: bytes = b"") -> None:
+        await self.ex.end(chunk)
+
+
+def _with_peers(e: DispatchError, said: list[str]) -> DispatchError:
+    """``e`` with what the peers said that could not take the request."""
+    new = DispatchError(f"{e.message}; " + "; ".join(said))
+    new.status, new.code = e.status, e.code
+    if (retry := getattr(e, "retry_after_s", None)) is not None:
+        new.retry_after_s = retry  # type: ignore[attr-defined]
+    return new
 
 
 def _json_response(status: int, body: bytes) -> web.Response:

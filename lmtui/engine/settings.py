@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from lmtui.backends.base import Backend
@@ -13,6 +13,9 @@ from lmtui.core.model import InstanceState, Snapshot
 from lmtui.core.placement import PoolSettings
 from lmtui.core.preload import PreloadSettings
 from lmtui.core.scheduler import SchedulerSettings
+
+if TYPE_CHECKING:
+    from lmtui.engine.peers import Peers
 
 
 def scheduler_settings(
@@ -96,8 +99,11 @@ def no_unload_nodes(backends: dict[str, Backend]) -> frozenset[str]:
     return frozenset(n for n, b in backends.items() if not b.can_unload)
 
 
-def model_catalogue(snap: Snapshot, config: Config) -> list[dict[str, Any]]:
-    """``GET /v1/models``: every model the cluster has or can load, with where it is."""
+def model_catalogue(
+    snap: Snapshot, config: Config, peers: Peers | None = None
+) -> list[dict[str, Any]]:
+    """``GET /v1/models``: every model the cluster has or can load, with where it is, and
+    the ``[[peers]]`` that may take its requests (those a peer names, not its wildcards)."""
     loaded: dict[str, list[str]] = {}
     available: dict[str, list[str]] = {}
     for inst in snap.instances.values():
@@ -109,7 +115,8 @@ def model_catalogue(snap: Snapshot, config: Config) -> list[dict[str, Any]]:
         for a in node.available:
             available.setdefault(a.key, []).append(node.name)
     aliases = {m.name: m.aliases for m in config.models}
-    names = sorted(set(loaded) | set(available) | set(aliases))
+    by_peer = peers.named_models() if peers else {}
+    names = sorted(set(loaded) | set(available) | set(aliases) | set(by_peer))
     return [
         {
             "id": name,
@@ -119,6 +126,7 @@ def model_catalogue(snap: Snapshot, config: Config) -> list[dict[str, Any]]:
             "loaded_on": sorted(loaded.get(name, [])),
             "available_on": sorted(available.get(name, [])),
             "aliases": list(aliases.get(name, [])),
+            **({"peers": by_peer[name]} if name in by_peer else {}),
         }
         for name in names
     ]

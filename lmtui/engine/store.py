@@ -30,6 +30,7 @@ from lmtui.core.model import (
     NodeMetrics,
     NodeObservation,
     Observation,
+    PeerState,
     Snapshot,
     with_load,
 )
@@ -171,6 +172,15 @@ class Store:
         self._publish(
             replace(self._snap, version=self._snap.version + 1, circuits=MappingProxyType(new)),
             [],
+        )
+
+    def set_peers(self, peers: Iterable[PeerState]) -> None:
+        """The ``[[peers]]``' counters now, published only when they changed."""
+        new = {p.name: p for p in peers}
+        if new == dict(self._snap.peers):
+            return
+        self._publish(
+            replace(self._snap, version=self._snap.version + 1, peers=MappingProxyType(new)), []
         )
 
     def _put_instance(self, inst: Instance, events: list[Event] | None = None) -> None:

@@ -69,8 +69,10 @@ _REASONS = {
     500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }  # fmt: skip
-#: Headers whose presence sends a request to aiohttp.
-_PASS_ON = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
+#: Headers whose presence sends a request to aiohttp. ``x-lmtui-via`` marks a request
+#: another lmtui passed on to this one as its peer: the router reads it on aiohttp's path
+#: (``lmtui/engine/peers.py``), so the fast path never looks for it.
+_PASS_ON = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"x-lmtui-via"))
 #: Headers aiohttp's strict request parser allows once (RFC 9110 singletons): a second
 #: copy is its 400, so such a request goes to aiohttp. One bit each.
 _SINGLETONS = {

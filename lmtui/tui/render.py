@@ -410,6 +410,27 @@ def header_totals(
     out.append(str(t.queued))
     out.append(f"{gap}tok/s ", style="dim")
     out.append(f"{t.tokens_per_second:.1f}")
+    if snapshot.peers:
+        out.append(f"{gap}peers ", style="dim")
+        out.append_text(peers_text(snapshot))
+    return out
+
+
+def peers_text(snapshot: Snapshot) -> Text:
+    """The ``[[peers]]`` in the header: requests they served, those in flight now (yellow:
+    the cluster is sending work away), and a spent budget or a failure (red)."""
+    peers = snapshot.peers.values()
+    served = sum(p.served for p in peers)
+    now = sum(p.in_flight for p in peers)
+    out = Text(str(served))
+    if now:
+        out.append(f" (+{now} now)", style="bold yellow")
+    spent = [p.name for p in peers if p.budget and p.budget_used >= p.budget]
+    failing = [p.name for p in peers if p.last_error]
+    if spent:
+        out.append(f" {', '.join(spent)} budget spent", style="bold red")
+    elif failing:
+        out.append(f" {', '.join(failing)} failing", style="bold red")
     return out
 
 

@@ -10,7 +10,15 @@ from typing import Any
 
 import openai
 
-from lmtui.config import Config, ModelConfig, NodeConfig, PollConfig, PoolConfig, RouterConfig
+from lmtui.config import (
+    Config,
+    ModelConfig,
+    NodeConfig,
+    PeerConfig,
+    PollConfig,
+    PoolConfig,
+    RouterConfig,
+)
 from lmtui.engine.engine import Engine
 from lmtui.sim import SimCluster, SimNodeSpec
 
@@ -25,6 +33,7 @@ async def routed(
     pool: PoolConfig | None = None,
     request_log: Path | None = None,
     node_overrides: dict[str, dict[str, Any]] | None = None,
+    peers: list[PeerConfig] | None = None,
 ) -> AsyncIterator[tuple[SimCluster, Engine]]:
     """Simulated nodes + an engine routing to them, with one poll of every node done."""
     async with SimCluster(specs, time_scale=time_scale) as cluster:
@@ -45,6 +54,7 @@ async def routed(
             router=router or RouterConfig(),
             models=models or [],
             pool=pool or PoolConfig(reserved_gb=0),
+            peers=peers or [],
         )
         engine = Engine(cfg, listen="127.0.0.1:0", request_log=request_log)
         async with engine:

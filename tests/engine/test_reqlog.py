@@ -368,3 +368,61 @@ async def test_a_model_name_or_user_of_megabytes_is_cut_before_the_database(
         await log_.flush()
     ((model, user),) = [(r[1], r[11]) for r in rows(log_.path)]
     assert (model, user) == ("m" * reqlog.MAX_TEXT, "u" * reqlog.MAX_TEXT)
+
+
+V1_SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+INSERT INTO schema_version VALUES (1);
+CREATE TABLE requests (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, model TEXT NOT NULL, node TEXT,
+    queue_wait_s REAL NOT NULL, ttft_s REAL, duration_s REAL NOT NULL, tokens_in INTEGER,
+    tokens_out INTEGER, outcome TEXT NOT NULL, status INTEGER NOT NULL, stream INTEGER NOT NULL,
+    user TEXT
+);
+INSERT INTO requests (at, model, node, queue_wait_s, ttft_s, duration_s, tokens_in,
+    tokens_out, outcome, status, stream, user)
+    VALUES (1700000000.0, 'old', 'mac', 0, 0.1, 1, 1, 1, 'ok', 200, 0, NULL);
+"""
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+async def test_a_version_1_log_gains_the_api_column_and_keeps_its_rows(
+    tmp_path: Path, bulk: bool
+) -> None:
+    path = tmp_path / "requests.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+    log = RequestLog(path)
+    async with asyncio.timeout(10):
+        await log.start()
+        log._bulk = bulk and log._bulk
+        log.record(rec(5, api="messages"))
+        log.record(rec(6))
+        got = await log.recent()
+        await log.stop()
+    assert [(r.model, r.api) for r in got] == [
+        ("qwen3-8b", None),
+        ("qwen3-8b", "messages"),
+        ("old", None),
+    ]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert conn.execute("SELECT api FROM requests ORDER BY id").fetchall() == [
+            (None,),
+            ("messages",),
+            (None,),
+        ]
+
+
+async def test_the_router_logs_which_api_each_request_used(tmp_path: Path) -> None:
+    from _routing import MSG, client, routed
+    from test_router import lms
+
+    path = tmp_path / "requests.sqlite3"
+    async with routed([lms("a", ["m1"], parallel=4)], request_log=path) as (_c, engine):
+        c = client(engine)
+        await c.chat.completions.create(model="m1", messages=MSG, max_tokens=4)
+        await c.responses.create(model="m1", input="hi", max_output_tokens=4)
+        assert engine.request_log is not None
+        got = await engine.request_log.recent()
+    assert sorted(r.api or "" for r in got) == ["chat", "responses"]

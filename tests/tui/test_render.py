@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from rich.text import Text
 
 from lmtui.core.events import Event, EventKind, Level
-from lmtui.core.model import GiB, Health, InstanceState, NodeKind, NodeMetrics
+from lmtui.core.model import GiB, Health, InstanceState, NodeKind, NodeMetrics, PeerState
 from lmtui.tui.render import (
     DEMO_BANNER,
     INSTANCE_COLUMNS,
@@ -23,6 +25,7 @@ from lmtui.tui.render import (
     instance_row_key,
     memory_bar,
     node_row,
+    peers_text,
     truncate,
 )
 
@@ -235,6 +238,22 @@ def test_header_totals_and_source() -> None:
     assert text.endswith("config.toml")
     assert "demo cluster" in header_text(snap, "demo").plain
     assert "read-only" in header_text(snap, "x", read_only=True).plain
+
+
+def test_header_counts_peers_only_when_there_are_some() -> None:
+    snap, _ = fixed_cluster()
+    assert "peers" not in header_text(snap, "x").plain
+    quiet = {"far": PeerState(name="far", served=12)}
+    assert "peers 12" in header_text(replace(snap, peers=quiet), "x").plain
+    busy = {
+        "far": PeerState(name="far", served=12, in_flight=2),
+        "cloud": PeerState(name="cloud", served=3, budget=3, budget_used=3),
+    }
+    text = peers_text(replace(snap, peers=busy))
+    assert text.plain == "15 (+2 now) cloud budget spent"
+    assert any("red" in str(span.style) for span in text.spans)
+    failing = {"far": PeerState(name="far", failed=1, last_error="HTTP 500")}
+    assert peers_text(replace(snap, peers=failing)).plain == "0 far failing"
 
 
 def test_header_context_says_strategy_mode_and_source() -> None:

@@ -25,6 +25,7 @@ from lmtui.config import (
     ModelConfig,
     NodeConfig,
     Overrides,
+    PeerConfig,
     PollConfig,
     PoolConfig,
     PoolNodeConfig,
@@ -603,6 +604,7 @@ def test_example_config_documents_every_key() -> None:
         PoolConfig,
         ModelConfig,
         PoolNodeConfig,
+        PeerConfig,
     ]
     missing = [
         f"{struct.__name__}.{field.encode_name}"
