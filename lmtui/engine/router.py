@@ -72,14 +72,20 @@ SSE_RESPONSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", **SS
 
 #: The requests the fast front serves itself (``lmtui/http/front.py``): request target →
 #: the path it is routed as. Everything else goes to aiohttp, where these are mounted too.
-#: (Anthropic's paths are not here: their key may come as ``x-api-key`` and their errors
-#: have Anthropic's shape, which the front does not give.)
+#: Anthropic's paths are here too: the front hands the router their ``x-api-key`` and
+#: ``anthropic-*`` headers (``CAPTURED``), and its own errors take each path's shape.
 FAST_PATHS = {
     b"/v1/chat/completions": "/v1/chat/completions",
     b"/v1/completions": "/v1/completions",
     b"/v1/embeddings": "/v1/embeddings",
     b"/v1/responses": "/v1/responses",
+    b"/v1/messages": "/v1/messages",
+    b"/v1/messages/count_tokens": "/v1/messages/count_tokens",
 }
+#: Headers the fast front passes on to :meth:`Router.serve`: Anthropic's key and the API
+#: version and beta features an Anthropic client asks for (sent on to the node).
+CAPTURED = frozenset((b"x-api-key", b"anthropic-version", b"anthropic-beta"))
+_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
 _ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error", 500: "server_error"}
 _ERROR_TYPES.update({503: "server_error", 429: "rate_limit_error"})
 
@@ -210,6 +216,8 @@ class Router:
         peers: Peers | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        #: What the fast front hands :meth:`serve` beside the headers it reads itself.
+        self.captured_headers = CAPTURED
         #: Where requests go that the cluster cannot serve in time (``peers.py``).
         self.peers = peers or Peers((), {})
         self._has_peers = bool(self.peers)
@@ -319,16 +327,34 @@ class Router:
         origin: str | None,
         ctype: str | None,
         peer: str | None,
+        extra: Mapping[bytes, str] | None = None,
     ) -> None:
         """The fast front's handler (``lmtui/http/front.py``): one complete request, its
-        head already parsed; the same gate (:meth:`admit`) as aiohttp's path."""
+        head already parsed; the same gate (:meth:`admit`) as aiohttp's path. ``extra``:
+        the ``CAPTURED`` headers the request had."""
         t0 = self.clock()
-        if await self.admit(reply, peer, host, origin, ctype, auth):
-            await self.proxy(reply, path, body, t0)
+        api = BY_PATH[path]
+        if not api.anthropic:
+            if await self.admit(reply, peer, host, origin, ctype, auth):
+                await self.proxy(reply, path, body, t0)
+            return
+        x_api_key = extra.get(b"x-api-key") if extra else None
+        if await self.admit(reply, peer, host, origin, ctype, auth, "POST", api, x_api_key):
+            headers = None
+            if extra:
+                # What the client asks of the node (bounded: the client's strings; llhttp
+                # has refused line breaks in header values).
+                headers = {h: v[:200] for h in _ANTHROPIC_HEADERS if (v := extra.get(h.encode()))}
+            await self.proxy(reply, path, body, t0, headers)
 
-    def error_body(self, status: int, message: str, code: str) -> bytes:
-        """The error JSON of an answer the fast front gives itself (408, 413, 500, 503)."""
-        return error_body(message, _ERROR_TYPES.get(status, "invalid_request_error"), code)
+    def error_body(self, status: int, message: str, code: str, path: str | None = None) -> bytes:
+        """The error JSON of an answer the fast front gives itself (408, 413, 500, 503),
+        in the shape of ``path``'s API (Anthropic's on its paths)."""
+        type_ = _ERROR_TYPES.get(status, "invalid_request_error")
+        api = BY_PATH.get(path) if path is not None else None
+        if api is not None and api.anthropic:
+            return api.error(status, message, type_, code)
+        return error_body(message, type_, code)
 
     async def admit(
         self,
@@ -428,7 +454,7 @@ class Router:
             # they are the client's strings).
             extra = {
                 h: v[:200]
-                for h in ("anthropic-version", "anthropic-beta")
+                for h in _ANTHROPIC_HEADERS
                 if (v := request.headers.get(h)) and "\n" not in v and "\r" not in v
             }
         # Sent by an lmtui to its peer: served here or not at all, never passed on again.

@@ -91,6 +91,9 @@ class Handler(Protocol):
 
     #: Largest request body accepted (413 above it).
     max_body_bytes: int
+    #: Lower-case names of further headers whose values ``serve`` is given (the first copy
+    #: of each), beside the ones the front reads itself.
+    captured_headers: frozenset[bytes]
 
     def serve(
         self,
@@ -102,12 +105,15 @@ class Handler(Protocol):
         origin: str | None,
         ctype: str | None,
         peer: str | None,
+        extra: Mapping[bytes, str] | None = None,
     ) -> Coroutine[Any, Any, None]:
-        """Answer one complete request through ``reply`` (checks, auth and all)."""
+        """Answer one complete request through ``reply`` (checks, auth and all); ``extra``:
+        the ``captured_headers`` it had (None when none)."""
         ...
 
-    def error_body(self, status: int, message: str, code: str) -> bytes:
-        """The API's error JSON for an answer the front gives itself (408, 413, 500, 503)."""
+    def error_body(self, status: int, message: str, code: str, path: str | None = None) -> bytes:
+        """The API's error JSON for an answer the front gives itself (408, 413, 500, 503),
+        in the shape of ``path``'s API when the request's path is known."""
         ...
 
 
@@ -234,6 +240,7 @@ class FastFront(asyncio.Protocol):
     def __init__(self, server: FrontServer) -> None:
         self.server = server
         self.handler = server.handler
+        self._captured = server.handler.captured_headers
         self.parser = httptools.HttpRequestParser(self)
         self.buf = bytearray()
         self.task: asyncio.Task[None] | None = None
@@ -257,7 +264,10 @@ class FastFront(asyncio.Protocol):
         #: The connection now belongs to aiohttp: this object must not touch it again.
         self._handed_on = False
         #: The head parsed and waiting for its body: (head length, body length, path, ...).
-        self._pending: tuple[int, int, str, str, str | None, str | None, str | None] | None
+        self._pending: (
+            tuple[int, int, str, str, str | None, str | None, str | None, dict[bytes, str] | None]
+            | None
+        )
         self._pending = None
         self._reset_head()
 
@@ -351,6 +361,7 @@ class FastFront(asyncio.Protocol):
         self._host: str | None = None
         self._origin: str | None = None
         self._ctype: str | None = None
+        self._extra: dict[bytes, str] | None = None
         self._ours = True
         self._count = 0
         self._seen = 0
@@ -382,6 +393,10 @@ class FastFront(asyncio.Protocol):
             self._ctype = value.rstrip(b" \t").decode("latin-1")
         elif name in _PASS_ON:
             self._ours = False
+        elif name in self._captured:
+            if self._extra is None:
+                self._extra = {}
+            self._extra.setdefault(name, value.rstrip(b" \t").decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         self._keep = self.parser.should_keep_alive()
@@ -434,7 +449,9 @@ class FastFront(asyncio.Protocol):
                     self.close_when_done = True
                 message = f"Request body larger than {self.handler.max_body_bytes} bytes"
                 self._phase = _IDLE
-                self._refuse(413, f"{message} ([router] max_body_bytes).", "request_too_large")
+                self._refuse(
+                    413, f"{message} ([router] max_body_bytes).", "request_too_large", path
+                )
                 return
             pending = self._pending = (
                 end + 4,
@@ -444,10 +461,11 @@ class FastFront(asyncio.Protocol):
                 self._host,
                 self._origin,
                 self._ctype,
+                self._extra,
             )
             if not self._keep:
                 self.close_when_done = True
-        start, length, path, auth, host, origin, ctype = pending
+        start, length, path, auth, host, origin, ctype, extra = pending
         total = start + length
         if len(buf) < total:
             if self._phase != _BODY:
@@ -461,14 +479,14 @@ class FastFront(asyncio.Protocol):
             self.parser.feed_data(body)  # llhttp counts the body off: the message ends
         reply = _Reply(self)
         self.server.served += 1
-        coro = self.handler.serve(reply, path, body, auth, host, origin, ctype, self.addr)
-        self._start(self._guarded(coro, reply))
+        coro = self.handler.serve(reply, path, body, auth, host, origin, ctype, self.addr, extra)
+        self._start(self._guarded(coro, reply, path))
 
     def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         self.task = self.loop.create_task(coro)
         self.task.add_done_callback(self._done)
 
-    async def _guarded(self, coro: Coroutine[Any, Any, None], reply: _Reply) -> None:
+    async def _guarded(self, coro: Coroutine[Any, Any, None], reply: _Reply, path: str) -> None:
         try:
             await coro
         except ConnectionResetError:
@@ -478,12 +496,14 @@ class FastFront(asyncio.Protocol):
             if reply.streaming or reply.sent:
                 self.close_when_done = True  # the answer is incomplete: say so by closing
             else:
-                body = self.handler.error_body(500, "internal error in lmtui", "internal_error")
+                body = self.handler.error_body(
+                    500, "internal error in lmtui", "internal_error", path
+                )
                 await reply.send(500, body, _JSON)
 
-    def _refuse(self, status: int, message: str, code: str) -> None:
+    def _refuse(self, status: int, message: str, code: str, path: str | None = None) -> None:
         """Answer ``status`` with the API's error JSON, as this connection's request."""
-        body = self.handler.error_body(status, message, code)
+        body = self.handler.error_body(status, message, code, path)
         self._start(_Reply(self).send(status, body, _JSON))
 
     def _done(self, task: asyncio.Task[None]) -> None:

@@ -383,6 +383,10 @@ async def echo() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
                 "body": body,
             }
         )
+        if request.path == "/v1/models" and request.method == "GET":  # the polls: m1 is here
+            return web.json_response({"object": "list", "data": [{"id": "m1", "object": "model"}]})
+        if request.path in ("/metrics", "/version"):  # a server without them
+            return web.Response(status=404)
         if request.path == "/stream":
             resp = web.StreamResponse(headers={"X-Node": "yes", "Keep-Alive": "timeout=5"})
             await resp.prepare(request)
@@ -585,3 +589,54 @@ def test_a_404_about_a_previous_response_is_not_an_absent_path() -> None:
     body = b'{"error":{"message":"Response with id \'resp_abc\' not found.","code":404}}'
     assert not RESPONSES.says_absent(404, body, ("m1", "m1", "resp_abc"))
     assert RESPONSES.says_absent(404, b"Not Found", ("m1", "m1", None))
+
+
+async def test_messages_are_served_by_the_fast_front_with_their_headers(
+    echo: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, seen = echo
+    monkeypatch.setenv("LMTUI_NODE_KEY", "node-key")
+    monkeypatch.setenv("LMTUI_TEST_KEY", "sekrit")
+    engine = await _engine_for(url, api_keys_env=["LMTUI_TEST_KEY"], max_body_bytes=4096)
+    async with engine:
+        assert engine.router_url is not None and engine.front is not None
+        await engine.poller.poll_once("n1")
+        async with httpx.AsyncClient(base_url=engine.router_url) as h:
+            r = await h.post(
+                "/v1/messages",
+                content=b'{"model": "m1", "max_tokens": 2, "messages": []}',
+                headers={
+                    **JSON_HEADERS,
+                    "x-api-key": "sekrit",
+                    "anthropic-version": "2023-06-01",
+                    "anthropic-beta": "tools-2024-04-04",
+                },
+            )
+            assert r.status_code == 200, r.text
+            # The fast front served it, not aiohttp.
+            assert (engine.front.served, engine.front.handed_on) == (1, 0)
+            got = seen[-1]["headers"]
+            assert got["anthropic-version"] == "2023-06-01"
+            assert got["anthropic-beta"] == "tools-2024-04-04"
+            assert got["Authorization"] == "Bearer node-key"  # the node's key, not the client's
+            assert got.get("x-api-key") == "node-key"
+            # The front's own refusal (a body over max_body_bytes) is Anthropic-shaped there.
+            r = await h.post(
+                "/v1/messages",
+                content=b"x" * 5000,
+                headers={**JSON_HEADERS, "x-api-key": "sekrit"},
+            )
+            assert r.status_code == 413
+            assert r.json()["type"] == "error"
+            assert r.json()["error"]["type"] == "request_too_large"  # Anthropic's own type
+            # And OpenAI-shaped on OpenAI's paths.
+            r = await h.post("/v1/chat/completions", content=b"x" * 5000, headers={**JSON_HEADERS})
+            assert r.status_code == 413 and "type" in r.json()["error"]
+            # A wrong x-api-key on the fast path: Anthropic's 401.
+            r = await h.post(
+                "/v1/messages",
+                content=b'{"model": "m1", "max_tokens": 2, "messages": []}',
+                headers={**JSON_HEADERS, "x-api-key": "wrong"},
+            )
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+            assert engine.front.handed_on == 0

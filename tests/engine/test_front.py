@@ -398,6 +398,7 @@ def test_reading_resumes_once_the_buffer_drains_below_the_limit() -> None:
 
     class Stub:
         max_body_bytes = 100
+        captured_headers: frozenset[bytes] = frozenset()
 
     class Fallback:
         def __call__(self) -> None: ...
