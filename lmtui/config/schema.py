@@ -217,7 +217,7 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Among nodes where a load fits, which takes it: the one it leaves the least free
     #: memory on (``best-fit``), the one with the most free memory (``most-free``), or the
     #: one whose models are asked for least (``spread``). See docs/architecture.md.
-    placement: Literal["best-fit", "most-free", "spread"] = "most-free"
+    placement: Literal["best-fit", "most-free", "spread"] = "spread"
     #: Unload an unpinned model idle this many seconds (0 = never); ``low`` priority models
     #: at half of it, ``high`` ones never (unless ``idle_ttl_by_priority`` says otherwise).
     idle_ttl: NonNegFloat = 0.0

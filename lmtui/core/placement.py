@@ -92,7 +92,7 @@ class PoolSettings:
     #: a node not named is a host of its own.
     hosts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: Among nodes where a load fits, which one takes it (see ``place``).
-    placement: PlacementRule = "most-free"
+    placement: PlacementRule = "spread"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +188,10 @@ def free_bytes(
     if n is None or n.budget_bytes is None:
         return None
     free = n.budget_bytes - node_used_bytes(snapshot, node, pool, pending_loads)
-    host = host_free_bytes(snapshot, host_nodes(snapshot, node, pool.hosts), pool, pending_loads)
+    group = host_nodes(snapshot, node, pool.hosts)
+    if len(group) == 1:  # a host of its own (the router's hot path): no second sum
+        return free - other_use_bytes(snapshot, group)
+    host = host_free_bytes(snapshot, group, pool, pending_loads)
     return free if host is None else min(free, host)
 
 

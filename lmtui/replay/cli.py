@@ -100,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--placement",
         choices=PLACEMENT_RULES,
-        help="among nodes where a load fits, which takes it (default: most-free; with "
+        help="among nodes where a load fits, which takes it (default: spread; with "
         "--cluster, its [pool] placement)",
     )
     p.add_argument(

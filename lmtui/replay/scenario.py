@@ -102,7 +102,7 @@ class Scenario:
     service: Service = "busy"
     strategy: str = "efficiency"
     #: Among nodes where a load fits, which takes it (``[pool] placement``).
-    placement: str = "most-free"
+    placement: str = "spread"
     #: Node -> host key for nodes that share one machine's memory (``config/hosts.py``).
     hosts: dict[str, str] = field(default_factory=dict)
     #: Never evict a model loaded less than this long ago (``[pool] min_residency``).
