@@ -100,6 +100,10 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     memory_gb: PositiveFloat | None = None
     #: Memory lmtui keeps free on this node in GB; overrides [pool] reserved_gb.
     reserved_gb: NonNegFloat | None = None
+    #: The machine the server runs on: nodes with the same ``host`` share one memory budget.
+    #: Default: nodes reached at one address (the SSH host, else the URL's) share it; a
+    #: loopback node only when its memory is read here (no ``memory_gb``).
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=253)] | None = None
     #: Seconds between polls of this node; overrides [poll] interval.
     poll_interval: PositiveFloat | None = None
     #: Reach the host over SSH too (host memory, ``lms`` CLI, spawning llama-server).
@@ -219,6 +223,10 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: How to choose what to evict: least recently used (``lru``), weighing reload cost
     #: (``cost``), or request rate × reload time / size (``gdsf``).
     eviction: Literal["lru", "cost", "gdsf"] = "lru"
+    #: Among nodes where a load fits, which takes it: the one it leaves the least free
+    #: memory on (``best-fit``), the one with the most free memory (``most-free``), or the
+    #: one whose models are asked for least (``spread``). See docs/architecture.md.
+    placement: Literal["best-fit", "most-free", "spread"] = "spread"
     #: Unload an unpinned model idle this many seconds (0 = never); ``low`` priority models
     #: at half of it, ``high`` ones never (unless ``idle_ttl_by_priority`` says otherwise).
     idle_ttl: NonNegFloat = 0.0

@@ -262,6 +262,12 @@ class Node:
     last_error: str | None = None
     consecutive_failures: int = 0
     memory_error: str | None = None
+    #: When ``memory`` was last read (engine clock); None: never, or it comes from config.
+    memory_at: float | None = None
+    #: When a poll last changed which instances the node has, their states or sizes. A
+    #: host figure read before it may still count a model just unloaded (or miss one just
+    #: loaded), so placement trusts its correction only when read after (``core/hosts.py``).
+    instances_at: float | None = None
     drained: bool = False
     #: Ids of this node's instances in the snapshot (kept by the fold, so that a poll of
     #: one node touches that node's instances only, not every instance of the cluster).

@@ -26,22 +26,30 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal, get_args
 
 from lmtui.core.eviction import (
     CostModel,
     EvictionOrder,
+    EvictionPlan,
     EvictionPolicy,
     LoadSeconds,
+    eviction_blocker,
     holds_place,
     permanent_instances,
     plan_eviction,
 )
+from lmtui.core.hosts import host_budget, host_nodes, other_use_bytes
 from lmtui.core.lifetime import Lifetimes
 from lmtui.core.model import GiB, Health, InstanceKey, InstanceState, Node, Snapshot
 from lmtui.core.units import fmt_bytes
 
 #: (node name, model) pairs whose load the engine has started and not yet seen finish.
 PendingLoads = frozenset[tuple[str, str]]
+
+#: How a load chooses among the nodes where it fits (``[pool] placement``, see ``place``).
+PlacementRule = Literal["best-fit", "most-free", "spread"]
+PLACEMENT_RULES: tuple[str, ...] = get_args(PlacementRule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +88,11 @@ class PoolSettings:
     eviction_order: EvictionOrder | None = None
     #: Idle TTLs per model, priority and load (``core/lifetime.py``).
     lifetimes: Lifetimes = field(default_factory=Lifetimes)
+    #: Node name -> host key, for nodes that share one machine's memory (``core/hosts.py``);
+    #: a node not named is a host of its own.
+    hosts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: Among nodes where a load fits, which one takes it (see ``place``).
+    placement: PlacementRule = "spread"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +141,45 @@ def footprint_bytes(snapshot: Snapshot, model: str, node: str | None, pool: Pool
     return pool.default_footprint_bytes + pool.context_overhead_bytes
 
 
+def node_used_bytes(
+    snapshot: Snapshot, node: str, pool: PoolSettings, pending_loads: PendingLoads = frozenset()
+) -> int:
+    """Bytes loaded on ``node`` plus the footprints of loads pending there that are not yet
+    visible as instances (a model already present is not charged twice)."""
+    used = snapshot.node_loaded_bytes(node)
+    if pending_loads:
+        present = {i.model for i in snapshot.instances_on(node)}
+        for pnode, pmodel in pending_loads:
+            if pnode == node and pmodel not in present:
+                used += footprint_bytes(snapshot, pmodel, node, pool)
+    return used
+
+
+def host_free_bytes(
+    snapshot: Snapshot,
+    nodes: tuple[str, ...],
+    pool: PoolSettings,
+    pending_loads: PendingLoads = frozenset(),
+) -> int | None:
+    """Budget left on the host of ``nodes`` (``core/hosts.py``): its budget less what every
+    node on it holds or is loading, less the other use its own figure shows. None when no
+    node of it knows its memory."""
+    budget = host_budget(snapshot, nodes)
+    if budget is None:
+        return None
+    used = sum(node_used_bytes(snapshot, n, pool, pending_loads) for n in nodes)
+    return budget - used - other_use_bytes(snapshot, nodes)
+
+
 def free_bytes(
     snapshot: Snapshot,
     node: str,
     pool: PoolSettings,
     pending_loads: PendingLoads = frozenset(),
 ) -> int | None:
-    """Budget left on ``node`` for new loads, or ``None`` when its memory is unknown.
+    """Budget left on ``node`` for new loads, or ``None`` when its memory is unknown: the
+    smaller of the node's own and its host's (which the host's other nodes and the memory
+    used outside lmtui's models take from too; ``host_free_bytes``).
 
     Pending loads not yet visible as instances are charged their footprint, so two loads
     started in quick succession do not both count on the same free memory.
@@ -142,12 +187,12 @@ def free_bytes(
     n = snapshot.nodes.get(node)
     if n is None or n.budget_bytes is None:
         return None
-    used = snapshot.node_loaded_bytes(node)
-    present = {i.model for i in snapshot.instances_on(node)}
-    for pnode, pmodel in pending_loads:
-        if pnode == node and pmodel not in present:
-            used += footprint_bytes(snapshot, pmodel, node, pool)
-    return n.budget_bytes - used
+    free = n.budget_bytes - node_used_bytes(snapshot, node, pool, pending_loads)
+    group = host_nodes(snapshot, node, pool.hosts)
+    if len(group) == 1:  # a host of its own (the router's hot path): no second sum
+        return free - other_use_bytes(snapshot, group)
+    host = host_free_bytes(snapshot, group, pool, pending_loads)
+    return free if host is None else min(free, host)
 
 
 def places_needed(snapshot: Snapshot, node: str, pending_loads: PendingLoads = frozenset()) -> int:
@@ -182,6 +227,13 @@ def _tier(node: Node) -> int:
     return 0 if node.health is Health.HEALTHY else 1
 
 
+def _demand(snapshot: Snapshot, node: str, pool: PoolSettings, pending: PendingLoads) -> float:
+    """Requests per second for the models on ``node`` (resident or pending there)."""
+    models = {i.model for i in snapshot.instances_on(node)}
+    models.update(m for n, m in pending if n == node)
+    return sum(pool.request_rate.get(m, 0.0) for m in models)
+
+
 def place(
     snapshot: Snapshot,
     model: str,
@@ -195,7 +247,12 @@ def place(
 ) -> Placement | NoPlacement:
     """Choose the node for a new load of ``model``, planning evictions if needed.
 
-    ``exclude`` names nodes not to use (e.g. ones that already hold a replica).
+    ``exclude`` names nodes not to use (e.g. ones that already hold a replica). Among the
+    nodes where it fits as is, ``pool.placement`` chooses: ``best-fit`` the one it leaves
+    the least free memory on (big gaps stay whole for big models), ``most-free`` the one
+    with the most free memory, ``spread`` the one whose models are asked for least (the
+    decayed request rates), so hot models do not share a node's slots; healthy before
+    suspect always, then the least busy, then the seeded rotation.
     """
     requester = pool.priorities.get(model, "normal")
     candidates = [
@@ -227,13 +284,31 @@ def place(
         # Known memory before unknown; then most free; then least busy; then rotation.
         return (_tier(n), free is None, -(free or 0), busy, rot[n.name])
 
+    def fit_rank(n: Node) -> tuple[int, bool, float, int, int, int]:
+        fp, free, busy = info[n.name]
+        if free is None:
+            return (_tier(n), True, 0.0, 0, busy, rot[n.name])
+        if pool.placement == "best-fit":
+            return (_tier(n), False, float(free - fp), 0, busy, rot[n.name])
+        if pool.placement == "spread":
+            demand = _demand(snapshot, n.name, pool, pending_loads)
+            return (_tier(n), False, demand, -free, busy, rot[n.name])
+        return (_tier(n), False, float(-free), 0, busy, rot[n.name])
+
     ranked = sorted(eligible, key=rank)
-    for n in ranked:
+    fits = [
+        n
+        for n in ranked
+        if places[n.name] == 0 and ((free := info[n.name][1]) is None or info[n.name][0] <= free)
+    ]
+    if fits:
+        n = min(fits, key=fit_rank)
         fp, free, _ = info[n.name]
-        if places[n.name] == 0 and (free is None or fp <= free):
-            room = "unknown free memory" if free is None else f"{fmt_bytes(free)} free"
-            why = f"{n.name} has {room}, {model} needs {fmt_bytes(fp)}"
-            return Placement(n.name, fp, (), why)
+        room = "unknown free memory" if free is None else f"{fmt_bytes(free)} free"
+        why = f"{n.name} has {room}, {model} needs {fmt_bytes(fp)}"
+        if len(fits) > 1 and free is not None:
+            why += f" ({pool.placement} of {len(fits)} nodes where it fits)"
+        return Placement(n.name, fp, (), why)
 
     may_fit_later = False
     best: tuple[float, Placement] | None = None
@@ -243,6 +318,7 @@ def place(
         budget = n.budget_bytes
         if (free is None or budget is None) and need_places == 0:
             continue  # unknown memory was accepted in the loop above
+        group = host_nodes(snapshot, n.name, pool.hosts)
         stuck = permanent_instances(
             snapshot,
             n.name,
@@ -255,25 +331,13 @@ def place(
         held = sum(1 for i in stuck if holds_place(i))
         if n.max_instances is not None and held + 1 > n.max_instances:
             continue  # pinned / higher-priority models hold every place, forever
+        if free is not None and _host_too_small(snapshot, group, fp, pool, requester):
+            continue  # the host's pinned models and other use leave too little
         may_fit_later = True
         if not allow_eviction or n.name in pool.no_unload_nodes:
             continue
-        plan = plan_eviction(
-            snapshot,
-            n.name,
-            fp - free if free is not None else 0,
-            now,
-            pool.eviction_policy,
-            pool.pinned,
-            pool.min_residency_s,
-            pool.priorities,
-            request_rate=pool.request_rate,
-            requester_priority=requester,
-            keep_model=model,
-            cost=pool.cost,
-            need_count=need_places,
-            order=pool.eviction_order,
-            load_s=pool.load_s,
+        plan = _room_plan(
+            snapshot, n, group, fp, free, need_places, now, pool, model, pending_loads
         )
         if plan is None:
             continue
@@ -295,4 +359,140 @@ def place(
         f"{model} ({fmt_bytes(fp_any)}) does not fit on any eligible node "
         f"even after evicting everything unpinned",
         False,
+    )
+
+
+def _host_too_small(
+    snapshot: Snapshot, group: tuple[str, ...], fp: int, pool: PoolSettings, requester: str
+) -> bool:
+    """Does the host of ``group`` lack room for ``fp`` even with every evictable instance on
+    it gone: its budget less its pinned and higher-priority models and its other use."""
+    if len(group) == 1 and not other_use_bytes(snapshot, group):
+        return False  # the node's own check said it all
+    budget = host_budget(snapshot, group)
+    if budget is None:
+        return False
+    stuck = sum(
+        i.size_bytes or 0
+        for name in group
+        for i in permanent_instances(
+            snapshot,
+            name,
+            pinned=pool.pinned,
+            priorities=pool.priorities,
+            requester_priority=requester,
+        )
+    )
+    return fp > budget - stuck - other_use_bytes(snapshot, group)
+
+
+def _plan_on(
+    snapshot: Snapshot,
+    node: str,
+    need: int,
+    count: int,
+    now: float,
+    pool: PoolSettings,
+    model: str,
+) -> EvictionPlan | None:
+    return plan_eviction(
+        snapshot,
+        node,
+        need,
+        now,
+        pool.eviction_policy,
+        pool.pinned,
+        pool.min_residency_s,
+        pool.priorities,
+        request_rate=pool.request_rate,
+        requester_priority=pool.priorities.get(model, "normal"),
+        keep_model=model,
+        cost=pool.cost,
+        need_count=count,
+        order=pool.eviction_order,
+        load_s=pool.load_s,
+    )
+
+
+def _room_plan(
+    snapshot: Snapshot,
+    n: Node,
+    group: tuple[str, ...],
+    fp: int,
+    free: int | None,
+    need_places: int,
+    now: float,
+    pool: PoolSettings,
+    model: str,
+    pending_loads: PendingLoads,
+) -> EvictionPlan | None:
+    """The evictions that make room for ``fp`` on ``n``: bytes on the node itself for its
+    own budget, and bytes anywhere on its host for the host's budget.
+
+    The node's own victims free both; a victim on another node of the host frees only the
+    host's memory. So: every victim on ``n`` (the first choice), or, when ``n`` alone
+    cannot free enough for the host, what ``n`` must free for itself plus the rest from the
+    host's other nodes. A priced policy takes the cheaper of the two.
+    """
+    if free is None or n.budget_bytes is None:
+        return _plan_on(snapshot, n.name, 0, need_places, now, pool, model)
+    need = fp - free  # the larger of the node's and the host's shortfall
+    local = _plan_on(snapshot, n.name, need, need_places, now, pool, model)
+    others = [o for o in group if o != n.name and o not in pool.no_unload_nodes]
+    if not others or (local is not None and local.loss is None):
+        return local
+    own = fp - (n.budget_bytes - node_used_bytes(snapshot, n.name, pool, pending_loads))
+    first = _plan_on(snapshot, n.name, max(0, own), need_places, now, pool, model)
+    if first is None:
+        return local
+    evict = list(first.evict)
+    freed = first.frees_bytes
+    loss = first.loss
+    for o in others:
+        if freed >= need:
+            break
+        plan = _plan_on(snapshot, o, need - freed, 0, now, pool, model)
+        if plan is None:  # take what that node can give, and look further
+            plan = _plan_on(
+                snapshot, o, _evictable_bytes(snapshot, o, now, pool, model), 0, now, pool, model
+            )
+            if plan is None:
+                continue
+        evict.extend(plan.evict)
+        freed += plan.frees_bytes
+        if loss is not None and plan.loss is not None:
+            loss += plan.loss
+    if freed < need:
+        return local
+    names = ", ".join(f"{snapshot.instances[k].model} on {k[0]}" for k in evict)
+    host = EvictionPlan(
+        n.name,
+        tuple(evict),
+        freed,
+        f"evict {names} (its host's memory): frees {fmt_bytes(freed)}, {fmt_bytes(need)} needed",
+        loss,
+    )
+    if local is None or (loss is not None and local.loss is not None and loss < local.loss):
+        return host
+    return local
+
+
+def _evictable_bytes(
+    snapshot: Snapshot, node: str, now: float, pool: PoolSettings, model: str
+) -> int:
+    """Bytes of the instances on ``node`` that may be evicted now for ``model``."""
+    requester = pool.priorities.get(model, "normal")
+    return sum(
+        i.size_bytes or 0
+        for i in snapshot.instances_on(node)
+        if i.model != model
+        and eviction_blocker(
+            i,
+            now,
+            pinned=pool.pinned,
+            min_residency_s=pool.min_residency_s,
+            priorities=pool.priorities,
+            requester_priority=requester,
+        )
+        is None
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from lmtui.core.model import InstanceKey, Snapshot
 from lmtui.core.placement import PoolSettings
@@ -110,3 +111,21 @@ def eviction_steps(
             )
         )
     return out
+
+
+def without(snapshot: Snapshot, removed: Iterable[InstanceKey]) -> Snapshot:
+    """``snapshot`` as the planner's next step sees it: the instances earlier steps unload
+    gone. Placing on the snapshot as it was would count their memory free once per load
+    (two loads evicting the same victim, past the budget at the second)."""
+    gone = set(removed)
+    if not gone.intersection(snapshot.instances):
+        return snapshot
+    kept = {k: v for k, v in snapshot.instances.items() if k not in gone}
+    return Snapshot(
+        snapshot.version,
+        snapshot.at,
+        snapshot.nodes,
+        MappingProxyType(kept),
+        snapshot.queue_depth,
+        snapshot.circuits,
+    )

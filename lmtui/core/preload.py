@@ -27,17 +27,18 @@ Deterministic: the same inputs give the same plan (ties are broken by name and b
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from lmtui.core.eviction import PRIORITY_RANK
+from lmtui.core.hosts import host_budget, host_groups, other_use_bytes
 from lmtui.core.lifetime import wanted_ttl
 from lmtui.core.model import InstanceState, Snapshot
 from lmtui.core.placement import (
     PendingLoads,
     Placement,
     PoolSettings,
-    footprint_bytes,
+    node_used_bytes,
     place,
     stable_seed,
 )
@@ -56,39 +57,6 @@ class PreloadSettings:
     keep_free: float = 0.10
     #: Models asked for less often than this (decayed requests per hour) are not preloaded.
     min_rate_per_h: float = 1.0
-
-
-def host_groups(
-    snapshot: Snapshot, hosts: Mapping[str, str] | None
-) -> Mapping[str, tuple[str, ...]]:
-    """Host key -> the nodes on it; a node ``hosts`` does not name is a host of its own."""
-    groups: dict[str, list[str]] = {}
-    for name in sorted(snapshot.nodes):
-        key = (hosts or {}).get(name, f"node:{name}")
-        groups.setdefault(key, []).append(name)
-    return MappingProxyType({k: tuple(v) for k, v in groups.items()})
-
-
-def node_used_bytes(
-    snapshot: Snapshot, node: str, pool: PoolSettings, planned: PendingLoads
-) -> int:
-    """Bytes loaded on ``node`` plus the footprints of loads planned or pending there (a
-    model already present is not charged twice), as ``placement.free_bytes`` counts."""
-    used = snapshot.node_loaded_bytes(node)
-    present = {i.model for i in snapshot.instances_on(node)}
-    for pnode, pmodel in planned:
-        if pnode == node and pmodel not in present:
-            used += footprint_bytes(snapshot, pmodel, node, pool)
-    return used
-
-
-def host_budget(snapshot: Snapshot, nodes: tuple[str, ...]) -> int | None:
-    """The budget of a host holding ``nodes``: each of them reports the whole machine, so
-    the smallest of their budgets (None when none is known)."""
-    budgets = [
-        b for n in nodes if (node := snapshot.nodes.get(n)) and (b := node.budget_bytes) is not None
-    ]
-    return min(budgets) if budgets else None
 
 
 def ranking(
@@ -117,11 +85,14 @@ def plan_preload(
     """The preload steps for now (loads only, code ``preload``); see the module docstring.
 
     ``rates`` are requests per second per model; ``last_request`` when each model was last
-    asked for; ``hosts`` maps nodes to a host key (nodes on one machine share its memory).
+    asked for; ``hosts`` maps nodes to a host key (nodes on one machine share its memory),
+    ``pool.hosts`` when not given.
     """
     if not settings.enabled or settings.max_models <= 0:
         return ()
-    groups = host_groups(snapshot, hosts)
+    if hosts is not None and hosts != pool.hosts:  # placement must see the same hosts
+        pool = replace(pool, hosts=MappingProxyType(dict(hosts)))
+    groups = host_groups(snapshot, pool.hosts)
     host_of = {n: h for h, ns in groups.items() for n in ns}
     planned = set(pending_loads)
     # Already loading something (lmtui's load, or one the node shows): not now.
@@ -191,11 +162,12 @@ def _fits(
     left = budget - node_used_bytes(snapshot, p.node, pool, frozen) - p.footprint_bytes
     if left < settings.keep_free * budget:
         return f"{p.node} would keep only {fmt_bytes(max(0, left))} free"
-    if len(host_nodes) > 1:
+    other = other_use_bytes(snapshot, host_nodes)
+    if len(host_nodes) > 1 or other:
         hb = host_budget(snapshot, host_nodes)
         if hb is None:
             return "its host's memory is unknown"
-        used = sum(node_used_bytes(snapshot, n, pool, frozen) for n in host_nodes)
+        used = sum(node_used_bytes(snapshot, n, pool, frozen) for n in host_nodes) + other
         hleft = hb - used - p.footprint_bytes
         if hleft < settings.keep_free * hb:
             return f"its host would keep only {fmt_bytes(max(0, hleft))} free"

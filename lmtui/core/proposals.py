@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from lmtui.core.model import Instance, InstanceKey, InstanceState, Snapshot
 from lmtui.core.placement import PendingLoads, Placement, place, stable_seed
-from lmtui.core.plan import PlanStep, RebalancePlan, eviction_steps, make_plan
+from lmtui.core.plan import PlanStep, RebalancePlan, eviction_steps, make_plan, without
 from lmtui.core.scheduler import SchedulerSettings
 
 _PRESENT = (InstanceState.LOADED, InstanceState.LOADING)
@@ -85,7 +85,7 @@ def _drain_moves(
             ) or any(m == model and n != node for n, m in planned)
             if not elsewhere:
                 p = place(
-                    snapshot,
+                    without(snapshot, removed),
                     model,
                     now,
                     pool,
@@ -160,7 +160,7 @@ def _spreads(
         if not queued and not all(i.busy >= i.slots_total for i in live):
             continue
         p = place(
-            snapshot,
+            without(snapshot, removed),
             model,
             now,
             pool,

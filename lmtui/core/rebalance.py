@@ -24,7 +24,7 @@ from dataclasses import replace
 
 from lmtui.core.model import Instance, InstanceKey, InstanceState, Snapshot
 from lmtui.core.placement import PendingLoads, Placement, place, stable_seed
-from lmtui.core.plan import PlanStep, RebalancePlan, eviction_steps, make_plan
+from lmtui.core.plan import PlanStep, RebalancePlan, eviction_steps, make_plan, without
 from lmtui.core.proposals import plan_proposals
 from lmtui.core.scheduler import SchedulerSettings, replica_deficits
 
@@ -95,7 +95,12 @@ def plan_upkeep(
         if present or any(m == model for _, m in planned):
             continue
         p = place(
-            snapshot, model, now, pool, pending_loads=frozenset(planned), seed=stable_seed(model)
+            without(snapshot, removed),
+            model,
+            now,
+            pool,
+            pending_loads=frozenset(planned),
+            seed=stable_seed(model),
         )
         if isinstance(p, Placement):
             add_load(
@@ -107,8 +112,8 @@ def plan_upkeep(
                 "pinned",
             )
 
-    for load in replica_deficits(snapshot, settings, now, frozenset(planned)):
-        if (load.node, load.model) not in planned:
+    for load in replica_deficits(without(snapshot, removed), settings, now, frozenset(planned)):
+        if (load.node, load.model) not in planned and not removed.intersection(load.evict):
             add_load(
                 load.node,
                 load.model,

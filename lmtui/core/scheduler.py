@@ -33,6 +33,7 @@ from lmtui.core.placement import (
     rotation,
     stable_seed,
 )
+from lmtui.core.plan import without
 
 
 class Strategy(StrEnum):
@@ -385,6 +386,7 @@ def replica_deficits(
     """Loads that bring models below ``min_replicas`` one replica closer, for the pool
     manager to run without waiting for traffic. At most one per model per call."""
     loads: list[Load] = []
+    evicted: set[InstanceKey] = set()
     for model, want in sorted(settings.min_replicas.items()):
         instances = list(snapshot.instances_of(model))
         pending = {n for n, m in pending_loads if m == model}
@@ -401,7 +403,7 @@ def replica_deficits(
             continue
         occupied = frozenset({i.node for i in instances} | pending)
         p = place(
-            snapshot,
+            without(snapshot, evicted),
             model,
             now,
             settings.pool,
@@ -412,6 +414,7 @@ def replica_deficits(
         if isinstance(p, Placement):
             reason = f"{model} has {count} of at least {want} replicas; {p.reason}"
             loads.append(Load(p.node, model, p.evict, reason, p.footprint_bytes, "min_replicas"))
-            # Later models see this load's memory as taken.
+            # Later models see this load's memory as taken, and its victims as gone.
             pending_loads = pending_loads | {(p.node, model)}
+            evicted.update(p.evict)
     return tuple(loads)

@@ -72,7 +72,7 @@ def fold(snap: Snapshot, obs: Observation, ctx: FoldContext) -> tuple[Snapshot, 
             obs.memory is not None
             and ctx.node_settings.get(node.name, NodeSettings()).memory_bytes is None
         ):
-            node = replace(node, memory=obs.memory, memory_error=None)
+            node = replace(node, memory=obs.memory, memory_error=None, memory_at=obs.at)
         elif obs.error is not None:
             node = replace(node, memory_error=obs.error)
     return with_node(snap, node, instances, at=obs.at), events
@@ -157,10 +157,13 @@ def _fold_ok(
     )
     instances = snap.instances
     if obs.instances is not None:
+        before = _memory_shape(snap.instances, node)
         instances = _merge_instances(snap, node, obs, settings, ctx, events)
         node = replace(
             node, instance_ids=tuple(dict.fromkeys(i.instance_id for i in obs.instances))
         )
+        if _memory_shape(instances, node) != before:
+            node = replace(node, instances_at=obs.at)
     loaded = sum(instances[(node.name, i)].size_bytes or 0 for i in node.instance_ids)
     if settings.memory_bytes is not None:
         node = replace(
@@ -172,8 +175,20 @@ def _fold_ok(
             ),
         )
     elif obs.memory is not None and (node.memory is None or node.memory.source == "backend"):
-        node = replace(node, memory=obs.memory)
+        node = replace(node, memory=obs.memory, memory_at=obs.at)
     return node, instances
+
+
+def _memory_shape(
+    instances: Mapping[InstanceKey, Instance], node: Node
+) -> frozenset[tuple[str, InstanceState, int | None]]:
+    """What of a node's instances its host's memory follows: which, their states, sizes."""
+    out = set()
+    for iid in node.instance_ids:
+        inst = instances.get((node.name, iid))
+        if inst is not None:
+            out.add((iid, inst.state, inst.size_bytes))
+    return frozenset(out)
 
 
 def _rate(node: Node, obs: NodeObservation) -> float | None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from lmtui.backends.base import Backend
 from lmtui.config import GB, Config
+from lmtui.config.hosts import host_keys
 from lmtui.core.lifetime import Lifetimes
 from lmtui.core.model import InstanceState, Snapshot
 from lmtui.core.placement import PoolSettings
@@ -50,6 +50,8 @@ def scheduler_settings(
             no_load_nodes=no_load,
             no_unload_nodes=no_unload,
             lifetimes=lifetimes(config),
+            hosts=MappingProxyType(host_keys(config)),
+            placement=config.pool.placement,
         ),
     )
 
@@ -74,19 +76,6 @@ def preload_settings(config: Config) -> PreloadSettings:
         keep_free=pool.preload_keep_free,
         min_rate_per_h=pool.preload_min_rate,
     )
-
-
-def host_keys(config: Config) -> dict[str, str]:
-    """Nodes that share a machine's memory, by host: the nodes reached over SSH at the same
-    host and port (each reports the whole machine). A node without SSH is a host of its
-    own: two servers on one address may still be two machines behind one gateway, and the
-    simulator runs many "machines" on 127.0.0.1."""
-    out: dict[str, str] = {}
-    for n in config.nodes:
-        if n.ssh is not None:
-            host = n.ssh.host or urlsplit(n.url).hostname or ""
-            out[n.name] = f"ssh:{host.lower()}:{n.ssh.port}"
-    return out
 
 
 def no_load_nodes(backends: dict[str, Backend]) -> frozenset[str]:

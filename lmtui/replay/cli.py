@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtui.config import ConfigError, load_config
+from lmtui.core.placement import PLACEMENT_RULES
 from lmtui.replay.export import ExportError, parse_since, read_log, write_csv
 from lmtui.replay.report import format_report
 from lmtui.replay.run import compare
@@ -97,6 +98,12 @@ def parser() -> argparse.ArgumentParser:
         "--strategy", choices=("efficiency", "spread", "replicas"), help="routing strategy"
     )
     p.add_argument(
+        "--placement",
+        choices=PLACEMENT_RULES,
+        help="among nodes where a load fits, which takes it (default: spread; with "
+        "--cluster, its [pool] placement)",
+    )
+    p.add_argument(
         "--service",
         choices=("busy", "instant"),
         default="busy",
@@ -172,6 +179,8 @@ def build(args: argparse.Namespace) -> tuple[list[TraceRequest], Scenario, dict[
     changes: dict[str, Any] = {"service": args.service}
     if args.strategy is not None:
         changes["strategy"] = args.strategy
+    if args.placement is not None:
+        changes["placement"] = args.placement
     if args.min_residency is not None:
         changes["min_residency_s"] = args.min_residency
     about = {"trace": str(args.trace), "rate_scale": args.rate_scale, "seed": args.seed}

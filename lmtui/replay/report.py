@@ -106,7 +106,8 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines = [
         f"lmtui replay of {sc['trace']}: {sc['requests']:,} requests over "
         f"{sc['trace_span_s']:,.0f} s (rate ×{sc['rate_scale']:g}); service {sc['service']}, "
-        f"strategy {sc['strategy']}, min residency {sc['min_residency_s']:g} s",
+        f"strategy {sc['strategy']}, placement {sc.get('placement', 'spread')}, "
+        f"min residency {sc['min_residency_s']:g} s",
     ]
     if sc.get("assignment"):
         lines.append(f"models: {sc['assignment']['rule']}")

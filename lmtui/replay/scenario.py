@@ -18,8 +18,9 @@ and an instance with a request in flight cannot be evicted; ``instant`` serves a
 of requests at once in no time, so only loads make anyone wait: that isolates eviction.
 
 ``--cluster FILE`` takes lmtui's own ``config.toml`` (:func:`from_config`): its nodes'
-``memory_gb`` (required here), ``reserved_gb`` and ``slots``; ``[pool]`` ``reserved_gb``
-and ``min_residency``; ``[router]`` ``strategy``, ``queue_depth`` and ``queue_timeout``;
+``memory_gb`` (required here), ``reserved_gb``, ``slots`` and hosts (nodes on one machine
+share its budget, ``config/hosts.py``); ``[pool]`` ``reserved_gb``, ``min_residency`` and
+``placement``; ``[router]`` ``strategy``, ``queue_depth`` and ``queue_timeout``;
 its models' ``size_gb``, ``pinned``, ``priority`` and ``slots``. The physics that a config
 does not hold (load and token speeds) are the same for every node, from the command line.
 """
@@ -33,6 +34,7 @@ from itertools import accumulate
 from typing import Any, Literal
 
 from lmtui.config import GB, Config
+from lmtui.config.hosts import host_keys
 from lmtui.replay.trace import TraceRequest
 
 Service = Literal["busy", "instant"]
@@ -99,6 +101,10 @@ class Scenario:
     models: tuple[ModelSpec, ...] = ()
     service: Service = "busy"
     strategy: str = "efficiency"
+    #: Among nodes where a load fits, which takes it (``[pool] placement``).
+    placement: str = "spread"
+    #: Node -> host key for nodes that share one machine's memory (``config/hosts.py``).
+    hosts: dict[str, str] = field(default_factory=dict)
     #: Never evict a model loaded less than this long ago (``[pool] min_residency``).
     min_residency_s: float = 30.0
     #: Requests that may wait per model before 429s; None: no limit.
@@ -134,6 +140,8 @@ class Scenario:
             ],
             "service": self.service,
             "strategy": self.strategy,
+            "placement": self.placement,
+            "hosts": dict(self.hosts),
             "min_residency_s": self.min_residency_s,
             "queue_depth": self.queue_depth,
             "queue_timeout_s": self.queue_timeout_s,
@@ -244,6 +252,8 @@ def from_config(config: Config, source: str, **physics: Any) -> Scenario:
     return Scenario(
         nodes=tuple(nodes),
         strategy=config.router.strategy,
+        placement=config.pool.placement,
+        hosts=host_keys(config),
         min_residency_s=config.pool.min_residency,
         queue_depth=config.router.queue_depth,
         queue_timeout_s=config.router.queue_timeout,

@@ -197,6 +197,8 @@ class Replay:
             ),
             min_residency_s=scenario.min_residency_s,
             eviction_order=order,
+            hosts=MappingProxyType(dict(scenario.hosts)),
+            placement=scenario.placement,  # type: ignore[arg-type]
         )
         self.settings = SchedulerSettings(known_models=frozenset(self.models), pool=pool)
         self.strategy = Strategy(scenario.strategy)
@@ -474,8 +476,10 @@ class Replay:
                 self._check_victim(inst)
             del self.insts[victim]
             self.loaded[inst.model] -= 1
-            st.used_bytes -= inst.size_bytes or 0
-            st.evictions += 1
+            vst = res.nodes[inst.node]  # a victim may be on another node of the host
+            vst.advance(self.now)
+            vst.used_bytes -= inst.size_bytes or 0
+            vst.evictions += 1
             res.evictions += 1
         spec = self.specs[d.node]
         size = self.models[d.model].size_bytes
@@ -492,11 +496,8 @@ class Replay:
             res.first_loads += 1
         self._snap = None
         self._unstall(d.model)
-        if self.audit and st.used_bytes > spec.budget_bytes:
-            raise ReplayInvariantError(
-                f"{d.node} holds {st.used_bytes} bytes over its budget of "
-                f"{spec.budget_bytes} after planning {d.model}: {d.reason}"
-            )
+        if self.audit:
+            self._check_budgets(d)
         self._push(self.now + duration, _LOADED, key)
 
     def _loaded(self, key: tuple[str, str]) -> None:
@@ -524,6 +525,27 @@ class Replay:
         if self.sc.min_residency_s > 0:
             # The moment this instance may be evicted: a model stalled by then looks again.
             self._push(self.now + self.sc.min_residency_s + _EPS, _WAKE, None)
+
+    def _check_budgets(self, d: Load) -> None:
+        """After a load is planned: no node and no host over its budget."""
+        nodes = self.result.nodes
+        spec = self.specs[d.node]
+        if nodes[d.node].used_bytes > spec.budget_bytes:
+            raise ReplayInvariantError(
+                f"{d.node} holds {nodes[d.node].used_bytes} bytes over its budget of "
+                f"{spec.budget_bytes} after planning {d.model}: {d.reason}"
+            )
+        key = self.sc.hosts.get(d.node)
+        if key is None:
+            return
+        peers = [n for n, k in self.sc.hosts.items() if k == key and n in self.specs]
+        used = sum(nodes[n].used_bytes for n in peers)
+        budget = min(self.specs[n].budget_bytes for n in peers)
+        if used > budget:
+            raise ReplayInvariantError(
+                f"host of {', '.join(peers)} holds {used} bytes over its budget of {budget} "
+                f"after planning {d.model} on {d.node}: {d.reason}"
+            )
 
     def _check_victim(self, inst: Instance) -> None:
         pinned = self.settings.pool.pinned

@@ -77,6 +77,9 @@ def node_summary(node: Node, snapshot: Snapshot, now: float) -> Text:
             f"{fmt_bytes(mem.available_bytes)} available"
         )
         host.append(f"  (from {mem.source})", style="dim")
+        other = mem.used_bytes - sum(i.size_bytes or 0 for i in insts)
+        if mem.source not in ("config", "unknown") and other > 0:
+            host.append(f"; {fmt_bytes(other)} of it beyond this node's models")
         if mem.pressure_free_pct is not None:
             host.append(f"  pressure: {mem.pressure_free_pct:.0f}% free")
         if mem.gpu_total_bytes:

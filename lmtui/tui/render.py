@@ -167,23 +167,56 @@ def truncate(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
-def memory_bar(used: int | None, total: int | None, width: int = BAR_WIDTH) -> Text:
-    """A fixed-width bar of used memory, coloured by how full it is, then ``used/total GB``.
+def memory_bar(
+    used: int | None,
+    total: int | None,
+    width: int = BAR_WIDTH,
+    *,
+    other: int = 0,
+    budget: int | None = None,
+) -> Text:
+    """A fixed-width bar of memory, coloured by how full it is, then ``used/total GB``.
 
-    Green below 70 %, yellow below 90 %, red above: at 90 % a further model load on a
-    unified-memory Mac starts to swap. Unknown memory renders as a dim ``unknown`` so the
-    column keeps its width.
+    ``used`` is what the models take (the backends' sizes), ``other`` what the host's own
+    figure shows in use beyond them (other programs, models lmtui does not know): ``█``
+    models, ``▒`` other use, ``░`` free within the budget, ``·`` the reserve past the
+    ``budget`` (total less ``reserved_gb``). With other use the figure reads
+    ``models+other/total GB``. Green below 70 % of the total in use, yellow below 90 %,
+    red above: at 90 % a further model load on a unified-memory Mac starts to swap.
+    Unknown memory renders as a dim ``unknown`` so the column keeps its width.
     """
     if used is None or total is None or total <= 0:
         return Text("unknown".ljust(width) + " " + NONE, style="dim")
-    frac = min(1.0, max(0.0, used / total))
-    filled = round(frac * width)
+    used = max(0, min(used, total))
+    other = max(0, min(other, total - used))
+    frac = (used + other) / total
+    cap = total if budget is None else max(0, min(budget, total))
+    models_end = round(used / total * width)
+    other_end = max(models_end, round((used + other) / total * width))
+    budget_end = max(other_end, round(cap / total * width))
     colour = "green" if frac < 0.7 else "yellow" if frac < 0.9 else "red"
     bar = Text()
-    bar.append("█" * filled, style=colour)
-    bar.append("░" * (width - filled), style="dim")
-    bar.append(f" {used / GiB:.1f}/{total / GiB:.1f} GB")
+    bar.append("█" * models_end, style=colour)
+    bar.append("▒" * (other_end - models_end), style="magenta")
+    bar.append("░" * (budget_end - other_end), style="dim")
+    bar.append("·" * (width - budget_end), style="dim")
+    if other >= GiB // 10:
+        bar.append(f" {used / GiB:.1f}+{other / GiB:.1f}/{total / GiB:.1f} GB")
+    else:
+        bar.append(f" {(used + other) / GiB:.1f}/{total / GiB:.1f} GB")
     return bar
+
+
+def memory_cell(node: Node, instances: Sequence[Instance]) -> Text:
+    """The node table's memory bar: the models' sizes on ``node``, the rest of what its
+    host's own figure shows in use (SSH or psutil; nothing when the memory comes from the
+    config), and its budget."""
+    mem = node.memory
+    if mem is None:
+        return memory_bar(None, None)
+    models = sum(i.size_bytes or 0 for i in instances)
+    other = mem.used_bytes - models if mem.source not in ("config", "unknown") else 0
+    return memory_bar(models, mem.total_bytes, other=other, budget=node.budget_bytes)
 
 
 def instances_by_node(snapshot: Snapshot) -> dict[str, list[Instance]]:
@@ -242,7 +275,6 @@ def node_row(
                 if opened
                 else f", {len(tripped)} half-open"
             )
-    mem = node.memory
     error = node.last_error or node.memory_error
     tps = node.tokens_per_second
     latency = node.poll_latency_s
@@ -250,7 +282,7 @@ def node_row(
         Text(node.name, style="bold"),
         Text(node.kind.value),
         Text(status, style=HEALTH_STYLE[node.health]),
-        memory_bar(mem.used_bytes if mem else None, mem.total_bytes if mem else None),
+        memory_cell(node, instances),
         _num(str(len(instances))),
         _num(str(node_in_flight(node, instances))),
         _num(str(node_queued(node, instances))),

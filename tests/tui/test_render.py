@@ -101,6 +101,16 @@ def test_memory_bar_fills_in_proportion_and_colours_by_fullness() -> None:
     assert any(span.style == "yellow" for span in memory_bar(50, 64, width=8).spans)
 
 
+def test_memory_bar_splits_models_other_use_free_and_reserve() -> None:
+    bar = memory_bar(20 * GiB, 100 * GiB, width=10, other=30 * GiB, budget=80 * GiB)
+    assert bar.plain == "██▒▒▒░░░·· 20.0+30.0/100.0 GB"
+    styles = {bar.plain[s.start]: s.style for s in bar.spans}
+    assert styles["▒"] == "magenta" and styles["█"] == "green"
+    # Other use past what is left is cut to the total; a negative one is none.
+    assert memory_bar(90 * GiB, 100 * GiB, width=10, other=50 * GiB).plain.startswith("█████████▒")
+    assert memory_bar(10 * GiB, 100 * GiB, width=10, other=-5).plain.endswith(" 10.0/100.0 GB")
+
+
 def test_memory_bar_unknown_keeps_width() -> None:
     assert memory_bar(None, None, width=10).plain.startswith("unknown   ")
     assert memory_bar(5, 0).plain.startswith("unknown")
@@ -114,7 +124,8 @@ def test_node_row_shows_status_memory_load_and_error() -> None:
     assert mac[NODE_COL["kind"]].plain == "lmstudio"
     assert mac[NODE_COL["status"]].plain == "healthy"
     assert mac[NODE_COL["status"]].style == "bold green"
-    assert mac[NODE_COL["memory"]].plain.endswith("71.3/192.0 GB")
+    # 25.3 GB in its two models, 46.0 GB more in use on the host by its own figure.
+    assert mac[NODE_COL["memory"]].plain.endswith("25.3+46.0/192.0 GB")
     assert mac[NODE_COL["models"]].plain == "2"
     assert mac[NODE_COL["in_flight"]].plain == "3"  # 3 + 0 busy slots on its instances
     assert mac[NODE_COL["tps"]].plain == "42.5"

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmtui.config import GB
+from lmtui.core.placement import PLACEMENT_RULES
 from lmtui.replay import (
     ModelSpec,
     NodeSpec,
@@ -239,11 +240,15 @@ def scenarios(draw: st.DrawFn) -> tuple[Scenario, list[TraceRequest]]:
         trace.append(
             TraceRequest(at, f"m{draw(st.integers(0, n_models - 1))}", 0, draw(st.integers(0, 60)))
         )
+    # Some nodes share a machine: the audit checks each host's budget too.
+    hosts = {n.name: f"h{draw(st.integers(0, 1))}" for n in nodes if draw(st.booleans())}
     sc = Scenario(
         nodes=nodes,
         models=models,
         service=draw(st.sampled_from(["busy", "instant"])),
         strategy=draw(st.sampled_from(["efficiency", "spread"])),
+        placement=draw(st.sampled_from(PLACEMENT_RULES)),
+        hosts=hosts,
         min_residency_s=draw(st.sampled_from([0.0, 3.0])),
     )
     return sc, trace
@@ -333,6 +338,46 @@ def test_cli_cluster_from_lmtui_config(tmp_path: Path, capsys: pytest.CaptureFix
         "service_s": "",
     }
     assert (sc["strategy"], sc["min_residency_s"]) == ("spread", 0)
+
+
+def test_cli_cluster_hosts_and_placement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "config.toml"
+    nodes = "".join(
+        f'[[nodes]]\nname = "{n}"\nkind = "lmstudio"\nurl = "http://mac:{port}"\nmemory_gb = 64\n'
+        for n, port in (("a", 1234), ("b", 1235))
+    )
+    cfg.write_text('[pool]\nplacement = "best-fit"\n' + nodes)
+    args = [str(FIXTURE), "--requests", "80", "--cluster", str(cfg), "--json", "--audit"]
+    assert main(args) == 0
+    sc = json.loads(capsys.readouterr().out)["scenario"]
+    assert sc["hosts"] == {"a": "addr:mac", "b": "addr:mac"}
+    assert sc["placement"] == "best-fit"
+    assert main([*args, "--placement", "most-free"]) == 0
+    assert json.loads(capsys.readouterr().out)["scenario"]["placement"] == "most-free"
+
+
+def test_a_shared_host_holds_less_than_its_nodes_alone() -> None:
+    # Two 20 GB nodes on one machine hold one 15 GB model at a time, not two.
+    sc = Scenario(
+        nodes=(node("a"), node("b")),
+        models=(model("x", 15), model("y", 15)),
+        service="instant",
+        min_residency_s=0.0,
+        hosts={"a": "mac", "b": "mac"},
+    )
+    trace = reqs((0, "x"), (5, "y"), (10, "x"), (15, "y"))
+    shared = Replay(sc, trace, "lru", audit=True).run()
+    apart = Replay(Scenario(**{**_fields(sc), "hosts": {}}), trace, "lru", audit=True).run()
+    assert (apart.loads, shared.loads) == (2, 4)
+    assert shared.evictions == 3
+
+
+def _fields(sc: Scenario) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(sc, f.name) for f in dataclasses.fields(sc)}
 
 
 @pytest.mark.parametrize(

@@ -209,3 +209,23 @@ def test_size_source_is_carried_into_the_instance(
     s, _ = fold(snap("a"), ok("a", 1.0, io), ctx)
     inst = s.instances[("a", "m")]
     assert (inst.size_bytes, inst.size_source) == want
+
+
+def test_memory_reads_and_instance_changes_are_timed_for_the_host_correction() -> None:
+    from lmtui.core.hosts import other_use_bytes
+    from lmtui.core.model import HostMemory, MemoryObservation
+
+    m = InstanceObservation("m", "m", size_bytes=10 * GiB)
+    s, _ = fold(snap("a"), ok("a", 1.0, m), CTX)
+    assert s.nodes["a"].instances_at == 1.0
+    s, _ = fold(s, ok("a", 2.0, m), CTX)  # the same instances: no change
+    assert s.nodes["a"].instances_at == 1.0
+    mem = HostMemory(64 * GiB, 34 * GiB, "ssh-linux")  # 30 GB used, 10 of them by m
+    s, _ = fold(s, MemoryObservation("a", 3.0, mem), CTX)
+    assert s.nodes["a"].memory_at == 3.0
+    assert other_use_bytes(s, ("a",)) == 20 * GiB
+    s, _ = fold(s, ok("a", 4.0), CTX)  # m unloaded after the reading: it is not trusted
+    assert s.nodes["a"].instances_at == 4.0
+    assert other_use_bytes(s, ("a",)) == 0
+    s, _ = fold(s, MemoryObservation("a", 5.0, HostMemory(64 * GiB, 44 * GiB, "ssh-linux")), CTX)
+    assert other_use_bytes(s, ("a",)) == 20 * GiB
