@@ -32,11 +32,14 @@ Three policies order the candidates:
   waits for it (``place`` then tries the other nodes, and the request waits when none has a
   plan). Without it a burst of misses for rarely used models, each holding memory while it
   loads, leaves only popular models evictable, and evicting those makes more misses: on the
-  replay benchmark (instant, seeds 1-5) 2,544 of 20,451 loads were of the ten most requested
-  models (the most requested, ~1 request/s, 220 times), most reloaded within seconds of
-  their eviction; waiting, 297 of 17,828 (and 5, once per seed). Waiting is safe from starvation:
-  what it waits for becomes evictable, or goes, by itself; and it changes only *whether*
-  the node plans now, never which instances a plan takes.
+  replay benchmark (instant, seeds 1-5) 2,544 of 20,451 loads were of the ten most
+  requested models (the most requested, ~1 request/s, 220 times), most of them reloaded
+  within seconds of their eviction; with waiting, 297 of 17,828 (and 5: once per seed).
+  Waiting is safe from starvation: what it waits for becomes evictable, or goes, by
+  itself; and it changes only *whether* the node plans now, never which instances a plan
+  takes. A load under way is seen where the node shows it ``loading`` (llama.cpp routers
+  and pool nodes, as ``lmtui replay`` models them); LM Studio and Ollama show a model only
+  once it is loaded, so there ``gdsf`` waits only for busy and young instances.
 
 A caller may also pass its own ``order`` (a sort key per candidate, smallest evicted first),
 which replaces the policy's: ``lmtui replay`` ranks by each model's next use in the trace for
@@ -381,7 +384,7 @@ def plan_eviction(
         if taken is not None:
             loss = sum(value[i.key] * (i.size_bytes or 0) for i in taken)
             # Only what sorts before the last instance the greedy pass took can change the
-            # plan (the rest is never reached), and in a busy cluster that is rarely any.
+            # plan: the pass over candidates and soon ones together never reaches the rest.
             every = dict(value)
             every.update((i.key, worth(i)) for i in soon)
             key = _gdsf_key(every, prios)
