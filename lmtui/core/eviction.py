@@ -275,33 +275,30 @@ def _trim(prefix: list[Instance], need: int, count: int) -> list[Instance] | Non
     return taken
 
 
-def _gdsf_key(
-    value: Mapping[InstanceKey, float], prios: Mapping[str, str]
-) -> Callable[[Instance], tuple[float, int, float, InstanceKey]]:
-    """``gdsf``'s order: least value first; ties as ``lru`` orders them."""
+#: ``gdsf``'s sort key: value, then as ``lru`` orders (priority, last activity), then key.
+_GdsfRank = tuple[float, int, float, InstanceKey]
 
-    def key(i: Instance) -> tuple[float, int, float, InstanceKey]:
-        rank = PRIORITY_RANK.get(prios.get(i.model, "normal"), 1)
-        return (value[i.key], rank, _last_activity(i), i.key)
 
-    return key
+def _gdsf_rank(inst: Instance, value: float, prios: Mapping[str, str]) -> _GdsfRank:
+    rank = PRIORITY_RANK.get(prios.get(inst.model, "normal"), 1)
+    return (value, rank, _last_activity(inst), inst.key)
 
 
 def _loss_of_waiting(
-    candidates: list[Instance],
+    ordered: list[Instance],
     soon: list[Instance],
-    value: Mapping[InstanceKey, float],
+    rank: Mapping[InstanceKey, _GdsfRank],
     need_bytes: int,
     need_count: int,
-    key: Callable[[Instance], tuple[float, int, float, InstanceKey]],
 ) -> float | None:
     """The ``gdsf`` loss of the plan possible once ``soon`` (instances that cannot be
-    evicted now but will be by themselves) can be, each at its own ``value``; None when
-    even that plan frees too little."""
-    taken = _take_until(sorted(candidates + soon, key=key), need_bytes, need_count)
+    evicted now but will be by themselves) can be, with ``ordered`` (the candidates in
+    ``gdsf`` order); None when even that plan frees too little."""
+    merged = sorted(ordered + soon, key=lambda i: rank[i.key])  # two sorted runs
+    taken = _take_until(merged, need_bytes, need_count)
     if taken is None:
         return None
-    return sum(value[i.key] * (i.size_bytes or 0) for i in taken)
+    return sum(rank[i.key][0] * (i.size_bytes or 0) for i in taken)
 
 
 def plan_eviction(
@@ -372,26 +369,33 @@ def plan_eviction(
                 taken = [best]
         how = "lowest expected reload cost"
     elif policy == "gdsf":
-
-        def worth(i: Instance) -> float:
-            return _frequency_value(i, rates, prios, cost, load_s or {})
-
-        value = {i.key: worth(i) for i in candidates}
-        key = _gdsf_key(value, prios)
-        prefix = _prefix(sorted(candidates, key=key), need_bytes, need_count)
+        ls = load_s or {}
+        rank = {
+            i.key: _gdsf_rank(i, _frequency_value(i, rates, prios, cost, ls), prios)
+            for i in candidates
+        }
+        ordered = sorted(candidates, key=lambda i: rank[i.key])
+        prefix = _prefix(ordered, need_bytes, need_count)
         taken = _trim(prefix, need_bytes, need_count)
         how = "least requested per byte"
         if taken is not None:
-            loss = sum(value[i.key] * (i.size_bytes or 0) for i in taken)
-            # Only what sorts before the last instance the greedy pass took can change the
-            # plan: the pass over candidates and soon ones together never reaches the rest.
-            every = dict(value)
-            every.update((i.key, worth(i)) for i in soon)
-            key = _gdsf_key(every, prios)
-            last = key(prefix[-1]) if prefix else None
-            soon = [i for i in soon if last is None or key(i) < last]
+            loss = sum(rank[i.key][0] * (i.size_bytes or 0) for i in taken)
             if soon and loss > 0:
-                later = _loss_of_waiting(candidates, soon, every, need_bytes, need_count, key)
+                # Only what sorts before the last instance the greedy pass took can change
+                # the plan: the pass over candidates and soon ones together never reaches
+                # the rest.
+                last = rank[prefix[-1].key] if prefix else None
+                early = []
+                for inst in soon:
+                    r = _gdsf_rank(inst, _frequency_value(inst, rates, prios, cost, ls), prios)
+                    if last is None or r < last:
+                        rank[inst.key] = r
+                        early.append(inst)
+                later = (
+                    _loss_of_waiting(ordered, early, rank, need_bytes, need_count)
+                    if early
+                    else None
+                )
                 if later is not None and later * DEFER_FACTOR <= loss:
                     return None  # wait for the room that frees up soon (module docstring)
     else:
