@@ -30,7 +30,9 @@ from types import MappingProxyType
 #: a model that was popular an hour ago has faded to 1/64 of it. On the replay benchmark
 #: (Azure trace, bench/README.md, seeds 1-5, instant) half-lives of 2-60 minutes all came
 #: within 1% of each other (1.183-1.195x the reference's reload seconds; 5 and 10 minutes
-#: best): that trace's popularity never shifts, so it cannot say how fast real ones do.
+#: best); with ``gdsf``'s waiting for room that frees up soon (``lmtui.core.eviction``),
+#: 5-40 minutes came within 1% again (1.034-1.041x). That trace's popularity never shifts,
+#: so it cannot say how fast real ones do.
 HALF_LIFE_S = 600.0
 #: At most this many models are tracked; past it the least requested quarter is dropped.
 #: Models are the ones the cluster knows (unknown-model requests are not counted), so

@@ -11,7 +11,10 @@ a decision, the loop does:
   time has passed; finishing stamps ``last_used``. In the ``instant`` setting a request
   starts and finishes at once.
 - ``Load``: unload the plan's victims at once (an unload takes no time here), and charge the
-  load as pending until its load time has passed; then the instance appears ``loaded``.
+  load as pending, its instance ``loading`` in the snapshot (as a llama.cpp router's poll
+  shows it a moment after the load starts), until its load time has passed; then the
+  instance is ``loaded``. Policies see what is loading: ``gdsf`` waits for it rather than
+  evict a popular model (``lmtui.core.eviction``).
 - ``Wait``: the request waits in its model's queue. A model that needs a load but has no
   room (busy, loading or too recently loaded instances hold it) is *stalled* until an event
   may have made room: an instance going idle, a load finishing, a residency running out.
@@ -39,7 +42,7 @@ from types import MappingProxyType
 from typing import Any, get_args
 
 from lmtui.core.demand import DemandRates
-from lmtui.core.eviction import EvictionOrder, EvictionPolicy, is_pinned
+from lmtui.core.eviction import WAITING_POLICIES, EvictionOrder, EvictionPolicy, is_pinned
 from lmtui.core.model import (
     Health,
     HostMemory,
@@ -223,7 +226,7 @@ class Replay:
         self._snap: Snapshot | None = None
         self._version = 0
         #: See :meth:`_pump_stalled`; tests turn it off to check it changes nothing.
-        self.skip_bigger = True
+        self.skip_bigger = order is not None or policy not in WAITING_POLICIES
         self.demand = DemandRates(half_life_s) if half_life_s else DemandRates()
         self.load_s: dict[tuple[str, str], float] = {}
         self.next_tick = -math.inf
@@ -392,7 +395,9 @@ class Replay:
         now. Then a model at least as big, of the same priority, waits too (the same
         candidates, more bytes to free), and nothing later in the pass makes more room (a
         load only takes some). So those are not asked: the same decisions, and a congested
-        replay runs ~4x faster (seed 2, busy: 10 of 13 s went to asking them).
+        replay runs ~4x faster (seed 2, busy: 10 of 13 s went to asking them). Not for a
+        policy that may wait although it has a plan (``WAITING_POLICIES``): a smaller model
+        waiting for cheap room that frees up soon says nothing about a bigger one.
         """
         waited: dict[str, int] = {}  # priority -> smallest footprint that had to wait
         for model in sorted(self.stalled, key=self.stalled.__getitem__):
@@ -487,6 +492,16 @@ class Replay:
         self.pending[key] = size
         self.pending_keys = frozenset(self.pending)
         st.used_bytes += size
+        m = self.models[d.model]
+        self.insts[key] = Instance(
+            d.node,
+            d.model,
+            d.model,
+            InstanceState.LOADING,
+            size_bytes=size,
+            slots_total=UNLIMITED_SLOTS if self.instant else (m.slots or spec.slots),
+            size_source="config",
+        )
         st.loads += 1
         st.load_s += duration
         res.loads += 1

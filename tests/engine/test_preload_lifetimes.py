@@ -179,6 +179,43 @@ async def test_gdsf_evicts_the_rarely_requested_model_where_lru_evicts_the_older
         assert cluster.node("a").loaded_models() == sorted(kept | {"new"})
 
 
+@pytest.mark.parametrize(("policy", "kept"), [("gdsf", "hot"), ("lru", "cold")])
+async def test_gdsf_waits_for_a_busy_rare_model_rather_than_evict_the_hot_one(
+    tmp_path: Path, policy: str, kept: str
+) -> None:
+    """Room for two of three: "cold" (asked for once before) is answering a request when
+    "new" is asked for, so only "hot" (60 requests) could go at once. LRU evicts it; gdsf
+    waits for that request to end and evicts "cold" instead (it could not have otherwise:
+    "cold" was busy when "new" came)."""
+    db = tmp_path / "requests.sqlite3"
+    await seeded_log(db, {"hot": 60, "cold": 1})
+    models = [SimModel("hot", 10.0), SimModel("cold", 10.0), SimModel("new", 10.0)]
+    specs = [lms("a", 25, models, ["hot", "cold"])]
+    pool = PoolConfig(reserved_gb=0, eviction=policy, min_residency=0, preload=False)  # type: ignore[arg-type]
+    async with routed(specs, pool=pool, request_log=db) as (cluster, engine):
+        c = client(engine)
+        seen = events_of(engine)
+        await eventually(lambda: "hot" in engine.dispatcher.settings.pool.request_rate, 5)
+        stream = await c.chat.completions.create(
+            model="cold", messages=MSG, max_tokens=2000, stream=True
+        )
+        chunks = aiter(stream)
+        await anext(chunks)  # "cold" has a request in flight now
+        assert engine.store.snapshot.instances[("a", "cold")].in_flight == 1
+        new = asyncio.create_task(
+            c.chat.completions.create(model="new", messages=MSG, max_tokens=4)
+        )
+        async for _ in chunks:
+            pass
+        r = await asyncio.wait_for(new, 10)
+        assert r.choices
+        assert cluster.node("a").loaded_models() == sorted({kept, "new"})
+        evicted = {"hot", "cold"} - {kept}
+        assert [e.message for e in seen if e.message.startswith("evicting ")] == [
+            f"evicting {m} from a to make room for new" for m in evicted
+        ]
+
+
 # -- lifetimes ----------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from lmtui.core.demand import DemandRates
 from lmtui.core.eviction import (
+    DEFER_FACTOR,
     eviction_blocker,
     permanent_bytes,
     permanent_count,
@@ -410,3 +412,135 @@ def test_gdsf_never_takes_busy_pinned_young_or_higher_priority(
         assert i.node == "n1" and i.busy == 0 and not i.pinned
         assert i.first_seen is None or NOW - i.first_seen >= 60
         assert rank[prios[i.model]] <= rank[requester]
+
+
+# -- gdsf waits for room that frees up soon rather than evict a hot model -----------------
+
+#: What frees up by itself, and how it looks on an instance: a load under way, a request in
+#: flight, a residency not yet over (the tests below use min_residency_s=30).
+SOON = {
+    "loading": {"state": InstanceState.LOADING},
+    "busy": {"in_flight": 1},
+    "young": {"first_seen": NOW - 5},
+}
+
+
+@pytest.mark.parametrize("how", sorted(SOON))
+def test_gdsf_waits_for_cheap_room_that_frees_up_soon(how: str) -> None:
+    # 12 GB on a 12 GB node: "hot" (1 request/s) is the only instance evictable now;
+    # "rare" (one request in ~17 minutes) is loading, busy or young. Evicting hot costs
+    # ~6 reload seconds per second; waiting for rare, ~1/1000 of that: gdsf waits.
+    rare = mk_inst("rare", 8, **SOON[how])  # type: ignore[arg-type]
+    snap = mk_snap(mk_inst("hot", 4, last_used=NOW - 1), rare, total_gb=12)
+    rates = {"hot": 1.0, "rare": 0.001}
+    kw: dict[str, Any] = {"min_residency_s": 30, "request_rate": rates}
+    assert plan_eviction(snap, "n1", 3 * GiB, NOW, "gdsf", **kw) is None
+    lru = plan_eviction(snap, "n1", 3 * GiB, NOW, "lru", min_residency_s=30)
+    assert lru is not None and lru.evict == (("n1", "hot"),)
+    # Once it is free, rare goes.
+    free = mk_inst("rare", 8, first_seen=0.0, last_used=NOW)
+    plan = plan_eviction(
+        mk_snap(snap.instances[("n1", "hot")], free), "n1", 3 * GiB, NOW, "gdsf", **kw
+    )
+    assert plan is not None and plan.evict == (("n1", "rare"),)
+
+
+def test_gdsf_does_not_wait_when_waiting_saves_too_little() -> None:
+    # Waiting for "other" would lose half as much as evicting "a" now: not worth a wait.
+    snap = mk_snap(mk_inst("a", 4), mk_inst("other", 4, state=InstanceState.LOADING))
+    rates = {"a": 0.02, "other": 0.02 / 2}
+    plan = plan_eviction(snap, "n1", 3 * GiB, NOW, "gdsf", request_rate=rates)
+    assert plan is not None and plan.evict == (("n1", "a"),)
+    assert DEFER_FACTOR > 2
+
+
+@pytest.mark.parametrize(
+    "forever", [{"pinned": True}, {"state": InstanceState.FAILED}, {"model": "loading-me"}]
+)
+def test_gdsf_never_waits_for_what_does_not_free_up_by_itself(forever: dict[str, Any]) -> None:
+    # Pinned never goes; a failed instance is no room to wait for; nor is a replica of
+    # the model being loaded. "hot" must go now (or the load would wait for ever).
+    fields: dict[str, Any] = {"model": "rare", "instance_id": "rare"} | forever
+    fields["instance_id"] = fields["model"]
+    rare = mk_inst(fields.pop("model"), 8, **fields)
+    snap = mk_snap(mk_inst("hot", 4), rare, total_gb=12)
+    rates = {"hot": 1.0, "rare": 0.0, "loading-me": 0.0}
+    plan = plan_eviction(
+        snap, "n1", 3 * GiB, NOW, "gdsf", request_rate=rates, keep_model="loading-me"
+    )
+    assert plan is not None and plan.evict == (("n1", "hot"),)
+
+
+def _released(inst: Instance) -> Instance:
+    """``inst`` once what held it has passed: loaded, idle and old enough."""
+    return replace(
+        inst, state=InstanceState.LOADED, in_flight=0, slots_busy=0, queued=0, first_seen=0.0
+    )
+
+
+soon_inst_st = st.builds(
+    lambda i, size, kind, last: mk_inst(
+        f"m{i}",
+        size,
+        last_used=last,
+        **(
+            {"first_seen": 0.0}
+            | (
+                {"state": InstanceState.LOADING}
+                if kind == 1
+                else {"in_flight": 1}
+                if kind == 2
+                else {"first_seen": NOW - 5}
+                if kind == 3
+                else {"pinned": True}
+                if kind == 4
+                else {}
+            )
+        ),
+    ),
+    st.integers(0, 12),
+    st.integers(1, 20),
+    st.integers(0, 4),
+    st.floats(0, NOW),  # always used once: releasing an instance keeps its LRU rank
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(soon_inst_st, max_size=8, unique_by=lambda i: i.key),
+    st.integers(1, 40),
+    st.dictionaries(st.sampled_from([f"m{i}" for i in range(13)]), st.floats(0, 10)),
+)
+def test_gdsf_waits_only_for_a_plan_cheaper_by_the_factor_and_otherwise_plans_as_before(
+    instances: list[Instance], need_gb: int, rates: dict[str, float]
+) -> None:
+    """Waiting changes whether gdsf plans, never what: with what frees up soon left out of
+    the snapshot it plans the same; and when it waits, that plan exists and the plan once
+    everything has freed up costs at most 1/DEFER_FACTOR of it."""
+    kw: dict[str, Any] = {"min_residency_s": 30, "request_rate": rates}
+    need = need_gb * GiB
+    soon = [
+        i
+        for i in instances
+        if eviction_blocker(i, NOW, min_residency_s=30)
+        in {"loading", "busy", "resident too briefly"}
+    ]
+    now_only = mk_snap(*(i for i in instances if i not in soon))
+    base = plan_eviction(now_only, "n1", need, NOW, "gdsf", **kw)
+    got = plan_eviction(mk_snap(*instances), "n1", need, NOW, "gdsf", **kw)
+    if got is not None:
+        assert got == base
+        return
+    if base is None:
+        return  # nothing to plan even now
+    assert soon and base.loss is not None
+    later = plan_eviction(
+        mk_snap(*(i for i in instances if i not in soon), *map(_released, soon)),
+        "n1",
+        need,
+        NOW,
+        "gdsf",
+        **kw,
+    )
+    assert later is not None and later.loss is not None
+    assert later.loss * DEFER_FACTOR <= base.loss + 1e-9
