@@ -10,6 +10,7 @@ Sizes are shown in GB meaning GiB (1024³ bytes), the unit the config uses (``me
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 
@@ -329,6 +330,31 @@ def instance_row(
         _num(fmt_ago(last_used)),
         _num(fmt_duration(inst.ttl_left(now))),
     )
+
+
+def instance_ages(inst: Instance, now: float) -> tuple[str, str]:
+    """The only text of ``instance_row`` that changes with ``now`` alone (a row without a
+    tripped circuit): its Last used and its TTL left."""
+    last_used = None if inst.last_used is None else now - inst.last_used
+    return fmt_ago(last_used), fmt_duration(inst.ttl_left(now))
+
+
+def instance_row_aged(cells: Cells, ages: tuple[str, str]) -> Cells:
+    """``cells`` (an ``instance_row`` of an instance without a tripped circuit, drawn at
+    another ``now``) with the Last used and TTL left of ``ages`` (``instance_ages`` at this
+    ``now``): the same cells ``instance_row`` would draw now, the other seven reused as they
+    are, so that a clock tick costs two cells per row, not nine."""
+    last_used, ttl = ages
+    return (*cells[:7], _shared_num(last_used), _shared_num(ttl))
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_num(value: str) -> Text:
+    """``_num(value)``, one object per text: "12s ago" is the same in every row, and a
+    tick at 4,000 rows would otherwise make thousands of ``Text`` a second. The object is
+    shared, so nothing may change it but the table's own no-wrap and ellipsis, which are
+    the same for every cell."""
+    return _num(value)
 
 
 def instance_matches(inst: Instance, needle: str) -> bool:
