@@ -8,16 +8,27 @@ table) and five minutes of metric history for every node and model runs in the r
 headless, at 160×48. Each update is what a busy cluster sends: a new snapshot in which a
 tenth of the instances changed their busy slots and last use and a fifth of the nodes their
 tokens/s, plus one new history sample (so the sparklines are redrawn too, the worst case:
-in a live cluster the history moves once a second, snapshots more often).
+in a live cluster the history moves once a second, snapshots more often), and the clock
+one second later (so "last used" and "TTL left" age as they do live; a frozen clock hid
+their redraws).
 
-Per update, three figures:
+Per update:
 
 - **apply**: ``LmtuiApp.apply_update`` — lmtui's own work: rendering the rows (pure), the
-  keyed diff, ``update_cell`` for what changed, the header, inside one ``batch_update``;
-- **to idle**: then until Textual has handled the messages that work posted;
-- **frame**: then the layout and the paint of the dirty regions (the screen's update
-  timer, called at once instead of waiting for the next 1/60 s tick), so the total is the
-  time from the update arriving to the screen being written: compare with 16 ms (60 Hz).
+  keyed diff, the cells written, the header, inside one ``batch_update``;
+- **frame**: from the update arriving until the screen is written: apply, then every
+  message that work posted handled (Pilot's ``_wait_for_screen``; not ``pilot.pause()``,
+  which sleeps at least 20 ms for the CPU to look idle), then the layout and the paint
+  of the dirty regions (the screen's update timer, called at once instead of at the next
+  1/60 s tick): compare with 16 ms (60 Hz);
+- **cpu**: the process CPU time over the same span, which other load on the machine
+  changes less than wall time;
+- **p99 no gc2**: frame p99 over the updates in which no full (generation 2) garbage
+  collection ran: those scan every object in the process, 50-150 ms here whoever made
+  the garbage, and **gc2s** says how many landed in the run;
+- **written** / **rendered**: cells written into the tables, and cells Rich laid out
+  again for the screen (DataTable's cell cache filled), per update: work that noise does
+  not change.
 
 Then the CPU the UI process uses at one update per second through the app's own watch
 worker and clock tick (``--cpu-seconds``), as a percentage of one core.

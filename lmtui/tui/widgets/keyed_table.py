@@ -1,10 +1,12 @@
 """A DataTable whose rows are keyed and kept in sync with a mapping, in place.
 
 ``sync(rows)`` diffs the wanted rows against what the table shows: it removes rows whose key
-is gone, calls ``update_cell`` only for cells whose content changed, and adds new rows. It
-never clears the table, so the scroll position and the row order a user is looking at
-survive every poll, and the redraw cost scales with what changed, not with the size of the
-cluster.
+is gone, writes only the cells whose content changed, and adds new rows. It never clears
+the table, so the scroll position and the row order a user is looking at survive every
+poll, and the redraw cost scales with what changed, not with the size of the cluster: a
+changed cell is rendered again and its line repainted, the other rows are drawn from
+DataTable's caches (``_repaint_cells``), and rows off screen whose ages or sparkline alone
+moved wait until they are scrolled to (``sync``'s ``later``).
 
 The cursor follows its row's key, not its position: a DataTable keeps the cursor's index,
 so a row added or removed above it (the demo's traffic loads and unloads every few seconds)
