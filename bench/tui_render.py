@@ -8,16 +8,27 @@ table) and five minutes of metric history for every node and model runs in the r
 headless, at 160×48. Each update is what a busy cluster sends: a new snapshot in which a
 tenth of the instances changed their busy slots and last use and a fifth of the nodes their
 tokens/s, plus one new history sample (so the sparklines are redrawn too, the worst case:
-in a live cluster the history moves once a second, snapshots more often).
+in a live cluster the history moves once a second, snapshots more often), and the clock
+one second later (so "last used" and "TTL left" age as they do live; a frozen clock hid
+their redraws).
 
-Per update, three figures:
+Per update:
 
 - **apply**: ``LmtuiApp.apply_update`` — lmtui's own work: rendering the rows (pure), the
-  keyed diff, ``update_cell`` for what changed, the header, inside one ``batch_update``;
-- **to idle**: then until Textual has handled the messages that work posted;
-- **frame**: then the layout and the paint of the dirty regions (the screen's update
-  timer, called at once instead of waiting for the next 1/60 s tick), so the total is the
-  time from the update arriving to the screen being written: compare with 16 ms (60 Hz).
+  keyed diff, the cells written, the header, inside one ``batch_update``;
+- **frame**: from the update arriving until the screen is written: apply, then every
+  message that work posted handled (Pilot's ``_wait_for_screen``; not ``pilot.pause()``,
+  which sleeps at least 20 ms for the CPU to look idle), then the layout and the paint
+  of the dirty regions (the screen's update timer, called at once instead of at the next
+  1/60 s tick): compare with 16 ms (60 Hz);
+- **cpu**: the process CPU time over the same span, which other load on the machine
+  changes less than wall time;
+- **p99 no gc2**: frame p99 over the updates in which no full (generation 2) garbage
+  collection ran: those scan every object in the process, 50-150 ms here whoever made
+  the garbage, and **gc2s** says how many landed in the run;
+- **written** / **rendered**: cells written into the tables, and cells Rich laid out
+  again for the screen (DataTable's cell cache filled), per update: work that noise does
+  not change.
 
 Then the CPU the UI process uses at one update per second through the app's own watch
 worker and clock tick (``--cpu-seconds``), as a percentage of one core.
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import sys
@@ -35,8 +47,11 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+
+from textual.cache import LRUCache
 
 from lmtui.core.events import Event
 from lmtui.core.model import GiB, Health, HostMemory, Instance, Node, NodeKind, Snapshot
@@ -45,6 +60,8 @@ from lmtui.engine.client import EngineClient, Update
 from lmtui.engine.commands import Result
 from lmtui.engine.history import History, Sample
 from lmtui.tui.app import LmtuiApp, build_app
+from lmtui.tui.widgets.model_table import ModelTable
+from lmtui.tui.widgets.node_table import NodeTable
 
 SIZE = (160, 48)
 NOW = 1_700_000_000.0
@@ -151,36 +168,92 @@ def pct(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, max(0, round(q * len(v)) - 1))]
 
 
+class CountingCache(LRUCache[Any, Any]):
+    """A DataTable's cell-render cache that counts what it is given: each ``set`` is one
+    cell rendered (Rich's layout of its ``Text``), a figure no other load on the machine
+    changes."""
+
+    __slots__ = ("renders",)
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.renders = 0
+
+    def set(self, key: Any, value: Any) -> None:
+        self.renders += 1
+        super().set(key, value)
+
+    __setitem__ = set
+
+
 async def measure(n_nodes: int, n_models: int, updates: int, cpu_seconds: float) -> dict:
     snap = cluster(n_nodes, n_models)
     history = history_for(snap)
     client = BenchClient(snap, history)
-    app: LmtuiApp = build_app(client, clock=lambda: NOW, theme_dirs=())
+    # The clock moves a second per update, as the history does: in a live cluster the
+    # "last used" and "TTL left" cells age, so a frozen clock would hide their redraws.
+    clock = [NOW]
+    app: LmtuiApp = build_app(client, clock=lambda: clock[0], theme_dirs=())
     out: dict[str, object] = {"nodes": n_nodes, "rows": len(snap.instances)}
     async with app.run_test(size=SIZE, headless=True) as pilot:
         async with asyncio.timeout(60):
             while app.shown_version != snap.version or client.queue is None:
                 await pilot.pause(0.01)
         await pilot.pause(0.2)
+        tables = [app.query_one(NodeTable), app.query_one(ModelTable)]
+        for table in tables:
+            table._cell_render_cache = CountingCache(table._cell_render_cache.maxsize)
+        # Full collections (Python's generation 2) scan every object in the process and
+        # take 50-150 ms here, whoever made the garbage: an update they land in is counted
+        # apart as well, so that they do not hide what the update itself costs.
+        full_gcs = [0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start" and info["generation"] == 2:
+                full_gcs[0] += 1
+
+        gc.callbacks.append(on_gc)
+        quiet_ms: list[float] = []
         apply_ms: list[float] = []
-        idle_ms: list[float] = []
         frame_ms: list[float] = []
+        cpu_ms: list[float] = []
+        cells_written: list[int] = []
+        cells_rendered: list[int] = []
         for k in range(updates):
             snap = changed(snap, k)
             history.add(sample(snap, NOW + k + 1, k))
-            t0 = time.perf_counter()
+            clock[0] = NOW + k + 1
+            rendered = sum(t._cell_render_cache.renders for t in tables)
+            gcs = full_gcs[0]
+            c0, t0 = time.process_time(), time.perf_counter()
             app.apply_update(Update(snap, []))
             t1 = time.perf_counter()
-            await pilot.pause()
-            t2 = time.perf_counter()
-            app.screen._on_timer_update()  # the next frame's layout and paint, now
-            t3 = time.perf_counter()
+            # Every message the update posted handled (no timed sleep: pilot.pause() waits
+            # at least 20 ms for the CPU to look idle, which is no part of the update)...
+            await pilot._wait_for_screen()
+            # ...then the next frame's layout and paint, now rather than at the next tick.
+            app.screen._on_timer_update()
+            t2, c2 = time.perf_counter(), time.process_time()
             apply_ms.append((t1 - t0) * 1000)
-            idle_ms.append((t2 - t0) * 1000)
-            frame_ms.append((t3 - t0) * 1000)
-        for name, values in (("apply", apply_ms), ("to_idle", idle_ms), ("frame", frame_ms)):
+            frame_ms.append((t2 - t0) * 1000)
+            cpu_ms.append((c2 - c0) * 1000)
+            if full_gcs[0] == gcs:
+                quiet_ms.append((t2 - t0) * 1000)
+            cells_written.append(sum(t.last_sync_stats[1] for t in tables))
+            await pilot.pause()  # idle handlers and anything left, outside the measurement
+            cells_rendered.append(sum(t._cell_render_cache.renders for t in tables) - rendered)
+        gc.callbacks.remove(on_gc)
+        for name, values in (
+            ("apply", apply_ms),
+            ("frame", frame_ms),
+            ("frame_cpu", cpu_ms),
+            ("frame_no_full_gc", quiet_ms or [0.0]),
+        ):
             out[f"{name}_p50_ms"] = round(statistics.median(values), 2)
             out[f"{name}_p99_ms"] = round(pct(values, 0.99), 2)
+        out["full_gcs"] = full_gcs[0]
+        out["cells_written"] = round(statistics.mean(cells_written), 1)
+        out["cells_rendered"] = round(statistics.mean(cells_rendered), 1)
 
         # CPU at one update a second, through the app's own worker and clock tick.
         if cpu_seconds > 0:
@@ -190,6 +263,7 @@ async def measure(n_nodes: int, n_models: int, updates: int, cpu_seconds: float)
             while time.perf_counter() - w0 < cpu_seconds:
                 snap = changed(snap, k)
                 history.add(sample(snap, NOW + k + 1, k))
+                clock[0] = NOW + k + 1
                 client._snap = snap
                 client.queue.put_nowait(Update(snap, []))
                 k += 1
@@ -218,10 +292,14 @@ def main() -> None:
         ("rows", "rows"),
         ("apply_p50_ms", "apply p50"),
         ("apply_p99_ms", "apply p99"),
-        ("to_idle_p50_ms", "idle p50"),
-        ("to_idle_p99_ms", "idle p99"),
         ("frame_p50_ms", "frame p50"),
         ("frame_p99_ms", "frame p99"),
+        ("frame_cpu_p50_ms", "cpu p50"),
+        ("frame_cpu_p99_ms", "cpu p99"),
+        ("frame_no_full_gc_p99_ms", "p99 no gc2"),
+        ("full_gcs", "gc2s"),
+        ("cells_written", "written"),
+        ("cells_rendered", "rendered"),
         ("cpu_pct_at_1_update_per_s", "cpu % @1/s"),
     ]
     print("  ".join(label.rjust(10) for _, label in cols))

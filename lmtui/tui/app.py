@@ -164,7 +164,10 @@ class LmtuiApp(ControlsApp):
         Events that are part of the first update are already in ``recent_events()`` (a watch
         starts by publishing the current state), so they are not written twice.
         """
-        log = self.query_one(EventLog)
+        try:
+            log = self.query_one(EventLog)
+        except NoMatches:
+            return  # the app is closing and its widgets are gone (as in show_snapshot)
         if initial:
             # On a re-watch the backlog overlaps what the log shows: skip what is there.
             log.add_events(self.client.recent_events(), skip_seen=True)

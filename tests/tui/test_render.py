@@ -20,8 +20,10 @@ from lmtui.tui.render import (
     fmt_duration,
     header_context,
     header_text,
+    instance_ages,
     instance_matches,
     instance_row,
+    instance_row_aged,
     instance_row_key,
     memory_bar,
     node_row,
@@ -295,3 +297,27 @@ def test_cells_equal_sees_style_changes() -> None:
     assert not cells_equal(Text("x", style="red"), Text("x", style="green"))
     assert not cells_equal(Text("x"), Text("y"))
     assert not cells_equal(Text("1", justify="right"), Text("1"))
+
+
+@pytest.mark.parametrize(
+    ("last_used", "expires_at"),
+    [(-12, 270), (-59, 30), (-3600, None), (None, 10**12), (-1, -5)],
+)
+@pytest.mark.parametrize("later", [0.0, 1.0, 61.0, 4000.0])
+def test_an_aged_row_is_the_row_drawn_afresh(
+    last_used: float | None, expires_at: float | None, later: float
+) -> None:
+    """The model table's clock tick remakes two cells; they must be the cells a full
+    ``instance_row`` draws at the later time, the other seven unchanged."""
+    inst = instance(
+        "mac-studio",
+        "qwen3",
+        last_used=None if last_used is None else FIXED_NOW + last_used,
+        expires_at=None if expires_at is None else FIXED_NOW + expires_at,
+    )
+    drawn = instance_row(inst, FIXED_NOW, 2)
+    aged = instance_row_aged(drawn, instance_ages(inst, FIXED_NOW + later))
+    fresh = instance_row(inst, FIXED_NOW + later, 2)
+    assert [(c.plain, c.style, c.justify, c.spans) for c in aged] == [
+        (c.plain, c.style, c.justify, c.spans) for c in fresh
+    ]

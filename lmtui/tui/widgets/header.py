@@ -116,11 +116,14 @@ class ClusterHeader(Vertical):
         if self._lines is not None and _same(lines, self._lines):
             return
         self._lines = lines
-        self.query_one("#totals", Static).update(first)
+        # Each line is one row high whatever it says, so new text needs no layout of the
+        # screen (Static.update's default: the whole screen laid out again every update);
+        # a line shown or hidden (``display``) asks for one itself.
+        self.query_one("#totals", Static).update(first, layout=False)
         for name, text in (("#context", second), ("#trend", third)):
             line = self.query_one(name, Static)
             line.display = text is not None
-            line.update(text or "")
+            line.update(text or "", layout=False)
 
     @property
     def totals_text(self) -> str:

@@ -1,10 +1,12 @@
 """A DataTable whose rows are keyed and kept in sync with a mapping, in place.
 
 ``sync(rows)`` diffs the wanted rows against what the table shows: it removes rows whose key
-is gone, calls ``update_cell`` only for cells whose content changed, and adds new rows. It
-never clears the table, so the scroll position and the row order a user is looking at
-survive every poll, and the redraw cost scales with what changed, not with the size of the
-cluster.
+is gone, writes only the cells whose content changed, and adds new rows. It never clears
+the table, so the scroll position and the row order a user is looking at survive every
+poll, and the redraw cost scales with what changed, not with the size of the cluster: a
+changed cell is rendered again and its line repainted, the other rows are drawn from
+DataTable's caches (``_repaint_cells``), and rows off screen whose ages or sparkline alone
+moved wait until they are scrolled to (``sync``'s ``later``).
 
 The cursor follows its row's key, not its position: a DataTable keeps the cursor's index,
 so a row added or removed above it (the demo's traffic loads and unloads every few seconds)
@@ -20,10 +22,12 @@ rebuilt from the shadow copy. A poll that changes no width still only updates ce
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from rich.text import Text
 from textual import events
+from textual.geometry import Region
+from textual.strip import Strip
 from textual.widgets import DataTable
 
 from lmtui.tui.layout import ColumnPolicy, fit_columns
@@ -63,6 +67,8 @@ class KeyedTable(DataTable[Text]):
         self.rebuilds = 0
         #: Content width of each column over the shown rows; None: to be measured again.
         self._widths: list[int] | None = None
+        #: Rows off screen whose cells are older than their data (``sync``'s ``later``).
+        self._stale: set[str] = set()
 
     def on_mount(self) -> None:
         self._ensure_columns()
@@ -123,6 +129,8 @@ class KeyedTable(DataTable[Text]):
         if widths is None:
             return
         for i in range(len(widths)):
+            if old is not None and new is not None and old[i] is new[i]:
+                continue  # a cell the caller reused
             before = old[i].cell_len if old is not None else 0
             after = new[i].cell_len if new is not None else 0
             if after > widths[i]:
@@ -177,53 +185,56 @@ class KeyedTable(DataTable[Text]):
         return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
 
     def shown_row(self, key: str) -> Cells:
-        """The cells a row shows now (raises ``KeyError`` for an absent row)."""
+        """The cells a row shows now, or would show scrolled into view (raises
+        ``KeyError`` for an absent row)."""
+        if key in self._stale:
+            self._catch_up([key])
         return self._shown[key]
 
-    def sync(self, rows: Mapping[str, Cells]) -> bool:
+    def keys_on_screen(self) -> set[str]:
+        """Keys of the rows in the table's window now (none before it has a size)."""
+        header = self.header_height if self.show_header else 0
+        top = self.scroll_offset.y
+        get_key = self._row_locations.get_key
+        keys = set()
+        for index in range(top, top + max(0, self.size.height - header)):
+            row_key = get_key(index)
+            if row_key is None:
+                break
+            keys.add(str(row_key.value))
+        return keys
+
+    def sync(self, rows: Mapping[str, Cells], *, later: Collection[str] = ()) -> bool:
         """Make the table show exactly ``rows``; return whether rows were added.
 
         Rows are added at the bottom in the mapping's order, then ``order`` runs (a sorted
         table overrides it; only an added row can break the order: updates keep keys,
         removals keep order). The cursor then goes back to the row it was on.
+
+        ``later`` are rows off screen whose cells in ``rows`` are the ones they showed,
+        though newer ones are due (an age or a sparkline that moved): the subclass's
+        ``fresh_cells`` makes them when they come into view (``render_lines``) or are
+        asked for (``shown_row``), so that a clock tick at 4,000 rows draws the twenty on
+        screen, not every one. Their widths count towards the columns' once they are made,
+        so only cells of about the same width should wait (an age, a sparkline).
         """
         self._ensure_columns()
         cursor_key = self.cursor_key
-        removed = changed = 0
-        columns = [(i, self._column_spec[i][0]) for i in self._columns_shown]
-        widths = {str(k.value): c.content_width for k, c in self.columns.items()}
+        removed = 0
+        generation = self._update_count
         # Batch so that one poll is one repaint however many cells it touched.
         with self.app.batch_update():
             for key in [k for k in self._shown if k not in rows]:
                 self.remove_row(key)
                 self._note_widths(self._shown.pop(key), None)
                 removed += 1
-            added: list[str] = []
-            for key, cells in rows.items():
-                old = self._shown.get(key)
-                if old is None:
-                    added.append(key)
-                    continue
-                if cells is old:
-                    continue  # the caller reused the row's cells: nothing changed
-                self._note_widths(old, cells)
-                for i, col in columns:
-                    if not cells_equal(cells[i], old[i]):
-                        cell = cells[i]
-                        cell.no_wrap, cell.overflow = True, "ellipsis"
-                        # update_width only for a cell that grew past its column (a longer
-                        # error): given a cell that shrank, DataTable measures every cell of
-                        # the column again, once per such cell, which at 4,000 rows took
-                        # seconds per update. A column does not narrow between refits, so
-                        # numbers that come and go do not make the columns jump sideways.
-                        grew = cell.cell_len > widths.get(col, 0)
-                        self.update_cell(key, col, cell, update_width=grew)
-                        changed += 1
-                self._shown[key] = cells
+            added = [key for key in rows if key not in self._shown]
+            changed = self._update_rows(rows, generation)
             for key in added:
                 self.add_row(*self._visible(rows[key]), key=key)
                 self._shown[key] = rows[key]
                 self._note_widths(None, rows[key])
+            self._stale = set(later).intersection(self._shown) if later else set()
             if added:
                 self.order()
             if (
@@ -236,6 +247,124 @@ class KeyedTable(DataTable[Text]):
             self._refit()
         self.last_sync_stats = (len(added), changed, removed)
         return bool(added)
+
+    def _update_rows(self, rows: Mapping[str, Cells], generation: int) -> int:
+        """Write the cells of ``rows`` that changed into the rows shown (rows not shown
+        yet are left to the caller) and repaint them; return how many were written."""
+        changed = 0
+        columns = [(i, self._column_spec[i][0]) for i in self._columns_shown]
+        widths = {str(k.value): c.content_width for k, c in self.columns.items()}
+        #: Cells written in place, by row, to repaint alone (``_repaint_cells``).
+        repaint: dict[str, list[str]] = {}
+        data, shown = self._data, self._shown
+        for key, cells in rows.items():
+            old = shown.get(key)
+            if old is None or cells is old:
+                continue  # a new row, or the caller reused the row's cells: nothing changed
+            self._note_widths(old, cells)
+            written: list[str] = []
+            for i, col in columns:
+                cell = cells[i]
+                if cell is not old[i] and not cells_equal(cell, old[i]):
+                    cell.no_wrap, cell.overflow = True, "ellipsis"
+                    changed += 1
+                    if cell.cell_len > widths.get(col, 0):
+                        # A cell that grew past its column (a longer error): DataTable
+                        # measures the column again and redraws the whole table. Only for a
+                        # cell that grew: given one that shrank, it measures every cell of
+                        # the column, once per such cell (seconds per update at 4,000
+                        # rows), and a column does not narrow between refits, so numbers
+                        # that come and go do not make the columns jump sideways.
+                        self.update_cell(key, col, cell, update_width=True)
+                    else:
+                        # DataTable's own keys hash and compare equal to their strings.
+                        data[key][col] = cell  # type: ignore[index]
+                        written.append(col)
+            if written:
+                repaint[key] = written
+            shown[key] = cells
+        # A row removed or a cell that grew made DataTable forget every row's rendering and
+        # repaint the whole table already; otherwise just the rows written in place.
+        if self._update_count == generation:
+            self._repaint_cells(repaint)
+        return changed
+
+    def fresh_cells(self, keys: Collection[str]) -> Mapping[str, Cells]:
+        """The cells due now for rows that ``sync`` was told may wait (``later``); a table
+        that never defers needs none."""
+        return {}
+
+    def _catch_up(self, keys: Collection[str]) -> None:
+        """Bring the waiting rows among ``keys`` up to date."""
+        due = self._stale.intersection(keys)
+        if not due:
+            return
+        self._stale -= due
+        fresh = self.fresh_cells(due)
+        with self.app.batch_update():
+            # No refit here (this may run in the middle of a paint): the next sync's does.
+            self._update_rows(fresh, self._update_count)
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # Rows come into view by a scroll, a resize or rows moving above them, and each of
+        # those repaints the whole table: here, before that, the rows that waited are made.
+        if self._stale:
+            self._catch_up(self.keys_on_screen())
+        return super().render_lines(crop)
+
+    def _repaint_cells(self, cells: Mapping[str, Sequence[str]]) -> None:
+        """Repaint just ``cells`` (column keys by row key), written into the table's data.
+
+        ``DataTable.update_cell`` bumps a counter that is part of every cache key of its
+        rendering (cells, rows, lines) and repaints the whole table, so one changed cell
+        renders every visible cell again: ~170 cells, most of a 100 ms frame at 160×48.
+        Here only the changed cells' renderings, and their rows' and lines', leave those
+        caches, and only their lines are repainted; everything else is drawn from the
+        caches as it is. Every row is one line high (``add_row``'s default, the only height
+        this table uses), so row ``i`` is line ``i`` below the header.
+        """
+        if not cells:
+            return
+        # Plain strings: DataTable's RowKey and ColumnKey hash and compare equal to them.
+        row_keys = cells.keys()
+        cell_keys = {(k, c) for k, cols in cells.items() for c in cols}
+        lines: set[int] = set()
+        indices: set[int] = set()
+        header = self.header_height if self.show_header else 0
+        locations = self._row_locations
+        for row_key in row_keys:
+            index = locations.get(row_key)  # type: ignore[arg-type]
+            if index is not None:
+                indices.add(index)
+                lines.add(index + header)
+        # Entries for other cursor and hover positions go too: they would come back stale
+        # when the cursor moves there. Entries of an older update count can never be hit
+        # again (they wait for the LRU to drop them), so only the current ones are looked
+        # at: the update count is second to last in DataTable's cell, row and line cache
+        # keys, and first in its row-renderables' (tests/tui/test_render_fast_path.py
+        # fails if a Textual release changes that).
+        n = self._update_count
+        cell_cache, row_cache, line_cache = (
+            self._cell_render_cache,
+            self._row_render_cache,
+            self._line_cache,
+        )
+        cells_now = cell_cache.keys()
+        for ck in [k for k in cells_now if k[-2] == n and k[:2] in cell_keys]:
+            cell_cache.discard(ck)
+        rows_now = row_cache.keys()
+        for rk in [k for k in rows_now if k[-2] == n and k[0] in row_keys]:
+            row_cache.discard(rk)
+        lines_now = line_cache.keys()
+        for lk in [k for k in lines_now if k[-2] == n and k[0] in lines]:
+            line_cache.discard(lk)
+        for index in indices:
+            self._row_renderable_cache.discard((n, index))
+        # Rows scroll under the fixed header; those off screen are drawn when scrolled to.
+        top, (width, height) = self.scroll_offset.y, self.size
+        regions = [Region(0, y - top, width, 1) for y in lines if header <= y - top < height]
+        if regions:
+            self.refresh(*regions)
 
     def order(self) -> None:
         """Put the rows in display order after rows were added; the default keeps the order

@@ -3,6 +3,8 @@ that has requests waiting in lmtui but no instance (keyed ``~queued/model``)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from rich.text import Text
 
 from lmtui.core.model import CircuitState, Instance, Snapshot
@@ -10,8 +12,10 @@ from lmtui.tui.render import (
     INSTANCE_COLUMNS,
     INSTANCE_POLICY,
     Cells,
+    instance_ages,
     instance_matches,
     instance_row,
+    instance_row_aged,
     instance_row_key,
     waiting_row,
     waiting_row_key,
@@ -33,8 +37,11 @@ class ModelTable(KeyedTable):
         self._filter = ""
         self._snapshot: Snapshot | None = None
         self._now = 0.0
-        #: Per row: what it was drawn from (instance, queue, circuit, second) and its cells.
-        self._row_cache: dict[str, tuple[Instance, int, CircuitState | None, int, Cells]] = {}
+        #: Per row: what it was drawn from (instance, queue, circuit, the text of its two
+        #: time cells) and its cells.
+        self._row_cache: dict[
+            str, tuple[Instance, int, CircuitState | None, tuple[str, str], Cells]
+        ] = {}
 
     @property
     def filter(self) -> str:
@@ -56,31 +63,44 @@ class ModelTable(KeyedTable):
         self._snapshot, self._now = snapshot, now
         depth = snapshot.queue_depth
         circuits = snapshot.circuits
-        # A row is drawn again only when its instance, its model's queue, its circuit or
-        # the second changed (its cells show ages in whole seconds): instances are
-        # immutable, so an unchanged one is the very same object in the next snapshot,
-        # and a poll of one node leaves the other 199 nodes' rows alone.
-        tick = int(now)
+        # A row is drawn again only when its instance, its model's queue or its circuit
+        # changed: instances are immutable, so an unchanged one is the very same object in
+        # the next snapshot, and a poll of one node leaves the other 199 nodes' rows alone.
+        # A later clock changes only Last used and TTL left (and they only when their text
+        # moves: "12s ago" every second, "5m ago" once a minute), and only those two cells
+        # are made again; a tripped circuit's State counts its seconds, so that row is
+        # drawn afresh.
         cache, fresh = self._row_cache, {}
         rows: dict[str, Cells] = {}
+        # Off screen, a row whose ages alone moved keeps its cells until it is scrolled to.
+        on_screen = self.keys_on_screen()
+        later: list[str] = []
         for inst in snapshot.instances.values():
             if not instance_matches(inst, self._filter):
                 continue
             key = instance_row_key(inst)
             waiting = depth.get(inst.model, 0)
             circuit = circuits.get(inst.key) if circuits else None
+            ages = instance_ages(inst, now)
             hit = cache.get(key)
             if (
-                hit is not None
-                and hit[0] is inst
-                and hit[1] == waiting
-                and hit[2] == circuit
-                and hit[3] == tick
+                hit is None
+                or hit[0] is not inst
+                or hit[1] != waiting
+                or circuit is not None
+                or hit[2] is not None
             ):
-                cells = hit[4]
-            else:
                 cells = instance_row(inst, now, waiting, circuit)
-            fresh[key] = (inst, waiting, circuit, tick, cells)
+            elif hit[3] == ages:
+                cells = hit[4]
+            elif key in on_screen:
+                cells = instance_row_aged(hit[4], ages)
+            else:
+                fresh[key] = hit
+                rows[key] = hit[4]
+                later.append(key)
+                continue
+            fresh[key] = (inst, waiting, circuit, ages, cells)
             rows[key] = cells
         self._row_cache = fresh
         served = {inst.model for inst in snapshot.instances.values()}
@@ -88,7 +108,21 @@ class ModelTable(KeyedTable):
         for model, n in depth.items():
             if n and model not in served and needle in model.casefold():
                 rows[waiting_row_key(model)] = waiting_row(model, n)
-        self.sync(rows)
+        self.sync(rows, later=later)
+
+    def fresh_cells(self, keys: Collection[str]) -> dict[str, Cells]:
+        """Rows whose ages waited off screen, with the ages of the last ``show``'s now."""
+        out: dict[str, Cells] = {}
+        for key in keys:
+            hit = self._row_cache.get(key)
+            if hit is None:
+                continue
+            inst, waiting, circuit, _, cells = hit
+            ages = instance_ages(inst, self._now)
+            cells = instance_row_aged(cells, ages)
+            self._row_cache[key] = (inst, waiting, circuit, ages, cells)
+            out[key] = cells
+        return out
 
     def order(self) -> None:
         """By model, then node."""

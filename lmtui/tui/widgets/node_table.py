@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Collection, Sequence
+
 from rich.text import Text
 
-from lmtui.core.model import Snapshot
+from lmtui.core.model import Instance, Node, Snapshot
 from lmtui.engine.history import History
-from lmtui.tui.render import NODE_COLUMNS, NODE_POLICY, instances_by_node, node_row
+from lmtui.tui.render import (
+    NODE_COLUMNS,
+    NODE_POLICY,
+    Cells,
+    instances_by_node,
+    node_row,
+)
 from lmtui.tui.trend import sparkline
 from lmtui.tui.widgets.keyed_table import KeyedTable
+
+#: Where the sparkline is in a node row.
+TREND = [key for key, _ in NODE_COLUMNS].index("trend")
+
+
+def _same(a: Sequence[Instance], b: Sequence[Instance]) -> bool:
+    """The very same instance objects (a snapshot reuses the unchanged ones)."""
+    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 class NodeTable(KeyedTable):
@@ -18,28 +35,94 @@ class NodeTable(KeyedTable):
         super().__init__(NODE_COLUMNS, NODE_POLICY, id=id)
         self.border_title = "Nodes"
         #: The sparklines of the newest history sample: a snapshot may come many times a
-        #: second, the history moves once, so each node's line is drawn once per sample.
+        #: second, the history moves once, so each node's line is drawn once per sample,
+        #: and only for a node on screen (the others when they are scrolled to).
         self._trends: dict[str, Text] = {}
         self._trends_at: tuple[int, float] | None = None
+        self._history: History | None = None
+        #: Per row: what it was drawn from (node, its instances, the history sample) and
+        #: its cells.
+        self._row_cache: dict[
+            str, tuple[Node, Sequence[Instance], tuple[int, float] | None, Cells]
+        ] = {}
+        self._snapshot: Snapshot | None = None
+        self._now = 0.0
 
     def show(self, snapshot: Snapshot, now: float, history: History | None = None) -> None:
-        """Show ``snapshot``'s nodes, in config order (the order of ``snapshot.nodes``)."""
-        groups = instances_by_node(snapshot)
-        trends = self._trends_for(snapshot, history)
-        self.sync(
-            {
-                name: node_row(node, snapshot, now, instances=groups[name], trend=trends.get(name))
-                for name, node in snapshot.nodes.items()
-            }
-        )
+        """Show ``snapshot``'s nodes, in config order (the order of ``snapshot.nodes``).
 
-    def _trends_for(self, snapshot: Snapshot, history: History | None) -> dict[str, Text]:
+        A row is drawn again when its node or its instances changed (they are immutable:
+        unchanged ones are the same objects in the next snapshot), when a circuit of the
+        node is tripped (its state counts seconds), or when the history moved; for the last
+        alone, a row off screen keeps its cells until it is scrolled to.
+        """
+        self._snapshot, self._now = snapshot, now
+        at = None if history is None else (id(history), history.last_at)
+        if at != self._trends_at or history is not self._history:
+            self._trends, self._trends_at, self._history = {}, at, history
+        groups = instances_by_node(snapshot)
+        tripped = {c.node for c in snapshot.circuits.values()} if snapshot.circuits else set()
+        on_screen = self.keys_on_screen()
+        cache = self._row_cache
+        fresh: dict[str, tuple[Node, Sequence[Instance], tuple[int, float] | None, Cells]] = {}
+        rows: dict[str, Cells] = {}
+        later: list[str] = []
+        for name, node in snapshot.nodes.items():
+            instances = groups[name]
+            hit = cache.get(name)
+            if hit is not None and name not in tripped and (hit[2] == at or name not in on_screen):
+                if hit[0] is node and _same(hit[1], instances):
+                    cells = hit[3]  # nothing changed, or only the sparkline, off screen
+                else:
+                    # Off screen the sparkline (always the same width) may wait, not the
+                    # rest: a wider cell must widen its column at once.
+                    cells = self._draw(name, node, snapshot, now, instances, hit[3][TREND])
+                fresh[name] = (node, instances, hit[2], cells)
+                rows[name] = cells
+                if hit[2] != at:
+                    later.append(name)
+                continue
+            cells = self._draw(name, node, snapshot, now, instances)
+            fresh[name] = (node, instances, at, cells)
+            rows[name] = cells
+        self._row_cache = fresh
+        self.sync(rows, later=later)
+
+    def _draw(
+        self,
+        name: str,
+        node: Node,
+        snapshot: Snapshot,
+        now: float,
+        instances: Sequence[Instance],
+        trend: Text | None = None,
+    ) -> Cells:
+        """The node's row; with the current sparkline unless ``trend`` is given."""
+        if trend is None:
+            trend = self._trend(name)
+        return node_row(node, snapshot, now, instances=instances, trend=trend)
+
+    def _trend(self, name: str) -> Text | None:
+        history = self._history
         if history is None:
-            return {}
-        at = (id(history), history.last_at)
-        if at != self._trends_at or self._trends.keys() != snapshot.nodes.keys():
-            self._trends = {
-                name: sparkline(history, "node", name, "requests") for name in snapshot.nodes
-            }
-            self._trends_at = at
-        return self._trends
+            return None
+        line = self._trends.get(name)
+        if line is None:
+            line = self._trends[name] = sparkline(history, "node", name, "requests")
+        return line
+
+    def fresh_cells(self, keys: Collection[str]) -> dict[str, Cells]:
+        """Rows whose sparkline waited off screen, drawn from the last ``show``'s data."""
+        snapshot = self._snapshot
+        out: dict[str, Cells] = {}
+        if snapshot is None:
+            return out
+        for key in keys:
+            hit = self._row_cache.get(key)
+            if hit is None:
+                continue
+            node, instances, _, _ = hit
+            cells = self._draw(key, node, snapshot, self._now, instances)
+            self._row_cache[key] = (node, instances, self._trends_at, cells)
+            out[key] = cells
+        return out
