@@ -130,7 +130,7 @@ class ControlsApp(App[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # A command in read-only mode is hidden from the footer and the help, and not run
         # (on_key says why instead).
-        return self._probing or not (action in COMMANDS and self.client.read_only)
+        return self._probing or not self.is_refused(action)
 
     def _command_bound_to(self, key: str) -> Binding | None:
         """The command binding ``key`` would run on this screen, were lmtui not read-only.
@@ -147,6 +147,43 @@ class ControlsApp(App[None]):
             return None
         return active.binding
 
+    def _keys_by(self, attr: str) -> dict[str, str]:
+        """The keys bound now on the main screen (remaps included, read-only or not), by
+        each binding's ``attr`` (``id`` or ``action``), as the footer shows them."""
+        self._probing = True
+        try:
+            active = self.screen_stack[0].active_bindings
+        finally:
+            self._probing = False
+        keys: dict[str, list[str]] = {}
+        for ab in active.values():
+            name = getattr(ab.binding, attr)
+            if name is not None:
+                shown = self.get_key_display(ab.binding)
+                if shown not in keys.setdefault(name, []):
+                    keys[name].append(shown)
+        return {name: " / ".join(k) for name, k in keys.items()}
+
+    def keys_by_binding_id(self) -> dict[str, str]:
+        """Binding id -> the keys that run it now (``[keymap]`` applied)."""
+        return self._keys_by("id")
+
+    def keys_by_action(self) -> dict[str, str]:
+        """Action -> the keys that run it now, for the bindings without an id too."""
+        return self._keys_by("action")
+
+    def id_bindings(self) -> list[Binding]:
+        """The app's remappable bindings (those with an id), in their order."""
+        return [b for b in Binding.make_bindings(self.BINDINGS) if b.id is not None]
+
+    async def run_palette_action(self, binding: Binding) -> None:
+        """Run ``binding``'s action as its key would: same checks and confirmations, and in
+        read-only mode the same refusal, said out loud."""
+        if self.is_refused(binding.action):
+            self.say_read_only(binding)
+            return
+        await self.run_action(binding.action)
+
     def on_key(self, event: events.Key) -> None:
         """In read-only mode, a command key says it is refused rather than nothing at all."""
         if not self.client.read_only:
@@ -154,6 +191,14 @@ class ControlsApp(App[None]):
         binding = self._command_bound_to(event.key)
         if binding is None:
             return
+        self.say_read_only(binding)
+
+    def is_refused(self, action: str) -> bool:
+        """Would ``action`` be refused because lmtui is read-only?"""
+        return action in COMMANDS and self.client.read_only
+
+    def say_read_only(self, binding: Binding) -> None:
+        """Tell the operator ``binding``'s command is refused (once per few seconds)."""
         now = time.monotonic()
         last = self._read_only_told.get(binding.action)
         if last is not None and now - last < READ_ONLY_NOTICE_S:
