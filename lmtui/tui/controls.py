@@ -17,6 +17,7 @@ from textual import events
 from textual.app import App
 from textual.binding import Binding
 
+from lmtui.core.fit import LoadFit, load_fit
 from lmtui.core.model import Instance, Node, Snapshot
 from lmtui.core.rebalance import RebalancePlan
 from lmtui.core.scheduler import Strategy
@@ -90,11 +91,24 @@ def plan_text(plan: RebalancePlan) -> Text:
     return out
 
 
+def fit_text(fit: LoadFit) -> Text:
+    """The load dialog's preview of ``fit``, coloured by verdict."""
+    style = {"fits": "green", "evicts": "yellow", "later": "yellow", "never": "red"}
+    head = {
+        "fits": "Fits in free memory",
+        "evicts": "Fits after evicting",
+        "later": "No room now",
+        "never": "Cannot fit here",
+    }[fit.verdict]
+    return Text.assemble((head, f"bold {style[fit.verdict]}"), ": ", fit.detail)
+
+
 class ControlsApp(App[None]):
     """The command actions of ``LmtuiApp``, kept apart so the app module stays thin."""
 
     client: EngineClient
     snapshot: Snapshot | None
+    clock: Callable[[], float]
 
     def __init__(self) -> None:
         super().__init__()
@@ -268,20 +282,29 @@ class ControlsApp(App[None]):
                 self.notify(f"{node.name}: {node.no_load}", severity="error", timeout=6)
                 return
             here = {i.model for i in snap.instances_on(node.name)}
-            choices = [
-                (a.key, f"{a.key}  {fmt_bytes(a.size_bytes)}")
+            pool, pending = self.client.placement_inputs()
+            now = self.clock()
+            fits = {
+                a.key: load_fit(snap, a.key, node.name, now, pool, pending)
                 for a in node.available
                 if a.key not in here
-            ]
-            if not choices:
+            }
+            if not fits:
                 self.notify(f"{node.name} lists no other model to load", timeout=3)
                 return
+            choices = [
+                (model, f"{model}  {fmt_bytes(fit.footprint_bytes)}  {fit.short}")
+                for model, fit in fits.items()
+            ]
+            notes = {model: fit_text(fit) for model, fit in fits.items()}
 
             def picked(model: str | None) -> None:
                 if model:
+                    # Sent even when the preview says it cannot fit now: the engine decides
+                    # (the cluster may have changed) and its refusal says why.
                     self._run(lambda: self.client.load(model, node.name))
 
-            self.push_screen(ChoiceScreen(f"Load on {node.name}", choices), picked)
+            self.push_screen(ChoiceScreen(f"Load on {node.name}", choices, notes=notes), picked)
             return
         inst = self.selected_instance()
         model = inst.model if inst is not None else self._selected_waiting_model()
