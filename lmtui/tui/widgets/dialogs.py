@@ -96,7 +96,7 @@ class ChoiceScreen(ModalScreen[str | None]):
         _CSS.format(name="ChoiceScreen")
         + """
     ChoiceScreen OptionList { width: auto; min-width: 30; max-height: 20; }
-    ChoiceScreen #choice-note { width: 1fr; max-width: 76; margin-top: 1; }
+    ChoiceScreen #choice-note { width: auto; max-width: 64; margin-top: 1; }
     """
     )
 
