@@ -94,7 +94,7 @@ def load_fit(
         "evicts",
         plan.footprint_bytes,
         plan.evict,
-        f"needs {fmt_bytes(plan.footprint_bytes)}: unloads {names} first",
+        f"unloads {names} first; {model} needs {fmt_bytes(plan.footprint_bytes)}",
     )
 
 
