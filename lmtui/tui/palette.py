@@ -18,13 +18,29 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
+from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.content import Content
 
-if TYPE_CHECKING:
-    from lmtui.tui.app import LmtuiApp
+from lmtui.core.model import Snapshot
+
+
+class LmtuiApp(Protocol):
+    """What the palette needs of ``lmtui.tui.app.LmtuiApp`` (which imports this module)."""
+
+    snapshot: Snapshot | None
+
+    def keys_by_binding_id(self) -> dict[str, str]: ...
+    def keys_by_action(self) -> dict[str, str]: ...
+    def id_bindings(self) -> list[Binding]: ...
+    def is_refused(self, action: str) -> bool: ...
+    async def run_palette_action(self, binding: Binding) -> None: ...
+    def action_details(self) -> None: ...
+    def focus_table(self, which: Literal["nodes", "models"]) -> None: ...
+    def open_detail(self, kind: Literal["node", "model"], name: str) -> None: ...
+
 
 #: The palette's name for each binding id (``lmtui.config.keymap.BINDING_IDS``): the words
 #: an operator would type. An id missing here falls back to the binding's description.
@@ -141,9 +157,8 @@ class _LmtuiProvider(Provider):
         raise NotImplementedError
 
     def _here(self) -> Iterator[PaletteCommand]:
-        app: LmtuiApp = self.app  # type: ignore[assignment]
         # Only from the main screen: the actions act on its cursor.
-        if self.screen is not app.screen_stack[0]:
+        if self.screen is not self.app.screen_stack[0]:
             return
         yield from self._commands()
 
