@@ -27,6 +27,7 @@ import httpx
 
 from lmtui.core.events import Event
 from lmtui.core.model import Snapshot
+from lmtui.core.placement import PendingLoads, PoolSettings
 from lmtui.core.rebalance import RebalancePlan
 from lmtui.engine import commands as cmd
 from lmtui.engine.codec import event_from_builtins, plan_from_builtins, snapshot_from_builtins
@@ -72,6 +73,12 @@ class EngineClient(abc.ABC):
     async def model_details(self, model: str) -> ModelDetails | None:
         """A model's settings and request percentiles, or None when the engine cannot say."""
         return None
+
+    def placement_inputs(self) -> tuple[PoolSettings, PendingLoads]:
+        """The pool settings and pending loads the engine places loads with, for the load
+        dialog's preview (``core/fit.py``). A client that cannot see them (attached) gives
+        the defaults: run-time pins still count, as the snapshot's instances carry them."""
+        return PoolSettings(), frozenset()
 
     async def processes(self, node: str) -> list[dict[str, Any]]:
         """The server processes lmtui runs on ``node`` with their last log lines (only a
@@ -134,6 +141,10 @@ class InProcessClient(EngineClient):
 
     def history(self) -> History:
         return self.engine.history
+
+    def placement_inputs(self) -> tuple[PoolSettings, PendingLoads]:
+        d = self.engine.dispatcher
+        return d.settings.pool, d.pending_loads
 
     async def model_details(self, model: str) -> ModelDetails | None:
         e = self.engine

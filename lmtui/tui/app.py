@@ -13,20 +13,23 @@ import asyncio
 import os
 import time
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import tomli_w
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.css.query import NoMatches
+from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
 from lmtui.core.model import Snapshot
 from lmtui.engine.client import EngineClient, HttpEngineClient, Update
 from lmtui.tui.controls import BINDINGS as CONTROL_BINDINGS
 from lmtui.tui.controls import ControlsApp
+from lmtui.tui.palette import REPLACED_SYSTEM_COMMANDS, ActionsProvider, ViewsProvider
 from lmtui.tui.render import instance_row_key, waiting_row_key
 from lmtui.tui.themes import SHIPPED_THEMES_DIR, load_themes
 from lmtui.tui.widgets.detail_screens import DetailScreen, ModelScreen, NodeScreen
@@ -52,6 +55,8 @@ class LmtuiApp(ControlsApp):
     CSS_PATH = "app.tcss"
     # Start on the node table: the filter input must not take the keys (q, t, ?) at start.
     AUTO_FOCUS = "#nodes"
+    # ctrl+p: lmtui's actions and views, then Textual's own system commands.
+    COMMANDS = ControlsApp.COMMANDS | {ActionsProvider, ViewsProvider}
 
     # Each binding has an id so users can remap it: ``[keymap]`` in the config (its ids are
     # lmtui.config.keymap.BINDING_IDS, checked against these by tests/tui/test_keymap.py),
@@ -244,23 +249,49 @@ class LmtuiApp(ControlsApp):
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """Enter on a node row opens its node screen; on a model row, its model screen."""
-        key = event.row_key.value
+        self._open_row(event.data_table, event.row_key.value)
+
+    def _open_row(self, table: DataTable[Any], key: str | None) -> None:
         if key is None or self.snapshot is None:
             return
-        screen: DetailScreen
-        if isinstance(event.data_table, NodeTable):
-            screen = NodeScreen(self.client, str(key))
-        elif isinstance(event.data_table, ModelTable):
+        if isinstance(table, NodeTable):
+            self.open_detail("node", str(key))
+        elif isinstance(table, ModelTable):
             model = self._model_of_row(str(key))
-            if model is None:
-                return
-            screen = ModelScreen(self.client, model)
-        else:
+            if model is not None:
+                self.open_detail("model", model)
+
+    def open_detail(self, kind: Literal["node", "model"], name: str) -> None:
+        """Open the detail screen of node or model ``name`` (Enter, or the palette)."""
+        if self.snapshot is None:
             return
+        screen: DetailScreen
+        screen = NodeScreen(self.client, name) if kind == "node" else ModelScreen(self.client, name)
         screen.show(
             self.snapshot, self.clock(), self.client.history(), self.client.recent_events(500)
         )
         self.push_screen(screen)
+
+    def action_details(self) -> None:
+        """The detail screen of the row under the cursor: the node table's when it has
+        focus, else the model table's (what Enter opens in that table)."""
+        nodes = self.query_one(NodeTable)
+        table: NodeTable | ModelTable = (
+            nodes if self.focused is nodes else self.query_one(ModelTable)
+        )
+        if table.cursor_key is None:
+            return self._need("a node or a model")
+        self._open_row(table, table.cursor_key)
+
+    def focus_table(self, which: Literal["nodes", "models"]) -> None:
+        """Put the focus (and so the commands' target) on the node or the model table."""
+        self.query_one(NodeTable if which == "nodes" else ModelTable).focus()
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        """Textual's own palette commands, but for those lmtui's own replace."""
+        for command in super().get_system_commands(screen):
+            if command.title not in REPLACED_SYSTEM_COMMANDS:
+                yield command
 
     def _model_of_row(self, key: str) -> str | None:
         prefix = waiting_row_key("")

@@ -17,6 +17,7 @@ from textual import events
 from textual.app import App
 from textual.binding import Binding
 
+from lmtui.core.fit import LoadFit, load_fit
 from lmtui.core.model import Instance, Node, Snapshot
 from lmtui.core.rebalance import RebalancePlan
 from lmtui.core.scheduler import Strategy
@@ -90,11 +91,24 @@ def plan_text(plan: RebalancePlan) -> Text:
     return out
 
 
+def fit_text(fit: LoadFit) -> Text:
+    """The load dialog's preview of ``fit``, coloured by verdict."""
+    style = {"fits": "green", "evicts": "yellow", "later": "yellow", "never": "red"}
+    head = {
+        "fits": "Fits in free memory",
+        "evicts": "Fits after evicting",
+        "later": "No room now",
+        "never": "Cannot fit here",
+    }[fit.verdict]
+    return Text.assemble((head, f"bold {style[fit.verdict]}"), ": ", fit.detail)
+
+
 class ControlsApp(App[None]):
     """The command actions of ``LmtuiApp``, kept apart so the app module stays thin."""
 
     client: EngineClient
     snapshot: Snapshot | None
+    clock: Callable[[], float]
 
     def __init__(self) -> None:
         super().__init__()
@@ -130,7 +144,7 @@ class ControlsApp(App[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # A command in read-only mode is hidden from the footer and the help, and not run
         # (on_key says why instead).
-        return self._probing or not (action in COMMANDS and self.client.read_only)
+        return self._probing or not self.is_refused(action)
 
     def _command_bound_to(self, key: str) -> Binding | None:
         """The command binding ``key`` would run on this screen, were lmtui not read-only.
@@ -147,6 +161,43 @@ class ControlsApp(App[None]):
             return None
         return active.binding
 
+    def _keys_by(self, attr: str) -> dict[str, str]:
+        """The keys bound now on the main screen (remaps included, read-only or not), by
+        each binding's ``attr`` (``id`` or ``action``), as the footer shows them."""
+        self._probing = True
+        try:
+            active = self.screen_stack[0].active_bindings
+        finally:
+            self._probing = False
+        keys: dict[str, list[str]] = {}
+        for ab in active.values():
+            name = getattr(ab.binding, attr)
+            if name is not None:
+                shown = self.get_key_display(ab.binding)
+                if shown not in keys.setdefault(name, []):
+                    keys[name].append(shown)
+        return {name: " / ".join(k) for name, k in keys.items()}
+
+    def keys_by_binding_id(self) -> dict[str, str]:
+        """Binding id -> the keys that run it now (``[keymap]`` applied)."""
+        return self._keys_by("id")
+
+    def keys_by_action(self) -> dict[str, str]:
+        """Action -> the keys that run it now, for the bindings without an id too."""
+        return self._keys_by("action")
+
+    def id_bindings(self) -> list[Binding]:
+        """The app's remappable bindings (those with an id), in their order."""
+        return [b for b in Binding.make_bindings(self.BINDINGS) if b.id is not None]
+
+    async def run_palette_action(self, binding: Binding) -> None:
+        """Run ``binding``'s action as its key would: same checks and confirmations, and in
+        read-only mode the same refusal, said out loud."""
+        if self.is_refused(binding.action):
+            self.say_read_only(binding)
+            return
+        await self.run_action(binding.action)
+
     def on_key(self, event: events.Key) -> None:
         """In read-only mode, a command key says it is refused rather than nothing at all."""
         if not self.client.read_only:
@@ -154,6 +205,14 @@ class ControlsApp(App[None]):
         binding = self._command_bound_to(event.key)
         if binding is None:
             return
+        self.say_read_only(binding)
+
+    def is_refused(self, action: str) -> bool:
+        """Would ``action`` be refused because lmtui is read-only?"""
+        return action in COMMANDS and self.client.read_only
+
+    def say_read_only(self, binding: Binding) -> None:
+        """Tell the operator ``binding``'s command is refused (once per few seconds)."""
         now = time.monotonic()
         last = self._read_only_told.get(binding.action)
         if last is not None and now - last < READ_ONLY_NOTICE_S:
@@ -223,20 +282,29 @@ class ControlsApp(App[None]):
                 self.notify(f"{node.name}: {node.no_load}", severity="error", timeout=6)
                 return
             here = {i.model for i in snap.instances_on(node.name)}
-            choices = [
-                (a.key, f"{a.key}  {fmt_bytes(a.size_bytes)}")
+            pool, pending = self.client.placement_inputs()
+            now = self.clock()
+            fits = {
+                a.key: load_fit(snap, a.key, node.name, now, pool, pending)
                 for a in node.available
                 if a.key not in here
-            ]
-            if not choices:
+            }
+            if not fits:
                 self.notify(f"{node.name} lists no other model to load", timeout=3)
                 return
+            choices = [
+                (model, f"{model}  {fmt_bytes(fit.footprint_bytes)}  {fit.short}")
+                for model, fit in fits.items()
+            ]
+            notes = {model: fit_text(fit) for model, fit in fits.items()}
 
             def picked(model: str | None) -> None:
                 if model:
+                    # Sent even when the preview says it cannot fit now: the engine decides
+                    # (the cluster may have changed) and its refusal says why.
                     self._run(lambda: self.client.load(model, node.name))
 
-            self.push_screen(ChoiceScreen(f"Load on {node.name}", choices), picked)
+            self.push_screen(ChoiceScreen(f"Load on {node.name}", choices, notes=notes), picked)
             return
         inst = self.selected_instance()
         model = inst.model if inst is not None else self._selected_waiting_model()

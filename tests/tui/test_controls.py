@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from types import MappingProxyType
 
-from textual.widgets import OptionList
+from textual.widgets import OptionList, Static
 
 from lmtui.core.model import AvailableModel, GiB
 from lmtui.core.rebalance import PlanStep, RebalancePlan
@@ -421,3 +421,43 @@ async def test_evicting_a_pinned_model_is_refused_at_once_without_a_dialog() -> 
             "error",
         )
         assert client.commands == []
+
+
+async def test_the_load_dialog_previews_the_memory_fit_of_the_highlighted_model() -> None:
+    snap, events = fixed_cluster()
+    nodes = dict(snap.nodes)
+    # mac-studio: 192 GiB, 25.3 loaded (qwen3 pinned, gemma idle for two hours).
+    nodes["mac-studio"] = replace(
+        nodes["mac-studio"],
+        available=(
+            AvailableModel("mistral-small-24b", 14 * GiB),
+            AvailableModel("big-170", 170 * GiB),
+            AvailableModel("huge-300", 300 * GiB),
+        ),
+    )
+    client = FakeClient(replace(snap, nodes=MappingProxyType(nodes)), events)
+    app = build_app(client, clock=lambda: FIXED_NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, client)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        options = app.screen.query_one(OptionList)
+        labels = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert [label.split()[-2:] for label in labels] == [
+            ["GB", "fits"],
+            ["evicts", "1"],
+            ["cannot", "fit"],
+        ]
+
+        def note() -> str:
+            return str(app.screen.query_one("#choice-note", Static).render())
+
+        await until(pilot, lambda: note().startswith("Fits in free memory"))
+        await pilot.press("down")
+        await until(pilot, lambda: note().startswith("Fits after evicting"))
+        assert "unloads gemma-3-12b" in note()
+        await pilot.press("down")
+        await until(pilot, lambda: note().startswith("Cannot fit here"))
+        assert "qwen3-30b-a3b" in note() and "pinned" in note()
+        await pilot.press("up", "enter")
+        await until(pilot, lambda: ("load", "big-170", "mac-studio") in client.commands)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 from textual.pilot import Pilot
 
+from lmtui.core.model import AvailableModel, GiB
 from lmtui.tui.app import LmtuiApp, build_app
 from lmtui.tui.widgets.header import ClusterHeader
 
@@ -118,3 +121,44 @@ def test_model_screen(snap_compare: Any) -> None:
                 await pilot.pause(0.01)
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=opened)
+
+
+def preview_app() -> tuple[LmtuiApp, Callable[[Pilot[None]], Any]]:
+    """The fixed cluster with mac-studio's catalogue: one model that fits, one that needs an
+    eviction, one that the pinned qwen3 keeps out."""
+    app, shown = app_for("demo")
+    client = app.client
+    assert isinstance(client, FakeClient)
+    snap = client.snapshot()
+    nodes = dict(snap.nodes)
+    nodes["mac-studio"] = replace(
+        nodes["mac-studio"],
+        available=(
+            AvailableModel("mistral-small-24b", 14 * GiB),
+            AvailableModel("big-170", 170 * GiB),
+            AvailableModel("huge-300", 300 * GiB),
+        ),
+    )
+    client._snap = replace(snap, nodes=MappingProxyType(nodes))
+    return app, shown
+
+
+def test_load_dialog_with_its_memory_fit_preview(snap_compare: Any) -> None:
+    app, shown = preview_app()
+
+    async def dialog(pilot: Pilot[None]) -> None:
+        await shown(pilot)
+        await pilot.press("l", "down")  # the model that evicts gemma-3-12b
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=dialog)
+
+
+def test_command_palette_finds_an_action_with_its_key(snap_compare: Any) -> None:
+    app, shown = app_for("demo")
+
+    async def palette(pilot: Pilot[None]) -> None:
+        await shown(pilot)
+        await pilot.press("ctrl+p", *"drain")
+        await pilot.pause(0.3)  # the palette searches in a worker
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=palette)

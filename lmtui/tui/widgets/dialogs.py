@@ -3,7 +3,7 @@ of its own), pick one of a list."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -88,29 +88,44 @@ class ForceScreen(_AskScreen):
 
 
 class ChoiceScreen(ModalScreen[str | None]):
-    """Pick one of ``choices`` (value, label); escape picks nothing."""
+    """Pick one of ``choices`` (value, label); escape picks nothing. With ``notes`` (value
+    -> text), the highlighted choice's note shows under the list (the load dialog's
+    memory-fit preview)."""
 
     DEFAULT_CSS = (
         _CSS.format(name="ChoiceScreen")
         + """
     ChoiceScreen OptionList { width: auto; min-width: 30; max-height: 20; }
+    ChoiceScreen #choice-note { width: auto; max-width: 64; margin-top: 1; }
     """
     )
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="choice.cancel")]
 
     def __init__(
-        self, title: str, choices: Sequence[tuple[str, str]], current: str | None = None
+        self,
+        title: str,
+        choices: Sequence[tuple[str, str]],
+        current: str | None = None,
+        *,
+        notes: Mapping[str, str | Text] | None = None,
     ) -> None:
         super().__init__(id="choice")
         self.title_text = title
         self.choices = list(choices)
         self.current = current
+        self.notes = dict(notes or {})
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static(Text(self.title_text, style="bold"), classes="title")
             yield OptionList(*(Option(label, id=value) for value, label in self.choices))
+            if self.notes:
+                yield Static("", id="choice-note")
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if self.notes and event.option.id is not None:
+            self.query_one("#choice-note", Static).update(self.notes.get(event.option.id, ""))
 
     def on_mount(self) -> None:
         options = self.query_one(OptionList)

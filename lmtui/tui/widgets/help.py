@@ -43,7 +43,10 @@ MOVING: dict[str, tuple[str, str]] = {
         ("Focus", "the next or previous of the tables and the event log"),
     ),
     "select_cursor": ("Details", "of the node or model under the cursor: its own screen"),
-    "command_palette": ("Palette", "Textual's command palette (themes, screenshot, ...)"),
+    "command_palette": (
+        "Palette",
+        "every action and view by name, with its key",
+    ),
     "quit": ("Quit", "Leave lmtui"),
     "copy_text": ("Copy", "the selected text"),
 }
