@@ -162,3 +162,82 @@ def test_command_palette_finds_an_action_with_its_key(snap_compare: Any) -> None
         await pilot.pause(0.3)  # the palette searches in a worker
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=palette)
+
+
+@pytest.mark.parametrize("theme", ["lmtui-day", "lmtui-contrast"])
+def test_each_shipped_theme(snap_compare: Any, theme: str) -> None:
+    """The light and high-contrast themes on the same screen (the dark default is every
+    other snapshot's)."""
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+
+    async def themed(pilot: Pilot[None]) -> None:
+        await shown(pilot)
+        app.theme = theme
+        await pilot.pause(0.1)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=themed)
+
+
+def test_rebalance_preview(snap_compare: Any) -> None:
+    """r: the plan (upkeep, then proposals), asked before anything is carried out."""
+    from lmtui.core.rebalance import PlanStep, RebalancePlan
+
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+    plan = RebalancePlan(
+        steps=(
+            PlanStep("load", "gpu-box", "gemma-3-12b", "pinned", 8 * GiB),
+            PlanStep("load", "gpu-box", "qwen3-8b", "all replicas busy", 5 * GiB, proposed=True),
+        ),
+        loads_bytes=13 * GiB,
+    )
+
+    async def rebalance(*, apply: bool = False) -> RebalancePlan:
+        return plan
+
+    app.client.rebalance = rebalance  # type: ignore[method-assign]
+
+    async def previewed(pilot: Pilot[None]) -> None:
+        await shown(pilot)
+        await pilot.press("r")
+        async with asyncio.timeout(5):
+            while "confirm" not in type(app.screen).__name__.lower():
+                await pilot.pause(0.01)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=previewed)
+
+
+def test_strategy_picker(snap_compare: Any) -> None:
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+
+    async def picker(pilot: Pilot[None]) -> None:
+        await shown(pilot)
+        await pilot.press("s")
+        await pilot.pause(0.1)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=picker)
+
+
+def test_drain_confirmation(snap_compare: Any) -> None:
+    """d on a node asks first, saying what a drain does."""
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+
+    async def asked(pilot: Pilot[None]) -> None:
+        await shown(pilot)
+        await pilot.press("d")
+        async with asyncio.timeout(5):
+            while "confirm" not in type(app.screen).__name__.lower():
+                await pilot.pause(0.01)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=asked)
+
+
+def test_header_with_peers_at_work(snap_compare: Any) -> None:
+    """[[peers]] taking requests: the header counts them (yellow while some are in flight)."""
+    from lmtui.core.model import PeerState
+
+    app, shown = app_for("/home/me/.config/lmtui/config.toml")
+    client = app.client
+    assert isinstance(client, FakeClient)
+    peers = {"cloud": PeerState(name="cloud", served=14, in_flight=2, budget=1000, budget_used=16)}
+    client._snap = replace(client.snapshot(), peers=MappingProxyType(peers))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=shown)

@@ -19,7 +19,7 @@ _CSS = """
     width: auto; height: auto; max-width: 90%; max-height: 80%;
     border: round $primary; background: $surface; padding: 1 2;
 }}
-{name} Static {{ width: auto; }}
+{name} Static {{ width: auto; max-width: 100%; }}
 {name} .title {{ margin-bottom: 1; }}
 {name} .hint {{ margin-top: 1; color: $text-muted; }}
 """
