@@ -1,0 +1,168 @@
+"""`lmtui --web --demo` in a real browser: headless Chromium (Debian's `chromium`) opens
+the page, the dashboard's node table is on its terminal, and Ctrl-C leaves no process
+behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+from cdp import Browser, require_chromium
+
+pytestmark = pytest.mark.slow
+
+#: The demo cluster's four nodes (lmtui/demo.py).
+DEMO_NODES = ("mac-studio-1", "mac-studio-2", "linux-ollama", "linux-llamacpp")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_web(tmp: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """`lmtui --web ...` in a process group of its own (as a shell runs it), and its URL
+    once it prints it (bounded)."""
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "XDG_STATE_HOME": str(tmp / "state"),
+        "XDG_DATA_HOME": str(tmp / "data"),
+        "XDG_CONFIG_HOME": str(tmp / "config"),
+    }
+    env.pop("LMTUI_ADMIN_TOKEN", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmtui", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if m := re.search(r"in a browser at (\S+)", line):
+            return proc, m.group(1)
+    stop(proc)
+    raise AssertionError("lmtui --web did not print its URL:\n" + "".join(seen))
+
+
+def stop(proc: subprocess.Popen[str]) -> int:
+    """Ctrl-C as a terminal sends it (to the foreground process group); SIGKILL after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        raise
+    except ProcessLookupError:
+        return proc.wait(5)
+
+
+def sessions_of(proc: subprocess.Popen[str]) -> list[psutil.Process]:
+    """The `lmtui --connect` processes the web server runs for its browser sessions."""
+    out = []
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if "--connect" in child.cmdline():
+                out.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+async def test_the_demo_dashboard_opens_in_chromium_and_ctrl_c_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    require_chromium()
+    router = free_port()
+    proc, url = start_web(
+        tmp_path, "--web", f"127.0.0.1:{free_port()}", "--demo", "--listen", f"127.0.0.1:{router}"
+    )
+    sessions: list[psutil.Process] = []
+    try:
+        async with Browser(tmp_path) as browser:
+            await browser.open(url)
+            text = await browser.wait_for_text("Node", *DEMO_NODES, timeout=90)
+            await browser.screenshot(tmp_path / "lmtui-web.png")
+            (tmp_path / "lmtui-web.txt").write_text(text)
+            # The node table's header row, and the session is attached (not embedded).
+            assert re.search(r"Node\s+.*Status", text), text
+            assert "attached" in text, text
+            sessions = sessions_of(proc)
+            # One browser tab, one dashboard process, attached to this lmtui's router.
+            assert len(sessions) == 1
+            assert f"http://127.0.0.1:{router}" in sessions[0].cmdline()
+            assert (tmp_path / "lmtui-web.png").stat().st_size > 10_000
+    finally:
+        rc = stop(proc)
+        assert proc.stdout is not None
+        log = proc.stdout.read()
+    assert rc == 0, log
+    assert "1 browser session(s) asked to quit" in log or "ended (0 open)" in log, log
+    await asyncio.sleep(0.5)
+    assert [s.pid for s in sessions if alive(s)] == []
+
+
+async def test_sessions_end_when_lmtui_is_killed_with_sigkill(tmp_path: Path) -> None:
+    """SIGKILL cannot be passed on: each session notices its parent is gone and exits."""
+    proc, url = start_web(
+        tmp_path,
+        "--web",
+        f"127.0.0.1:{free_port()}",
+        "--demo",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+    )
+    sessions: list[psutil.Process] = []
+    try:
+        origin = url.rstrip("/")
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(f"{url}ws?width=120&height=40", headers={"Origin": origin})
+            async with asyncio.timeout(60):
+                while not sessions:
+                    await asyncio.sleep(0.2)
+                    sessions = sessions_of(proc)
+                # The dashboard is up: textual-serve forwards its first screen.
+                while (await ws.receive()).type != aiohttp.WSMsgType.BINARY:
+                    pass
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            await ws.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(alive(s) for s in sessions):
+            await asyncio.sleep(0.2)
+        assert [s.pid for s in sessions if alive(s)] == []
+    finally:
+        for s in sessions:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                s.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
