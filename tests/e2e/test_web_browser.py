@@ -32,9 +32,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_web(tmp: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+def start_web(
+    tmp: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     """`lmtui --web ...` in a process group of its own (as a shell runs it), and its URL
     once it prints it (bounded)."""
+    extra = env or {}
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -43,6 +46,7 @@ def start_web(tmp: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
         "XDG_CONFIG_HOME": str(tmp / "config"),
     }
     env.pop("LMTUI_ADMIN_TOKEN", None)
+    env.update(extra)
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmtui", *args],
         stdout=subprocess.PIPE,
@@ -63,6 +67,19 @@ def start_web(tmp: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
             return proc, m.group(1)
     stop(proc)
     raise AssertionError("lmtui --web did not print its URL:\n" + "".join(seen))
+
+
+def start_serve(tmp: Path, port: int) -> subprocess.Popen[str]:
+    """`lmtui --serve --demo` on loopback, for `--web --connect` to attach to."""
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp / "s"), "XDG_DATA_HOME": str(tmp / "d")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmtui", "--serve", "--demo", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen[str]) -> int:
@@ -166,3 +183,41 @@ def alive(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+async def test_with_a_token_chromium_gets_the_dashboard_only_with_it(tmp_path: Path) -> None:
+    """`lmtui --web 0.0.0.0:P --connect URL` beside a `lmtui --serve --demo`: beyond
+    loopback only with a token, which the browser must present (here in the URL, as a
+    tablet's browser would after its password prompt)."""
+    require_chromium()
+    token = "web-test-token-4f1c2a"
+    router = free_port()
+    serve = start_serve(tmp_path, router)
+    web_proc = None
+    try:
+        port = free_port()
+        web_proc, url = start_web(
+            tmp_path,
+            "--web",
+            f"0.0.0.0:{port}",
+            "--connect",
+            f"http://127.0.0.1:{router}",
+            env={"LMTUI_ADMIN_TOKEN": token},
+        )
+        assert url == f"http://127.0.0.1:{port}/"
+        async with Browser(tmp_path) as browser:
+            await browser.open(url)
+            # A 401 with a Basic challenge: Chromium would ask for the password; headless,
+            # it shows nothing, and no dashboard starts.
+            await asyncio.sleep(3)
+            assert await browser.evaluate("typeof window.__lmtuiTerminals") == "undefined"
+            assert sessions_of(web_proc) == []
+            await browser.send("Page.navigate", url=f"http://operator:{token}@127.0.0.1:{port}/")
+            await browser.wait_for_text("Node", *DEMO_NODES, timeout=90)
+            (session,) = sessions_of(web_proc)
+            assert token not in " ".join(session.cmdline())
+            assert session.environ().get("LMTUI_ADMIN_TOKEN") == token
+    finally:
+        if web_proc is not None:
+            assert stop(web_proc) == 0
+        stop(serve)

@@ -29,7 +29,8 @@ TOKEN = "s3cret-admin-token-0123456789"
 @pytest.fixture(autouse=True)
 def _no_token_in_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("LMTUI_ADMIN_TOKEN", raising=False)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    for xdg in ("STATE", "DATA", "CONFIG"):  # never the developer's own files
+        monkeypatch.setenv(f"XDG_{xdg}_HOME", str(tmp_path / xdg.lower()))
 
 
 # --- arguments and the bind rule ---------------------------------------------------------
@@ -265,3 +266,62 @@ async def test_a_session_that_ends_closes_its_page_and_frees_its_place(tmp_path:
                 await asyncio.sleep(0.05)
         async with http.get(server.url) as r:
             assert r.status == 200
+
+
+# --- what each mode serves -----------------------------------------------------------------
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[WebPlan, list[str]]]:
+    """The plans `lmtui --web` would serve, each with the engine's router URL at the time
+    (the web server itself is not started: the browser test does that)."""
+    import lmtui.cli
+
+    plans: list[tuple[WebPlan, list[str]]] = []
+
+    async def capture(plan: WebPlan, stop: asyncio.Event, what: str) -> None:
+        plans.append((plan, [what]))
+
+    monkeypatch.setattr(lmtui.cli, "_serve_web", capture)
+    return plans
+
+
+def test_an_embedded_engine_starts_once_and_its_sessions_attach_to_it(
+    served: list[tuple[WebPlan, list[str]]],
+) -> None:
+    assert main(["--web", "127.0.0.1:0", "--demo", "--listen", "127.0.0.1:0", "--read-only"]) == 0
+    ((plan, what),) = served
+    assert what == ["4 nodes from demo"]
+    assert (plan.host, plan.port, plan.token, plan.max_sessions) == ("127.0.0.1", 0, None, 4)
+    cmd = plan.command
+    assert cmd[3] == "--connect" and cmd[4].startswith("http://127.0.0.1:")
+    assert not cmd[4].endswith(":0") and "--read-only" in cmd
+
+
+def test_the_config_gives_the_token_the_bind_and_the_bound(
+    tmp_path: Path,
+    served: list[tuple[WebPlan, list[str]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LMTUI_TEST_WEB_TOKEN", TOKEN)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        '[router]\nadmin_token_env = "LMTUI_TEST_WEB_TOKEN"\nallowed_hosts = ["studio.lan"]\n'
+        '[web]\nlisten = "0.0.0.0:8020"\nmax_sessions = 2\n'
+    )
+    assert main(["--config", str(cfg), "--web", "--listen", "127.0.0.1:0"]) == 0
+    ((plan, _),) = served
+    assert (plan.host, plan.port, plan.token, plan.max_sessions) == ("0.0.0.0", 8020, TOKEN, 2)
+    assert plan.allowed_hosts == ("studio.lan",) and "--read-only" not in plan.command
+    assert TOKEN not in " ".join(plan.command)
+
+
+def test_with_connect_the_sessions_attach_to_that_engine(
+    served: list[tuple[WebPlan, list[str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LMTUI_ADMIN_TOKEN", TOKEN)
+    url = "https://engine.lan:4000"
+    assert main(["--web", "0.0.0.0:8020", "--connect", url, "--ca", "ca.pem"]) == 0
+    ((plan, what),) = served
+    assert what == [f"the engine at {url}"]
+    assert plan.token == TOKEN and plan.command[3:7] == ("--connect", url, "--ca", "ca.pem")
