@@ -84,10 +84,10 @@ def require_chromium() -> None:
     pytest.skip(reason)
 
 
-def _launch(profile: Path) -> subprocess.Popen[bytes]:
+def _launch(profile: Path, flags: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     """Chromium in a process group of its own (its helpers too: killed together)."""
     return subprocess.Popen(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        [CHROMIUM, *FLAGS, *flags, f"--user-data-dir={profile}", "about:blank"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -97,7 +97,8 @@ def _launch(profile: Path) -> subprocess.Popen[bytes]:
 class Browser:
     """``async with Browser(tmp) as b: await b.open(url); await b.text()``."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *flags: str) -> None:
+        self.flags = flags
         self.profile = tmp / "chromium-profile"
         self.proc: subprocess.Popen[bytes] | None = None
         self.http: aiohttp.ClientSession | None = None
@@ -106,7 +107,7 @@ class Browser:
 
     async def __aenter__(self) -> Browser:
         self.profile.mkdir(parents=True)
-        self.proc = _launch(self.profile)
+        self.proc = _launch(self.profile, self.flags)
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
         while not port_file.exists() or len(port_file.read_text().splitlines()) < 2:

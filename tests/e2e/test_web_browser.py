@@ -221,3 +221,38 @@ async def test_with_a_token_chromium_gets_the_dashboard_only_with_it(tmp_path: P
         if web_proc is not None:
             assert stop(web_proc) == 0
         stop(serve)
+
+
+async def test_with_the_routers_tls_the_page_and_its_sessions_use_https(tmp_path: Path) -> None:
+    """`[router] tls_cert`/`tls_key`: the web dashboard is served over HTTPS with that
+    certificate, and each session reaches the router at https://127.0.0.1 trusting it."""
+    require_chromium()
+    import trustme
+
+    leaf = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[router]\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
+    router = free_port()
+    proc, url = start_web(
+        tmp_path,
+        "--web",
+        f"127.0.0.1:{free_port()}",
+        "--config",
+        str(cfg),
+        "--listen",
+        f"127.0.0.1:{router}",
+    )
+    try:
+        assert url.startswith("https://127.0.0.1:")
+        # Chromium does not know the test's CA; the session (Python) is given the cert.
+        async with Browser(tmp_path, "--ignore-certificate-errors") as browser:
+            await browser.open(url)
+            await browser.wait_for_text("attached", f"https://127.0.0.1:{router}", timeout=90)
+            (session,) = sessions_of(proc)
+            cmd = session.cmdline()
+            assert cmd[cmd.index("--ca") + 1] == str(cert)
+    finally:
+        assert stop(proc) == 0
