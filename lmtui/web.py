@@ -326,7 +326,8 @@ class WebServer:
         services = list(self.sessions)
         await asyncio.gather(*(s.stop() for s in services), return_exceptions=True)
         for ws in list(self.sessions.values()):
-            await ws.close(code=1001, message=b"lmtui is stopping")
+            if ws.prepared:
+                await ws.close(code=1001, message=b"lmtui is stopping")
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         import aiohttp_jinja2
@@ -360,7 +361,6 @@ class WebServer:
         width = _dimension(request.query.get("width", "80"), 80)
         height = _dimension(request.query.get("height", "24"), 24)
         ws = web.WebSocketResponse(heartbeat=15, max_msg_size=64 * 1024)
-        await ws.prepare(request)
         service = self._service_cls(
             self._serve.command,
             write_bytes=ws.send_bytes,
@@ -368,9 +368,11 @@ class WebServer:
             close=ws.close,
             download_manager=self._serve.download_manager,
         )
+        # Counted before the first await, so handshakes at once cannot pass the bound.
         self.sessions[service] = ws
-        log.info("browser session from %s (%d open)", request.remote, len(self.sessions))
         try:
+            await ws.prepare(request)
+            log.info("browser session from %s (%d open)", request.remote, len(self.sessions))
             await service.start(width, height)
             await _relay(ws, service)
         except asyncio.CancelledError:
@@ -380,7 +382,8 @@ class WebServer:
         finally:
             await service.stop()
             self.sessions.pop(service, None)
-            await ws.close()
+            if ws.prepared:
+                await ws.close()
             log.info("browser session from %s ended (%d open)", request.remote, len(self.sessions))
         return ws
 

@@ -325,3 +325,18 @@ def test_with_connect_the_sessions_attach_to_that_engine(
     ((plan, what),) = served
     assert what == [f"the engine at {url}"]
     assert plan.token == TOKEN and plan.command[3:7] == ("--connect", url, "--ca", "ca.pem")
+
+
+async def test_handshakes_at_once_cannot_pass_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(web, "SESSION_STOP_S", 0.5)
+    async with WebServer(plan(tmp_path, max_sessions=2)) as server, aiohttp.ClientSession() as http:
+        tries = await asyncio.gather(
+            *(http.ws_connect(f"{server.url}ws") for _ in range(6)), return_exceptions=True
+        )
+        opened = [t for t in tries if isinstance(t, aiohttp.ClientWebSocketResponse)]
+        refused = [t for t in tries if isinstance(t, aiohttp.WSServerHandshakeError)]
+        assert (len(opened), len(refused)) == (2, 4)
+        assert {e.status for e in refused} == {503}
+        assert len(server.sessions) == 2
