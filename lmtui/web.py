@@ -361,25 +361,44 @@ class WebServer:
         width = _dimension(request.query.get("width", "80"), 80)
         height = _dimension(request.query.get("height", "24"), 24)
         ws = web.WebSocketResponse(heartbeat=15, max_msg_size=64 * 1024)
+        ended = asyncio.Event()
+
+        async def session_ended() -> None:
+            ended.set()
+
+        # The session says it ended (the app's "exit"); this handler alone then closes the
+        # websocket, never a second task reading it at the same time.
         service = self._service_cls(
             self._serve.command,
             write_bytes=ws.send_bytes,
             write_str=ws.send_str,
-            close=ws.close,
+            close=session_ended,
             download_manager=self._serve.download_manager,
         )
         # Counted before the first await, so handshakes at once cannot pass the bound.
         self.sessions[service] = ws
+        relay: asyncio.Task[None] | None = None
         try:
             await ws.prepare(request)
             log.info("browser session from %s (%d open)", request.remote, len(self.sessions))
             await service.start(width, height)
-            await _relay(ws, service)
+            relay = asyncio.create_task(_relay(ws, service))
+            waits = {relay, service._task, asyncio.ensure_future(ended.wait())}
+            # Until the browser goes, the app exits or its process ends (q, or it could not
+            # attach: the page then says "Session ended").
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for t in pending - {service._task}:
+                t.cancel()
+            if relay.done() and not relay.cancelled() and relay.exception() is not None:
+                log.warning("browser session ended with an error: %s", relay.exception())
         except asyncio.CancelledError:
             pass
         except Exception as e:  # a session's failure is logged, never the server's end
             log.warning("browser session ended with an error: %s", e)
         finally:
+            if relay is not None:
+                relay.cancel()
+                await asyncio.gather(relay, return_exceptions=True)
             await service.stop()
             self.sessions.pop(service, None)
             if ws.prepared:
@@ -467,12 +486,6 @@ def _session_class(base: type, plan: WebPlan) -> type:
             )
             self._stdin = process.stdin
             return process
-
-        async def run(self) -> None:
-            await super().run()
-            # The dashboard ended (q, or it could not attach): the page says "Session ended".
-            with contextlib.suppress(Exception):  # the browser may be gone already
-                await self.remote_close()
 
         async def stop(self) -> None:
             process = self._process

@@ -165,6 +165,27 @@ class Browser:
             await asyncio.sleep(0.5)
         raise AssertionError(f"not on the page within {timeout:.0f} s: {needles}\n{text}")
 
+    async def wait_for(self, expression: str, timeout: float = 30.0) -> None:
+        """Until ``expression`` is true on the page; AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.evaluate(expression):
+                return
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"not true on the page within {timeout:.0f} s: {expression}")
+
+    async def press(self, char: str) -> None:
+        """A key typed into the terminal (xterm.js listens on its hidden textarea)."""
+        await self.evaluate("document.querySelector('.xterm-helper-textarea').focus()")
+        code = f"Key{char.upper()}" if char.isalpha() else ""
+        vk = ord(char.upper())
+        for kind in ("keyDown", "keyUp"):
+            params: dict[str, Any] = {"type": kind, "key": char, "code": code}
+            params["windowsVirtualKeyCode"] = vk
+            if kind == "keyDown":
+                params["text"] = char
+            await self.send("Input.dispatchKeyEvent", **params)
+
     async def screenshot(self, path: Path) -> None:
         data = await self.send("Page.captureScreenshot", format="png")
         await asyncio.to_thread(path.write_bytes, base64.b64decode(data["data"]))

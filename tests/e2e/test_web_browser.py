@@ -217,6 +217,13 @@ async def test_with_a_token_chromium_gets_the_dashboard_only_with_it(tmp_path: P
             (session,) = sessions_of(web_proc)
             assert token not in " ".join(session.cmdline())
             assert session.environ().get("LMTUI_ADMIN_TOKEN") == token
+            # q in the browser quits that tab's dashboard: the page says so, the process ends.
+            await browser.press("q")
+            await browser.wait_for("document.body.classList.contains('-closed')", timeout=30)
+            deadline = time.monotonic() + 20
+            while alive(session) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert not alive(session) and sessions_of(web_proc) == []
     finally:
         if web_proc is not None:
             assert stop(web_proc) == 0

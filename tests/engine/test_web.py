@@ -224,11 +224,13 @@ async def test_sessions_are_bounded_get_the_token_and_are_stopped(
     p = plan(tmp_path, token=TOKEN, max_sessions=1)
     async with WebServer(p) as server, aiohttp.ClientSession(headers=basic(TOKEN)) as http:
         ws = await http.ws_connect(f"{server.url}ws?width=100&height=30")
+        (session,) = server.sessions
         async with asyncio.timeout(20):
-            while not (tmp_path / "token").exists() or not (tmp_path / "token").read_text():
+            while not (tmp_path / "token").exists() or session._process is None:
+                await asyncio.sleep(0.05)
+            while not (tmp_path / "token").read_text():
                 await asyncio.sleep(0.05)
         assert (tmp_path / "token").read_text() == TOKEN
-        (session,) = server.sessions
         process = session._process
         assert process.returncode is None
         # A second tab past max_sessions: the page and the websocket say so.
