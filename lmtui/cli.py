@@ -1,7 +1,7 @@
 """Command line: parse arguments, find the config, choose the mode.
 
     lmtui [--config FILE] [--demo] [--serve] [--listen HOST:PORT] [--connect URL [--ca FILE]]
-          [--read-only] [--debug]
+          [--web [HOST:PORT]] [--read-only] [--debug]
     lmtui sim --config FILE [--time-scale X]
     lmtui replay TRACE.csv [--cluster FILE | --nodes GB,…] [--policy P …] [--strategy S]
                  [--service busy|instant] [--rate-scale X] [--seed N] [--json]
@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmtui import __version__
-from lmtui.config import Config, ConfigError, key_strings, load_config
+from lmtui.config import Config, ConfigError, key_strings, load_config, parse_listen
 from lmtui.config.paths import find_config, overrides_path, state_dir, themes_dir
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.engine.client import HttpEngineClient, InProcessClient
 from lmtui.engine.commands import CommandError
 from lmtui.engine.engine import Engine, EngineError
 from lmtui.engine.reqlog import default_path as default_log_path
+from lmtui.web import TOKEN_ENV, WEB_PARENT_ENV, WebError, WebPlan, bind_problem
 
 if TYPE_CHECKING:
     from lmtui.demo import Demo
@@ -84,6 +85,15 @@ def parser() -> argparse.ArgumentParser:
         "is checked against, e.g. a self-signed one (default: the system's store)",
     )
     p.add_argument(
+        "--web",
+        nargs="?",
+        const="",
+        metavar="HOST:PORT",
+        help="serve the dashboard to browsers (textual-serve) at HOST:PORT (default: [web] "
+        "listen, 127.0.0.1:8020): one engine here (or the one of --connect), each browser "
+        "tab a dashboard attached to it; beyond loopback the admin token is required",
+    )
+    p.add_argument(
         "--read-only", action="store_true", help="show the cluster; hide and refuse every command"
     )
     p.add_argument(
@@ -120,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--connect attaches to a running engine; it takes no --serve, --demo or --config")
     if args.ca and not args.connect:
         p.error("--ca checks the certificate of a --connect https:// URL; give --connect too")
+    if args.web is not None and args.serve:
+        p.error("--web runs the engine headless already, and serves its dashboard; drop --serve")
+    if args.web is not None and args.listen == "off":
+        p.error("--web needs the router: its browser sessions attach to its control API")
     try:
+        if args.web is not None:
+            _setup_logging(args.debug, to_file=False)
+            return _run_web(args)
         if args.connect:
             _setup_logging(args.debug, to_file=True)
             return asyncio.run(run_attached(args.connect, read_only=args.read_only, ca=args.ca))
@@ -130,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run(serve(config, source, args.listen))
         _setup_logging(args.debug, to_file=True)
         return asyncio.run(run_tui(config, source, args.listen, read_only=args.read_only))
-    except (ConfigError, EngineError, CommandError) as e:
+    except (ConfigError, EngineError, CommandError, WebError) as e:
         if args.debug:
             raise
         # A broken config lists every problem in it, one per line.
@@ -220,17 +237,33 @@ async def run_attached(url: str, *, read_only: bool, ca: str | None = None) -> i
     client = HttpEngineClient(
         url, token=os.environ.get("LMTUI_ADMIN_TOKEN"), read_only=read_only, ca_file=ca
     )
+    watch: asyncio.Task[None] | None = None
     try:
         await client.connect()
-        await build_app(
+        app = build_app(
             client,
             theme_dirs=_theme_dirs(),
             prefs_path=state_dir() / "tui.toml",
             screenshot_dir=state_dir(),
-        ).run_async()
+        )
+        parent = os.environ.get(WEB_PARENT_ENV, "")
+        if parent.isdigit():
+            watch = asyncio.create_task(_exit_with_parent(app, int(parent)))
+        await app.run_async()
     finally:
+        if watch is not None:
+            watch.cancel()
         await client.aclose()
     return 0
+
+
+async def _exit_with_parent(app: Any, parent: int) -> None:
+    """A browser session of ``lmtui --web`` ends when that lmtui is gone, even killed with
+    SIGKILL (which it cannot pass on): its parent then is no longer ``parent``."""
+    # No event tells a process that its parent died (PR_SET_PDEATHSIG is Linux-only): poll.
+    while os.getppid() == parent:  # noqa: ASYNC110
+        await asyncio.sleep(1.0)
+    app.exit()
 
 
 def _theme_dirs() -> tuple[Path, ...]:
@@ -288,6 +321,129 @@ async def _serve(
                 await demo.traffic.stop()
     log.info("stopped")
     return 0
+
+
+def _run_web(args: argparse.Namespace) -> int:
+    """``lmtui --web``: check the bind and the token before anything starts, then serve."""
+    from lmtui.config import WebConfig
+    from lmtui.web import parse_web_listen
+
+    if args.connect:
+        web_cfg, token = WebConfig(), os.environ.get(TOKEN_ENV) or None
+        host, port = parse_web_listen(args.web or web_cfg.listen)
+        problem = bind_problem(host, token, f"${TOKEN_ENV}")
+        if problem:
+            raise WebError(problem)
+        return asyncio.run(_web_attached(args, host, port, web_cfg.max_sessions, token))
+    config, source = resolve_config(args)
+    return asyncio.run(web_embedded(config, source, args))
+
+
+async def _web_attached(
+    args: argparse.Namespace, host: str, port: int, max_sessions: int, token: str | None
+) -> int:
+    from lmtui.web import WebPlan, session_command
+
+    plan = WebPlan(
+        host=host,
+        port=port,
+        command=session_command(
+            args.connect, read_only=args.read_only, ca=args.ca, debug=args.debug
+        ),
+        token=token,
+        max_sessions=max_sessions,
+    )
+    async with _until_signal() as stop:
+        await _serve_web(plan, stop, f"the engine at {args.connect}")
+    return 0
+
+
+async def web_embedded(config: Config | None, source: str, args: argparse.Namespace) -> int:
+    """One engine in this process (the demo cluster's, with ``--demo``), its dashboard in
+    every browser tab: each session is ``lmtui --connect`` to this engine's router."""
+    from lmtui.engine.engine import env_secret, is_loopback, router_tls
+    from lmtui.web import WebPlan, local_url, parse_web_listen, session_command
+
+    # Checked before the cluster starts (the demo's config has the defaults' rules).
+    pre = config if config is not None else Config()
+    rc = pre.router
+    token = env_secret(rc.admin_token_env, "[router] admin_token_env")
+    host, port = parse_web_listen(args.web or pre.web.listen)
+    problem = bind_problem(host, token, "[router] admin_token_env")
+    if problem:
+        raise WebError(problem)
+    listen = _listen(pre, args.listen) or rc.listen
+    try:
+        router_host = parse_listen(listen, any_port=True)[0].strip("[]")
+    except ValueError as e:
+        raise WebError(f"--listen {e}") from None
+    if token is None and not is_loopback(router_host):
+        raise WebError(
+            f"--web needs the control API, which is off on {router_host} without an admin "
+            "token: set [router] admin_token_env"
+        )
+    async with _until_signal() as stop, cluster_config(config) as (cfg, demo):
+        tls = router_tls(cfg)
+        engine = _engine(cfg, source, listen)
+        engine.store.subscribe(_log_events)
+        async with engine:
+            if demo is not None:
+                demo.route_traffic_via(engine.router_url)
+            assert engine.router_url is not None
+            plan = WebPlan(
+                host=host,
+                port=port,
+                command=session_command(
+                    local_url(engine.router_url),
+                    read_only=args.read_only,
+                    # The router's own certificate: its sessions reach it on loopback.
+                    ca=rc.tls_cert if tls is not None else None,
+                    debug=args.debug,
+                ),
+                token=token,
+                max_sessions=cfg.web.max_sessions,
+                tls=tls,
+                allowed_hosts=tuple(rc.allowed_hosts),
+                allowed_origins=tuple(rc.allowed_origins),
+                auth_failure_burst=rc.auth_failure_burst,
+                auth_failure_rate=rc.auth_failure_rate,
+            )
+            await _serve_web(plan, stop, f"{len(cfg.nodes)} nodes from {source}")
+            if demo is not None:
+                await demo.traffic.stop()
+    return 0
+
+
+async def _serve_web(plan: WebPlan, stop: asyncio.Event, what: str) -> None:
+    from lmtui.web import WebServer
+
+    async with WebServer(plan) as server:
+        log.info(
+            "lmtui %s: the dashboard of %s in a browser at %s (at most %d sessions%s); "
+            "Ctrl-C stops",
+            __version__,
+            what,
+            server.url,
+            plan.max_sessions,
+            ", admin token required" if plan.token else "",
+        )
+        await stop.wait()
+        log.info("stopping: %d browser session(s) asked to quit", len(server.sessions))
+    log.info("stopped")
+
+
+@asynccontextmanager
+async def _until_signal() -> AsyncIterator[asyncio.Event]:
+    """An event set by SIGINT or SIGTERM while the block runs."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def _log_events(_snap: object, events: list[Event]) -> None:

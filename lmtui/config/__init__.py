@@ -43,6 +43,7 @@ from lmtui.config.schema import (
     RouterConfig,
     SshConfig,
     Strategy,
+    WebConfig,
     parse_listen,
     parse_port_range,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "RouterConfig",
     "SshConfig",
     "Strategy",
+    "WebConfig",
     "decode_toml",
     "key_strings",
     "load_config",

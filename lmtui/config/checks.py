@@ -101,6 +101,10 @@ def check_config(cfg: Config, lines: dict[KeyPath, int]) -> list[Problem]:
         parse_listen(cfg.router.listen)
     except ValueError as exc:
         problems.append(Problem(("router", "listen"), str(exc)))
+    try:
+        parse_listen(cfg.web.listen)
+    except ValueError as exc:
+        problems.append(Problem(("web", "listen"), str(exc)))
     for j, env in enumerate(cfg.router.api_keys_env):
         if (msg := env_name_problem(env)) is not None:
             problems.append(Problem(("router", "api_keys_env", j), msg))

@@ -248,6 +248,17 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     preload_min_rate: NonNegFloat = 1.0
 
 
+class WebConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``lmtui --web``: the dashboard in a browser, through textual-serve."""
+
+    #: HOST:PORT the web dashboard listens on (``--web HOST:PORT`` overrides it). Beyond
+    #: loopback it needs ``[router] admin_token_env``, and every browser must present it.
+    listen: str = "127.0.0.1:8020"
+    #: Browser sessions open at once: each runs its own dashboard process (about 90 MB and
+    #: a stream of the control API's events), so a forgotten tab cannot grow without bound.
+    max_sessions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+
+
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """What lmtui should know about one model."""
 
@@ -314,6 +325,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     poll: PollConfig = msgspec.field(default_factory=PollConfig)
     router: RouterConfig = msgspec.field(default_factory=RouterConfig)
     pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
+    web: WebConfig = msgspec.field(default_factory=WebConfig)
     #: Per-model settings, one ``[[models]]`` table each; models not listed get defaults.
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     #: Services that take requests the cluster cannot serve in time, one ``[[peers]]``

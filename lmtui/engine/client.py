@@ -308,14 +308,18 @@ class HttpEngineClient(EngineClient):
 
 def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
     """How ``--connect https://...`` checks the engine's certificate: against ``ca_file``
-    (``--ca``, a private CA or a self-signed certificate) when given, else against the
-    system's store (``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` are honoured) and certifi's, which
-    httpx would use alone. Host names are checked; TLS 1.2 or later."""
+    (``--ca``: a private CA, a self-signed certificate or the engine's own) when given,
+    else against the system's store (``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` are honoured)
+    and certifi's, which httpx would use alone. Host names are checked; TLS 1.2 or later."""
     if ca_file is not None:
         try:
             ctx = ssl.create_default_context(cafile=ca_file)
         except (OSError, ssl.SSLError) as e:
             raise CommandError(f"--ca {ca_file}: cannot use it: {e}", 400) from None
+        # A certificate in the file is trusted as it is, CA or not (Python 3.13's default):
+        # the engine's own certificate file works too, as ``lmtui --web``'s sessions use
+        # the router's ``tls_cert`` when its CA is not at hand.
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     else:
         import certifi
 

@@ -31,6 +31,7 @@ from lmtui.config import (
     PoolNodeConfig,
     RouterConfig,
     SshConfig,
+    WebConfig,
     key_strings,
     load_config,
     parse_listen,
@@ -605,6 +606,7 @@ def test_example_config_documents_every_key() -> None:
         ModelConfig,
         PoolNodeConfig,
         PeerConfig,
+        WebConfig,
     ]
     missing = [
         f"{struct.__name__}.{field.encode_name}"
@@ -613,7 +615,16 @@ def test_example_config_documents_every_key() -> None:
         if field.encode_name not in written and field.encode_name not in ("ssh", "pool")
     ]
     assert missing == []
-    tables = {"[[nodes]]", "[nodes.ssh]", "[poll]", "[router]", "[pool]", "[[models]]", "[keymap]"}
+    tables = {
+        "[[nodes]]",
+        "[nodes.ssh]",
+        "[poll]",
+        "[router]",
+        "[pool]",
+        "[[models]]",
+        "[keymap]",
+        "[web]",
+    }
     assert tables <= {line.strip() for line in text.splitlines()}
 
 
