@@ -296,6 +296,22 @@ async def serve(config: Config | None, source: str, listen: str | None) -> int:
         # Servers of a pool node left running are adopted by the next lmtui.
         log.info("stopped (forced)")
         return 130
+    finally:
+        # The engine has stopped (its request log flushed). What is left is the event
+        # loop's own teardown, after which the loop drops its handlers and a signal would
+        # kill the process with no word: a signal now ends it at once, as one during the
+        # drain does.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, _exit_forced)
+
+
+def _exit_forced(signum: int, frame: object) -> None:
+    """A signal after the engine stopped, while the process winds down: exit now (130)."""
+    log.info("stopped (forced)")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 async def _serve(
