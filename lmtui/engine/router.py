@@ -597,7 +597,13 @@ class Router:
         ttl = getattr(head, "ttl", msgspec.UNSET)  # LM Studio's JIT ttl (chat-like paths)
         # The replica that holds the state a previous_response_id names: only it may serve.
         pin = self.response_ids.pin(self.dispatcher.store.snapshot, previous) if previous else None
-        if pin is None and previous and (known := self.response_ids.get(previous)) is not None:
+        if (
+            pin is None
+            and previous
+            and self._has_peers
+            and not hop
+            and (known := self.response_ids.get(previous)) is not None
+        ):
             peer = self.peers.by_name.get(known[0].removeprefix("peer:"))
             if is_peer_node(known[0]) and peer is not None:
                 # A response a peer made: its state is there, and only there.

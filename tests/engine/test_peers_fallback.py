@@ -244,3 +244,21 @@ async def test_concurrent_fallbacks_respect_max_concurrent(monkeypatch: pytest.M
         for r in refused:
             assert "max_concurrent" in str(r.body)
         assert ne.store.snapshot.peers["far"].in_flight == 0
+
+
+async def test_a_continuation_of_a_response_a_peer_made_goes_back_to_that_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with pair(monkeypatch) as (nc, ne, fc, _fe):
+        await down(nc, ne)
+        c = client(ne)
+        first = await c.responses.create(model="m1", input="hi", max_output_tokens=8)
+        # "a" is back, but the state of that response lives behind the peer.
+        await nc.node("a").set_down(False)
+        await eventually(lambda: ne.store.snapshot.nodes["a"].health is Health.HEALTHY, 10.0)
+        raw = await c.responses.with_raw_response.create(
+            model="m1", input="and then?", previous_response_id=first.id, max_output_tokens=8
+        )
+        assert raw.headers["x-lmtui-peer"] == "far"
+        assert len(fc.node("b").records) == 2
+        assert len(nc.node("a").records) == 0
