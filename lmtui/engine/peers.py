@@ -134,8 +134,8 @@ class Peer:
         why = self.refusal(now)
         if why is not None:
             return why
-        if self._rate is not None and (wait := self._rate.take(self.name)) > 0:
-            return f"over its rate limit ({self._rate.rate:g} requests/s; again in {wait:.1f} s)"
+        if self._rate is not None:
+            self._rate.take(self.name)  # granted: refusal() saw a token there
         if self.budget:
             self._spent.append(now)
         self.in_flight += 1
