@@ -26,9 +26,9 @@ Per update:
 - **p99 no gc2**: frame p99 over the updates in which no full (generation 2) garbage
   collection ran: those scan every object in the process, 50-150 ms here whoever made
   the garbage, and **gc2s** says how many landed in the run;
-- **written** / **rendered**: cells written into the tables, and cells Rich laid out
-  again for the screen (DataTable's cell cache filled), per update: work that noise does
-  not change.
+- **written** / **drawn**: cells that changed in the tables, and rows made into strips
+  again for the screen (``KeyedTable.rows_drawn``), per update: work that noise does not
+  change.
 
 Then the CPU the UI process uses at one update per second through the app's own watch
 worker and clock tick (``--cpu-seconds``), as a percentage of one core.
@@ -47,11 +47,8 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
-
-from textual.cache import LRUCache
 
 from lmtui.core.events import Event
 from lmtui.core.model import GiB, Health, HostMemory, Instance, Node, NodeKind, Snapshot
@@ -168,24 +165,6 @@ def pct(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, max(0, round(q * len(v)) - 1))]
 
 
-class CountingCache(LRUCache[Any, Any]):
-    """A DataTable's cell-render cache that counts what it is given: each ``set`` is one
-    cell rendered (Rich's layout of its ``Text``), a figure no other load on the machine
-    changes."""
-
-    __slots__ = ("renders",)
-
-    def __init__(self, maxsize: int) -> None:
-        super().__init__(maxsize)
-        self.renders = 0
-
-    def set(self, key: Any, value: Any) -> None:
-        self.renders += 1
-        super().set(key, value)
-
-    __setitem__ = set
-
-
 async def measure(n_nodes: int, n_models: int, updates: int, cpu_seconds: float) -> dict:
     snap = cluster(n_nodes, n_models)
     history = history_for(snap)
@@ -201,8 +180,6 @@ async def measure(n_nodes: int, n_models: int, updates: int, cpu_seconds: float)
                 await pilot.pause(0.01)
         await pilot.pause(0.2)
         tables = [app.query_one(NodeTable), app.query_one(ModelTable)]
-        for table in tables:
-            table._cell_render_cache = CountingCache(table._cell_render_cache.maxsize)
         # Full collections (Python's generation 2) scan every object in the process and
         # take 50-150 ms here, whoever made the garbage: an update they land in is counted
         # apart as well, so that they do not hide what the update itself costs.
@@ -218,12 +195,12 @@ async def measure(n_nodes: int, n_models: int, updates: int, cpu_seconds: float)
         frame_ms: list[float] = []
         cpu_ms: list[float] = []
         cells_written: list[int] = []
-        cells_rendered: list[int] = []
+        rows_drawn: list[int] = []
         for k in range(updates):
             snap = changed(snap, k)
             history.add(sample(snap, NOW + k + 1, k))
             clock[0] = NOW + k + 1
-            rendered = sum(t._cell_render_cache.renders for t in tables)
+            drawn = sum(t.rows_drawn for t in tables)
             gcs = full_gcs[0]
             c0, t0 = time.process_time(), time.perf_counter()
             app.apply_update(Update(snap, []))
@@ -241,7 +218,7 @@ async def measure(n_nodes: int, n_models: int, updates: int, cpu_seconds: float)
                 quiet_ms.append((t2 - t0) * 1000)
             cells_written.append(sum(t.last_sync_stats[1] for t in tables))
             await pilot.pause()  # idle handlers and anything left, outside the measurement
-            cells_rendered.append(sum(t._cell_render_cache.renders for t in tables) - rendered)
+            rows_drawn.append(sum(t.rows_drawn for t in tables) - drawn)
         gc.callbacks.remove(on_gc)
         for name, values in (
             ("apply", apply_ms),
@@ -253,7 +230,7 @@ async def measure(n_nodes: int, n_models: int, updates: int, cpu_seconds: float)
             out[f"{name}_p99_ms"] = round(pct(values, 0.99), 2)
         out["full_gcs"] = full_gcs[0]
         out["cells_written"] = round(statistics.mean(cells_written), 1)
-        out["cells_rendered"] = round(statistics.mean(cells_rendered), 1)
+        out["rows_drawn"] = round(statistics.mean(rows_drawn), 1)
 
         # CPU at one update a second, through the app's own worker and clock tick.
         if cpu_seconds > 0:
@@ -299,7 +276,7 @@ def main() -> None:
         ("frame_no_full_gc_p99_ms", "p99 no gc2"),
         ("full_gcs", "gc2s"),
         ("cells_written", "written"),
-        ("cells_rendered", "rendered"),
+        ("rows_drawn", "drawn"),
         ("cpu_pct_at_1_update_per_s", "cpu % @1/s"),
     ]
     print("  ".join(label.rjust(10) for _, label in cols))

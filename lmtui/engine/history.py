@@ -127,6 +127,36 @@ class History:
         i = METRICS.index(metric)
         return [(at, v[i]) for at, v in d]
 
+    def bucket_means(
+        self, scope: Scope, name: str, metric: Metric, width: int
+    ) -> tuple[list[float | None], Point | None]:
+        """``trend.buckets`` of one metric over the whole window ending at ``last_at``, and
+        its newest point (None: never sampled), in one pass over the series: a sparkline
+        per node on screen per sample, without a list of its points made first."""
+        d = self._series[scope].get("" if scope == "cluster" else name)
+        if not d or width <= 0:
+            return [None] * max(0, width), None
+        i = METRICS.index(metric)
+        end, span = self.last_at, self.window_s
+        start, step = end - span, span / width
+        sums = [0.0] * width
+        counts = [0] * width
+        last = width - 1
+        for at, values in reversed(d):
+            if at <= start:
+                break  # the points are in time order: the rest are older still
+            value = values[i]
+            if value is None or at > end:
+                continue
+            b = int((at - start) / step)
+            if b > last:
+                b = last
+            sums[b] += value
+            counts[b] += 1
+        at, values = d[-1]
+        means = [total / n if n else None for total, n in zip(sums, counts, strict=True)]
+        return means, (at, values[i])
+
     def latest(self, scope: Scope, name: str = "") -> Values | None:
         d = self._series[scope].get("" if scope == "cluster" else name)
         return d[-1][1] if d else None

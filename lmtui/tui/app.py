@@ -10,12 +10,13 @@ does.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import tomli_w
 from textual.app import ComposeResult, SystemCommand
@@ -23,20 +24,21 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer
+from textual.widgets import Footer
 
 from lmtui.core.model import Snapshot
 from lmtui.engine.client import EngineClient, HttpEngineClient, Update
 from lmtui.tui.controls import BINDINGS as CONTROL_BINDINGS
 from lmtui.tui.controls import ControlsApp
 from lmtui.tui.palette import REPLACED_SYSTEM_COMMANDS, ActionsProvider, ViewsProvider
-from lmtui.tui.render import instance_row_key, waiting_row_key
+from lmtui.tui.render import instance_row_key, instances_by_node, waiting_row_key
 from lmtui.tui.themes import SHIPPED_THEMES_DIR, load_themes
 from lmtui.tui.widgets.detail_screens import DetailScreen, ModelScreen, NodeScreen
 from lmtui.tui.widgets.event_log import EventLog
 from lmtui.tui.widgets.filter_bar import FilterBar
 from lmtui.tui.widgets.header import ClusterHeader
 from lmtui.tui.widgets.help import HelpScreen, KeyHelp, other_keys
+from lmtui.tui.widgets.keyed_table import KeyedTable
 from lmtui.tui.widgets.model_table import ModelTable
 from lmtui.tui.widgets.node_table import NodeTable
 
@@ -46,6 +48,11 @@ CLOCK_TICK_S = 1.0
 #: Waits before re-watching after the client's update stream failed (an attached engine
 #: restarting): quick at first, then no more than one try every 10 s.
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+#: At most this many updates are drawn a second. An engine may publish a snapshot per node
+#: poll (a hundred a second at 200 nodes); drawing each would take the whole event loop,
+#: which in embedded mode is the router's too. Faster updates are merged: the newest
+#: snapshot is drawn once the interval is up, with every event that came in between.
+MAX_UPDATES_PER_S = 10
 
 
 class LmtuiApp(ControlsApp):
@@ -97,6 +104,12 @@ class LmtuiApp(ControlsApp):
         super().__init__()
         self.client = client
         self.clock = clock
+        #: An update that came sooner than ``MAX_UPDATES_PER_S`` allows, waiting, with
+        #: whether it begins a watch; when the next may be drawn (``time.monotonic``).
+        self._held: tuple[Update, bool] | None = None
+        self._next_draw = 0.0
+        #: Whether the start's objects are frozen out of the garbage collector's work.
+        self._frozen = False
         #: The dashboard's own preferences (the theme), kept across runs; None: not kept.
         self.prefs_path = prefs_path
         #: Where ``ctrl+s`` saves its SVG (lmtui's state directory; None: the current one).
@@ -157,11 +170,54 @@ class LmtuiApp(ControlsApp):
                     if failures == 0:
                         self.notify(f"lost the engine's updates: {exc}", severity="error")
                     break
-                self.apply_update(update, initial=first)
+                self._offer(update, initial=first)
                 first = False
                 failures = 0
             await asyncio.sleep(RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)])
             failures += 1
+
+    def _offer(self, update: Update, *, initial: bool) -> None:
+        """Draw ``update`` now, or, when the last one was drawn less than
+        ``1 / MAX_UPDATES_PER_S`` ago, hold it (merged into any held already) until then."""
+        held = self._held
+        if held is not None:
+            before, was_initial = held
+            self._held = (Update(update.snapshot, [*before.events, *update.events]), was_initial)
+            return  # the timer set for the first held update draws this one too
+        wait = self._next_draw - time.monotonic()
+        if wait > 0 and not initial:
+            self._held = (update, initial)
+            self.set_timer(wait, self._draw_held)
+            return
+        self._draw_update(update, initial)
+
+    def _draw_held(self) -> None:
+        if self._held is not None:
+            update, initial = self._held
+            self._held = None
+            self._draw_update(update, initial)
+
+    def _draw_update(self, update: Update, initial: bool) -> None:
+        self._next_draw = time.monotonic() + 1 / MAX_UPDATES_PER_S
+        self.apply_update(update, initial=initial)
+        if initial and gc.isenabled() and not self._frozen:
+            self._frozen = True
+            self.call_after_refresh(self._freeze_startup)
+
+    def _freeze_startup(self) -> None:
+        """Keep what the start made (modules, classes, widgets, the first snapshot: about
+        100,000 objects) out of every later full garbage collection. On these machines a
+        full collection of such a process took 110-180 ms, a whole frame and more, and in
+        embedded mode a pause of the router's too; without them it takes 7 ms at 50 nodes
+        and 14 ms at 200 (``bench/tui_render.py``). Collected first, so no garbage is kept;
+        ``on_unmount`` gives them back to the collector."""
+        gc.collect()
+        gc.freeze()
+
+    def on_unmount(self) -> None:
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = False
 
     def apply_update(self, update: Update, *, initial: bool = False) -> None:
         """Show one update. The first one carries the backlog from ``recent_events()``.
@@ -202,9 +258,10 @@ class LmtuiApp(ControlsApp):
             # raced the teardown has nothing left to show (it used to raise, at random).
             return
         history = self.client.history()
+        groups = instances_by_node(snapshot)
         with self.batch_update():
-            header.show(snapshot, history)
-            nodes.show(snapshot, now, history)
+            header.show(snapshot, history, groups)
+            nodes.show(snapshot, now, history, groups)
             models.show(snapshot, now)
             if isinstance(self.screen, DetailScreen):
                 self.screen.show(snapshot, now, history, self.client.recent_events(500))
@@ -247,11 +304,11 @@ class LmtuiApp(ControlsApp):
             timeout=2,
         )
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_keyed_table_row_selected(self, event: KeyedTable.RowSelected) -> None:
         """Enter on a node row opens its node screen; on a model row, its model screen."""
-        self._open_row(event.data_table, event.row_key.value)
+        self._open_row(event.table, event.key)
 
-    def _open_row(self, table: DataTable[Any], key: str | None) -> None:
+    def _open_row(self, table: KeyedTable, key: str | None) -> None:
         if key is None or self.snapshot is None:
             return
         if isinstance(table, NodeTable):

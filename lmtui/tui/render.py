@@ -463,27 +463,42 @@ def header_totals(
     In-flight is the sum of the node table's column (so the two always agree), not
     ``ClusterTotals.in_flight``, which counts only requests that pass through lmtui.
     """
+    return header_totals_texts(snapshot, groups=groups, gaps=(gap,))[0]
+
+
+def header_totals_texts(
+    snapshot: Snapshot,
+    *,
+    groups: Mapping[str, Sequence[Instance]] | None = None,
+    gaps: Sequence[str] = ("  ",),
+) -> tuple[Text, ...]:
+    """``header_totals`` with each of ``gaps``, the totals worked out once (a pass over
+    every instance of the cluster each)."""
     t = snapshot.totals()
     groups = instances_by_node(snapshot) if groups is None else groups
     in_flight = sum(node_in_flight(n, groups.get(n.name, ())) for n in snapshot.nodes.values())
     health_style = "green" if t.healthy == t.nodes else "yellow" if t.down == 0 else "red"
-    out = Text()
-    out.append("nodes ", style="dim")
-    out.append(f"{t.healthy}/{t.nodes} healthy", style=health_style)
-    out.append(f"{gap}mem ", style="dim")
-    out.append(f"{t.memory_used / GiB:.1f}/{t.memory_total / GiB:.1f} GB")
-    out.append(f"{gap}models ", style="dim")
-    out.append(str(t.instances))
-    out.append(f"{gap}in-flight ", style="dim")
-    out.append(str(in_flight))
-    out.append(f"{gap}queued ", style="dim")
-    out.append(str(t.queued))
-    out.append(f"{gap}tok/s ", style="dim")
-    out.append(f"{t.tokens_per_second:.1f}")
-    if snapshot.peers:
-        out.append(f"{gap}peers ", style="dim")
-        out.append_text(peers_text(snapshot))
-    return out
+    peers = peers_text(snapshot) if snapshot.peers else None
+    texts = []
+    for gap in gaps:
+        out = Text()
+        out.append("nodes ", style="dim")
+        out.append(f"{t.healthy}/{t.nodes} healthy", style=health_style)
+        out.append(f"{gap}mem ", style="dim")
+        out.append(f"{t.memory_used / GiB:.1f}/{t.memory_total / GiB:.1f} GB")
+        out.append(f"{gap}models ", style="dim")
+        out.append(str(t.instances))
+        out.append(f"{gap}in-flight ", style="dim")
+        out.append(str(in_flight))
+        out.append(f"{gap}queued ", style="dim")
+        out.append(str(t.queued))
+        out.append(f"{gap}tok/s ", style="dim")
+        out.append(f"{t.tokens_per_second:.1f}")
+        if peers is not None:
+            out.append(f"{gap}peers ", style="dim")
+            out.append_text(peers)
+        texts.append(out)
+    return tuple(texts)
 
 
 def peers_text(snapshot: Snapshot) -> Text:

@@ -84,12 +84,11 @@ def sparkline(
     """``metric``'s sparkline over the whole window, then its latest value; blank when
     the history has no point for it. The window ends at the newest sample, not at the
     dashboard's clock: an attached engine's clock may differ from this machine's."""
-    points = history.points(scope, name, metric)
-    if not points:
+    values, newest = history.bucket_means(scope, name, metric, width)
+    if newest is None:
         return Text("")
-    values = buckets(points, history.last_at, width, history.window_s)
     # A series the newest sample left out (a node removed, a model gone) has no "now".
-    at, latest = points[-1]
+    at, latest = newest
     if at < history.last_at:
         latest = None
     out = Text(spark(values), style=style if any(values) else "dim")

@@ -1,7 +1,7 @@
 """The tables' fast path draws what a full redraw would.
 
-``KeyedTable`` writes changed cells into the DataTable's data and repaints just their
-lines, keeping every other row's rendering from DataTable's caches; rows off screen whose
+``KeyedTable`` makes a changed row's strip again and repaints just its line, keeping every
+other row's strip and styled line from its caches; rows off screen whose
 ages or sparkline alone moved are made only when they come into view. Each of those is a
 way for the screen to go stale, so these tests follow a run of updates (cells changing,
 rows added above the cursor and removed, a cell growing past its column, the clock moving,
@@ -126,7 +126,7 @@ def changed(snap: Snapshot, k: int) -> Snapshot:
 
 
 def expect_rows(app: LmtuiApp, snap: Snapshot, now: float) -> None:
-    """Every model row as ``instance_row`` draws it now: what DataTable holds (and draws)
+    """Every model row as ``instance_row`` draws it now: what the table holds (and draws)
     for the rows on screen, and what ``shown_row`` says for every row, on screen or not."""
     models = app.query_one(ModelTable)
     want = {
@@ -254,8 +254,8 @@ async def test_in_place_updates_draw_what_a_full_redraw_draws() -> None:
 
 
 async def test_a_cell_written_in_place_leaves_the_other_rows_rendering_alone() -> None:
-    """The counter the fast path exists for: one changed cell renders one cell, not the
-    table (DataTable's update_cell renders every visible cell again)."""
+    """The counter the fast path exists for: one changed cell makes one row again, and
+    every other row's strip is kept as it was."""
     snap = cluster(2, 4)
     client = FakeClient(snap)
     app = build_app(client, clock=lambda: FIXED_NOW, theme_dirs=())
@@ -263,7 +263,9 @@ async def test_a_cell_written_in_place_leaves_the_other_rows_rendering_alone() -
         await until(pilot, lambda: app.shown_version == snap.version)
         await pilot.pause()
         models = app.query_one(ModelTable)
-        before = set(models._cell_render_cache.keys())
+        strips = dict(models._strips)
+        drawn = models.rows_drawn
+        assert len(strips) == models.row_count  # every row is on screen, and was drawn
         inst = snap.instances[("node-1", "model-2")]
         snap = next_version(
             snap,
@@ -274,12 +276,6 @@ async def test_a_cell_written_in_place_leaves_the_other_rows_rendering_alone() -
         await settle(pilot, app, client, snap)
         assert models.last_sync_stats == (0, 1, 0)
         assert models.get_cell("node-1/model-2", "slots").plain == "4/4"
-        # No other row that was drawn before was drawn again: DataTable's update_cell
-        # would have rendered every visible cell anew.
-        drawn_before = {str(k[0].value) for k in before}
-        again = {
-            str(k[0].value)
-            for k in set(models._cell_render_cache.keys()) - before
-            if str(k[0].value) in drawn_before
-        }
+        assert models.rows_drawn - drawn == 1
+        again = {k for k, strip in strips.items() if models._strips.get(k) is not strip}
         assert again == {"node-1/model-2"}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from lmtui.engine.history import History, Sample
 from lmtui.tui.render import NODE_COLUMNS
 from lmtui.tui.trend import BLOCKS, buckets, fmt_rate, header_trend, spark, sparkline
@@ -19,6 +22,34 @@ def test_buckets_average_each_slice_and_leave_gaps_blank() -> None:
     assert buckets(points, end=4.0, width=4, span_s=4.0) == [1.0, 4.0, None, None]
     # Points older than the window are not counted.
     assert buckets([(-10.0, 9.0), (3.9, 2.0)], end=4.0, width=2, span_s=4.0) == [None, 2.0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(0.01, 40.0),
+            st.one_of(st.none(), st.floats(0.0, 1e6)),
+        ),
+        max_size=80,
+    ),
+    width=st.integers(0, 12),
+    window=st.floats(5.0, 300.0),
+)
+def test_the_histories_one_pass_buckets_are_those_of_its_points(
+    steps: list[tuple[float, float | None]], width: int, window: float
+) -> None:
+    """What the sparklines draw from (``History.bucket_means``, one pass over a series)
+    is ``buckets`` of the series' points, and its newest point, whatever the gaps."""
+    h = History(window_s=window, step_s=1.0)
+    at = 1000.0
+    for gap, value in steps:
+        at += gap
+        h.add(Sample(at, (0.0, 0.0, None, None), {"n": (value, 0.0, None, None)}))
+    means, newest = h.bucket_means("node", "n", "requests", width)
+    points = h.points("node", "n", "requests")
+    assert means == buckets(points, h.last_at, width, h.window_s)
+    assert newest == (points[-1] if points and width > 0 else None)
 
 
 def test_zero_and_busy_never_look_alike_and_gaps_are_blank() -> None:

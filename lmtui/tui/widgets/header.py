@@ -12,20 +12,22 @@ else on a line of its own, unless the terminal is too short to spare one (under
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from lmtui.core.model import Snapshot
+from lmtui.core.model import Instance, Snapshot
 from lmtui.engine.history import History
 from lmtui.tui.render import (
     DEMO_BANNER,
     HEADER_BAR,
     cells_equal,
     header_context,
-    header_totals,
+    header_totals_texts,
 )
 from lmtui.tui.trend import header_trend
 
@@ -65,11 +67,18 @@ class ClusterHeader(Vertical):
             # are simulated, and where to go next.
             yield Static(DEMO_BANNER, id="demo-banner")
 
-    def show(self, snapshot: Snapshot, history: History | None = None) -> None:
+    def show(
+        self,
+        snapshot: Snapshot,
+        history: History | None = None,
+        groups: Mapping[str, Sequence[Instance]] | None = None,
+    ) -> None:
         """Redraw the totals for ``snapshot`` and the trend of ``history`` (only when their
-        text changed)."""
-        self._totals = header_totals(snapshot)
-        self._narrow_totals = header_totals(snapshot, gap=" ")
+        text changed); ``groups`` are the snapshot's instances by node, when the caller
+        has them."""
+        self._totals, self._narrow_totals = header_totals_texts(
+            snapshot, groups=groups, gaps=("  ", " ")
+        )
         if history is not None and (id(history), history.last_at) != self._trend_at:
             self._trend_at = (id(history), history.last_at)
             self._trend = header_trend(history)

@@ -17,11 +17,12 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.dom import DOMNode
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Input, OptionList, Static
+from textual.widgets import Input, OptionList, Static
 
 from lmtui.tui.widgets.detail_screens import DetailScreen
 from lmtui.tui.widgets.dialogs import ChoiceScreen, ConfirmScreen, ForceScreen
 from lmtui.tui.widgets.filter_bar import FilterBar
+from lmtui.tui.widgets.keyed_table import KeyedTable
 
 #: (key as displayed, description, tooltip) for each binding.
 KeyHelp = tuple[str, str, str]
@@ -33,10 +34,6 @@ MOVING: dict[str, tuple[str, str]] = {
     **dict.fromkeys(
         ("cursor_up", "cursor_down", "page_up", "page_down", "scroll_top", "scroll_bottom"),
         ("Move", "the cursor: a row, a page, the first or last row"),
-    ),
-    **dict.fromkeys(
-        ("cursor_left", "cursor_right", "scroll_home", "scroll_end", "page_left", "page_right"),
-        ("Scroll", "a wide table sideways"),
     ),
     **dict.fromkeys(
         ("focus_next", "focus_previous"),
@@ -55,13 +52,13 @@ NOT_LISTED: frozenset[str] = frozenset()
 
 
 def _owner_bindings(owner: type[DOMNode]) -> list[Binding]:
-    """The bindings instances of ``owner`` have: its ``BINDINGS`` over its bases' (the
-    tables' page and edge keys come from ScrollableContainer), a key bound again replacing
-    the base's binding in place, as Textual merges them."""
+    """The bindings instances of ``owner`` have: its ``BINDINGS`` over its bases' (unless
+    a class says ``inherit_bindings=False``), a key bound again replacing the base's
+    binding in place, as Textual merges them."""
     merged: dict[str, Binding] = {}
     for cls in reversed(owner.__mro__):
         if issubclass(cls, DOMNode) and "BINDINGS" in cls.__dict__:
-            if not cls.__dict__.get("inherit_bindings", True):
+            if not cls.__dict__.get("_inherit_bindings", True):
                 merged.clear()
             own: list[BindingType] = list(cls.__dict__["BINDINGS"])
             for b in Binding.make_bindings(own):
@@ -116,7 +113,7 @@ def other_keys(
 ) -> list[KeySection]:
     """The keys besides the commands: moving around (the tables' bindings, then the screen's
     and the app's ``app_bindings`` without an id) and those of the dialogs and the filter."""
-    moving = _rows([*_owner_bindings(DataTable), *app_bindings], MOVING.get, display)
+    moving = _rows([*_owner_bindings(KeyedTable), *app_bindings], MOVING.get, display)
     dialog: list[KeyHelp] = []
     for description, tooltip, sources in dialog_rows():
         keys: list[str] = []

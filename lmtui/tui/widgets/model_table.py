@@ -42,6 +42,9 @@ class ModelTable(KeyedTable):
         self._row_cache: dict[
             str, tuple[Instance, int, CircuitState | None, tuple[str, str], Cells]
         ] = {}
+        #: Off-screen rows whose instance, queue or circuit moved since their cells were
+        #: drawn: the newest of those, drawn when the row comes into view.
+        self._due: dict[str, tuple[Instance, int, CircuitState | None]] = {}
 
     @property
     def filter(self) -> str:
@@ -72,17 +75,27 @@ class ModelTable(KeyedTable):
         # drawn afresh.
         cache, fresh = self._row_cache, {}
         rows: dict[str, Cells] = {}
-        # Off screen, a row whose ages alone moved keeps its cells until it is scrolled to.
+        # Off screen a row keeps the cells it has until it is scrolled to (or asked for):
+        # an update of a 200-node cluster changes hundreds of rows, of which the twenty on
+        # screen are drawn now; the others' newest inputs wait in ``_due``.
         on_screen = self.keys_on_screen()
         later: list[str] = []
+        due: dict[str, tuple[Instance, int, CircuitState | None]] = {}
         for inst in snapshot.instances.values():
             if not instance_matches(inst, self._filter):
                 continue
             key = instance_row_key(inst)
             waiting = depth.get(inst.model, 0)
             circuit = circuits.get(inst.key) if circuits else None
-            ages = instance_ages(inst, now)
             hit = cache.get(key)
+            if hit is not None and key not in on_screen:
+                if hit[0] is not inst or hit[1] != waiting or circuit or hit[2] is not None:
+                    due[key] = (inst, waiting, circuit)
+                fresh[key] = hit
+                rows[key] = hit[4]
+                later.append(key)
+                continue
+            ages = instance_ages(inst, now)
             if (
                 hit is None
                 or hit[0] is not inst
@@ -93,15 +106,11 @@ class ModelTable(KeyedTable):
                 cells = instance_row(inst, now, waiting, circuit)
             elif hit[3] == ages:
                 cells = hit[4]
-            elif key in on_screen:
-                cells = instance_row_aged(hit[4], ages)
             else:
-                fresh[key] = hit
-                rows[key] = hit[4]
-                later.append(key)
-                continue
+                cells = instance_row_aged(hit[4], ages)
             fresh[key] = (inst, waiting, circuit, ages, cells)
             rows[key] = cells
+        self._due = due
         self._row_cache = fresh
         served = {inst.model for inst in snapshot.instances.values()}
         needle = self._filter.casefold()
@@ -111,16 +120,21 @@ class ModelTable(KeyedTable):
         self.sync(rows, later=later)
 
     def fresh_cells(self, keys: Collection[str]) -> dict[str, Cells]:
-        """Rows whose ages waited off screen, with the ages of the last ``show``'s now."""
+        """Rows that waited off screen, drawn from the last ``show``'s inputs and now."""
         out: dict[str, Cells] = {}
+        now = self._now
         for key in keys:
             hit = self._row_cache.get(key)
             if hit is None:
                 continue
-            inst, waiting, circuit, _, cells = hit
-            ages = instance_ages(inst, self._now)
-            cells = instance_row_aged(cells, ages)
-            self._row_cache[key] = (inst, waiting, circuit, ages, cells)
+            newest = self._due.pop(key, None)
+            if newest is not None:
+                inst, waiting, circuit = newest
+                cells = instance_row(inst, now, waiting, circuit)
+            else:
+                inst, waiting, circuit, _, cells = hit
+                cells = instance_row_aged(cells, instance_ages(inst, now))
+            self._row_cache[key] = (inst, waiting, circuit, instance_ages(inst, now), cells)
             out[key] = cells
         return out
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from rich.text import Text
 
@@ -47,44 +47,63 @@ class NodeTable(KeyedTable):
         ] = {}
         self._snapshot: Snapshot | None = None
         self._now = 0.0
+        #: Off-screen rows whose node or instances moved since their cells were drawn:
+        #: the newest of those, drawn when the row comes into view.
+        self._due: dict[str, tuple[Node, Sequence[Instance]]] = {}
 
-    def show(self, snapshot: Snapshot, now: float, history: History | None = None) -> None:
+    def show(
+        self,
+        snapshot: Snapshot,
+        now: float,
+        history: History | None = None,
+        groups: Mapping[str, Sequence[Instance]] | None = None,
+    ) -> None:
         """Show ``snapshot``'s nodes, in config order (the order of ``snapshot.nodes``).
 
         A row is drawn again when its node or its instances changed (they are immutable:
         unchanged ones are the same objects in the next snapshot), when a circuit of the
-        node is tripped (its state counts seconds), or when the history moved; for the last
-        alone, a row off screen keeps its cells until it is scrolled to.
+        node is tripped (its state counts seconds), or when the history moved. A row off
+        screen keeps its cells until it is scrolled to, whatever moved: its newest inputs
+        wait in ``_due``. ``groups`` are the snapshot's instances by node, when the caller
+        has them (``instances_by_node``).
         """
         self._snapshot, self._now = snapshot, now
         at = None if history is None else (id(history), history.last_at)
         if at != self._trends_at or history is not self._history:
             self._trends, self._trends_at, self._history = {}, at, history
-        groups = instances_by_node(snapshot)
+        if groups is None:
+            groups = instances_by_node(snapshot)
         tripped = {c.node for c in snapshot.circuits.values()} if snapshot.circuits else set()
         on_screen = self.keys_on_screen()
         cache = self._row_cache
         fresh: dict[str, tuple[Node, Sequence[Instance], tuple[int, float] | None, Cells]] = {}
         rows: dict[str, Cells] = {}
         later: list[str] = []
+        due: dict[str, tuple[Node, Sequence[Instance]]] = {}
         for name, node in snapshot.nodes.items():
             instances = groups[name]
             hit = cache.get(name)
-            if hit is not None and name not in tripped and (hit[2] == at or name not in on_screen):
+            if hit is not None and name not in on_screen:
+                # Off screen a row keeps its cells until it is scrolled to (or asked for);
+                # its newest node and instances wait in ``_due``.
+                if name in tripped or hit[0] is not node or not _same(hit[1], instances):
+                    due[name] = (node, instances)
+                fresh[name] = hit
+                rows[name] = hit[3]
+                later.append(name)
+                continue
+            if hit is not None and name not in tripped and hit[2] == at:
                 if hit[0] is node and _same(hit[1], instances):
-                    cells = hit[3]  # nothing changed, or only the sparkline, off screen
+                    cells = hit[3]  # nothing changed
                 else:
-                    # Off screen the sparkline (always the same width) may wait, not the
-                    # rest: a wider cell must widen its column at once.
                     cells = self._draw(name, node, snapshot, now, instances, hit[3][TREND])
-                fresh[name] = (node, instances, hit[2], cells)
+                fresh[name] = (node, instances, at, cells)
                 rows[name] = cells
-                if hit[2] != at:
-                    later.append(name)
                 continue
             cells = self._draw(name, node, snapshot, now, instances)
             fresh[name] = (node, instances, at, cells)
             rows[name] = cells
+        self._due = due
         self._row_cache = fresh
         self.sync(rows, later=later)
 
@@ -112,7 +131,7 @@ class NodeTable(KeyedTable):
         return line
 
     def fresh_cells(self, keys: Collection[str]) -> dict[str, Cells]:
-        """Rows whose sparkline waited off screen, drawn from the last ``show``'s data."""
+        """Rows that waited off screen, drawn from the last ``show``'s data."""
         snapshot = self._snapshot
         out: dict[str, Cells] = {}
         if snapshot is None:
@@ -121,7 +140,7 @@ class NodeTable(KeyedTable):
             hit = self._row_cache.get(key)
             if hit is None:
                 continue
-            node, instances, _, _ = hit
+            node, instances = self._due.pop(key) if key in self._due else (hit[0], hit[1])
             cells = self._draw(key, node, snapshot, self._now, instances)
             self._row_cache[key] = (node, instances, self._trends_at, cells)
             out[key] = cells
