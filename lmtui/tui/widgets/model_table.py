@@ -35,6 +35,8 @@ class ModelTable(KeyedTable):
         super().__init__(INSTANCE_COLUMNS, INSTANCE_POLICY, id=id)
         self.border_title = "Models"
         self._filter = ""
+        #: The filter the rows shown were chosen by.
+        self._shown_filter = ""
         self._snapshot: Snapshot | None = None
         self._now = 0.0
         #: Per row: what it was drawn from (instance, queue, circuit, the text of its two
@@ -63,7 +65,91 @@ class ModelTable(KeyedTable):
     def show(self, snapshot: Snapshot, now: float) -> None:
         """Show the instances of ``snapshot`` that pass the filter, sorted by model then node,
         and a row for each model that has requests waiting in lmtui but no instance."""
-        self._snapshot, self._now = snapshot, now
+        before, shown_filter = self._snapshot, self._shown_filter
+        self._snapshot, self._now, self._shown_filter = snapshot, now, self._filter
+        if (
+            before is not None
+            and shown_filter == self._filter
+            and not snapshot.circuits
+            and not before.circuits
+            and snapshot.queue_depth == before.queue_depth
+        ):
+            self._show_changes(before, snapshot, now)
+        else:
+            self._show_all(snapshot, now)
+
+    def _show_changes(self, before: Snapshot, snapshot: Snapshot, now: float) -> None:
+        """``show`` from what moved since ``before`` (the same filter and queues, no
+        circuit): an update of a 200-node cluster replaces a few hundred of its 4,000
+        instances, and only those are looked at, and the rows on screen for their ages."""
+        insts, old = snapshot.instances, before.instances
+        cache, due, needle = self._row_cache, self._due, self._filter
+        depth = snapshot.queue_depth
+        on_screen = self.keys_on_screen()
+        changes: dict[str, Cells] = {}
+        removed: list[str] = []
+        if insts is not old:
+            moved = [(k, inst) for k, inst in insts.items() if old.get(k) is not inst]
+            new = 0
+            for k, inst in moved:
+                if k not in old:
+                    new += 1
+                key = instance_row_key(inst)
+                hit = cache.get(key)
+                if not instance_matches(inst, needle):
+                    if hit is not None:
+                        removed.append(key)
+                        del cache[key]
+                        due.pop(key, None)
+                    continue
+                waiting = depth.get(inst.model, 0)
+                if hit is None or key in on_screen:
+                    cells = instance_row(inst, now, waiting)
+                    cache[key] = (inst, waiting, None, instance_ages(inst, now), cells)
+                    due.pop(key, None)
+                    changes[key] = cells
+                else:
+                    due[key] = (inst, waiting, None)  # drawn when it comes into view
+            if len(old) + new != len(insts):
+                for k in old.keys() - insts.keys():
+                    key = instance_row_key(old[k])
+                    if cache.pop(key, None) is not None:
+                        removed.append(key)
+                        due.pop(key, None)
+        # The rows on screen age with the clock; the others when they come into view.
+        for key in on_screen:
+            hit = cache.get(key)
+            if hit is None or key in changes:
+                continue  # a waiting row, or drawn just now
+            newest = due.pop(key, None)
+            if newest is not None:
+                inst, waiting, _ = newest
+                cells = instance_row(inst, now, waiting)
+            else:
+                inst, waiting = hit[0], hit[1]
+                ages = instance_ages(inst, now)
+                if ages == hit[3]:
+                    continue
+                cells = instance_row_aged(hit[4], ages)
+            cache[key] = (inst, waiting, None, instance_ages(inst, now), cells)
+            changes[key] = cells
+        if depth:
+            # A model's first instance ends its waiting row; its last one's going, the other way.
+            served = {inst.model for inst in insts.values()}
+            shown = self._shown
+            for model, n in depth.items():
+                wkey = waiting_row_key(model)
+                want = bool(n) and model not in served and needle.casefold() in model.casefold()
+                if want and wkey not in shown:
+                    changes[wkey] = waiting_row(model, n)
+                elif not want and wkey in shown:
+                    removed.append(wkey)
+        stale = self._shown.keys() - on_screen
+        stale.difference_update(removed)
+        self.apply_changes(changes, removed, stale)
+
+    def _show_all(self, snapshot: Snapshot, now: float) -> None:
+        """``show`` from every instance of ``snapshot``."""
         depth = snapshot.queue_depth
         circuits = snapshot.circuits
         # A row is drawn again only when its instance, its model's queue or its circuit
