@@ -160,7 +160,7 @@ def clear_text_warning(plan: WebPlan, how: str) -> str | None:
     if plan.tls is not None or is_loopback(plan.host):
         return None
     return (
-        f"the web dashboard on {plan.host}:{plan.port} is plain HTTP: the admin token "
+        f"the web dashboard on {plan.host} is plain HTTP: the admin token "
         f"crosses the network in clear unless a TLS proxy or an SSH tunnel is in front; "
         f"{how} serves it over HTTPS"
     )

@@ -512,7 +512,7 @@ def test_beyond_loopback_without_tls_a_warning_says_the_token_crosses_in_clear(
     with caplog.at_level(logging.INFO, logger="lmtui"):
         assert main(["--web", "0.0.0.0:8020", *connect]) == 0
         assert warnings() == [
-            "the web dashboard on 0.0.0.0:8020 is plain HTTP: the admin token crosses the "
+            "the web dashboard on 0.0.0.0 is plain HTTP: the admin token crosses the "
             "network in clear unless a TLS proxy or an SSH tunnel is in front; "
             "--web-cert/--web-key serves it over HTTPS"
         ]
