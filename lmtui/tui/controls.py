@@ -362,7 +362,8 @@ class ControlsApp(App[None]):
                 timeout=6,
             )
             return
-        where = f"on {anywhere.node}, {anywhere.short}" if anywhere.node else "no node now"
+        # "no room now" / "cannot fit" when no node can take it: the nodes' own words.
+        where = f"on {anywhere.node}, {anywhere.short}" if anywhere.node else anywhere.short
         choices = [(ANYWHERE, f"{ANYWHERE_LABEL}  {where}")]
         notes: dict[str, str | Text] = {ANYWHERE: anywhere_text(anywhere)}
         for name, fit in fits.items():
