@@ -1,7 +1,7 @@
 """Command line: parse arguments, find the config, choose the mode.
 
     lmtui [--config FILE] [--demo] [--serve] [--listen HOST:PORT] [--connect URL [--ca FILE]]
-          [--web [HOST:PORT]] [--read-only] [--debug]
+          [--web [HOST:PORT] [--web-cert FILE --web-key FILE]] [--read-only] [--debug]
     lmtui sim --config FILE [--time-scale X]
     lmtui replay TRACE.csv [--cluster FILE | --nodes GB,…] [--policy P …] [--strategy S]
                  [--service busy|instant] [--rate-scale X] [--seed N] [--json]
@@ -36,6 +36,8 @@ from lmtui.engine.reqlog import default_path as default_log_path
 from lmtui.web import TOKEN_ENV, WEB_PARENT_ENV, WebError, WebPlan, bind_problem
 
 if TYPE_CHECKING:
+    import ssl
+
     from lmtui.demo import Demo
 
 log = logging.getLogger("lmtui")
@@ -91,7 +93,21 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve the dashboard to browsers (textual-serve) at HOST:PORT (default: [web] "
         "listen, 127.0.0.1:8020): one engine here (or the one of --connect), each browser "
-        "tab a dashboard attached to it; beyond loopback the admin token is required",
+        "tab a dashboard attached to it; beyond loopback the admin token is required, "
+        "and without TLS (--web-cert/--web-key, or the router's) it crosses the network "
+        "in clear: lmtui warns",
+    )
+    p.add_argument(
+        "--web-cert",
+        metavar="FILE",
+        help="with --web: serve the page over HTTPS with this certificate (PEM, its chain "
+        "after it), with --web-key; with an embedded engine it replaces the router's "
+        "[router] tls_cert for the page",
+    )
+    p.add_argument(
+        "--web-key",
+        metavar="FILE",
+        help="with --web-cert: the certificate's private key (PEM, not encrypted)",
     )
     p.add_argument(
         "--read-only", action="store_true", help="show the cluster; hide and refuse every command"
@@ -134,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--web runs the engine headless already, and serves its dashboard; drop --serve")
     if args.web is not None and args.listen == "off":
         p.error("--web needs the router: its browser sessions attach to its control API")
+    if (args.web_cert is None) != (args.web_key is None):
+        p.error("--web-cert and --web-key go together: give both to serve the page over HTTPS")
+    if args.web_cert is not None and args.web is None:
+        p.error("--web-cert and --web-key serve the --web page over HTTPS; give --web too")
     try:
         if args.web is not None:
             _setup_logging(args.debug, to_file=False)
@@ -342,21 +362,28 @@ async def _serve(
 def _run_web(args: argparse.Namespace) -> int:
     """``lmtui --web``: check the bind and the token before anything starts, then serve."""
     from lmtui.config import WebConfig
-    from lmtui.web import parse_web_listen
+    from lmtui.web import parse_web_listen, web_tls
 
+    # The page's own certificate, checked before anything starts.
+    page_tls = web_tls(args.web_cert, args.web_key)
     if args.connect:
         web_cfg, token = WebConfig(), os.environ.get(TOKEN_ENV) or None
         host, port = parse_web_listen(args.web or web_cfg.listen)
         problem = bind_problem(host, token, f"${TOKEN_ENV}")
         if problem:
             raise WebError(problem)
-        return asyncio.run(_web_attached(args, host, port, web_cfg.max_sessions, token))
+        return asyncio.run(_web_attached(args, host, port, web_cfg.max_sessions, token, page_tls))
     config, source = resolve_config(args)
-    return asyncio.run(web_embedded(config, source, args))
+    return asyncio.run(web_embedded(config, source, args, page_tls))
 
 
 async def _web_attached(
-    args: argparse.Namespace, host: str, port: int, max_sessions: int, token: str | None
+    args: argparse.Namespace,
+    host: str,
+    port: int,
+    max_sessions: int,
+    token: str | None,
+    page_tls: ssl.SSLContext | None,
 ) -> int:
     from lmtui.web import WebPlan, session_command
 
@@ -368,15 +395,23 @@ async def _web_attached(
         ),
         token=token,
         max_sessions=max_sessions,
+        tls=page_tls,
     )
+    _warn_clear_text(plan, "--web-cert/--web-key")
     async with _until_signal() as stop:
         await _serve_web(plan, stop, f"the engine at {args.connect}")
     return 0
 
 
-async def web_embedded(config: Config | None, source: str, args: argparse.Namespace) -> int:
+async def web_embedded(
+    config: Config | None,
+    source: str,
+    args: argparse.Namespace,
+    page_tls: ssl.SSLContext | None = None,
+) -> int:
     """One engine in this process (the demo cluster's, with ``--demo``), its dashboard in
-    every browser tab: each session is ``lmtui --connect`` to this engine's router."""
+    every browser tab: each session is ``lmtui --connect`` to this engine's router. The page
+    is served with ``page_tls`` (``--web-cert``/``--web-key``), else the router's TLS."""
     from lmtui.engine.engine import env_secret, is_loopback, router_tls
     from lmtui.web import WebPlan, local_url, parse_web_listen, session_command
 
@@ -418,16 +453,29 @@ async def web_embedded(config: Config | None, source: str, args: argparse.Namesp
                 ),
                 token=token,
                 max_sessions=cfg.web.max_sessions,
-                tls=tls,
+                # The page's own pair, else the router's (the sessions reach the router
+                # with its own either way).
+                tls=page_tls or tls,
                 allowed_hosts=tuple(rc.allowed_hosts),
                 allowed_origins=tuple(rc.allowed_origins),
                 auth_failure_burst=rc.auth_failure_burst,
                 auth_failure_rate=rc.auth_failure_rate,
             )
+            _warn_clear_text(plan, "--web-cert/--web-key (or [router] tls_cert/tls_key)")
             await _serve_web(plan, stop, f"{len(cfg.nodes)} nodes from {source}")
             if demo is not None:
                 await demo.traffic.stop()
     return 0
+
+
+def _warn_clear_text(plan: WebPlan, how: str) -> None:
+    """Beyond loopback without TLS, one line at start: the token crosses the network in
+    clear (not refused: a tunnel or a TLS proxy in front is legitimate)."""
+    from lmtui.web import clear_text_warning
+
+    warning = clear_text_warning(plan, how)
+    if warning is not None:
+        log.warning("%s", warning)
 
 
 async def _serve_web(plan: WebPlan, stop: asyncio.Event, what: str) -> None:

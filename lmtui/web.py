@@ -87,7 +87,8 @@ class WebPlan:
     #: The admin token: sessions get it in their environment, browsers must present it.
     token: str | None = None
     max_sessions: int = 4
-    #: TLS for the web server (the router's certificate, when it has one).
+    #: TLS for the web server: ``--web-cert``/``--web-key``, else the router's certificate
+    #: when it has one (an embedded engine's); None: plain HTTP.
     tls: ssl.SSLContext | None = None
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
@@ -129,6 +130,39 @@ def bind_problem(host: str, token: str | None, token_source: str) -> str | None:
         f"refusing to serve the web dashboard on {host}: beyond loopback every browser must "
         f"present the admin token, and none is set ({token_source}). Set one, or serve on "
         "127.0.0.1 and reach it through an SSH tunnel."
+    )
+
+
+def web_tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The page's TLS context from ``--web-cert`` / ``--web-key`` (None when neither is
+    given), with the router's modern defaults (``config/tls.py``). A file that is missing,
+    unreadable, not PEM, not a certificate or key, or a key of another certificate is a
+    WebError naming the flag and the file."""
+    from lmtui.config.tls import TlsFileError, server_context
+
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise WebError("--web-cert and --web-key go together: give both to serve HTTPS")
+    flags = {"tls_cert": "--web-cert", "tls_key": "--web-key"}
+    try:
+        return server_context(os.path.expanduser(cert), os.path.expanduser(key))
+    except TlsFileError as e:
+        raise WebError(f"{flags[e.key]}: {e}") from None
+
+
+def clear_text_warning(plan: WebPlan, how: str) -> str | None:
+    """The warning for a page served beyond loopback over plain HTTP (None: no warning):
+    the admin token the browser presents crosses the network in clear. Not refused: an SSH
+    tunnel or a TLS proxy in front is legitimate. ``how`` says how to give it TLS."""
+    from lmtui.engine.engine import is_loopback
+
+    if plan.tls is not None or is_loopback(plan.host):
+        return None
+    return (
+        f"the web dashboard on {plan.host} is plain HTTP: the admin token "
+        f"crosses the network in clear unless a TLS proxy or an SSH tunnel is in front; "
+        f"{how} serves it over HTTPS"
     )
 
 
@@ -521,8 +555,10 @@ __all__ = [
     "WebPlan",
     "WebServer",
     "bind_problem",
+    "clear_text_warning",
     "local_url",
     "parse_web_listen",
     "session_command",
     "session_cookie",
+    "web_tls",
 ]

@@ -119,6 +119,16 @@ def can_host(node: Node, model: str) -> bool:
     return not node.available or any(a.key == model for a in node.available)
 
 
+def load_exclude(snapshot: Snapshot, model: str, node: str | None) -> frozenset[str]:
+    """The nodes a load of ``model`` asked for by an operator may not go to: every other
+    node when it names ``node`` (there and nowhere else), else the nodes that already hold
+    a replica (one more replica, wherever ``place`` puts it). The ``load`` command and its
+    previews (``core/fit.py``) share it, so a preview names the node the command picks."""
+    if node is not None:
+        return frozenset(snapshot.nodes) - {node}
+    return frozenset(i.node for i in snapshot.instances_of(model))
+
+
 def footprint_bytes(snapshot: Snapshot, model: str, node: str | None, pool: PoolSettings) -> int:
     """Memory a load of ``model`` takes (on ``node``, whose catalogue may know its size).
 

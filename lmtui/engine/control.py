@@ -43,7 +43,7 @@ from lmtui.config import Config
 from lmtui.core.events import Event, EventKind, Level
 from lmtui.core.lifetime import lifetime_refreshes
 from lmtui.core.model import Health, Instance, InstanceKey
-from lmtui.core.placement import Placement, place, stable_seed
+from lmtui.core.placement import Placement, load_exclude, place, stable_seed
 from lmtui.core.plan import make_plan
 from lmtui.core.preload import plan_preload
 from lmtui.core.rebalance import PlanStep, RebalancePlan, plan_rebalance, plan_upkeep
@@ -182,16 +182,13 @@ class Controller:
             self._node(node)
             if any(i.node == node for i in snap.instances_of(model)):
                 raise CommandError(f"{model} is already on {node}")
-            exclude = frozenset(snap.nodes) - {node}  # there and nowhere else
-        else:
-            exclude = frozenset(i.node for i in snap.instances_of(model))  # one more replica
         plan = place(
             snap,
             model,
             self.clock(),
             d.settings.pool,
             pending_loads=d.pending_loads,
-            exclude=exclude,
+            exclude=load_exclude(snap, model, node),
             seed=stable_seed(model),
         )
         if not isinstance(plan, Placement):

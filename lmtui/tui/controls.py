@@ -17,7 +17,7 @@ from textual import events
 from textual.app import App
 from textual.binding import Binding
 
-from lmtui.core.fit import LoadFit, load_fit
+from lmtui.core.fit import LoadFit, load_fit, replica_fit
 from lmtui.core.model import Instance, Node, Snapshot
 from lmtui.core.rebalance import RebalancePlan
 from lmtui.core.scheduler import Strategy
@@ -34,6 +34,11 @@ from lmtui.tui.widgets.node_table import NodeTable
 IN_FORCE = "  (in force)"
 #: Actions that change the cluster: hidden and refused with --read-only.
 COMMANDS = frozenset({"load", "unload", "pin", "evict", "drain", "strategy", "rebalance"})
+#: The load-a-replica dialog's first choice: one more replica wherever the engine places it.
+#: The nodes' choices are ``NODE_CHOICE + name``, so no node's name can be taken for it.
+ANYWHERE = "anywhere"
+ANYWHERE_LABEL = "anywhere (lmtui places it)"
+NODE_CHOICE = "node:"
 #: Seconds a "read-only" notice stays up; the same key pressed again meanwhile adds no second
 #: copy of it (holding a key down would otherwise stack a toast per repeat).
 READ_ONLY_NOTICE_S = 3.0
@@ -101,6 +106,31 @@ def fit_text(fit: LoadFit) -> Text:
         "never": "Cannot fit here",
     }[fit.verdict]
     return Text.assemble((head, f"bold {style[fit.verdict]}"), ": ", fit.detail)
+
+
+def anywhere_text(fit: LoadFit) -> Text:
+    """The load-a-replica dialog's preview of "anywhere": the node the engine would choose
+    and what the load does there, or why no node can take it now."""
+    if fit.node is None:
+        head = "No node can take it now" if fit.verdict == "later" else "No node can take it"
+        style = "yellow" if fit.verdict == "later" else "red"
+        return Text.assemble((head, f"bold {style}"), ": ", fit.detail)
+    return Text.assemble("On ", (fit.node, "bold"), ": ", fit_text(fit))
+
+
+def replica_nodes(snapshot: Snapshot, model: str) -> list[Node]:
+    """The nodes that can take one more replica of ``model``, in the node table's order:
+    their catalogue lists it, they are routable (healthy or suspect, not drained), their
+    backend can load, and they hold no replica of it yet."""
+    holders = {i.node for i in snapshot.instances_of(model)}
+    return [
+        n
+        for n in snapshot.nodes.values()
+        if n.routable
+        and n.no_load is None
+        and n.name not in holders
+        and any(a.key == model for a in n.available)
+    ]
 
 
 class ControlsApp(App[None]):
@@ -269,8 +299,9 @@ class ControlsApp(App[None]):
     # -- the commands ------------------------------------------------------------------------
 
     def action_load(self) -> None:
-        """On a node: pick one of its models to load there. On an instance: one more
-        replica of that model, wherever the engine places it."""
+        """On a node: pick one of its models to load there. On an instance or a waiting
+        model's row: one more replica of that model, where the engine places it or on a
+        node picked from those that can take it (``_load_replica``)."""
         snap = self.snapshot
         if snap is None:
             return
@@ -310,7 +341,52 @@ class ControlsApp(App[None]):
         model = inst.model if inst is not None else self._selected_waiting_model()
         if model is None:
             return self._need("a model, or on a node in the node table")
-        self._run(lambda: self.client.load(model))
+        self._load_replica(snap, model)
+
+    def _load_replica(self, snap: Snapshot, model: str) -> None:
+        """Ask where one more replica of ``model`` goes: "anywhere" (the node the engine's
+        placement would choose, with its preview), or one of the nodes that can take it,
+        each with its memory-fit preview. No such node and no placement: a warning instead
+        of a dialog."""
+        pool, pending = self.client.placement_inputs()
+        now = self.clock()
+        anywhere = replica_fit(snap, model, now, pool, pending)
+        fits = {
+            n.name: load_fit(snap, model, n.name, now, pool, pending)
+            for n in replica_nodes(snap, model)
+        }
+        if not fits and anywhere.node is None:
+            self.notify(
+                f"no node can load another replica of {model}: {anywhere.detail}",
+                severity="warning",
+                timeout=6,
+            )
+            return
+        # "no room now" / "cannot fit" when no node can take it: the nodes' own words.
+        where = f"on {anywhere.node}, {anywhere.short}" if anywhere.node else anywhere.short
+        choices = [(ANYWHERE, f"{ANYWHERE_LABEL}  {where}")]
+        notes: dict[str, str | Text] = {ANYWHERE: anywhere_text(anywhere)}
+        for name, fit in fits.items():
+            choices.append(
+                (NODE_CHOICE + name, f"{name}  {fmt_bytes(fit.footprint_bytes)}  {fit.short}")
+            )
+            notes[NODE_CHOICE + name] = fit_text(fit)
+
+        def picked(choice: str | None) -> None:
+            # Sent even when the preview says it cannot fit now: the engine decides (the
+            # cluster may have changed) and its refusal says why.
+            if choice == ANYWHERE:
+                self._run(lambda: self.client.load(model))
+            elif choice and choice.startswith(NODE_CHOICE):
+                node = choice[len(NODE_CHOICE) :]
+                self._run(lambda: self.client.load(model, node))
+
+        title = (
+            f"Load another replica of {model}"
+            if next(snap.instances_of(model), None) is not None
+            else f"Load {model} (no replica yet)"
+        )
+        self.push_screen(ChoiceScreen(title, choices, notes=notes), picked)
 
     def _selected_waiting_model(self) -> str | None:
         """The model of the model table's row under the cursor when it is a model with

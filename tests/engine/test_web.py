@@ -5,22 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
+import ssl
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 
 from lmtui import web
 from lmtui.cli import main
 from lmtui.web import (
+    WebError,
     WebPlan,
     WebServer,
     bind_problem,
+    clear_text_warning,
     local_url,
     parse_web_listen,
     session_command,
     session_cookie,
+    web_tls,
 )
 
 TOKEN = "s3cret-admin-token-0123456789"
@@ -342,3 +349,196 @@ async def test_handshakes_at_once_cannot_pass_the_bound(
         assert (len(opened), len(refused)) == (2, 4)
         assert {e.status for e in refused} == {503}
         assert len(server.sessions) == 2
+
+
+# --- TLS for the page: --web-cert / --web-key ----------------------------------------------
+
+
+class PagePki:
+    """A throwaway CA (``trustme``) and a certificate for 127.0.0.1 it signed, as files."""
+
+    def __init__(self, root: Path, name: str = "web") -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.ca = trustme.CA()
+        leaf = self.ca.issue_cert("127.0.0.1", "localhost")
+        self.cert, self.key = root / f"{name}-cert.pem", root / f"{name}-key.pem"
+        leaf.cert_chain_pems[0].write_to_path(str(self.cert))
+        for extra in leaf.cert_chain_pems[1:]:
+            extra.write_to_path(str(self.cert), append=True)
+        leaf.private_key_pem.write_to_path(str(self.key))
+
+    def client(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        self.ca.configure_trust(ctx)
+        return ctx
+
+    @property
+    def flags(self) -> list[str]:
+        return ["--web-cert", str(self.cert), "--web-key", str(self.key)]
+
+
+async def test_with_web_cert_and_key_the_page_is_https(tmp_path: Path) -> None:
+    pki = PagePki(tmp_path)
+    tls = web_tls(str(pki.cert), str(pki.key))
+    async with WebServer(plan(tmp_path, tls=tls)) as server, aiohttp.ClientSession() as http:
+        assert server.url.startswith("https://127.0.0.1:")
+        async with http.get(server.url, ssl=pki.client()) as r:
+            assert r.status == 200
+            page = await r.text()
+        assert f'data-session-websocket-url="wss://127.0.0.1:{server.plan.port}/ws"' in page
+        # The certificate is checked: a client that does not trust its CA is refused.
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            async with http.get(server.url, ssl=ssl.create_default_context()):
+                pass
+        # And no plain HTTP on the same port.
+        with pytest.raises(aiohttp.ClientError):
+            async with http.get(server.url.replace("https://", "http://")) as r:
+                await r.read()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--web", "--demo", "--web-cert", "c.pem"], "--web-cert and --web-key go together"),
+        (["--web", "--demo", "--web-key", "k.pem"], "--web-cert and --web-key go together"),
+        (["--demo", "--web-cert", "c.pem", "--web-key", "k.pem"], "give --web too"),
+        (
+            ["--connect", "http://127.0.0.1:4000", "--web-cert", "c.pem", "--web-key", "k.pem"],
+            "give --web too",
+        ),
+    ],
+)
+def test_web_cert_and_key_go_together_and_with_web(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unusable_web_cert_or_key_is_one_line_naming_the_flag_and_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], served: list[tuple[WebPlan, list[str]]]
+) -> None:
+    pki, other = PagePki(tmp_path / "a"), PagePki(tmp_path / "b")
+    missing = tmp_path / "missing.pem"
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    cases = [
+        ((missing, pki.key), f"--web-cert: {missing}: file not found"),
+        ((pki.cert, missing), f"--web-key: {missing}: file not found"),
+        ((tmp_path, pki.key), f"--web-cert: {tmp_path}: is a directory"),
+        ((junk, pki.key), f"--web-cert: {junk}: not a PEM file"),
+        # The key file given as the certificate: PEM, but no certificate in it.
+        ((pki.key, pki.key), f"--web-cert: {pki.key}: not usable for TLS"),
+        (
+            (pki.cert, other.key),
+            f"--web-key: {other.key}: this key does not belong to the certificate in {pki.cert}",
+        ),
+    ]
+    for (cert, key), message in cases:
+        for mode in (["--demo"], ["--connect", "http://127.0.0.1:4000"]):
+            argv = ["--web", "127.0.0.1:0", *mode, "--web-cert", str(cert), "--web-key", str(key)]
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.startswith(f"lmtui: {message}") and err.count("\n") == 1, err
+    assert served == []  # nothing started
+
+
+def test_web_tls_alone_says_the_pair_goes_together() -> None:
+    with pytest.raises(WebError, match="go together"):
+        web_tls("c.pem", None)
+    assert web_tls(None, None) is None
+
+
+def test_with_connect_the_page_gets_the_web_pair(
+    tmp_path: Path, served: list[tuple[WebPlan, list[str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LMTUI_ADMIN_TOKEN", TOKEN)
+    pki = PagePki(tmp_path)
+    url = "https://engine.lan:4000"
+    assert main(["--web", "0.0.0.0:8020", "--connect", url, *pki.flags]) == 0
+    ((p, _),) = served
+    assert p.tls is not None and p.url == "https://127.0.0.1:8020/"
+    # The page's pair is the page's: the sessions' --connect is as given, with no --ca.
+    assert p.command[3:5] == ("--connect", url) and "--ca" not in p.command
+
+
+def test_with_an_embedded_engine_the_web_pair_replaces_the_routers_for_the_page(
+    tmp_path: Path, served: list[tuple[WebPlan, list[str]]]
+) -> None:
+    router, page = PagePki(tmp_path, "router"), PagePki(tmp_path, "page")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[router]\ntls_cert = "{router.cert}"\ntls_key = "{router.key}"\n')
+    argv = ["--web", "127.0.0.1:0", "--config", str(cfg), "--listen", "127.0.0.1:0", *page.flags]
+    assert main(argv) == 0
+    ((p, _),) = served
+    # The sessions still reach the router with its own certificate.
+    assert p.command[4].startswith("https://127.0.0.1:")
+    assert p.command[p.command.index("--ca") + 1] == str(router.cert)
+
+    # The page is served with the web pair: a client trusting only its CA gets it, one
+    # trusting only the router's CA is refused.
+    async def fetch() -> None:
+        served_plan = replace(p, command=plan(tmp_path).command)
+        async with WebServer(served_plan) as server, aiohttp.ClientSession() as http:
+            async with http.get(server.url, ssl=page.client()) as r:
+                assert r.status == 200
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                async with http.get(server.url, ssl=router.client()):
+                    pass
+
+    asyncio.run(fetch())
+
+
+def test_beyond_loopback_without_tls_a_warning_says_the_token_crosses_in_clear(
+    tmp_path: Path,
+    served: list[tuple[WebPlan, list[str]]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("LMTUI_ADMIN_TOKEN", TOKEN)
+    connect = ["--connect", "http://127.0.0.1:4000"]
+
+    def warnings() -> list[str]:
+        found = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and "in clear" in r.getMessage()
+        ]
+        caplog.clear()
+        return found
+
+    with caplog.at_level(logging.INFO, logger="lmtui"):
+        assert main(["--web", "0.0.0.0:8020", *connect]) == 0
+        assert warnings() == [
+            "the web dashboard on 0.0.0.0 is plain HTTP: the admin token crosses the "
+            "network in clear unless a TLS proxy or an SSH tunnel is in front; "
+            "--web-cert/--web-key serves it over HTTPS"
+        ]
+        # Served anyway (a tunnel or a TLS proxy in front is legitimate).
+        assert len(served) == 1
+        assert main(["--web", "0.0.0.0:8020", *connect, *PagePki(tmp_path).flags]) == 0
+        assert warnings() == []
+        assert main(["--web", "127.0.0.1:8020", *connect]) == 0
+        assert warnings() == []
+        assert len(served) == 3
+
+
+@pytest.mark.parametrize(
+    ("host", "tls", "warned"),
+    [
+        ("0.0.0.0", False, True),
+        ("::", False, True),
+        ("studio.lan", False, True),
+        ("127.0.0.1", False, False),
+        ("::1", False, False),
+        ("localhost", False, False),
+        ("0.0.0.0", True, False),
+    ],
+)
+def test_the_clear_text_warning_is_for_plain_http_beyond_loopback(
+    host: str, tls: bool, warned: bool
+) -> None:
+    p = WebPlan(host, 8020, ("true",), tls=ssl.create_default_context() if tls else None)
+    assert (clear_text_warning(p, "--web-cert/--web-key") is not None) is warned

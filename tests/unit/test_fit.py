@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 
-from lmtui.core.fit import load_fit
+from lmtui.core.fit import load_fit, replica_fit
 from lmtui.core.model import GiB, Health, HostMemory, Instance, Node, NodeKind, Snapshot
 from lmtui.core.placement import PoolSettings
 from lmtui.core.units import fmt_bytes
@@ -105,3 +106,36 @@ def test_already_there_or_an_unknown_node_is_said_plainly() -> None:
     snap = mk_snap(32, inst("a", 8))
     assert load_fit(snap, "a", "box", NOW, POOL).detail == "a is already on box"
     assert load_fit(snap, "a", "nowhere", NOW, POOL).verdict == "never"
+
+
+# -- one more replica, placed by the engine ("anywhere") -------------------------------------
+
+
+def test_a_replica_goes_to_a_node_that_holds_none_even_when_its_own_has_room() -> None:
+    snap = mk_snap(64, inst("new", 16), other_gb=32)  # box has more room, but holds one
+    fit = replica_fit(snap, "new", NOW, sized(16))
+    assert (fit.node, fit.verdict, fit.short) == ("other", "fits", "fits")
+    assert "other has" in fit.detail
+
+
+def test_a_replica_that_needs_room_names_the_engines_evictions() -> None:
+    snap = mk_snap(32, inst("old", 24, node="box"), inst("new", 16, node="other"))
+    fit = replica_fit(snap, "new", NOW, sized(16))
+    assert (fit.node, fit.verdict) == ("box", "evicts")
+    assert fit.evict == (next(snap.instances_of("old")).key,)
+    assert f"unloads old ({fmt_bytes(24 * GiB)})" in fit.detail
+
+
+def test_no_node_for_a_replica_has_no_node_and_says_why() -> None:
+    snap = mk_snap(32, inst("new", 16, node="box"), inst("new", 16, node="other"))
+    fit = replica_fit(snap, "new", NOW, sized(16))
+    assert (fit.node, fit.verdict) == (None, "never")
+    assert fit.detail == "no healthy, undrained node that can load new"
+
+
+def test_a_replica_is_never_placed_where_the_backend_cannot_load() -> None:
+    """An attached dashboard's pool does not know ``no_load_nodes``; the node does."""
+    snap = mk_snap(32, inst("new", 16, node="box"), other_gb=64)
+    other = replace(snap.nodes["other"], no_load="LM Studio before 0.4 cannot load")
+    snap = replace(snap, nodes=MappingProxyType({**snap.nodes, "other": other}))
+    assert replica_fit(snap, "new", NOW, sized(16)).node is None
