@@ -57,6 +57,10 @@ Fit = tuple[tuple[int, int], ...]
 #: Cells of padding either side of a column's content.
 PADDING = 1
 
+#: Cells whose segments a table keeps (by the cell's identity and width) before it starts
+#: again: a few per row on screen, most of them shared.
+CELL_CACHE = 4096
+
 #: How a line is styled: header, even or odd row, cursor, hover.
 _KINDS = ("header", "even", "odd", "cursor", "hover")
 
@@ -236,6 +240,8 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
         self._strips: dict[str, Strip] = {}
         self._styled: dict[tuple[str, str], Strip] = {}
         self._header: Strip | None = None
+        #: Segments of cells drawn, by the cell's identity and width (``_row_strip``).
+        self._cell_cache: dict[tuple[int, int], tuple[Text, list[Segment]]] = {}
         #: The rich style of each line kind (the widget's own under the component's).
         self._kind_styles: dict[str, tuple[Style, Style | None]] | None = None
         #: Rows off screen whose cells are older than their data (``sync``'s ``later``).
@@ -507,6 +513,7 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
+        self._cell_cache.clear()  # a theme may restyle what the cells' styles name
         self._kind_styles = None
         self._styled.clear()
         self._header = None
@@ -514,6 +521,7 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
 
     def _clear_caches(self) -> None:
         """Forget every strip and style (a test's redraw from nothing)."""
+        self._cell_cache.clear()
         self._strips.clear()
         self._styled.clear()
         self._header = None
@@ -538,15 +546,33 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
     def _row_strip(self, cells: Sequence[Text]) -> Strip:
         """One row's cells, padded and cut to the columns, as one unstyled strip."""
         console = self.app.console
-        pad = Segment(" " * PADDING)
-        segments: list[Segment] = []
+        made = self._cell_cache
+        if len(made) > CELL_CACHE:
+            made.clear()
+        # Runs of one style become one segment as they are made (the padding, plain cells
+        # and their spare room): each line's styling and compositing afterwards costs per
+        # segment, and Segment.simplify afterwards cost as much as making them.
+        out: list[Segment] = []
+        run: list[str] = []
+        run_style: Style | None = None
+        pad = " " * PADDING
         for i, width in self._fit:
-            segments.append(pad)
-            segments.extend(cell_segments(cells[i], width, console))
-            segments.append(pad)
-        # Runs of one style as one segment: the padding, plain cells and their spare room
-        # (each line's styling and compositing afterwards costs per segment).
-        return Strip(Segment.simplify(segments), sum(w + 2 * PADDING for _, w in self._fit))
+            cell = cells[i]
+            # Most cells are Text objects shared across rows and updates (a node's name,
+            # "loaded", "0/4": render.SHARED_CELLS), so their segments are made once.
+            hit = made.get((id(cell), width))
+            if hit is None or hit[0] is not cell:
+                hit = made[(id(cell), width)] = (cell, cell_segments(cell, width, console))
+            for text, style in ((pad, None), *((s.text, s.style) for s in hit[1]), (pad, None)):
+                if style is run_style or style == run_style:
+                    run.append(text)
+                else:
+                    if run:
+                        out.append(Segment("".join(run), run_style))
+                    run, run_style = [text], style
+        if run:
+            out.append(Segment("".join(run), run_style))
+        return Strip(out, sum(w + 2 * PADDING for _, w in self._fit))
 
     def render_line(self, y: int) -> Strip:
         width = self.size.width
