@@ -115,6 +115,44 @@ async def test_a_row_that_changed_off_screen_is_drawn_when_it_comes_into_view() 
         assert dict(models._fit)[2] == want  # the column took its width
 
 
+async def test_a_row_drawn_then_changed_off_screen_shows_its_new_cells_when_back() -> None:
+    """A row that was on screen (its line drawn and kept), scrolled away, changed while
+    away, then scrolled back to, shows what it is now, not the line kept from before."""
+    snap = cluster(16, 4)
+    client = FakeClient(snap)
+    app = build_app(client, clock=lambda: FIXED_NOW, theme_dirs=())
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.shown_version == snap.version)
+        await pilot.pause()
+        models = app.query_one(ModelTable)
+        models.focus()
+        first = models.shown_keys[1]  # not the cursor's row: its line is the zebra one
+
+        def line(key: str) -> str:
+            y = models.header_height + models.get_row_index(key) - models.scroll_offset.y
+            return "".join(segment.text for segment in models.render_line(y))
+
+        before = line(first)
+        await pilot.press("end")
+        await pilot.pause()
+        assert first not in models.keys_on_screen()
+        node, _, instance_id = first.partition("/")
+        inst = snap.instances[(node, instance_id)]
+        busy = (inst.slots_busy + 2) % 4
+        snap = next_version(
+            snap,
+            instances=[
+                replace(i, slots_busy=busy) if i is inst else i for i in snap.instances.values()
+            ],
+        )
+        await settle(pilot, app, client, snap)
+        await pilot.press("home")
+        await pilot.pause()
+        after = line(first)
+        assert after != before
+        assert f"{busy}/{inst.slots_total}" in after
+
+
 async def test_updates_faster_than_the_limit_are_merged_and_lose_no_event() -> None:
     snap = cluster(2, 2)
     client = FakeClient(snap)

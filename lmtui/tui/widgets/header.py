@@ -122,16 +122,20 @@ class ClusterHeader(Vertical):
             elif self.app.size.height >= TREND_MIN_HEIGHT and trend.cell_len <= width:
                 third = trend
         lines = (first, second, third)
-        if self._lines is not None and _same(lines, self._lines):
-            return
+        before = self._lines
         self._lines = lines
         # Each line is one row high whatever it says, so new text needs no layout of the
         # screen (Static.update's default: the whole screen laid out again every update);
-        # a line shown or hidden (``display``) asks for one itself.
-        self.query_one("#totals", Static).update(first, layout=False)
-        for name, text in (("#context", second), ("#trend", third)):
+        # a line shown or hidden (``display``) asks for one itself. Only a line whose text
+        # changed is given it: each costs a render of the whole width.
+        for i, (name, text) in enumerate(
+            (("#totals", first), ("#context", second), ("#trend", third))
+        ):
+            if before is not None and _same_line(text, before[i]):
+                continue
             line = self.query_one(name, Static)
-            line.display = text is not None
+            if i:
+                line.display = text is not None
             line.update(text or "", layout=False)
 
     @property
@@ -155,12 +159,7 @@ class ClusterHeader(Vertical):
         return 1 if self._lines is None else sum(1 for t in self._lines if t is not None)
 
 
-def _same(
-    a: tuple[Text, Text | None, Text | None], b: tuple[Text, Text | None, Text | None]
-) -> bool:
-    for x, y in zip(a, b, strict=True):
-        if (x is None) != (y is None):
-            return False
-        if x is not None and y is not None and not cells_equal(x, y):
-            return False
-    return True
+def _same_line(a: Text | None, b: Text | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return cells_equal(a, b)

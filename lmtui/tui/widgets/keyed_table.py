@@ -373,7 +373,7 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
         the caller), put the rows whose shown cells changed in ``repaint``; return how many
         shown cells changed."""
         changed = 0
-        shown, strips = self._shown, self._strips
+        shown, strips, styled = self._shown, self._strips, self._styled
         columns = [i for i, _ in self._fit]
         for key, cells in rows.items():
             old = shown.get(key)
@@ -387,6 +387,8 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
             if n:
                 changed += n
                 strips.pop(key, None)
+                for kind in _KINDS:
+                    styled.pop((key, kind), None)
                 repaint.append(key)
         return changed
 
@@ -513,7 +515,10 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
-        self._cell_cache.clear()  # a theme may restyle what the cells' styles name
+        # A theme or a focus change: the lines' styles are worked out again, and the rows
+        # made again too (a console theme may restyle what the cells' styles name).
+        self._cell_cache.clear()
+        self._strips.clear()
         self._kind_styles = None
         self._styled.clear()
         self._header = None
