@@ -108,6 +108,8 @@ class LmtuiApp(ControlsApp):
         #: whether it begins a watch; when the next may be drawn (``time.monotonic``).
         self._held: tuple[Update, bool] | None = None
         self._next_draw = 0.0
+        #: The clock of the last snapshot shown (its ages are of that moment).
+        self._shown_at = float("-inf")
         #: Whether the start's objects are frozen out of the garbage collector's work.
         self._frozen = False
         #: The dashboard's own preferences (the theme), kept across runs; None: not kept.
@@ -249,7 +251,7 @@ class LmtuiApp(ControlsApp):
     def show_snapshot(self, snapshot: Snapshot) -> None:
         """Hand ``snapshot`` down to the header and the tables, in one repaint."""
         self.snapshot = snapshot
-        now = self.clock()
+        now = self._shown_at = self.clock()
         try:
             header = self.query_one(ClusterHeader)
             nodes, models = self.query_one(NodeTable), self.query_one(ModelTable)
@@ -269,9 +271,14 @@ class LmtuiApp(ControlsApp):
 
     def _tick(self) -> None:
         # Same snapshot, later clock: only "last used" and "TTL left" cells change, and the
-        # diff updates just those.
-        if self.snapshot is not None:
-            self.show_snapshot(self.snapshot)
+        # diff updates just those. Not when an update was drawn within the last half tick:
+        # it showed the ages of its own moment (a busy cluster's updates keep them current,
+        # and a tick would draw the screen once more a second for nothing).
+        if self.snapshot is None:
+            return
+        if self.clock() - self._shown_at < CLOCK_TICK_S / 2:
+            return
+        self.show_snapshot(self.snapshot)
 
     # -- actions ---------------------------------------------------------------------------
 

@@ -181,6 +181,31 @@ async def test_updates_faster_than_the_limit_are_merged_and_lose_no_event() -> N
         assert [e.message for e in log.shown][-30:] == [f"event {k}" for k in range(30)]
 
 
+async def test_the_clock_tick_skips_a_screen_an_update_has_just_drawn() -> None:
+    snap = cluster(2, 2)
+    client = FakeClient(snap)
+    now = [FIXED_NOW]
+    app = build_app(client, clock=lambda: now[0], theme_dirs=())
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.shown_version == snap.version)
+        shown: list[float] = []
+        show = app.show_snapshot
+
+        def counting(s: object) -> None:
+            shown.append(now[0])
+            show(s)  # type: ignore[arg-type]
+
+        app.show_snapshot = counting  # type: ignore[method-assign]
+        client.push(next_version(snap))
+        await until(pilot, lambda: len(shown) == 1)
+        now[0] += 0.2
+        app._tick()  # the update's ages are 0.2 s old: nothing to draw
+        assert len(shown) == 1
+        now[0] += 0.8
+        app._tick()  # a second on: the ages move
+        assert len(shown) == 2
+
+
 async def test_the_starts_objects_are_frozen_while_the_app_runs() -> None:
     if not gc.isenabled():
         return  # a run with the collector off has nothing to spare it
