@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import gc
 from dataclasses import replace
+from typing import Any
 
 from lmtui.core.events import Event, EventKind
-from lmtui.core.model import InstanceState
+from lmtui.core.model import Instance, InstanceState, Snapshot
 from lmtui.tui import app as app_module
 from lmtui.tui.app import build_app
 from lmtui.tui.widgets.detail_screens import ModelScreen
@@ -22,6 +23,21 @@ from .test_app import until
 from .test_render_fast_path import cluster, settle
 
 SIZE = (120, 40)
+
+
+def instance_of(snap: Snapshot, row: str) -> Instance:
+    """The instance of a model-table row key (``node/instance_id``)."""
+    node, _, instance_id = row.partition("/")
+    return snap.instances[(node, instance_id)]
+
+
+def changed_row(snap: Snapshot, row: str, **changes: Any) -> Snapshot:
+    """The next snapshot, with the instance of ``row`` changed."""
+    inst = instance_of(snap, row)
+    return next_version(
+        snap,
+        instances=[replace(i, **changes) if i is inst else i for i in snap.instances.values()],
+    )
 
 
 async def test_keys_move_the_cursor_a_row_a_page_and_to_either_end() -> None:
@@ -89,16 +105,8 @@ async def test_a_row_that_changed_off_screen_is_drawn_when_it_comes_into_view() 
         models = app.query_one(ModelTable)
         last = models.shown_keys[-1]
         assert last not in models.keys_on_screen()
-        node, _, instance_id = last.partition("/")
-        inst = snap.instances[(node, instance_id)]
         error = "a remarkably long reason this model would not load"
-        snap = next_version(
-            snap,
-            instances=[
-                replace(i, state=InstanceState.FAILED, error=error) if i is inst else i
-                for i in snap.instances.values()
-            ],
-        )
+        snap = changed_row(snap, last, state=InstanceState.FAILED, error=error)
         drawn = models.rows_drawn
         state_width = dict(models._fit)[2]
         await settle(pilot, app, client, snap)
@@ -136,15 +144,9 @@ async def test_a_row_drawn_then_changed_off_screen_shows_its_new_cells_when_back
         await pilot.press("end")
         await pilot.pause()
         assert first not in models.keys_on_screen()
-        node, _, instance_id = first.partition("/")
-        inst = snap.instances[(node, instance_id)]
+        inst = instance_of(snap, first)
         busy = (inst.slots_busy + 2) % 4
-        snap = next_version(
-            snap,
-            instances=[
-                replace(i, slots_busy=busy) if i is inst else i for i in snap.instances.values()
-            ],
-        )
+        snap = changed_row(snap, first, slots_busy=busy)
         await settle(pilot, app, client, snap)
         await pilot.press("home")
         await pilot.pause()

@@ -115,6 +115,19 @@ def styled_line(strip: Strip, style: Style, width: int, over: Style | None = Non
     return Strip(segments, width)
 
 
+class _RowMessage(Message):
+    """Something about one row of a ``KeyedTable``."""
+
+    def __init__(self, table: KeyedTable, key: str | None) -> None:
+        super().__init__()
+        self.table = table
+        self.key = key
+
+    @property
+    def control(self) -> KeyedTable:
+        return self.table
+
+
 class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
     """Rows of Rich ``Text`` cells, synchronised by row key, with a row cursor."""
 
@@ -183,29 +196,12 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
         Binding("end,ctrl+end", "scroll_bottom", "Bottom", show=False),
     ]
 
-    class RowSelected(Message):
-        """Enter on a row, or a click on the row under the cursor."""
+    class RowSelected(_RowMessage):
+        """Enter on a row, or a click on the row under the cursor (``key``)."""
 
-        def __init__(self, table: KeyedTable, key: str) -> None:
-            super().__init__()
-            self.table = table
-            self.key = key
-
-        @property
-        def control(self) -> KeyedTable:
-            return self.table
-
-    class RowHighlighted(Message):
-        """The cursor moved to another row (by a key, a click, or its row moving)."""
-
-        def __init__(self, table: KeyedTable, key: str | None) -> None:
-            super().__init__()
-            self.table = table
-            self.key = key
-
-        @property
-        def control(self) -> KeyedTable:
-            return self.table
+    class RowHighlighted(_RowMessage):
+        """The cursor moved to another row, ``key`` (by a key, a click, or its row
+        moving); None when the table was emptied."""
 
     #: The header line is shown (the detail screens' small tables keep it too).
     show_header: ClassVar[bool] = True
