@@ -9,9 +9,10 @@ clock in tests and replays); no function here reads a clock itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
@@ -481,15 +482,13 @@ class Snapshot:
         nodes = self.nodes.values()
         mem_total = sum(n.memory.total_bytes for n in nodes if n.memory)
         mem_used = sum(n.memory.used_bytes for n in nodes if n.memory)
-        # One pass over the instances (the dashboard asks once per update, 4,000 at 200
-        # nodes), not one per figure.
-        loaded = loaded_bytes = in_flight = queued = 0
-        for i in self.instances.values():
-            if i.state is InstanceState.LOADED:
-                loaded += 1
-            loaded_bytes += i.size_bytes or 0
-            in_flight += i.in_flight
-            queued += i.queued
+        # The dashboard asks once per update, 4,000 instances at 200 nodes: each figure is
+        # one C loop over the instances (map of an attrgetter), ~4x a Python loop's speed.
+        insts = list(self.instances.values())
+        loaded = list(map(_STATE, insts)).count(InstanceState.LOADED)
+        loaded_bytes = sum(filter(None, map(_SIZE, insts)))
+        in_flight = sum(map(_IN_FLIGHT, insts))
+        queued = sum(map(_QUEUED, insts))
         return ClusterTotals(
             nodes=len(self.nodes),
             healthy=sum(1 for n in nodes if n.health is Health.HEALTHY),
@@ -502,6 +501,30 @@ class Snapshot:
             queued=sum(self.queue_depth.values()) + queued,
             tokens_per_second=sum(n.tokens_per_second or 0.0 for n in nodes),
         )
+
+
+_STATE, _SIZE = attrgetter("state"), attrgetter("size_bytes")
+_IN_FLIGHT, _QUEUED = attrgetter("in_flight"), attrgetter("queued")
+_SLOTS_BUSY = attrgetter("slots_busy")
+
+
+def busy_total(instances: Collection[Instance]) -> int:
+    """The sum of the instances' ``busy``, in C loops (the header and the node table add
+    it up for every node each update)."""
+    return sum(map(max, map(_SLOTS_BUSY, instances), map(_IN_FLIGHT, instances)))
+
+
+def queued_total(instances: Iterable[Instance]) -> int:
+    """The sum of the instances' ``queued``, in one C loop."""
+    return sum(map(_QUEUED, instances))
+
+
+def node_queued(node: Node, instances: Iterable[Instance]) -> int:
+    """Requests waiting inside a node's server, not in lmtui's own queue (the dashboard's
+    Queued column and the history's per-node queue depth)."""
+    queued = queued_total(instances)
+    reported = node.metrics.requests_waiting if node.metrics else None
+    return max(queued, reported or 0)
 
 
 _with_load = _make_with_load()

@@ -17,7 +17,17 @@ from collections.abc import Mapping, Sequence
 from rich.text import Text
 
 from lmtui.core.events import Event, EventKind, Level
-from lmtui.core.model import CircuitState, GiB, Health, Instance, InstanceState, Node, Snapshot
+from lmtui.core.model import (
+    CircuitState,
+    GiB,
+    Health,
+    Instance,
+    InstanceState,
+    Node,
+    Snapshot,
+    busy_total,
+    node_queued,
+)
 from lmtui.core.units import fmt_bytes as fmt_bytes  # the one size format, used here
 from lmtui.tui.layout import ColumnPolicy
 
@@ -238,16 +248,9 @@ def node_in_flight(node: Node, instances: Sequence[Instance]) -> int:
     Each instance's ``busy`` already takes the larger of the polled and the engine's count;
     a server that reports a node-wide figure (vLLM, llama.cpp ``/metrics``) may see more.
     """
-    busy = sum(i.busy for i in instances)
+    busy = busy_total(instances)
     reported = node.metrics.requests_processing if node.metrics else None
     return max(busy, reported or 0)
-
-
-def node_queued(node: Node, instances: Sequence[Instance]) -> int:
-    """Requests waiting inside a node's server (not in lmtui's own queue)."""
-    queued = sum(i.queued for i in instances)
-    reported = node.metrics.requests_waiting if node.metrics else None
-    return max(queued, reported or 0)
 
 
 def node_row(

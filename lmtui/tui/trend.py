@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from lmtui.engine.history import WINDOW_S, History, Metric, Point, Scope
+from lmtui.engine.history import WINDOW_S, History, Metric, Point, Scope, window_means
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 #: Characters of a sparkline in a table cell: 5 minutes in 30 s buckets.
@@ -24,23 +24,9 @@ CELL_WIDTH = 10
 def buckets(
     points: Sequence[Point], end: float, width: int, span_s: float = WINDOW_S
 ) -> list[float | None]:
-    """The mean of ``points`` in each of ``width`` equal buckets ending at ``end``, oldest
-    first; None for a bucket with no known value."""
-    if width <= 0:
-        return []
-    step = span_s / width
-    sums = [0.0] * width
-    counts = [0] * width
-    start = end - span_s
-    for at, value in reversed(points):
-        if at <= start:
-            break  # the points are in time order: the rest are older still
-        if value is None or at > end:
-            continue
-        i = min(width - 1, int((at - start) / step))
-        sums[i] += value
-        counts[i] += 1
-    return [sums[i] / counts[i] if counts[i] else None for i in range(width)]
+    """The mean of ``points`` (in time order) in each of ``width`` equal buckets ending at
+    ``end``, oldest first; None for a bucket with no known value (``window_means``)."""
+    return window_means([at for at, _ in points], [v for _, v in points], end, width, span_s)
 
 
 def spark(values: Sequence[float | None], top: float | None = None) -> str:
