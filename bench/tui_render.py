@@ -1,7 +1,7 @@
 """How long the dashboard takes to put one store update on the screen (issue 12).
 
     python bench/tui_render.py [--nodes 10 50 200] [--models 20] [--updates 200]
-                               [--cpu-seconds 20] [--json]
+                               [--cpu-seconds 20] [--json] [--gc-in-frames]
 
 A synthetic cluster of N nodes with ``--models`` instances each (N × 20 rows in the model
 table) and five minutes of metric history for every node and model runs in the real app,
@@ -28,8 +28,11 @@ Per update:
 - **cpu**: the process CPU time over the same span, which other load on the machine
   changes less than wall time;
 - **p99 no gc2**: frame p99 over the updates in which no full (generation 2) garbage
-  collection ran: those scan every object in the process, 50-150 ms here whoever made
-  the garbage, and **gc2s** says how many landed in the run;
+  collection ran (those scan every object the start did not freeze, whoever made the
+  garbage); **gc2 in fr** says how many landed in a frame, **gc2s** how many ran in the
+  run and **gc2 ms** their median length. The app runs them right after a frame is
+  written (``lmtui.tui.collector``); ``--gc-in-frames`` leaves them to the interpreter,
+  which starts them wherever it is, most often in the middle of a frame;
 - **written** / **drawn**: cells that changed in the tables, and rows made into strips
   again for the screen (``KeyedTable.rows_drawn``), per update: work that noise does not
   change.
@@ -184,7 +187,9 @@ def pct(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, max(0, round(q * len(v)) - 1))]
 
 
-async def measure(n_nodes: int, n_models: int, updates: int, cpu_seconds: float) -> dict:
+async def measure(
+    n_nodes: int, n_models: int, updates: int, cpu_seconds: float, idle_gc: bool = True
+) -> dict:
     snap = cluster(n_nodes, n_models)
     history = history_for(snap)
     client = BenchClient(snap, history)
@@ -199,14 +204,25 @@ async def measure(n_nodes: int, n_models: int, updates: int, cpu_seconds: float)
                 await pilot.pause(0.01)
         await pilot.pause(0.2)
         tables = [app.query_one(NodeTable), app.query_one(ModelTable)]
-        # Full collections (Python's generation 2) scan every object in the process and
-        # take 50-150 ms here, whoever made the garbage: an update they land in is counted
-        # apart as well, so that they do not hide what the update itself costs.
+        if not idle_gc:
+            app.collector.stop()  # full collections wherever the interpreter starts them
+        # Full collections (Python's generation 2) scan every object the start did not
+        # freeze, whoever made the garbage: each one's length is kept, and an update one
+        # lands in is counted apart as well, so that it does not hide what the update
+        # itself costs. The app runs them after a frame (``lmtui.tui.collector``).
         full_gcs = [0]
+        gc_ms: list[float] = []
+        gc_started = [0.0]
+        in_frame = [False]
 
         def on_gc(phase: str, info: dict[str, int]) -> None:
-            if phase == "start" and info["generation"] == 2:
-                full_gcs[0] += 1
+            if info["generation"] != 2:
+                return
+            if phase == "start":
+                gc_started[0] = time.perf_counter()
+                full_gcs[0] += in_frame[0]
+            else:
+                gc_ms.append((time.perf_counter() - gc_started[0]) * 1000)
 
         gc.callbacks.append(on_gc)
         quiet_ms: list[float] = []
@@ -235,6 +251,7 @@ async def measure(n_nodes: int, n_models: int, updates: int, cpu_seconds: float)
             drawn = sum(getattr(t, "rows_drawn", 0) for t in tables)
             gcs = full_gcs[0]
             painted[0] = 0.0
+            in_frame[0] = True
             c0, t0 = time.process_time(), time.perf_counter()
             app.apply_update(Update(snap, []))
             t1 = time.perf_counter()
@@ -246,6 +263,7 @@ async def measure(n_nodes: int, n_models: int, updates: int, cpu_seconds: float)
             # ...then the next frame's layout and paint, now rather than at the next tick.
             app.screen._on_timer_update()
             t2, c2 = time.perf_counter(), time.process_time()
+            in_frame[0] = False
             apply_ms.append((t1 - t0) * 1000)
             paint_ms.append(painted[0] * 1000)
             frame_ms.append((t2 - t0) * 1000)
@@ -266,6 +284,8 @@ async def measure(n_nodes: int, n_models: int, updates: int, cpu_seconds: float)
             out[f"{name}_p50_ms"] = round(statistics.median(values), 2)
             out[f"{name}_p99_ms"] = round(pct(values, 0.99), 2)
         out["full_gcs"] = full_gcs[0]
+        out["all_full_gcs"] = len(gc_ms)
+        out["full_gc_p50_ms"] = round(statistics.median(gc_ms), 2) if gc_ms else "—"
         out["cells_written"] = round(statistics.mean(cells_written), 1)
         out["rows_drawn"] = round(statistics.mean(rows_drawn), 1)
 
@@ -323,9 +343,15 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=200)
     p.add_argument("--cpu-seconds", type=float, default=20.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--gc-in-frames",
+        action="store_true",
+        help="leave full garbage collections to the interpreter (before lmtui.tui.collector)",
+    )
     args = p.parse_args()
     results = [
-        asyncio.run(measure(n, args.models, args.updates, args.cpu_seconds)) for n in args.nodes
+        asyncio.run(measure(n, args.models, args.updates, args.cpu_seconds, not args.gc_in_frames))
+        for n in args.nodes
     ]
     if args.json:
         print(json.dumps(results, indent=2))
@@ -342,7 +368,9 @@ def main() -> None:
         ("frame_cpu_p50_ms", "cpu p50"),
         ("frame_cpu_p99_ms", "cpu p99"),
         ("frame_no_full_gc_p99_ms", "p99 no gc2"),
-        ("full_gcs", "gc2s"),
+        ("full_gcs", "gc2 in fr"),
+        ("all_full_gcs", "gc2s"),
+        ("full_gc_p50_ms", "gc2 ms"),
         ("cells_written", "written"),
         ("rows_drawn", "drawn"),
         ("cpu_pct_at_1_update_per_s", "cpu % @1/s"),

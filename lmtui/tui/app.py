@@ -28,6 +28,7 @@ from textual.widgets import Footer
 
 from lmtui.core.model import Snapshot
 from lmtui.engine.client import EngineClient, HttpEngineClient, Update
+from lmtui.tui.collector import IdleCollector
 from lmtui.tui.controls import BINDINGS as CONTROL_BINDINGS
 from lmtui.tui.controls import ControlsApp
 from lmtui.tui.palette import REPLACED_SYSTEM_COMMANDS, ActionsProvider, ViewsProvider
@@ -112,6 +113,9 @@ class LmtuiApp(ControlsApp):
         self._shown_at = float("-inf")
         #: Whether the start's objects are frozen out of the garbage collector's work.
         self._frozen = False
+        #: Runs the full garbage collections after a frame, not in one (``collector``).
+        self.collector = IdleCollector()
+        self._collect_asked = False
         #: The dashboard's own preferences (the theme), kept across runs; None: not kept.
         self.prefs_path = prefs_path
         #: Where ``ctrl+s`` saves its SVG (lmtui's state directory; None: the current one).
@@ -215,8 +219,21 @@ class LmtuiApp(ControlsApp):
         ``on_unmount`` gives them back to the collector."""
         gc.collect()
         gc.freeze()
+        self.collector.start()
+
+    def _collect_after_frame(self) -> None:
+        """Run a full collection that is due once the frame being drawn is written."""
+        if self._collect_asked or not self.collector.due():
+            return
+        self._collect_asked = True
+        self.call_after_refresh(self._collect_now)
+
+    def _collect_now(self) -> None:
+        self._collect_asked = False
+        self.collector.collect()
 
     def on_unmount(self) -> None:
+        self.collector.stop()
         if self._frozen:
             gc.unfreeze()
             self._frozen = False
@@ -268,8 +285,12 @@ class LmtuiApp(ControlsApp):
             if isinstance(self.screen, DetailScreen):
                 self.screen.show(snapshot, now, history, self.client.recent_events(500))
         self.shown_version = snapshot.version
+        self._collect_after_frame()
 
     def _tick(self) -> None:
+        # A full collection that fell due with nothing drawn (the engine's garbage, in
+        # embedded mode) runs now, between frames all the same.
+        self._collect_after_frame()
         # Same snapshot, later clock: only "last used" and "TTL left" cells change, and the
         # diff updates just those. Not when an update was drawn within the last half tick:
         # it showed the ages of its own moment (a busy cluster's updates keep them current,
