@@ -1,7 +1,8 @@
 """The line-drawn table on its own terms: keys and the mouse move its cursor and open rows,
 rows off screen wait until they are seen (and a wider one then widens its column), updates
-faster than ``MAX_UPDATES_PER_S`` are merged, and the start's objects are kept out of the
-garbage collector's full passes for as long as the app runs."""
+faster than ``MAX_UPDATES_PER_S`` are merged, the start's objects are kept out of the
+garbage collector's full passes for as long as the app runs, and a cell made anew with the
+same contents is not drawn again (one whose style, alignment or spans changed is)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ import gc
 from dataclasses import replace
 from typing import Any
 
+import pytest
+from rich.style import Style
+from rich.text import Text
+from textual.app import App, ComposeResult
+
 from lmtui.core.events import Event, EventKind
 from lmtui.core.model import Instance, InstanceState, Snapshot
 from lmtui.tui import app as app_module
 from lmtui.tui.app import build_app
+from lmtui.tui.widgets import keyed_table
 from lmtui.tui.widgets.detail_screens import ModelScreen
 from lmtui.tui.widgets.event_log import EventLog
+from lmtui.tui.widgets.keyed_table import KeyedTable
 from lmtui.tui.widgets.model_table import ModelTable
 from lmtui.tui.widgets.node_table import NodeTable
 
@@ -220,3 +228,50 @@ async def test_the_starts_objects_are_frozen_while_the_app_runs() -> None:
         assert app.query_one(NodeTable).row_count == 2
     # Given back to the collector when the app ends: nothing of it is kept for good.
     assert gc.get_freeze_count() == 0
+
+
+class _OneTable(App[None]):
+    def compose(self) -> ComposeResult:
+        yield KeyedTable([("name", "Name"), ("n", "N")], id="t")
+
+
+def _line(table: KeyedTable, y: int) -> list[tuple[str, Style | None]]:
+    return [(s.text, s.style) for s in table._row_strip(table._shown[table.shown_keys[y]])]
+
+
+async def test_a_cell_made_anew_with_the_same_content_is_not_drawn_again_and_a_changed_one_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[str] = []
+    segments = keyed_table.cell_segments
+
+    def counting(cell: Text, width: int, console: Any) -> Any:
+        made.append(cell.plain)
+        return segments(cell, width, console)
+
+    monkeypatch.setattr(keyed_table, "cell_segments", counting)
+    app = _OneTable()
+    async with app.run_test(size=(40, 6)) as pilot:
+        table = app.query_one(KeyedTable)
+        wide = (Text("x"), Text("1234"))  # room for "12" to be aligned in
+        table.sync({"a": (Text("gemma", style="bold"), Text("12", justify="right")), "b": wide})
+        await pilot.pause()
+        first = _line(table, 0)
+        assert "".join(t for t, _ in first).split() == ["gemma", "12"]
+        made.clear()
+        # New Text objects (a row made again for a changed number) with the same contents.
+        table.sync({"a": (Text("gemma", style="bold"), Text("12", justify="right")), "b": wide})
+        assert _line(table, 0) == first and made == []
+        # Same characters, another style, alignment or span: each is drawn anew.
+        for cells in (
+            (Text("gemma", style="italic"), Text("12", justify="right")),
+            (Text("gemma", style="bold"), Text("12", justify="left")),
+            (Text.assemble(("gem", "red"), "ma"), Text("12", justify="right")),
+        ):
+            made.clear()
+            table.sync({"a": cells, "b": wide})
+            line = _line(table, 0)
+            assert line != first and made
+            assert "".join(t for t, _ in line).split() == ["gemma", "12"]
+        name = table._row_strip(table._shown["a"])
+        assert any(s.style == Style(color="red") and s.text == "gem" for s in name)

@@ -57,9 +57,13 @@ Fit = tuple[tuple[int, int], ...]
 #: Cells of padding either side of a column's content.
 PADDING = 1
 
-#: Cells whose segments a table keeps (by the cell's identity and width) before it starts
-#: again: a few per row on screen, most of them shared.
+#: Cells whose segments a table keeps (by the cell's identity and width, and by its
+#: content and width) before it starts again: a few per row on screen, most shared.
 CELL_CACHE = 4096
+
+#: A cell as a row draws it: ``(text, style)`` runs with the padding either side, runs of
+#: one style merged (a plain cell is one run, padding and all).
+Piece = tuple[tuple[str, Style | None], ...]
 
 #: How a line is styled: header, even or odd row, cursor, hover.
 _KINDS = ("header", "even", "odd", "cursor", "hover")
@@ -90,6 +94,24 @@ def cell_segments(cell: Text, width: int, console: Console) -> list[Segment]:
         else:
             segments.append(Segment(" " * spare))
     return segments
+
+
+def cell_piece(cell: Text, width: int, console: Console) -> Piece:
+    """``cell_segments`` with ``PADDING`` either side, runs of one style merged."""
+    pad = " " * PADDING
+    runs: list[tuple[str, Style | None]] = []
+    text, style = pad, None
+    for seg in cell_segments(cell, width, console):
+        if seg.style is style or seg.style == style:
+            text += seg.text
+        else:
+            runs.append((text, style))
+            text, style = seg.text, seg.style
+    if style is None:
+        runs.append((text + pad, None))
+    else:
+        runs += ((text, style), (pad, None))
+    return tuple(runs)
 
 
 def styled_line(strip: Strip, style: Style, width: int, over: Style | None = None) -> Strip:
@@ -236,8 +258,11 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
         self._strips: dict[str, Strip] = {}
         self._styled: dict[tuple[str, str], Strip] = {}
         self._header: Strip | None = None
-        #: Segments of cells drawn, by the cell's identity and width (``_row_strip``).
-        self._cell_cache: dict[tuple[int, int], tuple[Text, list[Segment]]] = {}
+        #: Cells drawn (``cell_piece``), by the cell's identity and width (most cells are
+        #: shared: render.SHARED_CELLS), else by its content and width (a row made anew
+        #: for a changed number still has most of its cells' contents).
+        self._cell_cache: dict[tuple[int, int], tuple[Text, Piece]] = {}
+        self._piece_cache: dict[tuple[object, ...], Piece] = {}
         #: The rich style of each line kind (the widget's own under the component's).
         self._kind_styles: dict[str, tuple[Style, Style | None]] | None = None
         #: Rows off screen whose cells are older than their data (``sync``'s ``later``).
@@ -514,6 +539,7 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
         # A theme or a focus change: the lines' styles are worked out again, and the rows
         # made again too (a console theme may restyle what the cells' styles name).
         self._cell_cache.clear()
+        self._piece_cache.clear()
         self._strips.clear()
         self._kind_styles = None
         self._styled.clear()
@@ -523,6 +549,7 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
     def _clear_caches(self) -> None:
         """Forget every strip and style (a test's redraw from nothing)."""
         self._cell_cache.clear()
+        self._piece_cache.clear()
         self._strips.clear()
         self._styled.clear()
         self._header = None
@@ -547,24 +574,30 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
     def _row_strip(self, cells: Sequence[Text]) -> Strip:
         """One row's cells, padded and cut to the columns, as one unstyled strip."""
         console = self.app.console
-        made = self._cell_cache
-        if len(made) > CELL_CACHE:
-            made.clear()
+        by_id, by_content = self._cell_cache, self._piece_cache
+        if len(by_id) > CELL_CACHE or len(by_content) > CELL_CACHE:
+            by_id.clear()
+            by_content.clear()
         # Runs of one style become one segment as they are made (the padding, plain cells
         # and their spare room): each line's styling and compositing afterwards costs per
         # segment, and Segment.simplify afterwards cost as much as making them.
         out: list[Segment] = []
         run: list[str] = []
         run_style: Style | None = None
-        pad = " " * PADDING
         for i, width in self._fit:
             cell = cells[i]
-            # Most cells are Text objects shared across rows and updates (a node's name,
-            # "loaded", "0/4": render.SHARED_CELLS), so their segments are made once.
-            hit = made.get((id(cell), width))
-            if hit is None or hit[0] is not cell:
-                hit = made[(id(cell), width)] = (cell, cell_segments(cell, width, console))
-            for text, style in ((pad, None), *((s.text, s.style) for s in hit[1]), (pad, None)):
+            hit = by_id.get((id(cell), width))
+            if hit is not None and hit[0] is cell:
+                piece = hit[1]
+            else:
+                spans = cell._spans
+                key = (cell.plain, cell.style, cell.justify, tuple(spans) if spans else (), width)
+                known = by_content.get(key)
+                if known is None:
+                    known = by_content[key] = cell_piece(cell, width, console)
+                piece = known
+                by_id[(id(cell), width)] = (cell, piece)
+            for text, style in piece:
                 if style is run_style or style == run_style:
                     run.append(text)
                 else:
