@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,9 +42,16 @@ def reference_buckets(
     return out
 
 
-def close(a: list[float | None], b: list[float | None]) -> bool:
+def close(a: list[float | None], b: list[float | None], scale: float = 0.0) -> bool:
+    """Equal but for rounding: relative to each value, and to ``scale`` (the running sums'
+    size: a bucket's mean is a difference of two of them)."""
     return len(a) == len(b) and all(
-        x is y or (x is not None and y is not None and abs(x - y) <= 1e-9 * max(1.0, abs(y)))
+        x is y
+        or (
+            x is not None
+            and y is not None
+            and abs(x - y) <= 1e-9 * max(1.0, abs(y)) + 1e-12 * scale
+        )
         for x, y in zip(a, b, strict=True)
     )
 
@@ -54,29 +62,52 @@ def close(a: list[float | None], b: list[float | None]) -> bool:
         st.tuples(
             st.floats(0.01, 40.0),
             st.one_of(st.none(), st.floats(0.0, 1e6)),
+            # Whether the sample has the node (a node gone for a whole window is dropped,
+            # then starts again), and whether a sparkline is drawn after it.
+            st.booleans(),
+            st.booleans(),
         ),
         max_size=80,
     ),
     width=st.integers(0, 12),
-    window=st.floats(5.0, 300.0),
+    window=st.floats(2.0, 40.0),
 )
 def test_the_histories_buckets_are_the_means_of_its_points(
-    steps: list[tuple[float, float | None]], width: int, window: float
+    steps: list[tuple[float, float | None, bool, bool]], width: int, window: float
 ) -> None:
-    """What the sparklines draw from (``History.bucket_means``, by bisection) and the detail
-    screens' plots (``buckets``) are the means of the points in each bucket, counted one
-    point at a time, with the newest point, whatever the gaps and the unknown values."""
+    """What the sparklines draw from (``History.bucket_means``, running sums kept up to
+    date as samples come and leave the window) and the detail screens' plots
+    (``buckets``) are the means of the points in each bucket, counted one point at a time,
+    with the newest point, whatever the gaps, the unknown values and the redraws."""
     h = History(window_s=window, step_s=1.0)
     at = 1000.0
-    for gap, value in steps:
+    total = 0.0  # every value summed: the most the running sums can have grown to
+    for k, (gap, value, present, drawn) in enumerate(steps):
         at += gap
-        h.add(Sample(at, (0.0, 0.0, None, None), {"n": (value, 0.0, None, None)}))
-    means, newest = h.bucket_means("node", "n", "requests", width)
-    points = h.points("node", "n", "requests")
-    want = reference_buckets(points, h.last_at, width, h.window_s) if width else []
-    assert close(means, want), (means, want)
-    assert close(buckets(points, h.last_at, width, h.window_s), want)
-    assert newest == (points[-1] if points and width > 0 else None)
+        nodes = {"n": (value, 0.0, None, None)} if present or k == len(steps) - 1 else {}
+        total += value or 0.0 if nodes else 0.0
+        h.add(Sample(at, (0.0, 0.0, None, None), nodes))
+        if not drawn and k < len(steps) - 1:
+            continue
+        means, newest = h.bucket_means("node", "n", "requests", width)
+        points = h.points("node", "n", "requests")
+        want = reference_buckets(points, h.last_at, width, h.window_s) if width else []
+        assert close(means, want, total), (means, want)
+        assert close(buckets(points, h.last_at, width, h.window_s), want)
+        assert newest == (points[-1] if points and width > 0 else None)
+        if width and points:  # and the sums hold the window's points, no more
+            assert len(h._running["node", "n", 0].times) == len(points)
+
+
+def test_a_sparkline_after_a_burst_still_tells_a_trickle_from_nothing() -> None:
+    """The running sums start again from zero once a burst has left the window, or its
+    size would swallow what came after it (1e15 + 0.01 == 1e15)."""
+    h = History(window_s=10.0, step_s=1.0)
+    for k in range(40):
+        value = 1e15 if k < 10 else 0.01 if k % 2 else 0.0
+        h.add(Sample(float(k), (0.0, 0.0, None, None), {"n": (value, 0.0, None, None)}))
+        means, _ = h.bucket_means("node", "n", "requests", 2)
+    assert means == [pytest.approx(0.005), pytest.approx(0.005)]
 
 
 def test_zero_and_busy_never_look_alike_and_gaps_are_blank() -> None:
