@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from lmtui.tui.app import build_app
-from lmtui.tui.collector import NEVER, SUPPORTED, IdleCollector
+from lmtui.tui.collector import NEVER, SUPPORTED, YOUNG, IdleCollector
 from lmtui.tui.widgets.node_table import NodeTable
 
 from .fakes import FIXED_NOW, FakeClient, next_version
@@ -46,7 +46,7 @@ def test_the_collector_takes_full_collections_over_and_gives_them_back(
     t0, t1, t2 = thresholds
     c = IdleCollector()
     c.start()
-    assert c.active and gc.get_threshold() == (t0, t1, NEVER)
+    assert c.active and gc.get_threshold() == (max(t0, YOUNG), t1, NEVER)
     started, hook = full_collections()
     try:
         gc.collect(2)  # a clean count: the young collections below are what makes it due
