@@ -113,7 +113,7 @@ class LmtuiApp(ControlsApp):
         self._shown_at = float("-inf")
         #: Whether the start's objects are frozen out of the garbage collector's work.
         self._frozen = False
-        #: Runs the full garbage collections after a frame, not in one (``collector``).
+        #: Runs the older generations' garbage collections after a frame, not in one.
         self.collector = IdleCollector()
         self._collect_asked = False
         #: The dashboard's own preferences (the theme), kept across runs; None: not kept.
@@ -222,8 +222,9 @@ class LmtuiApp(ControlsApp):
         self.collector.start()
 
     def _collect_after_frame(self) -> None:
-        """Run a full collection that is due once the frame being drawn is written."""
-        if self._collect_asked or not self.collector.due():
+        """Run a collection of generation 1 or 2 that is due (``collector``) once the frame
+        being drawn is written."""
+        if self._collect_asked or self.collector.due() is None:
             return
         self._collect_asked = True
         self.call_after_refresh(self._collect_now)
@@ -288,8 +289,8 @@ class LmtuiApp(ControlsApp):
         self._collect_after_frame()
 
     def _tick(self) -> None:
-        # A full collection that fell due with nothing drawn (the engine's garbage, in
-        # embedded mode) runs now, between frames all the same.
+        # A collection that fell due with nothing drawn (the engine's garbage, in embedded
+        # mode) runs now, between frames all the same.
         self._collect_after_frame()
         # Same snapshot, later clock: only "last used" and "TTL left" cells change, and the
         # diff updates just those. Not when an update was drawn within the last half tick:
