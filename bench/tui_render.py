@@ -30,9 +30,10 @@ Per update:
 - **p99 no gc2**: frame p99 over the updates in which no full (generation 2) garbage
   collection ran (those scan every object the start did not freeze, whoever made the
   garbage); **gc2 in fr** says how many landed in a frame, **gc2s** how many ran in the
-  run and **gc2 ms** their median length. The app runs them right after a frame is
-  written (``lmtui.tui.collector``); ``--gc-in-frames`` leaves them to the interpreter,
-  which starts them wherever it is, most often in the middle of a frame;
+  run and **gc2 ms** their median length. The app runs them, and those of generation 1,
+  right after a frame is written (``lmtui.tui.collector``); ``--gc-in-frames`` leaves
+  both to the interpreter (at its own thresholds), which starts them wherever it is, most
+  often in the middle of a frame;
 - **written** / **drawn**: cells that changed in the tables, and rows made into strips
   again for the screen (``KeyedTable.rows_drawn``), per update: work that noise does not
   change.
@@ -205,7 +206,7 @@ async def measure(
         await pilot.pause(0.2)
         tables = [app.query_one(NodeTable), app.query_one(ModelTable)]
         if not idle_gc:
-            app.collector.stop()  # full collections wherever the interpreter starts them
+            app.collector.stop()  # collections wherever the interpreter starts them
         # Full collections (Python's generation 2) scan every object the start did not
         # freeze, whoever made the garbage: each one's length is kept, and an update one
         # lands in is counted apart as well, so that it does not hide what the update
@@ -346,7 +347,7 @@ def main() -> None:
     p.add_argument(
         "--gc-in-frames",
         action="store_true",
-        help="leave full garbage collections to the interpreter (before lmtui.tui.collector)",
+        help="leave the older generations' collections to the interpreter (lmtui.tui.collector)",
     )
     args = p.parse_args()
     results = [
