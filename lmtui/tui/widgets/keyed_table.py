@@ -575,8 +575,14 @@ class KeyedTable(ScrollView, can_focus=True, inherit_bindings=False):
         """One row's cells, padded and cut to the columns, as one unstyled strip."""
         console = self.app.console
         by_id, by_content = self._cell_cache, self._piece_cache
-        if len(by_id) > CELL_CACHE or len(by_content) > CELL_CACHE:
+        # Each bounded on its own: the identities fill up with every row made anew (some
+        # 340 cells an update at 50 nodes) and cost only a key to make again from the
+        # contents, which fill with new contents only (an age, a sparkline: a few an
+        # update). Cleared together, every cell on screen was drawn again once in about
+        # twelve updates, a frame 2 ms longer.
+        if len(by_id) > CELL_CACHE:
             by_id.clear()
+        if len(by_content) > CELL_CACHE:
             by_content.clear()
         # Runs of one style become one segment as they are made (the padding, plain cells
         # and their spare room): each line's styling and compositing afterwards costs per
