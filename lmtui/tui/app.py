@@ -222,9 +222,9 @@ class LmtuiApp(ControlsApp):
         self.collector.start()
 
     def _collect_after_frame(self) -> None:
-        """Run a collection of generation 1 or 2 that is due (``collector``) once the frame
-        being drawn is written."""
-        if self._collect_asked or self.collector.due() is None:
+        """Once the frame being drawn is written, run the garbage collection that is due
+        then (``collector``: the frame's own objects count too)."""
+        if self._collect_asked or not self.collector.active:
             return
         self._collect_asked = True
         self.call_after_refresh(self._collect_now)

@@ -1,29 +1,22 @@
-"""The older generations' garbage collections between frames, not inside them.
+"""Garbage collections between frames, not inside them.
 
-CPython starts a full (generation 2) collection whenever ten young collections have run
-since the last one, wherever the program is: in the dashboard that is usually in the middle
-of drawing an update, which allocates most. Even with the start's objects frozen
-(``LmtuiApp._freeze_startup``) a full collection takes 5-10 ms at 50 nodes and 10-15 ms at
-200 here (``bench/tui_render.py``, column ``gc2 ms``), and one landed in 2-3% of the
-updates: each of those frames took that much longer, enough to miss a 60 Hz frame at 50
-nodes on its own.
+CPython collects wherever the program is when a count reaches its threshold: the young
+generation after 700 more objects were made than freed, generation 1 after ten young
+collections, everything after ten of generation 1. In the dashboard that is most often in
+the middle of drawing an update, which makes most of the objects (some 2,300 more than it
+frees at 50 nodes). Even with the start's objects frozen (``LmtuiApp._freeze_startup``)
+a full collection took 5-10 ms at 50 nodes and 10-15 ms at 200 here, one of generation 1
+2-5 ms, a young one 0.2-0.4 ms three times an update (``bench/tui_render.py``, and
+``gc.callbacks`` timed around it): together they were the slowest frames at 50 nodes.
 
-``IdleCollector`` takes the collections of generations 1 and 2 out of the interpreter's
-hands while the app runs (the young one stays the interpreter's) and runs them itself, as
-often as the interpreter would have asked for them (one of generation 1 after ten young
-ones, a full one after ten of generation 1), right after a frame has been written: the next
-update finds the collection done. The pause is the same length; it falls where nobody waits
-for the screen. A collection of generation 1 took 2-5 ms here, in one update of twenty.
-The clock tick asks too, so that a dashboard with nothing to draw (and, in embedded mode,
-the engine in the same process) is still collected at least that often.
-
-While it paces the others, the young generation is collected after ``YOUNG`` allocations rather
-than 700: an update makes some 2,300 objects more than it frees (3.3 young collections an
-update at 700), and at 700 each collection scanned what the update was still using, then
-the next one again. The collector's time per update (``gc.callbacks`` timed around
-``bench/tui_render.py``, generations 0 and 1, runs interleaved) went from 0.75-1.0 ms to
-0.3-0.4 ms at 50 nodes and from 1.2-1.3 ms to 0.6-0.7 ms at 200; at 2,000 (CPython 3.13's
-default) it was 0.7-0.85 ms at 50, hardly better than 700.
+``IdleCollector`` takes the three thresholds out of the interpreter's hands while the app
+runs and collects itself, as often as the interpreter would have (by the same counts and
+thresholds, which it reads back), right after a frame has been written: the next update
+finds the collection done. The pauses are as long as before; they fall where nobody waits
+for the screen. The clock tick asks too, so that a dashboard with nothing to draw (and, in
+embedded mode, the engine in the same process) is still collected at least once a second;
+and the interpreter keeps a young threshold of ``SAFETY``, a net for whatever piles up
+between two frames faster than that.
 
 Only on CPython before 3.14, whose collector is generational with the threshold counted so;
 3.14's is incremental (its third threshold is ignored) and has no long pauses to move.
@@ -38,18 +31,18 @@ import sys
 SUPPORTED = sys.implementation.name == "cpython" and sys.version_info < (3, 14)
 #: The second and third thresholds while the app paces collections: never reached.
 NEVER = 1 << 30
-#: The young generation's threshold while the app paces the others (at least).
-YOUNG = 5000
+#: The young generation's threshold while the app paces collections (at least): a net.
+SAFETY = 20_000
 
 
 class IdleCollector:
-    """Paces the interpreter's collections of generations 1 and 2 (see the module
-    docstring)."""
+    """Paces the interpreter's garbage collections (see the module docstring)."""
 
     def __init__(self) -> None:
         #: The interpreter's own thresholds, while the app paces (None: it does not).
         self._own: tuple[int, int, int] | None = None
-        #: Collections run here: of generation 1 alone, and full ones.
+        #: Collections run here, by the oldest generation collected.
+        self.young = 0
         self.middle = 0
         self.collections = 0
 
@@ -66,7 +59,7 @@ class IdleCollector:
         if min(own) <= 0 or max(own[1:]) >= NEVER:
             return  # a generation is off, or paced elsewhere already: leave them so
         self._own = own
-        gc.set_threshold(max(own[0], YOUNG), NEVER, NEVER)
+        gc.set_threshold(max(own[0], SAFETY), NEVER, NEVER)
 
     def stop(self) -> None:
         """Give the collections back to the interpreter, with its own thresholds."""
@@ -75,16 +68,17 @@ class IdleCollector:
             self._own = None
 
     def due(self) -> int | None:
-        """The oldest generation the interpreter would have collected by now (1 or 2;
-        None: none is due)."""
+        """The oldest generation the interpreter would have collected by now (None: no
+        collection is due). Collecting a generation counts towards the next one's."""
         if self._own is None:
             return None
-        _, t1, t2 = self._own
-        _, young_runs, middle_runs = gc.get_count()
-        if young_runs < t1 and middle_runs < t2:
-            return None
-        # A collection of generation 1 counts towards the next full one.
-        return 2 if middle_runs + (young_runs >= t1) >= t2 else 1
+        t0, t1, t2 = self._own
+        c0, c1, c2 = gc.get_count()
+        young = c0 >= t0
+        middle = c1 + young >= t1
+        if c2 + middle >= t2:
+            return 2
+        return 1 if middle else 0 if young else None
 
     def collect(self) -> None:
         """The collection that is due, if one still is (another caller may have run it)."""
@@ -94,5 +88,7 @@ class IdleCollector:
         gc.collect(generation)
         if generation == 2:
             self.collections += 1
-        else:
+        elif generation == 1:
             self.middle += 1
+        else:
+            self.young += 1

@@ -1,5 +1,4 @@
-"""The older generations' garbage collections run after a frame is written, not inside one
-(``collector``)."""
+"""Garbage collections run after a frame is written, not inside one (``collector``)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from lmtui.tui.app import build_app
-from lmtui.tui.collector import NEVER, SUPPORTED, YOUNG, IdleCollector
+from lmtui.tui.collector import NEVER, SAFETY, SUPPORTED, IdleCollector
 from lmtui.tui.widgets.node_table import NodeTable
 
 from .fakes import FIXED_NOW, FakeClient, next_version
@@ -30,43 +29,48 @@ def thresholds() -> Iterator[tuple[int, int, int]]:
     gc.set_threshold(*before)
 
 
-def older_collections() -> tuple[list[int], object]:
-    """The generation of each collection of generation 1 or 2 that starts from now on."""
+def collections() -> tuple[list[int], object]:
+    """The generation of each collection that starts from now on."""
     started: list[int] = []
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
-        if phase == "start" and info["generation"] > 0:
+        if phase == "start":
             started.append(info["generation"])
 
     gc.callbacks.append(on_gc)
     return started, on_gc
 
 
-def test_the_collector_takes_the_older_generations_over_and_gives_them_back(
+def test_the_collector_takes_the_thresholds_over_and_gives_them_back(
     thresholds: tuple[int, int, int],
 ) -> None:
     t0, t1, t2 = thresholds
     c = IdleCollector()
     c.start()
-    assert c.active and gc.get_threshold() == (max(t0, YOUNG), NEVER, NEVER)
-    started, hook = older_collections()
+    assert c.active and gc.get_threshold() == (max(t0, SAFETY), NEVER, NEVER)
+    started, hook = collections()
     try:
-        gc.collect(2)  # a clean count: the collections below are what makes one due
+        gc.collect(2)  # a clean count: what follows is what makes one due
+        assert c.due() is None
+        kept = [[] for _ in range(t0 + 50)]  # more objects made than freed: a young one
+        assert c.due() == 0 and len(kept) > t0
         started.clear()
-        for _ in range(t1 - 1):
+        c.collect()
+        assert started == [0] and c.young == 1 and c.due() is None
+        for _ in range(t1 - 2):  # the young one above counted as one already
             gc.collect(0)
         assert c.due() is None
-        gc.collect(0)
-        assert c.due() == 1
-        assert started == []  # young collections no longer bring an older one
+        kept += [[] for _ in range(t0 + 50)]
+        assert c.due() == 1  # the young collection due would make one of generation 1
+        started.clear()
         c.collect()
         assert started == [1] and c.middle == 1 and c.due() is None
         for _ in range(t2 - 2):
             gc.collect(1)
-        assert c.due() is None  # one generation-1 collection short of a full one
+        assert c.due() is None  # one collection of generation 1 short of a full one
         for _ in range(t1):
             gc.collect(0)
-        assert c.due() == 2  # the generation-1 collection due would make it due
+        assert c.due() == 2
         started.clear()
         c.collect()
         assert started == [2] and c.collections == 1 and c.due() is None
@@ -105,7 +109,7 @@ async def test_a_due_full_collection_runs_after_the_frame_not_inside_it(
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.shown_version == snap.version and app.collector.active)
         assert gc.get_threshold()[2] == NEVER
-        started, hook = older_collections()
+        started, hook = collections()
         try:
             done = app.collector.collections
             for _ in range(every):
@@ -114,7 +118,7 @@ async def test_a_due_full_collection_runs_after_the_frame_not_inside_it(
             started.clear()
             snap = next_version(snap)
             app.show_snapshot(snap)  # the update is drawn, its frame not yet written
-            assert started == []  # not generation 1 either: its threshold is never reached
+            assert started == []  # no generation, young ones neither
             await until(pilot, lambda: app.collector.collections > done)
             assert 2 in started and not app.collector.due()
             assert app.query_one(NodeTable).row_count == 3
