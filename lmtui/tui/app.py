@@ -113,7 +113,7 @@ class LmtuiApp(ControlsApp):
         self._shown_at = float("-inf")
         #: Whether the start's objects are frozen out of the garbage collector's work.
         self._frozen = False
-        #: Runs the older generations' garbage collections after a frame, not in one.
+        #: Runs the garbage collections after a frame, not in one (``collector``).
         self.collector = IdleCollector()
         self._collect_asked = False
         #: The dashboard's own preferences (the theme), kept across runs; None: not kept.
