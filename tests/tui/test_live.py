@@ -36,6 +36,10 @@ SPECS = [
         models=[SimModel("qwen2.5:7b", 4.7), SimModel("llama3.2:3b", 2.0)],
         loaded=["qwen2.5:7b"],
         parallel=2,
+        # Ollama's default keep-alive (300 s) is 3 s of wall time at time_scale 0.01: on a
+        # loaded machine the model could leave before the test counted it. Nothing here is about
+        # expiry, so nothing expires.
+        keep_alive_s=10**6,
     ),
     SimNodeSpec(
         name="studio-1",
@@ -109,7 +113,8 @@ async def test_live_node_down_and_model_load_show_on_screen(
 
         # A model loaded through Ollama's own API appears as a new row.
         async with httpx.AsyncClient(base_url=cluster.url("ollama-1"), timeout=5) as http:
-            r = await http.post("/api/generate", json={"model": "llama3.2:3b", "keep_alive": "5m"})
+            # keep_alive -1: kept loaded (5m, 3 s here, could end before the count below).
+            r = await http.post("/api/generate", json={"model": "llama3.2:3b", "keep_alive": -1})
             assert r.status_code == 200, r.text
         await until(
             pilot,
