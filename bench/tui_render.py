@@ -30,9 +30,9 @@ Per update:
 - **p99 no gc2**: frame p99 over the updates in which no full (generation 2) garbage
   collection ran (those scan every object the start did not freeze, whoever made the
   garbage); **gc2 in fr** says how many landed in a frame, **gc2s** how many ran in the
-  run and **gc2 ms** their median length. The app runs them, and those of generation 1,
+  run and **gc2 ms** their median length. The app runs every collection, young ones too,
   right after a frame is written (``lmtui.tui.collector``); ``--gc-in-frames`` leaves
-  both to the interpreter (at its own thresholds), which starts them wherever it is, most
+  them to the interpreter (at its own thresholds), which starts them wherever it is, most
   often in the middle of a frame;
 - **written** / **drawn**: cells that changed in the tables, and rows made into strips
   again for the screen (``KeyedTable.rows_drawn``), per update: work that noise does not
@@ -210,7 +210,7 @@ async def measure(
         # Full collections (Python's generation 2) scan every object the start did not
         # freeze, whoever made the garbage: each one's length is kept, and an update one
         # lands in is counted apart as well, so that it does not hide what the update
-        # itself costs. The app runs them after a frame (``lmtui.tui.collector``).
+        # itself costs. The app runs every collection after a frame (lmtui.tui.collector).
         full_gcs = [0]
         gc_ms: list[float] = []
         gc_started = [0.0]
@@ -347,7 +347,7 @@ def main() -> None:
     p.add_argument(
         "--gc-in-frames",
         action="store_true",
-        help="leave the older generations' collections to the interpreter (lmtui.tui.collector)",
+        help="leave garbage collections to the interpreter (see lmtui.tui.collector)",
     )
     args = p.parse_args()
     results = [

@@ -25,7 +25,7 @@ import contextlib
 import logging
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from math import isfinite
@@ -250,21 +250,35 @@ class RunningSums:
 
     def window_means(self, end: float, width: int, span_s: float) -> list[float | None]:
         """``window_means`` of the points taken in (the same buckets, by bisection)."""
-        if width <= 0:
-            return []
-        times, sums, counts = self.times, self.sums, self.counts
-        start = end - span_s
-        step = span_s / width
-        lo = bisect_right(times, start)
-        top = bisect_right(times, end, lo)
+        sums, counts = self.sums, self.counts
         out: list[float | None] = []
-        last = width - 1
-        for b in range(width):
-            hi = top if b == last else max(lo, bisect_left(times, start + (b + 1) * step, lo, top))
+        for lo, hi in bucket_bounds(self.times, end, width, span_s):
             known = counts[hi] - counts[lo]
             out.append((sums[hi] - sums[lo]) / known if known else None)
-            lo = hi
         return out
+
+
+def bucket_bounds(
+    times: Sequence[float], end: float, width: int, span_s: float
+) -> Iterator[tuple[int, int]]:
+    """Each of ``width`` equal buckets of the ``span_s`` seconds ending at ``end``, oldest
+    first, as the slice ``[lo, hi)`` of ``times`` (in time order) it holds, by bisection.
+
+    Bucket ``b`` holds the points from ``start + b * step`` (``start = end - span_s``,
+    ``step = span_s / width``) up to the next bucket's start; the first leaves out a point
+    at ``start`` itself, the last takes one at ``end``, and points outside the span are
+    left out."""
+    if width <= 0:
+        return
+    start = end - span_s
+    step = span_s / width
+    lo = bisect_right(times, start)
+    top = bisect_right(times, end, lo)
+    last = width - 1
+    for b in range(width):
+        hi = top if b == last else max(lo, bisect_left(times, start + (b + 1) * step, lo, top))
+        yield lo, hi
+        lo = hi
 
 
 def window_means(
@@ -274,30 +288,16 @@ def window_means(
     width: int,
     span_s: float,
 ) -> list[float | None]:
-    """The mean of the known ``values`` in each of ``width`` equal buckets of the ``span_s``
-    seconds ending at ``end``, oldest first; None for a bucket with none.
-
-    ``times`` are the values' times, in order. Bucket ``b`` holds the points from
-    ``start + b * step`` (``start = end - span_s``, ``step = span_s / width``) up to the
-    next bucket's start; the first leaves out a point at ``start`` itself, the last takes
-    one at ``end``, and points outside the span are left out. The bounds are found by
-    bisection and each bucket summed by C loops (``sum``, ``list.count``), for the detail
-    screens' plots (``trend.buckets``); the sparklines read ``RunningSums`` instead.
+    """The mean of the known ``values`` in each bucket of ``bucket_bounds``; None for a
+    bucket with none. Each bucket is summed by C loops (``sum``, ``list.count``), for the
+    detail screens' plots (``trend.buckets``); the sparklines read ``RunningSums`` instead.
     """
-    if width <= 0:
-        return []
-    start = end - span_s
-    step = span_s / width
-    lo = bisect_right(times, start)
-    top = bisect_right(times, end, lo)
     out: list[float | None] = []
-    for b in range(width):
-        hi = top if b == width - 1 else max(lo, bisect_left(times, start + (b + 1) * step, lo, top))
+    for lo, hi in bucket_bounds(times, end, width, span_s):
         chunk = values[lo:hi]
         known = len(chunk) - chunk.count(None)
         # ``filter(None, ...)`` leaves out the None and the zeros, which add nothing.
         out.append(sum(filter(None, chunk)) / known if known else None)
-        lo = hi
     return out
 
 

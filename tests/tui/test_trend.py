@@ -28,7 +28,7 @@ def test_buckets_average_each_slice_and_leave_gaps_blank() -> None:
 def reference_buckets(
     points: list[tuple[float, float | None]], end: float, width: int, span: float
 ) -> list[float | None]:
-    """The buckets as the docstring of ``window_means`` defines them, one point at a time."""
+    """The buckets as the docstring of ``bucket_bounds`` defines them, one point at a time."""
     start, step = end - span, span / width
     out: list[float | None] = []
     for b in range(width):
@@ -85,7 +85,7 @@ def test_the_histories_buckets_are_the_means_of_its_points(
     for k, (gap, value, present, drawn) in enumerate(steps):
         at += gap
         nodes = {"n": (value, 0.0, None, None)} if present or k == len(steps) - 1 else {}
-        total += value or 0.0 if nodes else 0.0
+        total += (value or 0.0) if nodes else 0.0
         h.add(Sample(at, (0.0, 0.0, None, None), nodes))
         if not drawn and k < len(steps) - 1:
             continue
