@@ -52,6 +52,10 @@ async def test_a_0_3_server_loads_unloads_and_reports_busy_through_lms(
         memory_gb=64,
         models=[SimModel("m1", 4.0), SimModel("m2", 6.0)],
         loaded=["m1"],
+        # A reply of 64 tokens or more lasts 6 s or more of wall time, longer than the
+        # lms stand-in's start on a loaded machine (at 40 tokens/s a short reply was over
+        # in 0.3 s, before lms ps read it).
+        decode_tok_per_s=2.0,
     )
     known = tmp_path / "known_hosts"
     known.write_text(sshd.known_hosts_line())
