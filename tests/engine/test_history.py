@@ -197,3 +197,29 @@ async def test_model_details_in_process_and_attached(tmp_path: object) -> None:
             assert unknown is not None and unknown.requests == 0
         finally:
             await remote.aclose()
+
+
+def test_a_point_that_is_no_figure_is_not_kept_as_one() -> None:
+    """What an attached engine sends (or a node reports) may decode to NaN or infinity
+    (msgspec reads 1e999 as inf): such a time drops the point, such a value is unknown,
+    and neither reaches a sparkline's running sums or a plot's means."""
+    history = History()
+    history.add(Sample(1.0, (1.0, 2.0, 3.0, 4.0), {"a": (float("nan"), 1.0, float("inf"), 2.0)}))
+    history.load_builtins({"nodes": {"a": [[float("inf"), 9, 9, 9, 9], [2.0, 5, None, -1e999, 0]]}})
+    history.load_builtins({"nodes": {"x" * 10_000: [[3.0, 1, 1, 1, 1]]}})
+    assert history.last_at == 2.0  # not pinned at infinity
+    assert history.points("node", "a", "requests") == [(1.0, None), (2.0, 5.0)]
+    assert history.points("node", "a", "tokens") == [(1.0, None), (2.0, None)]
+    assert history.latest("node", "a") == (5.0, None, None, 0.0)
+    assert history.names("node") == ["a"]  # a name no node has is not a series
+    means, newest = history.bucket_means("node", "a", "memory", 2)
+    assert newest == (2.0, 0.0) and means == [None, 1.0]  # the mean of 2.0 and 0.0
+    means, _ = history.bucket_means("node", "a", "tokens", 2)
+    assert means == [None, None]
+    # A streamed sample at no time is left out whole: no series, no listener, no last_at.
+    heard: list[Sample] = []
+    history.subscribe(heard.append)
+    streamed = sample_from_builtins({"at": 1e999, "cluster": [1, 1, 1, 1]})
+    assert streamed is not None
+    history.add(streamed)
+    assert heard == [] and history.last_at == 2.0
