@@ -21,14 +21,20 @@ before ``exec``, so every thread and child inherits it), and always stopped by t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
+import pty
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -336,6 +342,63 @@ class Proc:
         self._stderr.close()
 
 
+class PtyProc(Proc):
+    """A process on a pseudo-terminal of ``cols`` x ``rows``: the dashboard, which draws
+    only on a terminal. What it draws is read and dropped (a terminal that is never read
+    would stop it at its first full buffer); stderr goes to the file, as for ``Proc``."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        workdir: Path,
+        *,
+        cpu: int | None,
+        env: dict[str, str] | None = None,
+        size: tuple[int, int] = (160, 48),
+    ) -> None:
+        self.name = name
+        self.stderr_path = workdir / f"{name}.stderr"
+        if shutil.which("taskset"):
+            where = str(cpu) if cpu is not None else ",".join(map(str, ALL_CPUS))
+            argv = ["taskset", "-c", where, *argv]
+        master, slave = pty.openpty()
+        cols, rows = size
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self._master = master
+        self._stderr = self.stderr_path.open("wb")
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=self._stderr,
+            cwd=REPO,
+            env={**(env or os.environ), "TERM": "xterm-256color"},
+            start_new_session=True,
+        )
+        os.close(slave)
+        #: Bytes the dashboard wrote to its terminal (frames), for the report.
+        self.screen_bytes = 0
+        self._drain = threading.Thread(target=self._read, name=f"{name}-pty", daemon=True)
+        self._drain.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._master, 65536)
+            except OSError:  # the process is gone (EIO) or the fd was closed
+                return
+            if not chunk:
+                return
+            self.screen_bytes += len(chunk)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
+        self._drain.join(timeout)
+        with contextlib.suppress(OSError):
+            os.close(self._master)
+
+
 def free_port() -> int:
     """A loopback port free right now (nginx cannot listen on port 0 and report it)."""
     with socket.socket() as s:
@@ -475,8 +538,11 @@ def start_lmtui(
     model: str,
     timeout: float = 30.0,
     name: str = "lmtui",
+    dashboard: tuple[int, int] | None = None,
 ) -> tuple[Proc, str]:
     """Start ``python -m lmtui --serve`` with ``config_toml``; wait until it lists ``model``.
+    With ``dashboard`` (columns, rows), ``python -m lmtui`` instead: the dashboard on a
+    pseudo-terminal of that size, with the router in the same process (embedded mode).
 
     Its user directories point into ``workdir``, so the benchmark never reads or writes the
     developer's own config, overrides or request log.
@@ -498,13 +564,17 @@ def start_lmtui(
         sys.executable,
         "-m",
         "lmtui",
-        "--serve",
+        *(() if dashboard else ("--serve",)),
         "--config",
         str(config),
         "--listen",
         f"127.0.0.1:{port}",
     ]
-    proc = Proc(name, argv, workdir, cpu=cpu, env=env)
+    proc = (
+        PtyProc(name, argv, workdir, cpu=cpu, env=env, size=dashboard)
+        if dashboard
+        else Proc(name, argv, workdir, cpu=cpu, env=env)
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(proc, f"{url}/v1/models", timeout=timeout, expect=f'"{model}"'.encode())

@@ -3,6 +3,7 @@
     python bench/router_overhead.py                  # 5 s per run, about 1.5 minutes
     python bench/router_overhead.py --seconds 2 --json
     python bench/router_overhead.py --api chat responses messages   # the three APIs, ~4.5 min
+    python bench/router_overhead.py --dashboard      # also lmtui+ui: the dashboard in-process
 
 ``--api`` picks the routed APIs measured (chat completions by default; ``responses`` is
 ``POST /v1/responses``, ``messages`` Anthropic's ``POST /v1/messages``): each is measured on
@@ -64,7 +65,9 @@ import _loadgen as lg
 import _upstream as up
 import psutil
 
-PATHS = ("direct", "nginx", "lmtui")
+PATHS = ("direct", "nginx", "lmtui", "lmtui+ui")
+#: ``--dashboard``'s terminal: the size the dashboard's own benchmark draws at.
+DASHBOARD_SIZE = (160, 48)
 #: lmtui's added p50 at concurrency 1 must stay under this (ms).
 GOAL_ADDED_P50_MS = 0.5
 #: lmtui's throughput at the highest concurrency, as a fraction of nginx's.
@@ -136,7 +139,7 @@ async def measure_api(
     api: str,
 ) -> None:
     url = base + up.APIS[api][0]
-    if path == "lmtui" and args.via_aiohttp:
+    if path.startswith("lmtui") and args.via_aiohttp:
         # A query string is not the fast front's: the request goes to aiohttp.web.
         url += "?via=aiohttp"
     for stream in (False, True):
@@ -249,6 +252,25 @@ async def run(args: argparse.Namespace) -> Report:
                 await measure(report, "lmtui", url, args, lmtui)
             finally:
                 lmtui.stop()
+        if args.dashboard:
+            log("lmtui+ui (the dashboard in the router's process):")
+            try:
+                ui, url = up.start_lmtui(
+                    work,
+                    lmtui_config(upstream_url),
+                    cpu=cpus.proxy,
+                    model=up.MODEL,
+                    timeout=args.lmtui_timeout,
+                    name="lmtui-ui",
+                    dashboard=DASHBOARD_SIZE,
+                )
+            except up.StartError as e:
+                report.skipped["lmtui+ui"] = f"lmtui with its dashboard did not come up: {e}"
+            else:
+                try:
+                    await measure(report, "lmtui+ui", url, args, ui)
+                finally:
+                    ui.stop()
     finally:
         upstream.stop()
         if args.keep_workdir:
@@ -264,7 +286,7 @@ def ratios(report: Report, concurrency: list[int], apis: list[str] | None = None
     top, low = max(concurrency), min(concurrency)
     for api in apis or ["chat"]:
         label = "" if api == "chat" else f" {api}"
-        for path in ("nginx", "lmtui"):
+        for path in ("nginx", "lmtui", "lmtui+ui"):
             for stream in (False, True):
                 for c in concurrency:
                     d = report.row("direct", stream, c, api)
@@ -299,6 +321,14 @@ def ratios(report: Report, concurrency: list[int], apis: list[str] | None = None
                 out["goals"][f"lmtui >= {GOAL_VS_NGINX} x nginx req/s, {mode} c={top}"] = (
                     share >= GOAL_VS_NGINX
                 )
+            for c in concurrency:  # what the dashboard in the same process costs the router
+                ui, lm = report.row("lmtui+ui", stream, c, api), report.row("lmtui", stream, c, api)
+                if ui is not None and lm is not None and lm.rps:
+                    out.setdefault("dashboard_cost", {})[f"{mode} c={c}"] = {
+                        "rps_ratio": round(ui.rps / lm.rps, 3),
+                        "added_p50_ms": round((ui.p50_us - lm.p50_us) / 1000, 3),
+                        "added_p99_ms": round((ui.p99_us - lm.p99_us) / 1000, 3),
+                    }
             for item in out["vs_direct"]:
                 if (item["path"], item["api"], item["stream"], item["connections"]) == (
                     "lmtui",
@@ -373,6 +403,11 @@ def print_table(report: Report, rat: dict[str, Any]) -> None:
         print(f"  {path:6} TTFC added: p50 {t['p50']:+.3f} ms   p99 {t['p99']:+.3f} ms")
     for key, share in rat["lmtui_vs_nginx"].items():
         print(f"  lmtui / nginx req/s, {key}: {share:.3f}")
+    for key, d in rat.get("dashboard_cost", {}).items():
+        print(
+            f"  lmtui+ui vs lmtui, {key}: req/s x{d['rps_ratio']:<6} "
+            f"p50 {d['added_p50_ms']:+.3f} ms   p99 {d['added_p99_ms']:+.3f} ms"
+        )
     if rat["goals"]:
         print()
         for goal, ok in rat["goals"].items():
@@ -438,6 +473,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-nginx",
         action="store_true",
         help="aiohttp upstream and no nginx reference, even if nginx is installed",
+    )
+    p.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="also measure lmtui with its dashboard running in the same process (embedded "
+        "mode, on a 160x48 pseudo-terminal): the path lmtui+ui",
     )
     p.add_argument(
         "--python-client",
