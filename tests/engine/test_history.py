@@ -211,7 +211,7 @@ def test_a_point_that_is_no_figure_is_not_kept_as_one() -> None:
     assert history.points("node", "a", "requests") == [(1.0, None), (2.0, 5.0)]
     assert history.points("node", "a", "tokens") == [(1.0, None), (2.0, None)]
     assert history.latest("node", "a") == (5.0, None, None, 0.0)
-    assert history.names("node") == ["a"]  # a name no node has is not a series
+    assert history.names("node") == ["a"]  # a name over MAX_NAME characters is no series
     means, newest = history.bucket_means("node", "a", "memory", 2)
     assert newest == (2.0, 0.0) and means == [None, 1.0]  # the mean of 2.0 and 0.0
     means, _ = history.bucket_means("node", "a", "tokens", 2)
