@@ -299,7 +299,10 @@ class Proc:
         *,
         cpu: int | None,
         env: dict[str, str] | None = None,
+        terminal: int | None = None,
     ) -> None:
+        """``terminal``: a pseudo-terminal's slave fd for stdin and stdout (``PtyProc``);
+        without one, stdin is /dev/null and stdout goes to the stderr file."""
         self.name = name
         self.stderr_path = workdir / f"{name}.stderr"
         if shutil.which("taskset"):
@@ -310,11 +313,12 @@ class Proc:
         self._stderr = self.stderr_path.open("wb")
         self.popen = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._stderr,
+            stdin=subprocess.DEVNULL if terminal is None else terminal,
+            stdout=self._stderr if terminal is None else terminal,
             stderr=self._stderr,
             cwd=REPO,
             env=env,
+            start_new_session=terminal is not None,
         )
 
     @property
@@ -357,28 +361,15 @@ class PtyProc(Proc):
         env: dict[str, str] | None = None,
         size: tuple[int, int] = (160, 48),
     ) -> None:
-        self.name = name
-        self.stderr_path = workdir / f"{name}.stderr"
-        if shutil.which("taskset"):
-            where = str(cpu) if cpu is not None else ",".join(map(str, ALL_CPUS))
-            argv = ["taskset", "-c", where, *argv]
         master, slave = pty.openpty()
         cols, rows = size
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         self._master = master
-        self._stderr = self.stderr_path.open("wb")
-        self.popen = subprocess.Popen(
-            argv,
-            stdin=slave,
-            stdout=slave,
-            stderr=self._stderr,
-            cwd=REPO,
-            env={**(env or os.environ), "TERM": "xterm-256color"},
-            start_new_session=True,
-        )
-        os.close(slave)
-        #: Bytes the dashboard wrote to its terminal (frames), for the report.
-        self.screen_bytes = 0
+        env = {**(env or os.environ), "TERM": "xterm-256color"}
+        try:
+            super().__init__(name, argv, workdir, cpu=cpu, env=env, terminal=slave)
+        finally:
+            os.close(slave)
         self._drain = threading.Thread(target=self._read, name=f"{name}-pty", daemon=True)
         self._drain.start()
 
@@ -390,7 +381,6 @@ class PtyProc(Proc):
                 return
             if not chunk:
                 return
-            self.screen_bytes += len(chunk)
 
     def stop(self, timeout: float = 5.0) -> None:
         super().stop(timeout)

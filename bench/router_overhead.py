@@ -236,41 +236,29 @@ async def run(args: argparse.Namespace) -> Report:
                 await measure(report, "nginx", url, args, proxy)
             finally:
                 proxy.stop()
-        log("lmtui:")
-        try:
-            lmtui, url = up.start_lmtui(
-                work,
-                lmtui_config(upstream_url),
-                cpu=cpus.proxy,
-                model=up.MODEL,
-                timeout=args.lmtui_timeout,
-            )
-        except up.StartError as e:
-            report.skipped["lmtui"] = f"lmtui --serve did not come up: {e}"
-        else:
+        runs = [("lmtui", "lmtui", None)]
+        if args.dashboard:  # the router inside the dashboard's process (embedded mode)
+            runs.append(("lmtui+ui", "lmtui-ui", DASHBOARD_SIZE))
+        for path, name, dashboard in runs:
+            log(f"{path}:")
             try:
-                await measure(report, "lmtui", url, args, lmtui)
-            finally:
-                lmtui.stop()
-        if args.dashboard:
-            log("lmtui+ui (the dashboard in the router's process):")
-            try:
-                ui, url = up.start_lmtui(
+                proc, url = up.start_lmtui(
                     work,
                     lmtui_config(upstream_url),
                     cpu=cpus.proxy,
                     model=up.MODEL,
                     timeout=args.lmtui_timeout,
-                    name="lmtui-ui",
-                    dashboard=DASHBOARD_SIZE,
+                    name=name,
+                    dashboard=dashboard,
                 )
             except up.StartError as e:
-                report.skipped["lmtui+ui"] = f"lmtui with its dashboard did not come up: {e}"
-            else:
-                try:
-                    await measure(report, "lmtui+ui", url, args, ui)
-                finally:
-                    ui.stop()
+                how = "with its dashboard" if dashboard else "--serve"
+                report.skipped[path] = f"lmtui {how} did not come up: {e}"
+                continue
+            try:
+                await measure(report, path, url, args, proc)
+            finally:
+                proc.stop()
     finally:
         upstream.stop()
         if args.keep_workdir:
